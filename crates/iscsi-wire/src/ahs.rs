@@ -11,7 +11,10 @@ pub enum Ahs<'a> {
     ExtendedCdb(&'a [u8]),
     /// Expected Bidirectional Read Data Length (RFC 7143 §11.2.2.3.2).
     BidiReadLength(u32),
-    Other { ahs_type: u8, data: &'a [u8] },
+    Other {
+        ahs_type: u8,
+        data: &'a [u8],
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,7 +50,10 @@ pub fn parse(buf: &[u8]) -> Result<Vec<Ahs<'_>>, AhsError> {
                 }
                 Ahs::BidiReadLength(u32::from_be_bytes([body[1], body[2], body[3], body[4]]))
             }
-            _ => Ahs::Other { ahs_type: ty, data: body },
+            _ => Ahs::Other {
+                ahs_type: ty,
+                data: body,
+            },
         });
         at = crate::pad4(body_end);
     }
@@ -87,12 +93,18 @@ mod tests {
     #[test]
     fn round_trip() {
         let mut buf = Vec::new();
-        encode_extended_cdb(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16], &mut buf);
+        encode_extended_cdb(
+            &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16],
+            &mut buf,
+        );
         encode_bidi_read_length(4096, &mut buf);
         assert_eq!(buf.len() % 4, 0);
         let v = parse(&buf).unwrap();
         assert_eq!(v.len(), 2);
-        assert_eq!(v[0], Ahs::ExtendedCdb(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]));
+        assert_eq!(
+            v[0],
+            Ahs::ExtendedCdb(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16])
+        );
         assert_eq!(v[1], Ahs::BidiReadLength(4096));
     }
 

@@ -28,12 +28,21 @@ impl RawPdu {
 /// be dropped (RFC 7143 §7.8: a header digest error at ERL 0 means the PDU boundary is lost).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FrameError {
-    HeaderDigest { expected: u32, received: u32 },
+    HeaderDigest {
+        expected: u32,
+        received: u32,
+    },
     /// The data digest did not match. The PDU has been consumed (`consumed` bytes); answer with
     /// Reject / Data Digest Error and carry on (RFC 7143 §7.8).
-    DataDigest { bhs: [u8; BHS_LEN], consumed: usize },
+    DataDigest {
+        bhs: [u8; BHS_LEN],
+        consumed: usize,
+    },
     /// DataSegmentLength above what we accept (RFC 7143 §13.12 MaxRecvDataSegmentLength).
-    DataTooLong { len: u32, max: u32 },
+    DataTooLong {
+        len: u32,
+        max: u32,
+    },
 }
 
 /// Decoder settings; digests switch on after login negotiates them.
@@ -47,14 +56,21 @@ pub struct Decoder {
 
 impl Decoder {
     pub fn new(max_data: u32) -> Self {
-        Decoder { header_digest: false, data_digest: false, max_data }
+        Decoder {
+            header_digest: false,
+            data_digest: false,
+            max_data,
+        }
     }
 
     /// Total bytes of the PDU whose BHS starts `buf`, once 48 bytes are present.
     pub fn frame_len(&self, bhs: &[u8; BHS_LEN]) -> Result<usize, FrameError> {
         let c = Common::read(bhs);
         if c.data_len > self.max_data {
-            return Err(FrameError::DataTooLong { len: c.data_len, max: self.max_data });
+            return Err(FrameError::DataTooLong {
+                len: c.data_len,
+                max: self.max_data,
+            });
         }
         let mut n = BHS_LEN + c.ahs_words as usize * 4;
         if self.header_digest {
@@ -69,7 +85,9 @@ impl Decoder {
 
     /// Decode one PDU from the front of `buf`. `Ok(None)` means more bytes are needed.
     pub fn decode(&self, buf: &[u8]) -> Result<Option<(RawPdu, usize)>, FrameError> {
-        let Some(head) = buf.get(..BHS_LEN) else { return Ok(None) };
+        let Some(head) = buf.get(..BHS_LEN) else {
+            return Ok(None);
+        };
         let mut bhs = [0u8; BHS_LEN];
         bhs.copy_from_slice(head);
         let total = self.frame_len(&bhs)?;
@@ -172,7 +190,11 @@ mod tests {
                 let (h, data) = nop(n);
                 let mut out = Vec::new();
                 encode(&h, &[], &data, hd, dd, &mut out);
-                let dec = Decoder { header_digest: hd, data_digest: dd, max_data: 8192 };
+                let dec = Decoder {
+                    header_digest: hd,
+                    data_digest: dd,
+                    max_data: 8192,
+                };
                 // Every strict prefix asks for more bytes.
                 for cut in 0..out.len() {
                     assert_eq!(dec.decode(&out[..cut]), Ok(None));
@@ -190,10 +212,17 @@ mod tests {
         let (h, data) = nop(10);
         let mut out = Vec::new();
         encode(&h, &[], &data, true, true, &mut out);
-        let dec = Decoder { header_digest: true, data_digest: true, max_data: 8192 };
+        let dec = Decoder {
+            header_digest: true,
+            data_digest: true,
+            max_data: 8192,
+        };
         let mut bad = out.clone();
         bad[20] ^= 1;
-        assert!(matches!(dec.decode(&bad), Err(FrameError::HeaderDigest { .. })));
+        assert!(matches!(
+            dec.decode(&bad),
+            Err(FrameError::HeaderDigest { .. })
+        ));
         let mut bad = out.clone();
         bad[53] ^= 1;
         assert!(matches!(
@@ -208,6 +237,9 @@ mod tests {
         let mut out = Vec::new();
         encode(&h, &[], &data, false, false, &mut out);
         let dec = Decoder::new(64);
-        assert_eq!(dec.decode(&out), Err(FrameError::DataTooLong { len: 100, max: 64 }));
+        assert_eq!(
+            dec.decode(&out),
+            Err(FrameError::DataTooLong { len: 100, max: 64 })
+        );
     }
 }

@@ -801,11 +801,16 @@ mod tests {
     #[test]
     fn scsi_command_vector() {
         let h = Header::parse(&READ10).unwrap();
-        let Header::ScsiCommand(c) = &h else { panic!("{h:?}") };
+        let Header::ScsiCommand(c) = &h else {
+            panic!("{h:?}")
+        };
         assert!(c.final_bit && c.read && !c.write && !c.immediate);
         assert_eq!(c.attr, 1);
         assert_eq!(c.lun, 0x0001_0000_0000_0000);
-        assert_eq!((c.itt, c.expected_len, c.cmd_sn, c.exp_stat_sn), (0x2a, 4096, 7, 3));
+        assert_eq!(
+            (c.itt, c.expected_len, c.cmd_sn, c.exp_stat_sn),
+            (0x2a, 4096, 7, 3)
+        );
         assert_eq!(&c.cdb[..10], &[0x28, 0, 0, 0, 0x12, 0x34, 0, 0, 8, 0]);
         assert_eq!(h.emit(), READ10);
     }
@@ -820,7 +825,9 @@ mod tests {
         b[16..20].copy_from_slice(&[0, 0, 0, 1]);
         b[20..22].copy_from_slice(&[0, 2]);
         let h = Header::parse(&b).unwrap();
-        let Header::LoginRequest(l) = &h else { panic!() };
+        let Header::LoginRequest(l) = &h else {
+            panic!()
+        };
         assert!(l.transit && !l.cont);
         assert_eq!((l.csg, l.nsg), (Stage::Operational, Stage::FullFeature));
         assert_eq!(l.isid, 0x4000_0137_0000);
@@ -842,62 +849,170 @@ mod tests {
     fn every_type_round_trips() {
         // Emit a header of every type with distinctive values, parse it back, compare.
         let hs = vec![
-            Header::NopOut(NopOut { immediate: true, lun: 5, itt: 1, ttt: 2, cmd_sn: 3, exp_stat_sn: 4 }),
+            Header::NopOut(NopOut {
+                immediate: true,
+                lun: 5,
+                itt: 1,
+                ttt: 2,
+                cmd_sn: 3,
+                exp_stat_sn: 4,
+            }),
             Header::TaskMgmtRequest(TaskMgmtRequest {
-                immediate: true, function: 1, lun: 9, itt: 1, referenced_tag: 2, cmd_sn: 3,
-                exp_stat_sn: 4, ref_cmd_sn: 5, exp_data_sn: 6,
+                immediate: true,
+                function: 1,
+                lun: 9,
+                itt: 1,
+                referenced_tag: 2,
+                cmd_sn: 3,
+                exp_stat_sn: 4,
+                ref_cmd_sn: 5,
+                exp_data_sn: 6,
             }),
             Header::TextRequest(TextRequest {
-                immediate: false, final_bit: true, cont: false, lun: 0, itt: 9, ttt: RESERVED,
-                cmd_sn: 1, exp_stat_sn: 2,
+                immediate: false,
+                final_bit: true,
+                cont: false,
+                lun: 0,
+                itt: 9,
+                ttt: RESERVED,
+                cmd_sn: 1,
+                exp_stat_sn: 2,
             }),
             Header::DataOut(DataOut {
-                final_bit: true, lun: 1, itt: 2, ttt: 3, exp_stat_sn: 4, data_sn: 5, buffer_offset: 6,
+                final_bit: true,
+                lun: 1,
+                itt: 2,
+                ttt: 3,
+                exp_stat_sn: 4,
+                data_sn: 5,
+                buffer_offset: 6,
             }),
             Header::LogoutRequest(LogoutRequest {
-                immediate: true, reason: LogoutReason::CLOSE_CONNECTION, itt: 1, cid: 2, cmd_sn: 3,
+                immediate: true,
+                reason: LogoutReason::CLOSE_CONNECTION,
+                itt: 1,
+                cid: 2,
+                cmd_sn: 3,
                 exp_stat_sn: 4,
             }),
             Header::SnackRequest(SnackRequest {
-                snack_type: 1, lun: 2, itt: 3, ttt: 4, exp_stat_sn: 5, beg_run: 6, run_length: 7,
+                snack_type: 1,
+                lun: 2,
+                itt: 3,
+                ttt: 4,
+                exp_stat_sn: 5,
+                beg_run: 6,
+                run_length: 7,
             }),
-            Header::NopIn(NopIn { lun: 1, itt: 2, ttt: 3, stat_sn: 4, exp_cmd_sn: 5, max_cmd_sn: 6 }),
+            Header::NopIn(NopIn {
+                lun: 1,
+                itt: 2,
+                ttt: 3,
+                stat_sn: 4,
+                exp_cmd_sn: 5,
+                max_cmd_sn: 6,
+            }),
             Header::ScsiResponse(ScsiResponse {
-                bidi_overflow: true, bidi_underflow: false, overflow: false, underflow: true,
-                response: 0, status: 2, itt: 1, snack_tag: 0, stat_sn: 3, exp_cmd_sn: 4,
-                max_cmd_sn: 5, exp_data_sn: 6, bidi_residual: 7, residual: 8,
+                bidi_overflow: true,
+                bidi_underflow: false,
+                overflow: false,
+                underflow: true,
+                response: 0,
+                status: 2,
+                itt: 1,
+                snack_tag: 0,
+                stat_sn: 3,
+                exp_cmd_sn: 4,
+                max_cmd_sn: 5,
+                exp_data_sn: 6,
+                bidi_residual: 7,
+                residual: 8,
             }),
             Header::TaskMgmtResponse(TaskMgmtResponse {
-                response: 1, itt: 2, stat_sn: 3, exp_cmd_sn: 4, max_cmd_sn: 5,
+                response: 1,
+                itt: 2,
+                stat_sn: 3,
+                exp_cmd_sn: 4,
+                max_cmd_sn: 5,
             }),
             Header::LoginResponse(LoginResponse {
-                transit: true, cont: false, csg: Stage::Security, nsg: Stage::Operational,
-                version_max: 0, version_active: 0, isid: 0x8000_0000_0001, tsih: 7, itt: 1,
-                stat_sn: 2, exp_cmd_sn: 3, max_cmd_sn: 4, status: LoginStatus::NOT_FOUND,
+                transit: true,
+                cont: false,
+                csg: Stage::Security,
+                nsg: Stage::Operational,
+                version_max: 0,
+                version_active: 0,
+                isid: 0x8000_0000_0001,
+                tsih: 7,
+                itt: 1,
+                stat_sn: 2,
+                exp_cmd_sn: 3,
+                max_cmd_sn: 4,
+                status: LoginStatus::NOT_FOUND,
             }),
             Header::TextResponse(TextResponse {
-                final_bit: false, cont: true, lun: 0, itt: 1, ttt: 2, stat_sn: 3, exp_cmd_sn: 4,
+                final_bit: false,
+                cont: true,
+                lun: 0,
+                itt: 1,
+                ttt: 2,
+                stat_sn: 3,
+                exp_cmd_sn: 4,
                 max_cmd_sn: 5,
             }),
             Header::DataIn(DataIn {
-                final_bit: true, ack: false, overflow: false, underflow: true, has_status: true,
-                status: 0, lun: 1, itt: 2, ttt: RESERVED, stat_sn: 3, exp_cmd_sn: 4, max_cmd_sn: 5,
-                data_sn: 6, buffer_offset: 7, residual: 8,
+                final_bit: true,
+                ack: false,
+                overflow: false,
+                underflow: true,
+                has_status: true,
+                status: 0,
+                lun: 1,
+                itt: 2,
+                ttt: RESERVED,
+                stat_sn: 3,
+                exp_cmd_sn: 4,
+                max_cmd_sn: 5,
+                data_sn: 6,
+                buffer_offset: 7,
+                residual: 8,
             }),
             Header::LogoutResponse(LogoutResponse {
-                response: LogoutResponseCode::CLOSED, itt: 1, stat_sn: 2, exp_cmd_sn: 3,
-                max_cmd_sn: 4, time2wait: 2, time2retain: 20,
+                response: LogoutResponseCode::CLOSED,
+                itt: 1,
+                stat_sn: 2,
+                exp_cmd_sn: 3,
+                max_cmd_sn: 4,
+                time2wait: 2,
+                time2retain: 20,
             }),
             Header::R2t(R2t {
-                lun: 1, itt: 2, ttt: 3, stat_sn: 4, exp_cmd_sn: 5, max_cmd_sn: 6, r2t_sn: 7,
-                buffer_offset: 8, desired_len: 9,
+                lun: 1,
+                itt: 2,
+                ttt: 3,
+                stat_sn: 4,
+                exp_cmd_sn: 5,
+                max_cmd_sn: 6,
+                r2t_sn: 7,
+                buffer_offset: 8,
+                desired_len: 9,
             }),
             Header::AsyncMessage(AsyncMessage {
-                lun: 0, stat_sn: 1, exp_cmd_sn: 2, max_cmd_sn: 3, event: AsyncEvent::LOGOUT_REQUEST,
-                vcode: 0, param1: 0, param2: 2, param3: 20,
+                lun: 0,
+                stat_sn: 1,
+                exp_cmd_sn: 2,
+                max_cmd_sn: 3,
+                event: AsyncEvent::LOGOUT_REQUEST,
+                vcode: 0,
+                param1: 0,
+                param2: 2,
+                param3: 20,
             }),
             Header::Reject(Reject {
-                reason: RejectReason::PROTOCOL_ERROR, stat_sn: 1, exp_cmd_sn: 2, max_cmd_sn: 3,
+                reason: RejectReason::PROTOCOL_ERROR,
+                stat_sn: 1,
+                exp_cmd_sn: 2,
+                max_cmd_sn: 3,
                 data_sn: 0,
             }),
         ];

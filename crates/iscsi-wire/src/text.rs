@@ -130,14 +130,20 @@ mod tests {
         assert_eq!(
             p,
             vec![
-                ("InitiatorName".into(), "iqn.1993-08.org.debian:01:abc".into()),
+                (
+                    "InitiatorName".into(),
+                    "iqn.1993-08.org.debian:01:abc".into()
+                ),
                 ("SessionType".into(), "Normal".into())
             ]
         );
         assert_eq!(&encode(&p)[..], &raw[..raw.len() - 2]);
         // Value may contain '='.
         assert_eq!(parse(b"X=a=b\0").unwrap(), vec![("X".into(), "a=b".into())]);
-        assert_eq!(parse(b"Empty=\0").unwrap(), vec![("Empty".into(), "".into())]);
+        assert_eq!(
+            parse(b"Empty=\0").unwrap(),
+            vec![("Empty".into(), "".into())]
+        );
     }
 
     #[test]
@@ -148,14 +154,20 @@ mod tests {
         let long_key = format!("{}=1", "k".repeat(64));
         assert_eq!(parse(long_key.as_bytes()), Err(TextError::KeyTooLong));
         let long_val = format!("K={}", "v".repeat(MAX_VALUE_LEN + 1));
-        assert!(matches!(parse(long_val.as_bytes()), Err(TextError::ValueTooLong(_))));
+        assert!(matches!(
+            parse(long_val.as_bytes()),
+            Err(TextError::ValueTooLong(_))
+        ));
     }
 
     #[test]
     fn continuation() {
         let mut acc = Accumulator::default();
         assert_eq!(acc.push(b"Key=v", true), Ok(None));
-        assert_eq!(acc.push(b"alue\0", false), Ok(Some(b"Key=value\0".to_vec())));
+        assert_eq!(
+            acc.push(b"alue\0", false),
+            Ok(Some(b"Key=value\0".to_vec()))
+        );
         assert!(acc.is_empty());
         let big = vec![b'a'; MAX_TEXT_LEN];
         assert_eq!(acc.push(&big, true), Ok(None));

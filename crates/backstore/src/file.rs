@@ -1,0 +1,140 @@
+//! A regular file as a backstore.
+//!
+//! The file is created sparse, so a large LUN costs no disk space until it is written, and
+//! unmap punches holes (`fallocate(PUNCH_HOLE | KEEP_SIZE)`) so thin provisioning really returns
+//! space to the file system. All I/O is positional (pread/pwrite), so concurrent commands need no
+//! lock. On a file system that cannot punch holes, unmap writes zeroes instead and says so by
+//! returning `Ok(false)`; [`Backstore::supports_unmap`] is probed at open, harmlessly, by
+//! punching a hole past the end of the file.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::{check_range, sys, Backstore, Extent};
+
+/// A regular file used as a (usually sparse) backstore.
+#[derive(Debug)]
+pub struct FileBackstore {
+    file: File,
+    path: PathBuf,
+    size: u64,
+    can_punch: bool,
+}
+
+impl FileBackstore {
+    /// Opens the file at `path` for reading and writing.
+    ///
+    /// - Missing and `size` given: created as a sparse file of `size` bytes.
+    /// - Missing and no `size`: `NotFound`.
+    /// - Existing and `size` larger than the file: extended (sparsely) to `size`.
+    /// - Existing and `size` smaller: left alone; a backstore never truncates data.
+    ///
+    /// The backstore's size is the file's length after this.
+    pub fn open(path: impl AsRef<Path>, size: Option<u64>) -> io::Result<Self> {
+        let path = path.as_ref();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(size.is_some())
+            .truncate(false)
+            .open(path)
+            .map_err(|e| {
+                io::Error::new(e.kind(), format!("file backstore {}: {e}", path.display()))
+            })?;
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "file backstore {}: not a regular file (use a block backstore for devices)",
+                    path.display()
+                ),
+            ));
+        }
+        let mut len = meta.len();
+        if let Some(size) = size {
+            if size > len {
+                file.set_len(size)?;
+                len = size;
+            }
+        }
+        let can_punch = sys::probe_punch_hole(&file, len);
+        Ok(FileBackstore {
+            file,
+            path: path.to_owned(),
+            size: len,
+            can_punch,
+        })
+    }
+
+    /// The path the file was opened at.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the byte at `offset` is allocated (holds data) rather than in a hole.
+    pub fn is_mapped(&self, offset: u64) -> io::Result<bool> {
+        Ok(self.extent_at(offset)?.mapped)
+    }
+
+    /// The run of bytes from `offset` that share its allocation status, found with
+    /// `SEEK_DATA`/`SEEK_HOLE`, for GET LBA STATUS. A file system without hole reporting
+    /// describes the whole file as mapped, which is always a truthful answer.
+    pub fn extent_at(&self, offset: u64) -> io::Result<Extent> {
+        check_range(self.size, offset, 1)?;
+        let (mapped, end) = match sys::seek_data(&self.file, offset)? {
+            Some(data) if data <= offset => {
+                let hole = sys::seek_hole(&self.file, offset)?.unwrap_or(self.size);
+                (true, hole)
+            }
+            Some(data) => (false, data),
+            None => (false, self.size),
+        };
+        // The file may have changed length behind our back; keep the answer inside the store.
+        let end = end.clamp(offset + 1, self.size);
+        Ok(Extent {
+            offset,
+            len: end - offset,
+            mapped,
+        })
+    }
+}
+
+impl Backstore for FileBackstore {
+    fn kind(&self) -> &'static str {
+        "file"
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        sys::read_at(&self.file, self.size, buf, offset)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        sys::write_at(&self.file, self.size, buf, offset)
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn unmap(&self, offset: u64, len: u64) -> io::Result<bool> {
+        check_range(self.size, offset, len)?;
+        if len == 0 {
+            return Ok(true);
+        }
+        if sys::try_punch_hole(&self.file, self.can_punch, offset, len)? {
+            return Ok(true);
+        }
+        sys::write_zeroes(&self.file, offset, len)?;
+        Ok(false)
+    }
+
+    fn supports_unmap(&self) -> bool {
+        self.can_punch
+    }
+}

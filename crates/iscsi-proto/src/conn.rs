@@ -1,0 +1,1447 @@
+//! One iSCSI connection from its first login PDU to its close, as a sans-IO state machine.
+//!
+//! ```text
+//!  Login ──LoginComplete──► (driver: accept_login / refuse_login) ──► FullFeature ──► Closed
+//!    └──refusal sent──────────────────────────────────────────────────────────────┘
+//! ```
+//! In full feature phase the engine owns the session's command window (CmdSN/ExpCmdSN/
+//! MaxCmdSN, RFC 7143 §4.2.2.1), the task table keyed by ITT, the R2T state of writes
+//! (RFC 7143 §4.2.3, §11.8), Data-In sequencing and residuals (§11.7, §11.4.5), NOP keep-alive
+//! (§11.18, §11.19), task management (§11.5, §11.6), text/SendTargets (§11.10, appendix C) and
+//! logout (§11.14). ErrorRecoveryLevel is 0: any error that breaks the PDU stream closes the
+//! connection.
+//!
+//! Inputs: [`Connection::handle_pdu`], [`Connection::handle_digest_error`],
+//! [`Connection::complete_task`], [`Connection::handle_timeout`]. Outputs:
+//! [`Connection::poll_transmit`], [`Connection::poll_event`], [`Connection::poll_timeout`].
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use iscsi_wire::frame::RawPdu;
+use iscsi_wire::header::*;
+use iscsi_wire::{ahs, text, LoginStatus, LogoutReason, LogoutResponseCode, Opcode, RejectReason};
+use iscsi_wire::{TmfFunction, TmfResponse, RESERVED_TAG};
+
+use crate::login::{Directory, Login, LoginResult, LoginStep, SessionKind};
+use crate::params::{Negotiated, TargetOffer};
+use crate::serial;
+use crate::{OutPdu, Payload};
+
+/// Internal identity of a task handed to the device server (ITTs can be reused by the
+/// initiator once a task is answered, so they do not identify an execution).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskId(pub u64);
+
+/// A SCSI command whose data-out has fully arrived, ready for the device server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScsiTask {
+    pub id: TaskId,
+    pub itt: u32,
+    /// The 8-byte LUN field as received.
+    pub lun: u64,
+    pub cdb: Vec<u8>,
+    pub attr: u8,
+    pub read: bool,
+    pub write: bool,
+    /// Expected Data Transfer Length from the initiator.
+    pub expected_len: u32,
+    pub data_out: Vec<u8>,
+}
+
+/// What the device server made of a task.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct TaskOutcome {
+    pub status: u8,
+    /// Sense data (fixed or descriptor format); sent in the SCSI Response.
+    pub sense: Vec<u8>,
+    pub data_in: Vec<u8>,
+    /// Bytes of data-out the CDB asked for (for the write residual).
+    pub data_out_len: u32,
+}
+
+/// A task management function that needs the device server (or the session table).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TmfAction {
+    /// ABORT TASK SET / CLEAR TASK SET on a LUN (the engine already dropped its own tasks).
+    ClearTaskSet {
+        lun: u64,
+    },
+    LunReset {
+        lun: u64,
+    },
+    TargetWarmReset,
+    TargetColdReset,
+}
+
+/// Things the driver must act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConnEvent {
+    /// Login reached the point of entering full feature phase: allocate or find the session,
+    /// reinstate an old one with the same ISID, then call `accept_login` or `refuse_login`.
+    LoginComplete(LoginResult),
+    /// Negotiated digests and data segment limit changed: re-arm the decoder.
+    Framing {
+        header_digest: bool,
+        data_digest: bool,
+        max_recv: u32,
+    },
+    Execute(ScsiTask),
+    Tmf(TmfAction),
+    /// Close the connection once every queued PDU is sent.
+    Close {
+        reason: &'static str,
+    },
+}
+
+/// Driver-tunable limits.
+#[derive(Clone, Debug)]
+pub struct ConnConfig {
+    pub offer: TargetOffer,
+    /// Commands the initiator may have outstanding (MaxCmdSN - ExpCmdSN + 1).
+    pub cmd_window: u32,
+    /// Largest Expected Data Transfer Length buffered for a write.
+    pub max_write_len: u32,
+    /// Idle time before a target NOP-In ping; `None` disables pings.
+    pub nop_interval: Option<Duration>,
+    /// How long a ping may stay unanswered before the connection is dropped.
+    pub nop_timeout: Duration,
+    /// How long login may take in all.
+    pub login_timeout: Duration,
+}
+
+impl Default for ConnConfig {
+    fn default() -> Self {
+        ConnConfig {
+            offer: TargetOffer::default(),
+            cmd_window: 128,
+            max_write_len: 32 * 1024 * 1024,
+            nop_interval: Some(Duration::from_secs(30)),
+            nop_timeout: Duration::from_secs(30),
+            login_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct R2tState {
+    ttt: u32,
+    offset: u32,
+    len: u32,
+    received: u32,
+    next_data_sn: u32,
+}
+
+#[derive(Debug)]
+struct WriteState {
+    buf: Vec<u8>,
+    /// End of the unsolicited part (immediate data + unsolicited Data-Out).
+    unsolicited_end: u32,
+    unsolicited_done: bool,
+    unsolicited_data_sn: u32,
+    next_r2t_offset: u32,
+    r2t_sn: u32,
+    r2ts: Vec<R2tState>,
+}
+
+#[derive(Debug)]
+enum TaskPhase {
+    /// Gathering data-out.
+    Receiving(WriteState),
+    /// Handed to the device server.
+    Executing,
+}
+
+#[derive(Debug)]
+struct Task {
+    id: TaskId,
+    lun: u64,
+    cdb: Vec<u8>,
+    attr: u8,
+    read: bool,
+    write: bool,
+    expected_len: u32,
+    /// Delivered in CmdSN order (or immediate).
+    delivered: bool,
+    phase: TaskPhase,
+    /// DataSN / R2TSN counter for the task (RFC 7143 §11.7.5, §11.8.4).
+    data_sn: u32,
+}
+
+/// A non-SCSI request waiting for its CmdSN turn.
+#[derive(Debug)]
+enum Queued {
+    Scsi { itt: u32 },
+    Other(RawPdu),
+}
+
+#[derive(Debug)]
+struct PendingTmf {
+    itt: u32,
+    response: TmfResponse,
+    waiting: HashSet<TaskId>,
+    action: Option<TmfAction>,
+}
+
+#[derive(Debug)]
+struct TextExchange {
+    ttt: u32,
+    itt: u32,
+    splitter: text::Splitter,
+}
+
+#[derive(Debug)]
+struct Ffp {
+    kind: SessionKind,
+    initiator: String,
+    params: Negotiated,
+    exp_cmd_sn: u32,
+    max_cmd_sn: u32,
+    stat_sn: u32,
+    tasks: HashMap<u32, Task>,
+    /// ITTs of tasks with the device server, by id.
+    executing: HashMap<TaskId, u32>,
+    /// Results of aborted tasks are dropped when they come back.
+    aborted: HashSet<TaskId>,
+    /// ITTs recently aborted while receiving data: their late Data-Out is dropped silently.
+    aborted_itts: VecDeque<u32>,
+    queued: BTreeMap<u32, Queued>,
+    tmfs: Vec<PendingTmf>,
+    text_acc: text::Accumulator,
+    text: Option<TextExchange>,
+    ping: Option<(u32, Instant)>,
+    logout: Option<(u32, LogoutResponseCode)>,
+}
+
+#[derive(Debug)]
+enum Phase {
+    Login(Box<Login>),
+    Full(Box<Ffp>),
+}
+
+/// One connection (and, with MaxConnections=1, its session).
+#[derive(Debug)]
+pub struct Connection {
+    cfg: ConnConfig,
+    phase: Phase,
+    out: VecDeque<OutPdu>,
+    events: VecDeque<ConnEvent>,
+    next_task_id: u64,
+    next_ttt: u32,
+    last_rx: Instant,
+    started: Instant,
+    header_digest: bool,
+    data_digest: bool,
+    /// Set once the connection must close; the phase keeps its state so late calls are safe.
+    closed: bool,
+}
+
+const MAX_ABORTED_ITTS: usize = 256;
+
+impl Connection {
+    pub fn new(cfg: ConnConfig, now: Instant, initial_stat_sn: u32) -> Self {
+        let login = Login::new(cfg.offer.clone(), cfg.cmd_window, initial_stat_sn);
+        Connection {
+            cfg,
+            phase: Phase::Login(Box::new(login)),
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+            next_task_id: 1,
+            next_ttt: 1,
+            last_rx: now,
+            started: now,
+            header_digest: false,
+            data_digest: false,
+            closed: false,
+        }
+    }
+
+    /// Next PDU to send.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<OutPdu> {
+        self.out.pop_front()
+    }
+
+    /// Next thing the driver must do.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<ConnEvent> {
+        self.events.pop_front()
+    }
+
+    pub fn is_full_feature(&self) -> bool {
+        !self.closed && matches!(self.phase, Phase::Full(_))
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Negotiated parameters once in full feature phase.
+    pub fn params(&self) -> Option<&Negotiated> {
+        match &self.phase {
+            Phase::Full(f) => Some(&f.params),
+            _ => None,
+        }
+    }
+
+    /// Tasks currently known (for metrics/tests).
+    pub fn task_count(&self) -> usize {
+        match &self.phase {
+            Phase::Full(f) => f.tasks.len(),
+            _ => 0,
+        }
+    }
+
+    fn alloc_ttt(&mut self) -> u32 {
+        let t = self.next_ttt;
+        self.next_ttt = self.next_ttt.wrapping_add(1);
+        if self.next_ttt == RESERVED_TAG {
+            self.next_ttt = 1;
+        }
+        t
+    }
+
+    fn close(&mut self, reason: &'static str) {
+        if !self.closed {
+            self.closed = true;
+            self.events.push_back(ConnEvent::Close { reason });
+        }
+    }
+
+    /// When the driver should call [`Connection::handle_timeout`] next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.closed {
+            return None;
+        }
+        match &self.phase {
+            Phase::Login(_) => Some(self.started + self.cfg.login_timeout),
+            Phase::Full(f) => match f.ping {
+                Some((_, sent)) => Some(sent + self.cfg.nop_timeout),
+                None => self.cfg.nop_interval.map(|i| self.last_rx + i),
+            },
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.closed {
+            return;
+        }
+        match &mut self.phase {
+            Phase::Login(_) => {
+                if now >= self.started + self.cfg.login_timeout {
+                    self.close("login timed out");
+                }
+            }
+            Phase::Full(f) => {
+                if let Some((_, sent)) = f.ping {
+                    if now >= sent + self.cfg.nop_timeout {
+                        self.close("NOP-In ping not answered");
+                    }
+                    return;
+                }
+                let Some(interval) = self.cfg.nop_interval else {
+                    return;
+                };
+                if now < self.last_rx + interval {
+                    return;
+                }
+                // RFC 7143 §11.19: a target ping is a NOP-In with a valid TTT and reserved ITT;
+                // its StatSN is not advanced.
+                let ttt = self.next_ttt;
+                self.next_ttt = self.next_ttt.wrapping_add(1).max(1);
+                let Phase::Full(f) = &mut self.phase else {
+                    unreachable!()
+                };
+                f.ping = Some((ttt, now));
+                let h = Header::NopIn(NopIn {
+                    lun: 0,
+                    itt: RESERVED_TAG,
+                    ttt,
+                    stat_sn: f.stat_sn,
+                    exp_cmd_sn: f.exp_cmd_sn,
+                    max_cmd_sn: f.max_cmd_sn,
+                });
+                self.push(h, Payload::Empty);
+            }
+        }
+    }
+
+    fn push(&mut self, header: Header, data: Payload) {
+        self.out.push_back(OutPdu {
+            header,
+            data,
+            header_digest: self.header_digest,
+            data_digest: self.data_digest,
+        });
+    }
+
+    /// A PDU whose data digest failed (RFC 7143 §7.8: Reject with Data-Digest-Error; at ERL 0
+    /// a SCSI command or Data-Out so hit cannot be recovered, so the connection closes after).
+    pub fn handle_digest_error(&mut self, bhs: &[u8; 48]) {
+        let op = Opcode(bhs[0] & 0x3f);
+        self.reject(bhs, RejectReason::DATA_DIGEST_ERROR);
+        if matches!(op, Opcode::DATA_OUT | Opcode::SCSI_COMMAND) {
+            self.close("data digest error on SCSI data at ErrorRecoveryLevel 0");
+        }
+    }
+
+    /// Handle one received PDU.
+    pub fn handle_pdu(&mut self, now: Instant, pdu: RawPdu, dir: &dyn Directory) {
+        self.last_rx = now;
+        if self.closed {
+            return;
+        }
+        match &mut self.phase {
+            Phase::Login(login) => {
+                let req = match pdu.header() {
+                    Ok(Header::LoginRequest(r)) => r,
+                    _ => {
+                        // RFC 7143 §6.3: only Login Requests are valid before full feature
+                        // phase; anything else ends the login (protocol error).
+                        self.close("non-login PDU during login");
+                        return;
+                    }
+                };
+                let step = login.handle(&req, &pdu.data, dir);
+                let out = login.take_output();
+                for o in out {
+                    self.out.push_back(o);
+                }
+                match step {
+                    LoginStep::Continue => {}
+                    LoginStep::Complete(r) => self.events.push_back(ConnEvent::LoginComplete(r)),
+                    LoginStep::Failed(_) => self.close("login refused"),
+                }
+            }
+            Phase::Full(_) => self.handle_ffp(now, pdu, dir),
+        }
+    }
+
+    /// The driver accepted the login: send the final response and enter full feature phase.
+    pub fn accept_login(&mut self, result: &LoginResult, tsih: u16) {
+        let Phase::Login(login) = &mut self.phase else {
+            return;
+        };
+        login.accept(tsih);
+        for o in login.take_output() {
+            self.out.push_back(o);
+        }
+        let p = result.params.clone();
+        self.header_digest = p.header_digest;
+        self.data_digest = p.data_digest;
+        self.events.push_back(ConnEvent::Framing {
+            header_digest: p.header_digest,
+            data_digest: p.data_digest,
+            max_recv: p.target_mrdsl,
+        });
+        let window = self.cfg.cmd_window;
+        self.phase = Phase::Full(Box::new(Ffp {
+            kind: result.kind,
+            initiator: result.initiator_name.clone(),
+            params: p,
+            exp_cmd_sn: result.exp_cmd_sn,
+            max_cmd_sn: result.exp_cmd_sn.wrapping_add(window - 1),
+            stat_sn: result.next_stat_sn,
+            tasks: HashMap::new(),
+            executing: HashMap::new(),
+            aborted: HashSet::new(),
+            aborted_itts: VecDeque::new(),
+            queued: BTreeMap::new(),
+            tmfs: Vec::new(),
+            text_acc: text::Accumulator::default(),
+            text: None,
+            ping: None,
+            logout: None,
+        }));
+    }
+
+    /// The driver refused the login at the last step.
+    pub fn refuse_login(&mut self, status: LoginStatus) {
+        let Phase::Login(login) = &mut self.phase else {
+            return;
+        };
+        login.refuse(status);
+        for o in login.take_output() {
+            self.out.push_back(o);
+        }
+        self.close("login refused");
+    }
+
+    fn ffp(&mut self) -> &mut Ffp {
+        match &mut self.phase {
+            Phase::Full(f) => f,
+            _ => unreachable!("ffp() outside full feature phase"),
+        }
+    }
+
+    /// Send a Reject carrying the offending header (RFC 7143 §11.17).
+    fn reject(&mut self, bhs: &[u8; 48], reason: RejectReason) {
+        let (stat_sn, exp, max) = match &mut self.phase {
+            Phase::Full(f) => {
+                let s = f.stat_sn;
+                f.stat_sn = f.stat_sn.wrapping_add(1);
+                (s, f.exp_cmd_sn, f.max_cmd_sn)
+            }
+            _ => (0, 0, 0),
+        };
+        let h = Header::Reject(Reject {
+            reason,
+            stat_sn,
+            exp_cmd_sn: exp,
+            max_cmd_sn: max,
+            data_sn: 0,
+        });
+        self.push(h, Payload::Owned(bhs.to_vec()));
+    }
+
+    /// Advance MaxCmdSN as tasks finish; never move it backwards (RFC 7143 §4.2.2.1).
+    fn update_window(&mut self) {
+        let window = self.cfg.cmd_window;
+        let f = self.ffp();
+        let busy = (f.tasks.len() as u32).min(window - 1);
+        let candidate = f.exp_cmd_sn.wrapping_add(window - 1 - busy);
+        if serial::lt(f.max_cmd_sn, candidate) {
+            f.max_cmd_sn = candidate;
+        }
+    }
+
+    fn handle_ffp(&mut self, now: Instant, pdu: RawPdu, dir: &dyn Directory) {
+        let header = match pdu.header() {
+            Ok(h) => h,
+            Err(_) => {
+                // RFC 7143 §11.17.1: unknown opcode → Reject, Command not supported.
+                self.reject(&pdu.bhs, RejectReason::COMMAND_NOT_SUPPORTED);
+                return;
+            }
+        };
+        // CmdSN ordering applies to requests that carry one (RFC 7143 §4.2.2.1).
+        let (cmd_sn, immediate) = match &header {
+            Header::ScsiCommand(c) => (Some(c.cmd_sn), c.immediate),
+            Header::TaskMgmtRequest(t) => (Some(t.cmd_sn), t.immediate),
+            Header::TextRequest(t) => (Some(t.cmd_sn), t.immediate),
+            Header::LogoutRequest(l) => (Some(l.cmd_sn), l.immediate),
+            Header::NopOut(n) => (Some(n.cmd_sn), n.immediate),
+            Header::DataOut(_) | Header::SnackRequest(_) => (None, false),
+            Header::LoginRequest(_) => {
+                // RFC 7143 §6.3: login in full feature phase is a protocol error.
+                self.reject(&pdu.bhs, RejectReason::PROTOCOL_ERROR);
+                return;
+            }
+            _ => {
+                // A target-only opcode sent by the initiator.
+                self.reject(&pdu.bhs, RejectReason::PROTOCOL_ERROR);
+                return;
+            }
+        };
+        let _ = now;
+        let Some(cmd_sn) = cmd_sn else {
+            match header {
+                Header::DataOut(d) => self.handle_data_out(&pdu, d),
+                // RFC 7143 §11.16: SNACK is for ErrorRecoveryLevel > 0; we run ERL 0.
+                _ => self.reject(&pdu.bhs, RejectReason::PROTOCOL_ERROR),
+            }
+            return;
+        };
+        if immediate {
+            // RFC 7143 §3.2.2.1: immediate delivery, CmdSN not advanced.
+            self.dispatch(pdu, header, true, dir);
+            return;
+        }
+        let f = self.ffp();
+        if cmd_sn == f.exp_cmd_sn {
+            f.exp_cmd_sn = f.exp_cmd_sn.wrapping_add(1);
+            self.dispatch(pdu, header, false, dir);
+            self.drain_queued(dir);
+        } else if serial::in_window(cmd_sn, f.exp_cmd_sn, f.max_cmd_sn) {
+            if f.queued.contains_key(&cmd_sn) {
+                return; // duplicate within the window: silently ignored
+            }
+            // Out of order but inside the window: hold it until the gap fills. A SCSI command
+            // registers its task now so its unsolicited data can arrive.
+            if let Header::ScsiCommand(c) = &header {
+                let itt = c.itt;
+                if self.register_scsi(&pdu, c, false) {
+                    self.ffp().queued.insert(cmd_sn, Queued::Scsi { itt });
+                }
+            } else {
+                self.ffp().queued.insert(cmd_sn, Queued::Other(pdu));
+            }
+        } else {
+            // RFC 7143 §4.2.2.1: non-immediate commands outside the window are silently ignored.
+            tracing::debug!(
+                cmd_sn,
+                exp = f.exp_cmd_sn,
+                max = f.max_cmd_sn,
+                "CmdSN outside window, dropped"
+            );
+        }
+    }
+
+    fn drain_queued(&mut self, dir: &dyn Directory) {
+        loop {
+            let f = self.ffp();
+            let Some(q) = f.queued.remove(&f.exp_cmd_sn) else {
+                break;
+            };
+            f.exp_cmd_sn = f.exp_cmd_sn.wrapping_add(1);
+            match q {
+                Queued::Scsi { itt } => self.deliver_scsi(itt),
+                Queued::Other(pdu) => {
+                    if let Ok(h) = pdu.header() {
+                        self.dispatch(pdu, h, false, dir);
+                    }
+                }
+            }
+            if self.is_closed() {
+                return;
+            }
+        }
+    }
+
+    fn dispatch(&mut self, pdu: RawPdu, header: Header, immediate: bool, dir: &dyn Directory) {
+        let kind = self.ffp().kind;
+        match header {
+            Header::ScsiCommand(c) => {
+                if kind == SessionKind::Discovery {
+                    // RFC 7143 §4.3: a discovery session carries only Text and Logout.
+                    self.reject(&pdu.bhs, RejectReason::PROTOCOL_ERROR);
+                    return;
+                }
+                let itt = c.itt;
+                if self.register_scsi(&pdu, &c, immediate) {
+                    self.deliver_scsi(itt);
+                }
+            }
+            Header::NopOut(n) => self.handle_nop_out(&pdu, n),
+            Header::TaskMgmtRequest(t) => {
+                if kind == SessionKind::Discovery {
+                    self.reject(&pdu.bhs, RejectReason::PROTOCOL_ERROR);
+                    return;
+                }
+                self.handle_tmf(t)
+            }
+            Header::TextRequest(t) => self.handle_text(&pdu, t, dir),
+            Header::LogoutRequest(l) => self.handle_logout(l),
+            _ => self.reject(&pdu.bhs, RejectReason::PROTOCOL_ERROR),
+        }
+        self.update_window();
+    }
+
+    // ---- SCSI commands and data-out -------------------------------------------------------
+
+    /// Create the task for a SCSI Command PDU and take its immediate data. Returns false if
+    /// the command was answered or rejected right away.
+    fn register_scsi(&mut self, pdu: &RawPdu, c: &ScsiCommand, immediate: bool) -> bool {
+        let _ = immediate;
+        if c.itt == RESERVED_TAG {
+            self.reject(&pdu.bhs, RejectReason::INVALID_PDU_FIELD);
+            return false;
+        }
+        if self.ffp().tasks.contains_key(&c.itt) {
+            // RFC 7143 §11.2.1.8: the ITT must be unique among the session's open tasks.
+            self.reject(&pdu.bhs, RejectReason::TASK_IN_PROGRESS);
+            return false;
+        }
+        let mut cdb = c.cdb.to_vec();
+        if !pdu.ahs.is_empty() {
+            match ahs::parse(&pdu.ahs) {
+                Ok(list) => {
+                    for a in list {
+                        if let ahs::Ahs::ExtendedCdb(rest) = a {
+                            cdb.extend_from_slice(rest);
+                        }
+                    }
+                }
+                Err(_) => {
+                    self.reject(&pdu.bhs, RejectReason::PROTOCOL_ERROR);
+                    return false;
+                }
+            }
+        }
+        let p = self.ffp().params.clone();
+        let imm_len = pdu.data.len() as u32;
+        if imm_len > 0 {
+            // RFC 7143 §13.11: immediate data only when negotiated, within FirstBurstLength,
+            // and only for commands that send data.
+            if !p.immediate_data
+                || !c.write
+                || imm_len > p.first_burst_length
+                || imm_len > c.expected_len
+            {
+                self.reject(&pdu.bhs, RejectReason::PROTOCOL_ERROR);
+                return false;
+            }
+        }
+        let id = TaskId(self.next_task_id);
+        self.next_task_id += 1;
+        let phase = if c.write && c.expected_len > 0 {
+            if c.expected_len > self.cfg.max_write_len {
+                // Too large to buffer: answer with an iSCSI-level target failure (RFC 7143
+                // §11.4.3 response 0x01) rather than overrun memory.
+                self.send_target_failure(c.itt);
+                if !c.final_bit || imm_len < c.expected_len {
+                    self.remember_aborted_itt(c.itt);
+                }
+                return false;
+            }
+            // RFC 7143 §13.10, §13.14: unsolicited data (immediate + Data-Out without R2T) is
+            // allowed up to FirstBurstLength when InitialR2T=No; F=1 on the command means none
+            // follows the immediate data.
+            let unsolicited_end = if p.initial_r2t {
+                imm_len
+            } else {
+                p.first_burst_length.min(c.expected_len)
+            };
+            let unsolicited_done = p.initial_r2t || c.final_bit || imm_len >= unsolicited_end;
+            let mut buf = Vec::with_capacity(c.expected_len as usize);
+            buf.extend_from_slice(&pdu.data);
+            TaskPhase::Receiving(WriteState {
+                buf,
+                unsolicited_end: unsolicited_end.max(imm_len),
+                unsolicited_done,
+                unsolicited_data_sn: 0,
+                next_r2t_offset: imm_len,
+                r2t_sn: 0,
+                r2ts: Vec::new(),
+            })
+        } else {
+            TaskPhase::Receiving(WriteState {
+                buf: Vec::new(),
+                unsolicited_end: 0,
+                unsolicited_done: true,
+                unsolicited_data_sn: 0,
+                next_r2t_offset: 0,
+                r2t_sn: 0,
+                r2ts: Vec::new(),
+            })
+        };
+        let task = Task {
+            id,
+            lun: c.lun,
+            cdb,
+            attr: c.attr,
+            read: c.read,
+            write: c.write,
+            expected_len: c.expected_len,
+            delivered: false,
+            phase,
+            data_sn: 0,
+        };
+        self.ffp().tasks.insert(c.itt, task);
+        true
+    }
+
+    fn send_target_failure(&mut self, itt: u32) {
+        let f = self.ffp();
+        let h = Header::ScsiResponse(iscsi_wire::ScsiResponse {
+            response: iscsi_wire::ScsiResponseCode::TARGET_FAILURE.0,
+            itt,
+            stat_sn: f.stat_sn,
+            exp_cmd_sn: f.exp_cmd_sn,
+            max_cmd_sn: f.max_cmd_sn,
+            ..Default::default()
+        });
+        f.stat_sn = f.stat_sn.wrapping_add(1);
+        self.push(h, Payload::Empty);
+    }
+
+    fn remember_aborted_itt(&mut self, itt: u32) {
+        let f = self.ffp();
+        f.aborted_itts.push_back(itt);
+        if f.aborted_itts.len() > MAX_ABORTED_ITTS {
+            f.aborted_itts.pop_front();
+        }
+    }
+
+    fn deliver_scsi(&mut self, itt: u32) {
+        let Some(t) = self.ffp().tasks.get_mut(&itt) else {
+            return;
+        };
+        t.delivered = true;
+        self.advance_task(itt);
+    }
+
+    /// Move a delivered task on: solicit more data, or hand it to the device server.
+    fn advance_task(&mut self, itt: u32) {
+        let p = self.ffp().params.clone();
+        let mut r2ts = Vec::new();
+        let mut ready = None;
+        {
+            let f = self.ffp();
+            let Some(t) = f.tasks.get_mut(&itt) else {
+                return;
+            };
+            if !t.delivered {
+                return;
+            }
+            let TaskPhase::Receiving(w) = &mut t.phase else {
+                return;
+            };
+            let edtl = if t.write { t.expected_len } else { 0 };
+            if w.buf.len() as u32 >= edtl && w.r2ts.is_empty() {
+                let data_out = std::mem::take(&mut w.buf);
+                ready = Some(ScsiTask {
+                    id: t.id,
+                    itt,
+                    lun: t.lun,
+                    cdb: std::mem::take(&mut t.cdb),
+                    attr: t.attr,
+                    read: t.read,
+                    write: t.write,
+                    expected_len: t.expected_len,
+                    data_out,
+                });
+                t.phase = TaskPhase::Executing;
+            } else if w.unsolicited_done {
+                // RFC 7143 §4.2.3: R2Ts for the rest, each at most MaxBurstLength, no more than
+                // MaxOutstandingR2T at once.
+                while (w.r2ts.len() as u32) < p.max_outstanding_r2t && w.next_r2t_offset < edtl {
+                    let len = (edtl - w.next_r2t_offset).min(p.max_burst_length);
+                    r2ts.push((w.next_r2t_offset, len, w.r2t_sn));
+                    w.r2ts.push(R2tState {
+                        ttt: 0,
+                        offset: w.next_r2t_offset,
+                        len,
+                        received: 0,
+                        next_data_sn: 0,
+                    });
+                    w.next_r2t_offset += len;
+                    w.r2t_sn += 1;
+                }
+                t.data_sn = w.r2t_sn;
+            }
+        }
+        if let Some(task) = ready {
+            let f = self.ffp();
+            f.executing.insert(task.id, itt);
+            self.events.push_back(ConnEvent::Execute(task));
+            return;
+        }
+        for (offset, len, r2t_sn) in r2ts {
+            let ttt = self.alloc_ttt();
+            let f = self.ffp();
+            let Some(t) = f.tasks.get_mut(&itt) else {
+                return;
+            };
+            let lun = t.lun;
+            if let TaskPhase::Receiving(w) = &mut t.phase {
+                if let Some(r) = w.r2ts.iter_mut().find(|r| r.offset == offset && r.ttt == 0) {
+                    r.ttt = ttt;
+                }
+            }
+            let h = Header::R2t(R2t {
+                lun,
+                itt,
+                ttt,
+                // RFC 7143 §11.8: R2T carries the next StatSN without advancing it.
+                stat_sn: f.stat_sn,
+                exp_cmd_sn: f.exp_cmd_sn,
+                max_cmd_sn: f.max_cmd_sn,
+                r2t_sn,
+                buffer_offset: offset,
+                desired_len: len,
+            });
+            self.push(h, Payload::Empty);
+        }
+    }
+
+    fn handle_data_out(&mut self, pdu: &RawPdu, d: DataOut) {
+        let f = self.ffp();
+        let Some(t) = f.tasks.get_mut(&d.itt) else {
+            if f.aborted_itts.contains(&d.itt) {
+                return; // data for a task we already aborted or answered
+            }
+            // RFC 7143 §11.7: Data-Out must belong to an open task.
+            self.reject(&pdu.bhs, RejectReason::INVALID_PDU_FIELD);
+            return;
+        };
+        let TaskPhase::Receiving(w) = &mut t.phase else {
+            self.reject(&pdu.bhs, RejectReason::PROTOCOL_ERROR);
+            return;
+        };
+        let edtl = if t.write { t.expected_len } else { 0 };
+        let len = pdu.data.len() as u32;
+        let end = d.buffer_offset.checked_add(len);
+        let received = w.buf.len() as u32;
+        let mut ok = end.is_some_and(|e| e <= edtl);
+        if d.ttt == RESERVED_TAG {
+            // Unsolicited Data-Out (RFC 7143 §4.2.3): in order, within the first burst,
+            // DataSN counting from 0.
+            ok = ok
+                && !w.unsolicited_done
+                && d.buffer_offset == received
+                && end.is_some_and(|e| e <= w.unsolicited_end)
+                && d.data_sn == w.unsolicited_data_sn;
+            if ok {
+                w.unsolicited_data_sn += 1;
+                w.buf.extend_from_slice(&pdu.data);
+                if d.final_bit || w.buf.len() as u32 >= w.unsolicited_end {
+                    w.unsolicited_done = true;
+                    if w.next_r2t_offset < w.buf.len() as u32 {
+                        w.next_r2t_offset = w.buf.len() as u32;
+                    }
+                }
+            }
+        } else {
+            // Solicited: must match an outstanding R2T (DataPDUInOrder=Yes, so in order).
+            match w.r2ts.iter().position(|r| r.ttt == d.ttt) {
+                Some(i) => {
+                    let r = &mut w.r2ts[i];
+                    ok = ok
+                        && d.buffer_offset == r.offset + r.received
+                        && d.buffer_offset == received
+                        && len <= r.len - r.received
+                        && d.data_sn == r.next_data_sn;
+                    if ok {
+                        r.received += len;
+                        r.next_data_sn += 1;
+                        w.buf.extend_from_slice(&pdu.data);
+                        if r.received == r.len {
+                            w.r2ts.remove(i);
+                        } else if d.final_bit {
+                            ok = false; // sequence ended short of the R2T's length
+                        }
+                    }
+                }
+                None => ok = false,
+            }
+        }
+        if !ok {
+            // At ERL 0 a Data-Out out of sequence (wrong DataSN, offset, TTT or length) cannot
+            // be recovered (RFC 7143 §7.1, §7.4): reject it and drop the connection.
+            tracing::debug!(
+                itt = d.itt,
+                ttt = d.ttt,
+                data_sn = d.data_sn,
+                offset = d.buffer_offset,
+                len,
+                "bad Data-Out"
+            );
+            self.reject(&pdu.bhs, RejectReason::PROTOCOL_ERROR);
+            self.close("Data-Out out of sequence at ErrorRecoveryLevel 0");
+            return;
+        }
+        self.advance_task(d.itt);
+    }
+
+    /// The device server finished a task.
+    pub fn complete_task(&mut self, id: TaskId, outcome: TaskOutcome) {
+        if self.closed {
+            return;
+        }
+        let Phase::Full(f) = &mut self.phase else {
+            return;
+        };
+        let Some(itt) = f.executing.remove(&id) else {
+            return;
+        };
+        if f.aborted.remove(&id) {
+            // Aborted: no response (SAM-5 §7.3); the TMF may now be answered.
+            self.finish_tmf_wait(id);
+            self.update_window();
+            self.maybe_finish_logout();
+            return;
+        }
+        let Some(task) = f.tasks.remove(&itt) else {
+            return;
+        };
+        self.send_response(itt, &task, outcome);
+        self.update_window();
+        self.maybe_finish_logout();
+    }
+
+    fn send_response(&mut self, itt: u32, task: &Task, o: TaskOutcome) {
+        let p = self.ffp().params.clone();
+        let edtl = task.expected_len;
+        // Residuals (RFC 7143 §11.4.5): compare what the command transferred (or wanted to)
+        // with the Expected Data Transfer Length.
+        let wanted: u64 = if task.read && !task.write {
+            o.data_in.len() as u64
+        } else if task.write {
+            o.data_out_len as u64
+        } else {
+            (o.data_in.len() as u64).max(o.data_out_len as u64)
+        };
+        let (overflow, underflow, residual) = if wanted > edtl as u64 {
+            (
+                true,
+                false,
+                (wanted - edtl as u64).min(u32::MAX as u64) as u32,
+            )
+        } else if wanted < edtl as u64 {
+            (false, true, edtl - wanted as u32)
+        } else {
+            (false, false, 0)
+        };
+        let send_len = if task.read {
+            o.data_in.len().min(edtl as usize)
+        } else {
+            0
+        };
+        let good = o.status == 0 && o.sense.is_empty();
+        if send_len > 0 {
+            let buf = Arc::new(o.data_in);
+            let mrdsl = p.initiator_mrdsl.max(512) as usize;
+            let burst = p.max_burst_length.max(512) as usize;
+            let mut off = 0usize;
+            let mut data_sn = task.data_sn;
+            while off < send_len {
+                let burst_end = ((off / burst) + 1) * burst;
+                let len = mrdsl.min(send_len - off).min(burst_end - off);
+                let last = off + len == send_len;
+                // RFC 7143 §11.7.4: status may ride on the last Data-In only if there is no
+                // sense data to carry (phase collapse).
+                let with_status = last && good;
+                let f = self.ffp();
+                let h = Header::DataIn(DataIn {
+                    // F closes each sequence of at most MaxBurstLength (RFC 7143 §11.7.1).
+                    final_bit: last || off + len == burst_end,
+                    ack: false,
+                    overflow: with_status && overflow,
+                    underflow: with_status && underflow,
+                    has_status: with_status,
+                    status: o.status,
+                    lun: task.lun,
+                    itt,
+                    ttt: RESERVED_TAG,
+                    stat_sn: f.stat_sn,
+                    exp_cmd_sn: f.exp_cmd_sn,
+                    max_cmd_sn: f.max_cmd_sn,
+                    data_sn,
+                    buffer_offset: off as u32,
+                    residual: if with_status { residual } else { 0 },
+                });
+                if with_status {
+                    f.stat_sn = f.stat_sn.wrapping_add(1);
+                }
+                data_sn += 1;
+                self.push(
+                    h,
+                    Payload::Shared {
+                        buf: buf.clone(),
+                        start: off,
+                        len,
+                    },
+                );
+                off += len;
+            }
+            if good {
+                return;
+            }
+            return self.send_scsi_response(
+                itt,
+                &o.status,
+                &o.sense,
+                (overflow, underflow, residual),
+                data_sn,
+            );
+        }
+        self.send_scsi_response(
+            itt,
+            &o.status,
+            &o.sense,
+            (overflow, underflow, residual),
+            task.data_sn,
+        );
+    }
+
+    fn send_scsi_response(
+        &mut self,
+        itt: u32,
+        status: &u8,
+        sense: &[u8],
+        res: (bool, bool, u32),
+        exp_data_sn: u32,
+    ) {
+        let f = self.ffp();
+        let h = Header::ScsiResponse(iscsi_wire::ScsiResponse {
+            overflow: res.0,
+            underflow: res.1,
+            response: 0,
+            status: *status,
+            itt,
+            stat_sn: f.stat_sn,
+            exp_cmd_sn: f.exp_cmd_sn,
+            max_cmd_sn: f.max_cmd_sn,
+            exp_data_sn,
+            residual: res.2,
+            ..Default::default()
+        });
+        f.stat_sn = f.stat_sn.wrapping_add(1);
+        // RFC 7143 §11.4.7: the data segment holds SenseLength (2 bytes) then sense data.
+        let data = if sense.is_empty() {
+            Payload::Empty
+        } else {
+            let mut v = Vec::with_capacity(sense.len() + 2);
+            v.extend_from_slice(&(sense.len() as u16).to_be_bytes());
+            v.extend_from_slice(sense);
+            Payload::Owned(v)
+        };
+        self.push(h, data);
+    }
+
+    // ---- NOP ------------------------------------------------------------------------------
+
+    fn handle_nop_out(&mut self, pdu: &RawPdu, n: NopOut) {
+        if n.itt == RESERVED_TAG {
+            // A reply to our ping (TTT valid), or a bare ExpStatSN update (RFC 7143 §11.18).
+            let f = self.ffp();
+            if n.ttt != RESERVED_TAG {
+                if f.ping.is_some_and(|(t, _)| t == n.ttt) {
+                    f.ping = None;
+                }
+            }
+            return;
+        }
+        if n.ttt != RESERVED_TAG {
+            // RFC 7143 §11.18.3: an initiator ping carries TTT 0xffffffff.
+            self.reject(&pdu.bhs, RejectReason::PROTOCOL_ERROR);
+            return;
+        }
+        // RFC 7143 §11.19: echo the ping data in a NOP-In with the same ITT and LUN.
+        let f = self.ffp();
+        let h = Header::NopIn(NopIn {
+            lun: n.lun,
+            itt: n.itt,
+            ttt: RESERVED_TAG,
+            stat_sn: f.stat_sn,
+            exp_cmd_sn: f.exp_cmd_sn,
+            max_cmd_sn: f.max_cmd_sn,
+        });
+        f.stat_sn = f.stat_sn.wrapping_add(1);
+        let data = if pdu.data.is_empty() {
+            Payload::Empty
+        } else {
+            Payload::Owned(pdu.data.clone())
+        };
+        self.push(h, data);
+    }
+
+    // ---- Task management ------------------------------------------------------------------
+
+    fn handle_tmf(&mut self, t: TaskMgmtRequest) {
+        let func = TmfFunction(t.function);
+        let mut waiting = HashSet::new();
+        let mut action = None;
+        let response = match func {
+            TmfFunction::ABORT_TASK => {
+                let f = self.ffp();
+                let found = f
+                    .tasks
+                    .get(&t.referenced_tag)
+                    .map(|x| (x.lun == t.lun, x.id));
+                match found {
+                    Some((true, id)) => {
+                        self.abort_task(t.referenced_tag, &mut waiting);
+                        let _ = id;
+                        TmfResponse::COMPLETE
+                    }
+                    // RFC 7143 §11.5.1: a task that is not there. If its CmdSN is within the
+                    // window and was never received, consider it received and aborted.
+                    _ => {
+                        let f = self.ffp();
+                        if serial::in_window(t.ref_cmd_sn, f.exp_cmd_sn, f.max_cmd_sn)
+                            && serial::lt(t.ref_cmd_sn, t.cmd_sn)
+                            && !f.queued.contains_key(&t.ref_cmd_sn)
+                        {
+                            TmfResponse::COMPLETE
+                        } else {
+                            TmfResponse::TASK_DOES_NOT_EXIST
+                        }
+                    }
+                }
+            }
+            TmfFunction::ABORT_TASK_SET | TmfFunction::CLEAR_TASK_SET => {
+                self.abort_where(|task| task.lun == t.lun, &mut waiting);
+                action = Some(TmfAction::ClearTaskSet { lun: t.lun });
+                TmfResponse::COMPLETE
+            }
+            TmfFunction::LOGICAL_UNIT_RESET => {
+                self.abort_where(|task| task.lun == t.lun, &mut waiting);
+                action = Some(TmfAction::LunReset { lun: t.lun });
+                TmfResponse::COMPLETE
+            }
+            TmfFunction::TARGET_WARM_RESET => {
+                self.abort_where(|_| true, &mut waiting);
+                action = Some(TmfAction::TargetWarmReset);
+                TmfResponse::COMPLETE
+            }
+            TmfFunction::TARGET_COLD_RESET => {
+                self.abort_where(|_| true, &mut waiting);
+                action = Some(TmfAction::TargetColdReset);
+                TmfResponse::COMPLETE
+            }
+            // RFC 7143 §11.5.1: reassignment needs ERL 2.
+            TmfFunction::TASK_REASSIGN => TmfResponse::REASSIGNMENT_NOT_SUPPORTED,
+            // No ACA support (NACA=1 is refused by the device server), so nothing to clear.
+            TmfFunction::CLEAR_ACA => TmfResponse::COMPLETE,
+            _ => TmfResponse::REJECTED,
+        };
+        self.ffp().tmfs.push(PendingTmf {
+            itt: t.itt,
+            response,
+            waiting,
+            action,
+        });
+        self.flush_tmfs();
+    }
+
+    fn abort_where(&mut self, pred: impl Fn(&Task) -> bool, waiting: &mut HashSet<TaskId>) {
+        let itts: Vec<u32> = self
+            .ffp()
+            .tasks
+            .iter()
+            .filter(|(_, t)| pred(t))
+            .map(|(i, _)| *i)
+            .collect();
+        for itt in itts {
+            self.abort_task(itt, waiting);
+        }
+    }
+
+    fn abort_task(&mut self, itt: u32, waiting: &mut HashSet<TaskId>) {
+        let f = self.ffp();
+        let Some(task) = f.tasks.remove(&itt) else {
+            return;
+        };
+        f.queued
+            .retain(|_, q| !matches!(q, Queued::Scsi { itt: i } if *i == itt));
+        match task.phase {
+            TaskPhase::Executing => {
+                f.aborted.insert(task.id);
+                waiting.insert(task.id);
+                // Keep the ITT reserved until the device server returns.
+                f.executing.insert(task.id, itt);
+            }
+            TaskPhase::Receiving(_) => {}
+        }
+        self.remember_aborted_itt(itt);
+    }
+
+    fn finish_tmf_wait(&mut self, id: TaskId) {
+        for t in &mut self.ffp().tmfs {
+            t.waiting.remove(&id);
+        }
+        self.flush_tmfs();
+    }
+
+    /// Answer TMFs in arrival order once the tasks they aborted have really stopped
+    /// (SAM-5 §7.11: the function completes after the affected tasks are terminated).
+    fn flush_tmfs(&mut self) {
+        while let Some(first) = self.ffp().tmfs.first() {
+            if !first.waiting.is_empty() {
+                break;
+            }
+            let t = self.ffp().tmfs.remove(0);
+            if let Some(a) = t.action {
+                self.events.push_back(ConnEvent::Tmf(a.clone()));
+                if a == TmfAction::TargetColdReset {
+                    self.send_tmf_response(t.itt, t.response);
+                    // RFC 7143 §11.5.1: after a cold reset the target drops all connections.
+                    self.close("target cold reset");
+                    return;
+                }
+            }
+            self.send_tmf_response(t.itt, t.response);
+        }
+    }
+
+    fn send_tmf_response(&mut self, itt: u32, r: TmfResponse) {
+        let f = self.ffp_or_none();
+        let Some(f) = f else { return };
+        let h = Header::TaskMgmtResponse(TaskMgmtResponse {
+            response: r.0,
+            itt,
+            stat_sn: f.stat_sn,
+            exp_cmd_sn: f.exp_cmd_sn,
+            max_cmd_sn: f.max_cmd_sn,
+        });
+        f.stat_sn = f.stat_sn.wrapping_add(1);
+        self.push(h, Payload::Empty);
+    }
+
+    fn ffp_or_none(&mut self) -> Option<&mut Ffp> {
+        match &mut self.phase {
+            Phase::Full(f) => Some(f),
+            _ => None,
+        }
+    }
+
+    // ---- Text and SendTargets -------------------------------------------------------------
+
+    fn handle_text(&mut self, pdu: &RawPdu, t: TextRequest, dir: &dyn Directory) {
+        let mrdsl = self.ffp().params.initiator_mrdsl as usize;
+        // Continuing one of our long answers (RFC 7143 §11.11.4): an empty request with our TTT.
+        if t.ttt != RESERVED_TAG {
+            let f = self.ffp();
+            match f.text.as_mut() {
+                Some(x) if x.ttt == t.ttt && x.itt == t.itt => {
+                    let (piece, more) = x.splitter.next_piece(mrdsl);
+                    let ttt = if more { x.ttt } else { RESERVED_TAG };
+                    if !more {
+                        f.text = None;
+                    }
+                    self.send_text(t.itt, ttt, more, piece);
+                }
+                _ => self.reject(&pdu.bhs, RejectReason::PROTOCOL_ERROR),
+            }
+            return;
+        }
+        // A new request abandons any unfinished answer (RFC 7143 §11.10.4).
+        self.ffp().text = None;
+        let whole = match self.ffp().text_acc.push(&pdu.data, t.cont) {
+            Ok(Some(w)) => w,
+            Ok(None) => {
+                let ttt = self.alloc_ttt();
+                self.send_text(t.itt, ttt, false, Vec::new());
+                return;
+            }
+            Err(_) => {
+                self.reject(&pdu.bhs, RejectReason::PROTOCOL_ERROR);
+                return;
+            }
+        };
+        let pairs = match text::parse(&whole) {
+            Ok(p) => p,
+            Err(_) => {
+                self.reject(&pdu.bhs, RejectReason::PROTOCOL_ERROR);
+                return;
+            }
+        };
+        let initiator = self.ffp().initiator.clone();
+        let kind = self.ffp().kind;
+        let mut answer: Vec<(String, String)> = Vec::new();
+        for (k, v) in pairs {
+            if k == "SendTargets" {
+                // RFC 7143 appendix C: All (discovery sessions), a name, or empty (the
+                // session's own target, normal sessions).
+                let filter = match v.as_str() {
+                    "All" if kind == SessionKind::Discovery => None,
+                    "All" => None,
+                    "" => None,
+                    name => Some(name),
+                };
+                for (name, addrs) in dir.send_targets(&initiator, filter) {
+                    answer.push(("TargetName".into(), name));
+                    for a in addrs {
+                        answer.push(("TargetAddress".into(), a));
+                    }
+                }
+            } else if crate::params::lookup(&k).is_some() {
+                // Login-only keys cannot be renegotiated in full feature phase.
+                answer.push((k, "Reject".into()));
+            } else {
+                answer.push((k, "NotUnderstood".into()));
+            }
+        }
+        let mut sp = text::Splitter::new(text::encode(&answer));
+        let (piece, more) = sp.next_piece(mrdsl);
+        if more {
+            let ttt = self.alloc_ttt();
+            self.ffp().text = Some(TextExchange {
+                ttt,
+                itt: t.itt,
+                splitter: sp,
+            });
+            self.send_text(t.itt, ttt, true, piece);
+        } else {
+            self.send_text(t.itt, RESERVED_TAG, false, piece);
+        }
+    }
+
+    fn send_text(&mut self, itt: u32, ttt: u32, cont: bool, data: Vec<u8>) {
+        let f = self.ffp();
+        let final_bit = ttt == RESERVED_TAG && !cont;
+        let h = Header::TextResponse(TextResponse {
+            final_bit,
+            cont,
+            lun: 0,
+            itt,
+            ttt,
+            stat_sn: f.stat_sn,
+            exp_cmd_sn: f.exp_cmd_sn,
+            max_cmd_sn: f.max_cmd_sn,
+        });
+        f.stat_sn = f.stat_sn.wrapping_add(1);
+        self.push(
+            h,
+            if data.is_empty() {
+                Payload::Empty
+            } else {
+                Payload::Owned(data)
+            },
+        );
+    }
+
+    // ---- Logout ---------------------------------------------------------------------------
+
+    fn handle_logout(&mut self, l: LogoutRequest) {
+        let code = match l.reason {
+            LogoutReason::CLOSE_SESSION => LogoutResponseCode::CLOSED,
+            // With one connection per session, closing it closes the session too; another
+            // CID is not ours (RFC 7143 §11.15.1).
+            LogoutReason::CLOSE_CONNECTION => LogoutResponseCode::CLOSED,
+            LogoutReason::REMOVE_FOR_RECOVERY => LogoutResponseCode::RECOVERY_NOT_SUPPORTED,
+            _ => LogoutResponseCode::CLEANUP_FAILED,
+        };
+        if code == LogoutResponseCode::CLOSED {
+            // Tasks still gathering data will never get it now; running ones finish first.
+            let mut w = HashSet::new();
+            let receiving: Vec<u32> = self
+                .ffp()
+                .tasks
+                .iter()
+                .filter(|(_, t)| matches!(t.phase, TaskPhase::Receiving(_)))
+                .map(|(i, _)| *i)
+                .collect();
+            for itt in receiving {
+                self.abort_task(itt, &mut w);
+            }
+        }
+        self.ffp().logout = Some((l.itt, code));
+        self.maybe_finish_logout();
+    }
+
+    fn maybe_finish_logout(&mut self) {
+        if self.closed {
+            return;
+        }
+        let Some(f) = self.ffp_or_none() else { return };
+        let Some((itt, code)) = f.logout else { return };
+        if code == LogoutResponseCode::CLOSED && !f.executing.is_empty() {
+            return;
+        }
+        f.logout = None;
+        let h = Header::LogoutResponse(LogoutResponse {
+            response: code,
+            itt,
+            stat_sn: f.stat_sn,
+            exp_cmd_sn: f.exp_cmd_sn,
+            max_cmd_sn: f.max_cmd_sn,
+            time2wait: f.params.default_time2wait as u16,
+            time2retain: f.params.default_time2retain as u16,
+        });
+        f.stat_sn = f.stat_sn.wrapping_add(1);
+        self.push(h, Payload::Empty);
+        if code == LogoutResponseCode::CLOSED {
+            self.close("logout");
+        }
+    }
+
+    /// Session reinstatement or an operator closed this session: stop now.
+    pub fn shutdown(&mut self, reason: &'static str) {
+        self.close(reason);
+    }
+
+    /// Ids of tasks with the device server (their results will be ignored after close).
+    pub fn executing(&self) -> Vec<TaskId> {
+        match &self.phase {
+            Phase::Full(f) => f.executing.keys().copied().collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,780 @@
+//! Scripted-initiator tests of the connection engine: PDUs in, PDUs and events out.
+
+use super::*;
+use iscsi_wire::{Stage, BHS_LEN};
+
+struct Dir;
+impl Directory for Dir {
+    fn tpg_tag(&self) -> u16 {
+        7
+    }
+    fn target(&self, name: &str, _i: &str) -> Option<Option<String>> {
+        (name == "iqn.2026-11.io.ferrite:t").then(|| Some("alias".into()))
+    }
+    fn send_targets(&self, _i: &str, filter: Option<&str>) -> Vec<(String, Vec<String>)> {
+        let all = vec![
+            (
+                "iqn.2026-11.io.ferrite:t".to_string(),
+                vec!["127.0.0.1:3260,7".to_string()],
+            ),
+            (
+                "iqn.2026-11.io.ferrite:u".to_string(),
+                vec!["[::1]:3260,8".to_string()],
+            ),
+        ];
+        all.into_iter()
+            .filter(|(n, _)| filter.is_none_or(|f| f == n))
+            .collect()
+    }
+}
+
+fn raw(h: Header, data: &[u8]) -> RawPdu {
+    let mut bhs = h.emit();
+    iscsi_wire::frame::encode_bhs_lengths(&mut bhs, 0, data.len());
+    RawPdu {
+        bhs,
+        ahs: Vec::new(),
+        data: data.to_vec(),
+    }
+}
+
+fn login_req(csg: Stage, nsg: Stage, transit: bool, keys: &[(&str, &str)]) -> RawPdu {
+    let h = Header::LoginRequest(LoginRequest {
+        transit,
+        cont: false,
+        csg,
+        nsg,
+        version_max: 0,
+        version_min: 0,
+        isid: 0x8000_0000_0001,
+        tsih: 0,
+        itt: 1,
+        cid: 0,
+        cmd_sn: 100,
+        exp_stat_sn: 0,
+    });
+    raw(h, &text::encode(keys))
+}
+
+struct Harness {
+    c: Connection,
+    now: Instant,
+    cmd_sn: u32,
+}
+
+fn outputs(c: &mut Connection) -> Vec<OutPdu> {
+    std::iter::from_fn(|| c.poll_transmit()).collect()
+}
+fn events(c: &mut Connection) -> Vec<ConnEvent> {
+    std::iter::from_fn(|| c.poll_event()).collect()
+}
+
+const BASE_KEYS: &[(&str, &str)] = &[
+    ("InitiatorName", "iqn.2026-11.test:init"),
+    ("TargetName", "iqn.2026-11.io.ferrite:t"),
+    ("SessionType", "Normal"),
+    ("HeaderDigest", "None"),
+    ("DataDigest", "None"),
+];
+
+impl Harness {
+    fn with(cfg: ConnConfig, extra: &[(&str, &str)]) -> Harness {
+        let now = Instant::now();
+        let mut c = Connection::new(cfg, now, 50);
+        let mut keys = BASE_KEYS.to_vec();
+        keys.extend_from_slice(extra);
+        c.handle_pdu(
+            now,
+            login_req(Stage::Operational, Stage::FullFeature, true, &keys),
+            &Dir,
+        );
+        let ev = events(&mut c);
+        let Some(ConnEvent::LoginComplete(r)) = ev.first() else {
+            panic!("{ev:?}")
+        };
+        let r = r.clone();
+        c.accept_login(&r, 9);
+        let out = outputs(&mut c);
+        assert_eq!(out.len(), 1);
+        let Header::LoginResponse(l) = &out[0].header else {
+            panic!()
+        };
+        assert!(l.transit && l.status.is_success());
+        assert_eq!((l.tsih, l.nsg, l.stat_sn), (9, Stage::FullFeature, 50));
+        assert!(c.is_full_feature());
+        events(&mut c);
+        Harness {
+            c,
+            now,
+            cmd_sn: 100,
+        }
+    }
+
+    fn new(extra: &[(&str, &str)]) -> Harness {
+        Harness::with(ConnConfig::default(), extra)
+    }
+
+    fn cmd(
+        &mut self,
+        itt: u32,
+        cdb0: u8,
+        read: bool,
+        write: bool,
+        edtl: u32,
+        final_bit: bool,
+        data: &[u8],
+    ) {
+        let mut cdb = [0u8; 16];
+        cdb[0] = cdb0;
+        let h = Header::ScsiCommand(ScsiCommand {
+            immediate: false,
+            final_bit,
+            read,
+            write,
+            attr: 1,
+            lun: 0,
+            itt,
+            expected_len: edtl,
+            cmd_sn: self.cmd_sn,
+            exp_stat_sn: 0,
+            cdb,
+        });
+        self.cmd_sn += 1;
+        self.c.handle_pdu(self.now, raw(h, data), &Dir);
+    }
+
+    fn data_out(
+        &mut self,
+        itt: u32,
+        ttt: u32,
+        data_sn: u32,
+        offset: u32,
+        final_bit: bool,
+        data: &[u8],
+    ) {
+        let h = Header::DataOut(DataOut {
+            final_bit,
+            lun: 0,
+            itt,
+            ttt,
+            exp_stat_sn: 0,
+            data_sn,
+            buffer_offset: offset,
+        });
+        self.c.handle_pdu(self.now, raw(h, data), &Dir);
+    }
+
+    fn executed(&mut self) -> ScsiTask {
+        let ev = events(&mut self.c);
+        match ev.as_slice() {
+            [ConnEvent::Execute(t)] => t.clone(),
+            other => panic!("expected one Execute, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn login_negotiates_and_declares() {
+    let now = Instant::now();
+    let mut c = Connection::new(ConnConfig::default(), now, 1);
+    let keys = [
+        ("InitiatorName", "iqn.2026-11.test:init"),
+        ("TargetName", "iqn.2026-11.io.ferrite:t"),
+        ("InitialR2T", "No"),
+        ("ImmediateData", "Yes"),
+        ("MaxBurstLength", "262144"),
+        ("FirstBurstLength", "65536"),
+        ("MaxRecvDataSegmentLength", "65536"),
+        ("HeaderDigest", "None,CRC32C"),
+        ("X-vendor.key", "1"),
+    ];
+    c.handle_pdu(
+        now,
+        login_req(Stage::Operational, Stage::FullFeature, true, &keys),
+        &Dir,
+    );
+    let Some(ConnEvent::LoginComplete(r)) = c.poll_event() else {
+        panic!()
+    };
+    assert_eq!(r.initiator_name, "iqn.2026-11.test:init");
+    assert_eq!(r.isid, 0x8000_0000_0001);
+    assert!(!r.params.initial_r2t && r.params.immediate_data);
+    assert_eq!(r.params.initiator_mrdsl, 65536);
+    c.accept_login(&r, 3);
+    let out = outputs(&mut c);
+    let pairs = text::parse(out[0].data.as_slice()).unwrap();
+    let get = |k: &str| pairs.iter().find(|(a, _)| a == k).map(|(_, v)| v.clone());
+    assert_eq!(get("HeaderDigest").as_deref(), Some("None"));
+    assert_eq!(get("InitialR2T").as_deref(), Some("No"));
+    assert_eq!(get("X-vendor.key").as_deref(), Some("NotUnderstood"));
+    assert_eq!(get("TargetPortalGroupTag").as_deref(), Some("7"));
+    assert_eq!(get("TargetAlias").as_deref(), Some("alias"));
+    assert_eq!(get("MaxRecvDataSegmentLength").as_deref(), Some("262144"));
+    assert_eq!(get("MaxBurstLength").as_deref(), Some("262144"));
+}
+
+fn login_status(keys: &[(&str, &str)], csg: Stage, nsg: Stage, version_min: u8) -> LoginStatus {
+    let now = Instant::now();
+    let mut c = Connection::new(ConnConfig::default(), now, 1);
+    let mut p = login_req(csg, nsg, true, keys);
+    p.bhs[3] = version_min;
+    c.handle_pdu(now, p, &Dir);
+    let out = outputs(&mut c);
+    let Header::LoginResponse(l) = &out[0].header else {
+        panic!()
+    };
+    let ev = events(&mut c);
+    if !l.status.is_success() {
+        assert!(matches!(ev.as_slice(), [ConnEvent::Close { .. }]), "{ev:?}");
+    }
+    l.status
+}
+
+#[test]
+fn login_refusals_carry_the_right_status() {
+    let op = Stage::Operational;
+    let ff = Stage::FullFeature;
+    assert_eq!(
+        login_status(&[("TargetName", "iqn.2026-11.io.ferrite:t")], op, ff, 0),
+        LoginStatus::MISSING_PARAMETER
+    );
+    assert_eq!(
+        login_status(&[("InitiatorName", "iqn.x:i")], op, ff, 0),
+        LoginStatus::MISSING_PARAMETER
+    );
+    assert_eq!(
+        login_status(
+            &[("InitiatorName", "iqn.x:i"), ("TargetName", "iqn.nope:x")],
+            op,
+            ff,
+            0
+        ),
+        LoginStatus::NOT_FOUND
+    );
+    assert_eq!(
+        login_status(BASE_KEYS, op, ff, 1),
+        LoginStatus::UNSUPPORTED_VERSION
+    );
+    assert_eq!(
+        login_status(BASE_KEYS, ff, ff, 0),
+        LoginStatus::INITIATOR_ERROR
+    );
+    assert_eq!(
+        login_status(BASE_KEYS, op, Stage::Security, 0),
+        LoginStatus::INITIATOR_ERROR
+    );
+    assert_eq!(
+        login_status(
+            &[("InitiatorName", "iqn.x:i"), ("SessionType", "Bogus")],
+            op,
+            ff,
+            0
+        ),
+        LoginStatus::SESSION_TYPE_NOT_SUPPORTED
+    );
+    let mut dup = BASE_KEYS.to_vec();
+    dup.push(("InitialR2T", "Yes"));
+    dup.push(("InitialR2T", "No"));
+    assert_eq!(login_status(&dup, op, ff, 0), LoginStatus::INITIATOR_ERROR);
+    // Only CHAP offered, and no CHAP configured: refused on leaving the security stage.
+    let mut chap = BASE_KEYS.to_vec();
+    chap.push(("AuthMethod", "CHAP"));
+    assert_eq!(
+        login_status(&chap, Stage::Security, op, 0),
+        LoginStatus::AUTHENTICATION_FAILURE
+    );
+}
+
+#[test]
+fn security_then_operational_stage() {
+    let now = Instant::now();
+    let mut c = Connection::new(ConnConfig::default(), now, 1);
+    let mut keys = BASE_KEYS.to_vec();
+    keys.push(("AuthMethod", "CHAP,None"));
+    c.handle_pdu(
+        now,
+        login_req(Stage::Security, Stage::Operational, true, &keys),
+        &Dir,
+    );
+    let out = outputs(&mut c);
+    let Header::LoginResponse(l) = &out[0].header else {
+        panic!()
+    };
+    assert!(l.transit && l.nsg == Stage::Operational && l.status.is_success());
+    assert!(text::parse(out[0].data.as_slice())
+        .unwrap()
+        .contains(&("AuthMethod".into(), "None".into())));
+    // Operational stage without transit: target answers and declares, stays.
+    let mut p = login_req(
+        Stage::Operational,
+        Stage::FullFeature,
+        false,
+        &[("MaxOutstandingR2T", "4")],
+    );
+    p.bhs[24..28].copy_from_slice(&100u32.to_be_bytes());
+    c.handle_pdu(now, p, &Dir);
+    let out = outputs(&mut c);
+    let Header::LoginResponse(l) = &out[0].header else {
+        panic!()
+    };
+    assert!(!l.transit);
+    assert_eq!(l.stat_sn, 2);
+    c.handle_pdu(
+        now,
+        login_req(Stage::Operational, Stage::FullFeature, true, &[]),
+        &Dir,
+    );
+    assert!(
+        matches!(c.poll_event(), Some(ConnEvent::LoginComplete(r)) if r.params.max_outstanding_r2t == 4)
+    );
+}
+
+#[test]
+fn read_is_split_by_mrdsl_with_status_in_last_data_in() {
+    let mut h = Harness::new(&[("MaxRecvDataSegmentLength", "4096")]);
+    h.cmd(0x10, 0x28, true, false, 10000, true, &[]);
+    let t = h.executed();
+    assert_eq!((t.itt, t.read, t.expected_len), (0x10, true, 10000));
+    h.c.complete_task(
+        t.id,
+        TaskOutcome {
+            data_in: vec![7u8; 10000],
+            ..Default::default()
+        },
+    );
+    let out = outputs(&mut h.c);
+    assert_eq!(out.len(), 3);
+    let mut off = 0;
+    for (i, o) in out.iter().enumerate() {
+        let Header::DataIn(d) = &o.header else {
+            panic!()
+        };
+        assert_eq!((d.data_sn, d.buffer_offset), (i as u32, off));
+        off += o.data.len() as u32;
+        assert_eq!(d.has_status, i == 2);
+    }
+    assert_eq!(out[2].data.len(), 10000 - 8192);
+    let Header::DataIn(last) = &out[2].header else {
+        panic!()
+    };
+    assert!(last.final_bit && !last.underflow && !last.overflow && last.stat_sn == 51);
+}
+
+#[test]
+fn read_residuals() {
+    let mut h = Harness::new(&[]);
+    // Device produced 512 bytes but the initiator expected 10000: underflow.
+    h.cmd(1, 0x28, true, false, 10000, true, &[]);
+    let t = h.executed();
+    h.c.complete_task(
+        t.id,
+        TaskOutcome {
+            data_in: vec![1; 512],
+            ..Default::default()
+        },
+    );
+    let out = outputs(&mut h.c);
+    let Header::DataIn(d) = &out[0].header else {
+        panic!()
+    };
+    assert!(d.has_status && d.underflow && d.residual == 10000 - 512);
+    // Expected 200 of 512: 200 bytes sent, overflow 312.
+    h.cmd(2, 0x28, true, false, 200, true, &[]);
+    let t = h.executed();
+    h.c.complete_task(
+        t.id,
+        TaskOutcome {
+            data_in: vec![1; 512],
+            ..Default::default()
+        },
+    );
+    let out = outputs(&mut h.c);
+    assert_eq!(out[0].data.len(), 200);
+    let Header::DataIn(d) = &out[0].header else {
+        panic!()
+    };
+    assert!(d.overflow && d.residual == 312);
+    // Expected 0: no data, SCSI Response with overflow.
+    h.cmd(3, 0x28, true, false, 0, true, &[]);
+    let t = h.executed();
+    h.c.complete_task(
+        t.id,
+        TaskOutcome {
+            data_in: vec![1; 512],
+            ..Default::default()
+        },
+    );
+    let out = outputs(&mut h.c);
+    let Header::ScsiResponse(r) = &out[0].header else {
+        panic!()
+    };
+    assert!(r.overflow && r.residual == 512 && out.len() == 1);
+}
+
+#[test]
+fn check_condition_goes_in_scsi_response_with_sense_length() {
+    let mut h = Harness::new(&[]);
+    h.cmd(5, 0x28, true, false, 512, true, &[]);
+    let t = h.executed();
+    let sense = vec![0x70, 0, 5, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x21, 0, 0, 0, 0, 0];
+    h.c.complete_task(
+        t.id,
+        TaskOutcome {
+            status: 2,
+            sense: sense.clone(),
+            data_in: vec![],
+            data_out_len: 0,
+        },
+    );
+    let out = outputs(&mut h.c);
+    let Header::ScsiResponse(r) = &out[0].header else {
+        panic!()
+    };
+    assert_eq!(r.status, 2);
+    assert_eq!(&out[0].data.as_slice()[..2], &[0, 18]);
+    assert_eq!(&out[0].data.as_slice()[2..], &sense[..]);
+}
+
+#[test]
+fn write_with_immediate_unsolicited_and_r2t() {
+    // FirstBurst 8192, MaxBurst 16384, InitialR2T=No, 4 R2Ts outstanding.
+    let mut cfg = ConnConfig::default();
+    cfg.offer.max_outstanding_r2t = 4;
+    let mut h = Harness::with(
+        cfg,
+        &[
+            ("InitialR2T", "No"),
+            ("ImmediateData", "Yes"),
+            ("FirstBurstLength", "8192"),
+            ("MaxBurstLength", "16384"),
+            ("MaxOutstandingR2T", "2"),
+        ],
+    );
+    let edtl = 8192 + 16384 * 2 + 100;
+    let data: Vec<u8> = (0..edtl).map(|i| (i % 251) as u8).collect();
+    h.cmd(0x20, 0x2a, false, true, edtl, false, &data[..4096]);
+    assert!(outputs(&mut h.c).is_empty());
+    h.data_out(0x20, RESERVED_TAG, 0, 4096, true, &data[4096..8192]);
+    let out = outputs(&mut h.c);
+    assert_eq!(out.len(), 2, "two R2Ts (MaxOutstandingR2T=2)");
+    let r2ts: Vec<R2t> = out
+        .iter()
+        .map(|o| match &o.header {
+            Header::R2t(r) => r.clone(),
+            x => panic!("{x:?}"),
+        })
+        .collect();
+    assert_eq!(
+        (r2ts[0].buffer_offset, r2ts[0].desired_len, r2ts[0].r2t_sn),
+        (8192, 16384, 0)
+    );
+    assert_eq!(
+        (r2ts[1].buffer_offset, r2ts[1].desired_len, r2ts[1].r2t_sn),
+        (8192 + 16384, 16384, 1)
+    );
+    // First R2T answered in two PDUs.
+    h.data_out(0x20, r2ts[0].ttt, 0, 8192, false, &data[8192..16384]);
+    h.data_out(0x20, r2ts[0].ttt, 1, 16384, true, &data[16384..24576]);
+    let out = outputs(&mut h.c);
+    let Header::R2t(r3) = &out[0].header else {
+        panic!()
+    };
+    assert_eq!(
+        (r3.buffer_offset, r3.desired_len, r3.r2t_sn),
+        (40960, 100, 2)
+    );
+    h.data_out(0x20, r2ts[1].ttt, 0, 24576, true, &data[24576..40960]);
+    assert!(events(&mut h.c).is_empty());
+    h.data_out(0x20, r3.ttt, 0, 40960, true, &data[40960..]);
+    let t = h.executed();
+    assert_eq!(t.data_out, data);
+    h.c.complete_task(
+        t.id,
+        TaskOutcome {
+            data_out_len: edtl,
+            ..Default::default()
+        },
+    );
+    let out = outputs(&mut h.c);
+    let Header::ScsiResponse(r) = &out[0].header else {
+        panic!()
+    };
+    assert!(!r.overflow && !r.underflow && r.status == 0 && r.exp_data_sn == 3);
+}
+
+#[test]
+fn bad_data_sn_is_rejected_and_closes() {
+    let mut h = Harness::new(&[("InitialR2T", "No"), ("FirstBurstLength", "65536")]);
+    h.cmd(0x30, 0x2a, false, true, 1024, false, &[]);
+    h.data_out(0x30, RESERVED_TAG, 27, 0, true, &[0u8; 1024]);
+    let out = outputs(&mut h.c);
+    assert!(
+        matches!(&out[0].header, Header::Reject(r) if r.reason == RejectReason::PROTOCOL_ERROR)
+    );
+    assert!(events(&mut h.c)
+        .iter()
+        .any(|e| matches!(e, ConnEvent::Close { .. })));
+}
+
+#[test]
+fn write_overflow_residual_from_device() {
+    let mut h = Harness::new(&[]);
+    h.cmd(0x40, 0x2a, false, true, 512, true, &[9u8; 512]);
+    let t = h.executed();
+    h.c.complete_task(
+        t.id,
+        TaskOutcome {
+            data_out_len: 1024,
+            ..Default::default()
+        },
+    );
+    let out = outputs(&mut h.c);
+    let Header::ScsiResponse(r) = &out[0].header else {
+        panic!()
+    };
+    assert!(r.overflow && r.residual == 512);
+}
+
+#[test]
+fn cmd_sn_window() {
+    let mut h = Harness::new(&[]);
+    // Too high (beyond MaxCmdSN) and too low: silently dropped.
+    let saved = h.cmd_sn;
+    h.cmd_sn = saved + 1000;
+    h.cmd(1, 0, false, false, 0, true, &[]);
+    h.cmd_sn = saved - 1;
+    h.cmd(2, 0, false, false, 0, true, &[]);
+    assert!(events(&mut h.c).is_empty() && outputs(&mut h.c).is_empty());
+    // Out of order inside the window: held until the gap is filled.
+    h.cmd_sn = saved + 1;
+    h.cmd(3, 0, false, false, 0, true, &[]);
+    assert!(events(&mut h.c).is_empty());
+    h.cmd_sn = saved;
+    h.cmd(4, 0, false, false, 0, true, &[]);
+    let ev = events(&mut h.c);
+    let itts: Vec<u32> = ev
+        .iter()
+        .map(|e| match e {
+            ConnEvent::Execute(t) => t.itt,
+            x => panic!("{x:?}"),
+        })
+        .collect();
+    assert_eq!(itts, vec![4, 3]);
+}
+
+#[test]
+fn nop_ping_echo_and_target_keepalive() {
+    let mut cfg = ConnConfig::default();
+    cfg.nop_interval = Some(Duration::from_secs(5));
+    cfg.nop_timeout = Duration::from_secs(5);
+    let mut h = Harness::with(cfg, &[]);
+    let nop = Header::NopOut(NopOut {
+        immediate: true,
+        lun: 0,
+        itt: 77,
+        ttt: RESERVED_TAG,
+        cmd_sn: h.cmd_sn,
+        exp_stat_sn: 0,
+    });
+    h.c.handle_pdu(h.now, raw(nop, b"ping"), &Dir);
+    let out = outputs(&mut h.c);
+    let Header::NopIn(n) = &out[0].header else {
+        panic!()
+    };
+    assert_eq!((n.itt, n.ttt), (77, RESERVED_TAG));
+    assert_eq!(out[0].data.as_slice(), b"ping");
+    // Idle: the target pings, the initiator answers, no close.
+    let t1 = h.now + Duration::from_secs(6);
+    assert!(h.c.poll_timeout().unwrap() <= t1);
+    h.c.handle_timeout(t1);
+    let out = outputs(&mut h.c);
+    let Header::NopIn(p) = &out[0].header else {
+        panic!()
+    };
+    assert_eq!(p.itt, RESERVED_TAG);
+    let answer = Header::NopOut(NopOut {
+        immediate: true,
+        lun: 0,
+        itt: RESERVED_TAG,
+        ttt: p.ttt,
+        cmd_sn: h.cmd_sn,
+        exp_stat_sn: 0,
+    });
+    h.c.handle_pdu(t1, raw(answer, &[]), &Dir);
+    h.c.handle_timeout(t1 + Duration::from_secs(4));
+    assert!(!h.c.is_closed());
+    // Next ping goes unanswered: closed.
+    h.c.handle_timeout(t1 + Duration::from_secs(6));
+    outputs(&mut h.c);
+    h.c.handle_timeout(t1 + Duration::from_secs(12));
+    assert!(h.c.is_closed());
+}
+
+fn tmf(h: &mut Harness, func: TmfFunction, rtt: u32, ref_cmd_sn: u32) {
+    let t = Header::TaskMgmtRequest(TaskMgmtRequest {
+        immediate: true,
+        function: func.0,
+        lun: 0,
+        itt: 0x99,
+        referenced_tag: rtt,
+        cmd_sn: h.cmd_sn,
+        exp_stat_sn: 0,
+        ref_cmd_sn,
+        exp_data_sn: 0,
+    });
+    h.c.handle_pdu(h.now, raw(t, &[]), &Dir);
+}
+
+#[test]
+fn abort_task_waits_for_the_running_task_and_suppresses_its_response() {
+    let mut h = Harness::new(&[]);
+    let sn = h.cmd_sn;
+    h.cmd(0x50, 0x2a, false, true, 512, true, &[1u8; 512]);
+    let t = h.executed();
+    tmf(&mut h, TmfFunction::ABORT_TASK, 0x50, sn);
+    assert!(
+        outputs(&mut h.c).is_empty(),
+        "TMF answered only after the task stopped"
+    );
+    h.c.complete_task(t.id, TaskOutcome::default());
+    let out = outputs(&mut h.c);
+    assert_eq!(out.len(), 1);
+    assert!(
+        matches!(&out[0].header, Header::TaskMgmtResponse(r) if r.response == TmfResponse::COMPLETE.0)
+    );
+    // Aborting a task that already completed: does not exist.
+    let sn = h.cmd_sn;
+    h.cmd(0x51, 0x00, false, false, 0, true, &[]);
+    let t = h.executed();
+    h.c.complete_task(t.id, TaskOutcome::default());
+    outputs(&mut h.c);
+    tmf(&mut h, TmfFunction::ABORT_TASK, 0x51, sn);
+    let out = outputs(&mut h.c);
+    assert!(
+        matches!(&out[0].header, Header::TaskMgmtResponse(r) if r.response == TmfResponse::TASK_DOES_NOT_EXIST.0)
+    );
+}
+
+#[test]
+fn lun_reset_aborts_and_reports_action() {
+    let mut h = Harness::new(&[]);
+    h.cmd(0x60, 0x28, true, false, 512, true, &[]);
+    let t = h.executed();
+    tmf(&mut h, TmfFunction::LOGICAL_UNIT_RESET, RESERVED_TAG, 0);
+    h.c.complete_task(
+        t.id,
+        TaskOutcome {
+            data_in: vec![0; 512],
+            ..Default::default()
+        },
+    );
+    let out = outputs(&mut h.c);
+    assert_eq!(out.len(), 1, "no Data-In for the aborted read");
+    assert!(matches!(&out[0].header, Header::TaskMgmtResponse(r) if r.response == 0));
+    assert_eq!(
+        events(&mut h.c),
+        vec![ConnEvent::Tmf(TmfAction::LunReset { lun: 0 })]
+    );
+}
+
+#[test]
+fn logout_closes_after_response() {
+    let mut h = Harness::new(&[]);
+    let l = Header::LogoutRequest(LogoutRequest {
+        immediate: true,
+        reason: LogoutReason::CLOSE_SESSION,
+        itt: 0x70,
+        cid: 0,
+        cmd_sn: h.cmd_sn,
+        exp_stat_sn: 0,
+    });
+    h.c.handle_pdu(h.now, raw(l, &[]), &Dir);
+    let out = outputs(&mut h.c);
+    assert!(
+        matches!(&out[0].header, Header::LogoutResponse(r) if r.response == LogoutResponseCode::CLOSED && r.itt == 0x70)
+    );
+    assert!(h.c.is_closed());
+}
+
+#[test]
+fn discovery_send_targets_with_continuation() {
+    let now = Instant::now();
+    let mut c = Connection::new(ConnConfig::default(), now, 1);
+    let keys = [
+        ("InitiatorName", "iqn.x:i"),
+        ("SessionType", "Discovery"),
+        ("MaxRecvDataSegmentLength", "512"),
+    ];
+    c.handle_pdu(
+        now,
+        login_req(Stage::Operational, Stage::FullFeature, true, &keys),
+        &Dir,
+    );
+    let Some(ConnEvent::LoginComplete(r)) = c.poll_event() else {
+        panic!()
+    };
+    c.accept_login(&r, 1);
+    outputs(&mut c);
+    let req = Header::TextRequest(TextRequest {
+        immediate: true,
+        final_bit: true,
+        cont: false,
+        lun: 0,
+        itt: 5,
+        ttt: RESERVED_TAG,
+        cmd_sn: 100,
+        exp_stat_sn: 0,
+    });
+    c.handle_pdu(now, raw(req, b"SendTargets=All\0"), &Dir);
+    let out = outputs(&mut c);
+    let Header::TextResponse(t) = &out[0].header else {
+        panic!()
+    };
+    assert!(t.final_bit && t.ttt == RESERVED_TAG);
+    let pairs = text::parse(out[0].data.as_slice()).unwrap();
+    assert_eq!(
+        pairs,
+        vec![
+            ("TargetName".into(), "iqn.2026-11.io.ferrite:t".into()),
+            ("TargetAddress".into(), "127.0.0.1:3260,7".into()),
+            ("TargetName".into(), "iqn.2026-11.io.ferrite:u".into()),
+            ("TargetAddress".into(), "[::1]:3260,8".into()),
+        ]
+    );
+    // SCSI commands are not allowed in a discovery session.
+    let mut cdb = [0u8; 16];
+    cdb[0] = 0x12;
+    let sc = Header::ScsiCommand(ScsiCommand {
+        final_bit: true,
+        itt: 6,
+        cmd_sn: 100,
+        cdb,
+        ..Default::default()
+    });
+    c.handle_pdu(now, raw(sc, &[]), &Dir);
+    assert!(matches!(&outputs(&mut c)[0].header, Header::Reject(_)));
+}
+
+#[test]
+fn garbage_in_full_feature_is_rejected_not_fatal() {
+    let mut h = Harness::new(&[]);
+    let mut bhs = [0u8; BHS_LEN];
+    bhs[0] = 0x1c; // undefined initiator opcode
+    h.c.handle_pdu(
+        h.now,
+        RawPdu {
+            bhs,
+            ahs: vec![],
+            data: vec![],
+        },
+        &Dir,
+    );
+    let out = outputs(&mut h.c);
+    assert!(
+        matches!(&out[0].header, Header::Reject(r) if r.reason == RejectReason::COMMAND_NOT_SUPPORTED)
+    );
+    assert!(!h.c.is_closed());
+    // Data-Out for an unknown task.
+    h.data_out(0x1234, 5, 0, 0, true, &[0; 16]);
+    assert!(matches!(&outputs(&mut h.c)[0].header, Header::Reject(_)));
+}
