@@ -1,0 +1,339 @@
+//! The declarative configuration model: targets → portal groups → portals, and LUNs.
+//! One loader (TOML file or command-line quick flags) and one validator; the running daemon is
+//! built from a validated [`Config`].
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub const DEMO_TARGET: &str = "iqn.2026-11.io.ferrite:demo";
+pub const DEFAULT_PORTAL: &str = "127.0.0.1:3260";
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub settings: Settings,
+    #[serde(default, rename = "target")]
+    pub targets: Vec<TargetConfig>,
+}
+
+/// Daemon-wide knobs.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Seconds of idle time before a NOP-In ping (0 disables pings).
+    pub nop_interval_secs: u64,
+    /// Seconds a ping may stay unanswered.
+    pub nop_timeout_secs: u64,
+    /// Seconds a login may take.
+    pub login_timeout_secs: u64,
+    /// Commands in flight per session (MaxCmdSN window).
+    pub queue_depth: u32,
+    /// Our MaxRecvDataSegmentLength.
+    pub max_recv_data_segment_length: u32,
+    pub max_burst_length: u32,
+    pub first_burst_length: u32,
+    pub max_outstanding_r2t: u32,
+    pub initial_r2t: bool,
+    pub immediate_data: bool,
+    /// Offer CRC32C header/data digests.
+    pub digests: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        let o = iscsi_proto::TargetOffer::default();
+        Settings {
+            nop_interval_secs: 30,
+            nop_timeout_secs: 30,
+            login_timeout_secs: 30,
+            queue_depth: 128,
+            max_recv_data_segment_length: o.max_recv_data_segment_length,
+            max_burst_length: o.max_burst_length,
+            first_burst_length: o.first_burst_length,
+            max_outstanding_r2t: o.max_outstanding_r2t,
+            initial_r2t: o.initial_r2t,
+            immediate_data: o.immediate_data,
+            digests: true,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    pub name: String,
+    #[serde(default)]
+    pub alias: Option<String>,
+    #[serde(default, rename = "portal_group")]
+    pub portal_groups: Vec<PortalGroupConfig>,
+    #[serde(default, rename = "lun")]
+    pub luns: Vec<LunConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PortalGroupConfig {
+    pub tag: u16,
+    pub portals: Vec<String>,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LunConfig {
+    pub id: u64,
+    /// `ram:SIZE`, `file:PATH[:SIZE]` or `block:PATH`.
+    pub backstore: String,
+    #[serde(default = "default_block_size")]
+    pub block_size: u32,
+    #[serde(default)]
+    pub read_only: bool,
+    /// Thin provisioning (UNMAP); defaults on for RAM and file backstores.
+    #[serde(default)]
+    pub thin: Option<bool>,
+    #[serde(default)]
+    pub serial: Option<String>,
+}
+
+fn default_block_size() -> u32 {
+    512
+}
+
+/// A parsed backstore spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BackstoreSpec {
+    Ram { size: u64 },
+    File { path: PathBuf, size: Option<u64> },
+    Block { path: PathBuf },
+}
+
+/// Parse sizes like `1G`, `512M`, `4096`, `10GiB`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(digits_end);
+    let n: u64 = num.parse().map_err(|_| format!("bad size {s:?}"))?;
+    let mult: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        _ => return Err(format!("bad size unit in {s:?}")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} too large"))
+}
+
+impl BackstoreSpec {
+    pub fn parse(s: &str) -> Result<BackstoreSpec, String> {
+        let (kind, rest) = s.split_once(':').ok_or_else(|| format!("backstore {s:?}: expected KIND:..."))?;
+        match kind {
+            "ram" => Ok(BackstoreSpec::Ram { size: parse_size(rest)? }),
+            "file" => {
+                // file:PATH[:SIZE] — a trailing :SIZE only if it parses as a size.
+                if let Some((p, sz)) = rest.rsplit_once(':') {
+                    if let Ok(size) = parse_size(sz) {
+                        return Ok(BackstoreSpec::File { path: p.into(), size: Some(size) });
+                    }
+                }
+                if rest.is_empty() {
+                    return Err(format!("backstore {s:?}: missing path"));
+                }
+                Ok(BackstoreSpec::File { path: rest.into(), size: None })
+            }
+            "block" => {
+                if rest.is_empty() {
+                    return Err(format!("backstore {s:?}: missing path"));
+                }
+                Ok(BackstoreSpec::Block { path: rest.into() })
+            }
+            _ => Err(format!("backstore {s:?}: kind must be ram, file or block")),
+        }
+    }
+}
+
+/// RFC 7143 §4.2.7.2: iqn., eui. or naa. names.
+pub fn valid_iscsi_name(n: &str) -> bool {
+    let ok_chars = n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.:".contains(&b));
+    ok_chars
+        && n.len() <= 223
+        && (n.starts_with("iqn.") || n.starts_with("eui.") || n.starts_with("naa."))
+}
+
+impl Config {
+    /// The zero-config demo: one target, one RAM LUN of 1 GiB, on 127.0.0.1:3260.
+    pub fn demo() -> Config {
+        Config {
+            settings: Settings::default(),
+            targets: vec![TargetConfig {
+                name: DEMO_TARGET.into(),
+                alias: Some("ferrite-demo".into()),
+                portal_groups: vec![PortalGroupConfig {
+                    tag: 1,
+                    portals: vec![DEFAULT_PORTAL.into()],
+                    enabled: true,
+                }],
+                luns: vec![LunConfig {
+                    id: 0,
+                    backstore: "ram:1G".into(),
+                    block_size: 512,
+                    read_only: false,
+                    thin: None,
+                    serial: None,
+                }],
+            }],
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let cfg: Config = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        cfg.validate().map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(cfg)
+    }
+
+    /// Every rule the model has, with a message that names the culprit.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.targets.is_empty() {
+            return Err("no target configured".into());
+        }
+        let s = &self.settings;
+        if !(512..=16_777_215).contains(&s.max_recv_data_segment_length) {
+            return Err("settings.max_recv_data_segment_length must be 512..16777215".into());
+        }
+        if !(512..=16_777_215).contains(&s.max_burst_length) || !(512..=16_777_215).contains(&s.first_burst_length) {
+            return Err("settings burst lengths must be 512..16777215".into());
+        }
+        if s.queue_depth == 0 || s.queue_depth > 4096 {
+            return Err("settings.queue_depth must be 1..4096".into());
+        }
+        if s.max_outstanding_r2t == 0 {
+            return Err("settings.max_outstanding_r2t must be at least 1".into());
+        }
+        let mut names = HashSet::new();
+        let mut portals = HashSet::new();
+        for t in &self.targets {
+            if !valid_iscsi_name(&t.name) {
+                return Err(format!("target {:?}: not a valid iSCSI name (RFC 7143 §4.2.7)", t.name));
+            }
+            if !names.insert(&t.name) {
+                return Err(format!("target {:?} defined twice", t.name));
+            }
+            if t.portal_groups.is_empty() {
+                return Err(format!("target {:?}: no portal group", t.name));
+            }
+            let mut tags = HashSet::new();
+            for g in &t.portal_groups {
+                if g.tag == 0 {
+                    return Err(format!("target {:?}: portal group tag must be 1..65535", t.name));
+                }
+                if !tags.insert(g.tag) {
+                    return Err(format!("target {:?}: portal group tag {} twice", t.name, g.tag));
+                }
+                for p in &g.portals {
+                    let addr: SocketAddr = p
+                        .parse()
+                        .map_err(|_| format!("target {:?} group {}: portal {p:?} is not IP:PORT", t.name, g.tag))?;
+                    // A portal belongs to one group of a target (RFC 7143 §4.4.1).
+                    if !portals.insert((t.name.clone(), addr)) {
+                        return Err(format!("target {:?}: portal {p} in two groups", t.name));
+                    }
+                }
+            }
+            let mut ids = HashSet::new();
+            for l in &t.luns {
+                if l.id > 16383 {
+                    return Err(format!("target {:?}: LUN {} above 16383", t.name, l.id));
+                }
+                if !ids.insert(l.id) {
+                    return Err(format!("target {:?}: LUN {} twice", t.name, l.id));
+                }
+                BackstoreSpec::parse(&l.backstore).map_err(|e| format!("target {:?} LUN {}: {e}", t.name, l.id))?;
+                if l.block_size != 512 && l.block_size != 4096 {
+                    return Err(format!("target {:?} LUN {}: block_size must be 512 or 4096", t.name, l.id));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_specs() {
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("99999999999T").is_err());
+        assert_eq!(BackstoreSpec::parse("ram:64M"), Ok(BackstoreSpec::Ram { size: 64 << 20 }));
+        assert_eq!(
+            BackstoreSpec::parse("file:/tmp/x.img:1G"),
+            Ok(BackstoreSpec::File { path: "/tmp/x.img".into(), size: Some(1 << 30) })
+        );
+        assert_eq!(
+            BackstoreSpec::parse("file:/tmp/x.img"),
+            Ok(BackstoreSpec::File { path: "/tmp/x.img".into(), size: None })
+        );
+        assert_eq!(BackstoreSpec::parse("block:/dev/sdb"), Ok(BackstoreSpec::Block { path: "/dev/sdb".into() }));
+        assert!(BackstoreSpec::parse("nbd:x").is_err());
+    }
+
+    #[test]
+    fn demo_is_valid() {
+        Config::demo().validate().unwrap();
+    }
+
+    #[test]
+    fn toml_model() {
+        let t = r#"
+            [settings]
+            queue_depth = 64
+
+            [[target]]
+            name = "iqn.2026-11.io.ferrite:t1"
+            [[target.portal_group]]
+            tag = 1
+            portals = ["127.0.0.1:3260", "[::1]:3260"]
+            [[target.portal_group]]
+            tag = 2
+            portals = ["127.0.0.2:3260"]
+            enabled = false
+            [[target.lun]]
+            id = 0
+            backstore = "ram:16M"
+        "#;
+        let c: Config = toml::from_str(t).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.settings.queue_depth, 64);
+        assert_eq!(c.targets[0].portal_groups.len(), 2);
+        assert!(!c.targets[0].portal_groups[1].enabled);
+    }
+
+    #[test]
+    fn validation_errors_name_the_culprit() {
+        let mut c = Config::demo();
+        c.targets[0].name = "Bad Name".into();
+        assert!(c.validate().unwrap_err().contains("Bad Name"));
+        let mut c = Config::demo();
+        c.targets[0].portal_groups[0].portals.push("nonsense".into());
+        assert!(c.validate().unwrap_err().contains("nonsense"));
+        let mut c = Config::demo();
+        c.targets[0].luns.push(c.targets[0].luns[0].clone());
+        assert!(c.validate().unwrap_err().contains("LUN 0 twice"));
+        let bad: Result<Config, _> = toml::from_str("[[target]]\nname = \"iqn.x\"\nbogus = 1\n");
+        assert!(bad.is_err());
+    }
+}

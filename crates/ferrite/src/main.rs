@@ -1,0 +1,175 @@
+//! `ferrite`: the iSCSI target daemon.
+
+mod config;
+mod server;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use config::{Config, LunConfig, PortalGroupConfig, TargetConfig};
+use tokio::sync::watch;
+use tracing::{error, info};
+
+const USAGE: &str = "\
+ferrite — an iSCSI target
+
+USAGE:
+    ferrite serve [OPTIONS]
+
+With no options, serves the demo target iqn.2026-11.io.ferrite:demo on 127.0.0.1:3260
+with LUN 0 a 1 GiB RAM disk, open to any initiator.
+
+OPTIONS:
+    --config PATH       load the whole model from a TOML file
+    --portal ADDR:PORT  listen here (repeatable; default 127.0.0.1:3260)
+    --target IQN        target name (default iqn.2026-11.io.ferrite:demo)
+    --lun SPEC          ram:SIZE | file:PATH[:SIZE] | block:PATH (repeatable; LUN 0, 1, ...)
+    --block-size N      logical block size of --lun LUNs: 512 (default) or 4096
+    --log FILTER        log filter (default: info; also FERRITE_LOG)
+    -h, --help          this text
+";
+
+struct Args {
+    config: Option<PathBuf>,
+    portals: Vec<String>,
+    target: Option<String>,
+    luns: Vec<String>,
+    block_size: u32,
+    log: Option<String>,
+}
+
+fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
+    let mut a = Args { config: None, portals: vec![], target: None, luns: vec![], block_size: 512, log: None };
+    match it.next().as_deref() {
+        Some("serve") => {}
+        Some("-h") | Some("--help") | None => return Ok(None),
+        Some(other) => return Err(format!("unknown command {other:?}")),
+    }
+    while let Some(flag) = it.next() {
+        let mut val = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
+        match flag.as_str() {
+            "--config" => a.config = Some(val("--config")?.into()),
+            "--portal" => a.portals.push(val("--portal")?),
+            "--target" => a.target = Some(val("--target")?),
+            "--lun" => a.luns.push(val("--lun")?),
+            "--block-size" => {
+                a.block_size = val("--block-size")?.parse().map_err(|_| "--block-size: not a number".to_string())?
+            }
+            "--log" => a.log = Some(val("--log")?),
+            "-h" | "--help" => return Ok(None),
+            f => return Err(format!("unknown option {f:?}")),
+        }
+    }
+    Ok(Some(a))
+}
+
+fn build_config(a: &Args) -> Result<Config, String> {
+    if let Some(p) = &a.config {
+        if !a.portals.is_empty() || a.target.is_some() || !a.luns.is_empty() {
+            return Err("--config cannot be combined with --portal/--target/--lun".into());
+        }
+        return Config::load(p);
+    }
+    let mut c = Config::demo();
+    let t: &mut TargetConfig = &mut c.targets[0];
+    if let Some(name) = &a.target {
+        t.name = name.clone();
+        t.alias = None;
+    }
+    if !a.portals.is_empty() {
+        t.portal_groups = vec![PortalGroupConfig { tag: 1, portals: a.portals.clone(), enabled: true }];
+    }
+    if !a.luns.is_empty() {
+        t.luns = a
+            .luns
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| LunConfig {
+                id: i as u64,
+                backstore: spec.clone(),
+                block_size: a.block_size,
+                read_only: false,
+                thin: None,
+                serial: None,
+            })
+            .collect();
+    } else {
+        t.luns[0].block_size = a.block_size;
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("ferrite: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = args.log.clone().or_else(|| std::env::var("FERRITE_LOG").ok()).unwrap_or_else(|| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let cfg = match build_config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ferrite: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ferrite: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let daemon = match server::Daemon::build(&cfg) {
+            Ok(d) => d,
+            Err(e) => {
+                error!("{e:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let (tx, rx) = watch::channel(false);
+        let d2 = daemon.clone();
+        let srv = tokio::spawn(server::serve(d2, rx));
+        let signals = async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+            let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+            tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            }
+        };
+        tokio::select! {
+            r = srv => {
+                match r {
+                    Ok(Err(e)) => { error!("{e:#}"); return ExitCode::FAILURE; }
+                    Ok(Ok(())) => {}
+                    Err(e) => { error!("server task failed: {e}"); return ExitCode::FAILURE; }
+                }
+            }
+            sig = signals => {
+                info!(signal = sig, "shutting down");
+                let _ = tx.send(true);
+                // Give connections a moment to send what they have.
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
+        let d = daemon.clone();
+        let _ = tokio::task::spawn_blocking(move || d.flush_all()).await;
+        info!("stopped");
+        ExitCode::SUCCESS
+    })
+}

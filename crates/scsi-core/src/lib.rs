@@ -1,0 +1,107 @@
+//! SCSI target core: the device server for disk logical units (SPC-4, SBC-4).
+//!
+//! The iSCSI layer hands a [`ScsiRequest`] (I_T nexus, LUN, CDB, data-out bytes) to
+//! [`DeviceServer::execute`] and gets a [`ScsiResponse`] (status, sense, data-in bytes) back.
+//! Nothing here knows about PDUs, sockets or clocks.
+//!
+//! Layout: [`server`] dispatches every command through the opcode table ([`opcodes`]), which
+//! also answers REPORT SUPPORTED OPERATION CODES; [`spc`] and [`sbc`] hold the command handlers,
+//! [`vpd`] and [`mode`] the INQUIRY pages and mode pages; [`sense`] is the one table from
+//! [`SenseReason`] to sense key / ASC / ASCQ; [`ua`] keeps unit attentions per I_T nexus; [`lu`]
+//! is a logical unit with its configuration and state.
+
+use std::sync::Arc;
+
+mod cdb;
+mod lu;
+mod mode;
+mod opcodes;
+mod sbc;
+pub mod sense;
+mod server;
+mod spc;
+mod ua;
+mod vpd;
+
+#[cfg(test)]
+mod tests;
+
+pub use lu::{fnv1a64, limits, naa_from_name, ConfigError, LogicalUnit, LuConfig, NAA_COMPANY_ID};
+pub use sense::{Sense, SenseReason};
+pub use server::{lun_from_wire, lun_to_wire, AddLunError, DeviceServer, MAX_FLAT_LUN, MAX_LUN};
+pub use vpd::target_port_name;
+
+/// SAM-5 status codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ScsiStatus(pub u8);
+impl ScsiStatus {
+    pub const GOOD: Self = Self(0x00);
+    pub const CHECK_CONDITION: Self = Self(0x02);
+    pub const CONDITION_MET: Self = Self(0x04);
+    pub const BUSY: Self = Self(0x08);
+    pub const RESERVATION_CONFLICT: Self = Self(0x18);
+    pub const TASK_SET_FULL: Self = Self(0x28);
+    pub const ACA_ACTIVE: Self = Self(0x30);
+    pub const TASK_ABORTED: Self = Self(0x40);
+}
+
+/// The identity of the target port a command arrived through (SPC-4 §3.1.121).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TargetPort {
+    /// iSCSI target name.
+    pub target_name: String,
+    /// Target portal group tag (also the iSCSI "target port" identity: name + ",t,0x" + tag).
+    pub tpg_tag: u16,
+    /// Relative target port identifier (SPC-4 §7.8.6.x), 1-based.
+    pub relative_port_id: u16,
+}
+
+/// An I_T nexus: one initiator port talking through one target port.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Nexus {
+    /// iSCSI initiator name (iqn./eui./naa.).
+    pub initiator_name: String,
+    /// ISID, 6 bytes, as a number.
+    pub isid: u64,
+    pub target_port: Arc<TargetPort>,
+}
+
+/// SAM task attribute, from the iSCSI SCSI Command PDU ATTR field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskAttr {
+    Untagged,
+    Simple,
+    Ordered,
+    HeadOfQueue,
+    Aca,
+}
+
+/// One SCSI command as the transport delivers it.
+#[derive(Debug)]
+pub struct ScsiRequest<'a> {
+    pub nexus: &'a Nexus,
+    /// The 8-byte LUN field exactly as it came off the wire (SAM-5 §4.7 encoding).
+    pub lun: u64,
+    /// The CDB (16 bytes from the BHS, or longer with an extended-CDB AHS); trailing padding is fine.
+    pub cdb: &'a [u8],
+    /// Data-out bytes received from the initiator (at most its Expected Data Transfer Length).
+    pub data_out: &'a [u8],
+    /// The initiator's Expected Data Transfer Length for data-in (0 when no data-in is expected).
+    pub expected_data_in: u32,
+    pub attr: TaskAttr,
+}
+
+/// The device server's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScsiResponse {
+    pub status: ScsiStatus,
+    /// Fixed-format sense data (SPC-4 §4.5.3), empty unless status is CHECK CONDITION.
+    pub sense: Vec<u8>,
+    /// Data-in bytes the command produced (already cut to the CDB's allocation length; the
+    /// transport cuts further to the initiator's expected length and reports the residual).
+    pub data_in: Vec<u8>,
+    /// Bytes the CDB asked to transfer in the data-out direction (e.g. TRANSFER LENGTH × block
+    /// size for WRITE). The transport compares it with the Expected Data Transfer Length to set
+    /// residual overflow/underflow (RFC 7143 §11.4.5.1). 0 for commands without data-out.
+    pub data_out_len: u32,
+}

@@ -1,0 +1,204 @@
+//! SPC-4 primary commands: TEST UNIT READY, INQUIRY, REQUEST SENSE, REPORT LUNS, REPORT
+//! SUPPORTED OPERATION CODES / TASK MANAGEMENT FUNCTIONS, RESERVE / RELEASE (SPC-2),
+//! START STOP UNIT and PREVENT ALLOW MEDIUM REMOVAL.
+
+use crate::cdb::{bad_cdb, clip, CmdResult, Fail};
+use crate::lu::{LogicalUnit, LuConfig};
+use crate::opcodes::{self, OpDesc, TABLE};
+use crate::sense::{Sense, SenseReason};
+use crate::server::{lun_to_wire, Cmd};
+use crate::{vpd, ScsiStatus};
+
+/// TEST UNIT READY (SPC-4 §6.47): the LU is always ready.
+pub fn test_unit_ready(_cmd: &Cmd, _lu: &LogicalUnit) -> CmdResult {
+    Ok(Vec::new())
+}
+
+/// INQUIRY (SPC-4 §6.6).
+pub fn inquiry(cmd: &Cmd) -> CmdResult {
+    let c = cmd.cdb;
+    let evpd = c.bit(1, 0);
+    let page = c.u8(2);
+    let alloc = usize::from(c.be16(3));
+    // SPC-4 §6.6.1: PAGE CODE with EVPD = 0 is an invalid field. (CMDDT, obsolete, is refused
+    // by the opcode table's usage data.)
+    if !evpd && page != 0 {
+        return Err(bad_cdb(2, None));
+    }
+    let data = match (cmd.lu, evpd) {
+        (Some(lu), false) => vpd::standard(vpd::PERIPHERAL_DISK, lu.config()),
+        (Some(lu), true) => vpd::page(lu, &cmd.nexus().target_port, page)?,
+        // SPC-4 §6.6.2: no logical unit here: PERIPHERAL QUALIFIER 011b, type 1Fh.
+        (None, false) => vpd::standard(vpd::PERIPHERAL_NONE, &LuConfig::default()),
+        (None, true) => return Err(SenseReason::LunNotSupported.into()),
+    };
+    Ok(clip(data, alloc))
+}
+
+/// REQUEST SENSE (SPC-4 §6.39): returns (and clears) a pending unit attention, LOGICAL UNIT NOT
+/// SUPPORTED for a LUN that does not exist, or NO SENSE. Autosense carries every other error.
+pub fn request_sense(cmd: &Cmd) -> CmdResult {
+    let desc = cmd.cdb.bit(1, 0);
+    let alloc = usize::from(cmd.cdb.u8(4));
+    let sense = match cmd.lu {
+        None => Sense::new(SenseReason::LunNotSupported),
+        Some(lu) => {
+            let power_on = lu.config().report_power_on_ua;
+            let ua = lu.state().ua.take(cmd.nexus(), power_on);
+            Sense::new(ua.unwrap_or(SenseReason::NoSense))
+        }
+    };
+    let data = if desc { sense.to_descriptor() } else { sense.to_fixed() };
+    Ok(clip(data, alloc))
+}
+
+/// REPORT LUNS (SPC-4 §6.33).
+pub fn report_luns(cmd: &Cmd) -> CmdResult {
+    let select = cmd.cdb.u8(2);
+    let alloc = cmd.cdb.be32(6) as usize;
+    // SPC-4 §6.33: an ALLOCATION LENGTH below 16 is an invalid field.
+    if alloc < 16 {
+        return Err(bad_cdb(6, None));
+    }
+    let luns = match select {
+        // 00h: all logical units except well-known ones; 02h: all. We have no well-known LUs.
+        0x00 | 0x02 => {
+            let l = cmd.server.luns();
+            // SAM-5 §4.7.2: LUN 0 is always reported, even if nothing is configured there.
+            if l.is_empty() {
+                vec![0]
+            } else {
+                l
+            }
+        }
+        // 01h: well-known logical units only.
+        0x01 => Vec::new(),
+        _ => return Err(bad_cdb(2, None)),
+    };
+    let mut out = Vec::with_capacity(8 + 8 * luns.len());
+    out.extend_from_slice(&((8 * luns.len()) as u32).to_be_bytes());
+    out.extend_from_slice(&[0; 4]);
+    for l in luns {
+        out.extend_from_slice(&lun_to_wire(l).to_be_bytes());
+    }
+    Ok(clip(out, alloc))
+}
+
+/// Command timeouts descriptor (SPC-4 §6.35.4): we state no nominal time and recommend 30 s.
+fn timeouts_descriptor(out: &mut Vec<u8>) {
+    out.extend_from_slice(&[0x00, 0x0A, 0x00, 0x00]);
+    out.extend_from_slice(&0u32.to_be_bytes());
+    out.extend_from_slice(&30u32.to_be_bytes());
+}
+
+/// One-command parameter data (SPC-4 §6.35.3).
+fn one_command(desc: Option<&OpDesc>, rctd: bool) -> Vec<u8> {
+    let mut out = vec![0u8, 0, 0, 0];
+    match desc {
+        Some(d) => {
+            out[1] = 0x03; // SUPPORT 011b: supported as the standard says
+            out[2..4].copy_from_slice(&(d.cdb_len() as u16).to_be_bytes());
+            out.extend_from_slice(d.usage);
+            if rctd {
+                out[1] |= 0x80; // CTDP
+                timeouts_descriptor(&mut out);
+            }
+        }
+        None => out[1] = 0x01, // SUPPORT 001b: not supported
+    }
+    out
+}
+
+/// REPORT SUPPORTED OPERATION CODES (SPC-4 §6.35), answered from the opcode table.
+pub fn report_supported_opcodes(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
+    let c = cmd.cdb;
+    let rctd = c.bit(2, 7);
+    let options = c.u8(2) & 0x07;
+    let op = c.u8(3);
+    let sa = c.be16(4);
+    let alloc = c.be32(6) as usize;
+    let avail = |d: &'static OpDesc| if d.available(lu) { Some(d) } else { None };
+    let out = match options {
+        0b000 => {
+            let mut list = Vec::new();
+            for d in TABLE.iter().filter(|d| d.available(lu)) {
+                list.push(d.opcode);
+                list.push(0);
+                list.extend_from_slice(&u16::from(d.sa.unwrap_or(0)).to_be_bytes());
+                list.push(0);
+                list.push((u8::from(rctd) << 1) | u8::from(d.sa.is_some())); // CTDP, SERVACTV
+                list.extend_from_slice(&(d.cdb_len() as u16).to_be_bytes());
+                if rctd {
+                    timeouts_descriptor(&mut list);
+                }
+            }
+            let mut out = (list.len() as u32).to_be_bytes().to_vec();
+            out.extend(list);
+            out
+        }
+        // 001b: by operation code; an opcode with service actions needs 010b (SPC-4 §6.35.1).
+        0b001 if opcodes::has_service_actions(op) => return Err(bad_cdb(2, Some(2))),
+        0b001 => one_command(opcodes::find(op, None).and_then(avail), rctd),
+        // 010b: by operation code and service action; the opcode must have service actions.
+        0b010 if !opcodes::has_service_actions(op) => return Err(bad_cdb(2, Some(2))),
+        0b010 => one_command(opcodes::find(op, Some(sa)).and_then(avail), rctd),
+        // 011b: service action used only if the opcode has them.
+        0b011 => {
+            let sa = if opcodes::has_service_actions(op) { Some(sa) } else { None };
+            one_command(opcodes::find(op, sa).and_then(avail), rctd)
+        }
+        _ => return Err(bad_cdb(2, Some(2))),
+    };
+    Ok(clip(out, alloc))
+}
+
+/// REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS (SPC-4 §6.36): the TMFs the iSCSI layer
+/// implements: ABORT TASK, ABORT TASK SET, CLEAR TASK SET, LOGICAL UNIT RESET, TARGET RESET.
+pub fn report_supported_tmfs(cmd: &Cmd, _lu: &LogicalUnit) -> CmdResult {
+    let repd = cmd.cdb.bit(2, 7);
+    let alloc = cmd.cdb.be32(6) as usize;
+    // ATS | ATSS | CTSS | LURS | TRS.
+    let mut out = vec![0x80 | 0x40 | 0x10 | 0x08 | 0x02, 0x00, 0x00, 0x00];
+    if repd {
+        out[3] = 0x0C; // ADDITIONAL DATA LENGTH of the extended format
+        out.resize(16, 0);
+    }
+    Ok(clip(out, alloc))
+}
+
+/// RESERVE(6) / RESERVE(10) (SPC-2 §7.21 / §7.22): logical unit reservation for this nexus.
+/// Third-party and extent reservations are refused by the opcode table.
+pub fn reserve(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
+    if cmd.cdb.u8(0) == 0x56 {
+        cmd.expect_out(u64::from(cmd.cdb.be16(7)));
+    }
+    let mut st = lu.state();
+    match &st.reservation {
+        Some(holder) if holder != cmd.nexus() => Err(Fail::Status(ScsiStatus::RESERVATION_CONFLICT)),
+        _ => {
+            st.reservation = Some(cmd.nexus().clone());
+            Ok(Vec::new())
+        }
+    }
+}
+
+/// RELEASE(6) / RELEASE(10) (SPC-2 §7.16 / §7.17): releasing a reservation we do not hold is
+/// not an error and changes nothing.
+pub fn release(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
+    let mut st = lu.state();
+    if st.reservation.as_ref() == Some(cmd.nexus()) {
+        st.reservation = None;
+    }
+    Ok(Vec::new())
+}
+
+/// START STOP UNIT (SBC-4 §5.25): nothing spins; every power condition is accepted.
+pub fn start_stop_unit(_cmd: &Cmd, _lu: &LogicalUnit) -> CmdResult {
+    Ok(Vec::new())
+}
+
+/// PREVENT ALLOW MEDIUM REMOVAL (SBC-4 §5.13): the medium is not removable (RMB = 0), so there
+/// is nothing to lock; both values are accepted.
+pub fn prevent_allow(_cmd: &Cmd, _lu: &LogicalUnit) -> CmdResult {
+    Ok(Vec::new())
+}
