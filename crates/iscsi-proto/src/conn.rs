@@ -239,6 +239,18 @@ pub struct Connection {
 
 const MAX_ABORTED_ITTS: usize = 256;
 
+/// Fixed-format sense data (SPC-4 §4.5.3) for the transport-level conditions RFC 7143
+/// §11.4.7.2 assigns to iSCSI itself (the device server builds every other sense).
+fn sense_fixed(key: u8, asc: u8, ascq: u8) -> Vec<u8> {
+    let mut s = vec![0u8; 18];
+    s[0] = 0x70;
+    s[2] = key;
+    s[7] = 10;
+    s[12] = asc;
+    s[13] = ascq;
+    s
+}
+
 impl Connection {
     pub fn new(cfg: ConnConfig, now: Instant, initial_stat_sn: u32) -> Self {
         let login = Login::new(cfg.offer.clone(), cfg.cmd_window, initial_stat_sn);
@@ -732,6 +744,13 @@ impl Connection {
         true
     }
 
+    /// End a task that is still gathering data with CHECK CONDITION and `sense`.
+    fn fail_task(&mut self, itt: u32, sense: &[u8]) {
+        let Some(task) = self.ffp().tasks.remove(&itt) else { return };
+        self.remember_aborted_itt(itt);
+        self.send_scsi_response(itt, &0x02, sense, (false, false, 0), task.data_sn);
+    }
+
     fn send_target_failure(&mut self, itt: u32) {
         let f = self.ffp();
         let h = Header::ScsiResponse(iscsi_wire::ScsiResponse {
@@ -908,18 +927,12 @@ impl Connection {
             }
         }
         if !ok {
-            // At ERL 0 a Data-Out out of sequence (wrong DataSN, offset, TTT or length) cannot
-            // be recovered (RFC 7143 §7.1, §7.4): reject it and drop the connection.
-            tracing::debug!(
-                itt = d.itt,
-                ttt = d.ttt,
-                data_sn = d.data_sn,
-                offset = d.buffer_offset,
-                len,
-                "bad Data-Out"
-            );
-            self.reject(&pdu.bhs, RejectReason::PROTOCOL_ERROR);
-            self.close("Data-Out out of sequence at ErrorRecoveryLevel 0");
+            // A Data-Out out of sequence (wrong DataSN, offset, TTT or length). At ERL 0 there
+            // is no SNACK recovery (RFC 7143 §7.1.4.2), so the task is ended at once with
+            // CHECK CONDITION, ABORTED COMMAND / DATA PHASE ERROR; the connection stays up
+            // and the rest of the task's Data-Out is dropped.
+            tracing::debug!(itt = d.itt, ttt = d.ttt, data_sn = d.data_sn, offset = d.buffer_offset, len, "bad Data-Out");
+            self.fail_task(d.itt, &sense_fixed(0x0b, 0x4b, 0x00));
             return;
         }
         self.advance_task(d.itt);

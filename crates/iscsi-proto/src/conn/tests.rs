@@ -503,17 +503,23 @@ fn write_with_immediate_unsolicited_and_r2t() {
 }
 
 #[test]
-fn bad_data_sn_is_rejected_and_closes() {
+fn bad_data_sn_fails_the_task_and_keeps_the_connection() {
     let mut h = Harness::new(&[("InitialR2T", "No"), ("FirstBurstLength", "65536")]);
     h.cmd(0x30, 0x2a, false, true, 1024, false, &[]);
-    h.data_out(0x30, RESERVED_TAG, 27, 0, true, &[0u8; 1024]);
+    h.data_out(0x30, RESERVED_TAG, 1, 0, false, &[0u8; 512]);
     let out = outputs(&mut h.c);
-    assert!(
-        matches!(&out[0].header, Header::Reject(r) if r.reason == RejectReason::PROTOCOL_ERROR)
-    );
-    assert!(events(&mut h.c)
-        .iter()
-        .any(|e| matches!(e, ConnEvent::Close { .. })));
+    let Header::ScsiResponse(r) = &out[0].header else { panic!("{out:?}") };
+    assert_eq!((r.itt, r.status), (0x30, 2));
+    // Sense: ABORTED COMMAND, DATA PHASE ERROR.
+    let sense = &out[0].data.as_slice()[2..];
+    assert_eq!((sense[2], sense[12], sense[13]), (0x0b, 0x4b, 0x00));
+    // The rest of the task's data is dropped silently; the connection carries on.
+    h.data_out(0x30, RESERVED_TAG, 0, 512, true, &[0u8; 512]);
+    assert!(outputs(&mut h.c).is_empty());
+    assert!(events(&mut h.c).is_empty());
+    assert!(!h.c.is_closed());
+    h.cmd(0x31, 0x00, false, false, 0, true, &[]);
+    assert_eq!(h.executed().itt, 0x31);
 }
 
 #[test]
