@@ -118,7 +118,7 @@ fn device_can_write_zeroes(rdev: u64) -> bool {
                 .ok()
                 .and_then(|s| s.trim().parse::<u64>().ok())
         })
-        .map_or(true, |max| max > 0)
+        .is_none_or(|max| max > 0)
 }
 
 impl Backstore for BlockBackstore {

@@ -130,25 +130,36 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "t" | "tb" | "tib" => 1 << 40,
         _ => return Err(format!("bad size unit in {s:?}")),
     };
-    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} too large"))
 }
 
 impl BackstoreSpec {
     pub fn parse(s: &str) -> Result<BackstoreSpec, String> {
-        let (kind, rest) = s.split_once(':').ok_or_else(|| format!("backstore {s:?}: expected KIND:..."))?;
+        let (kind, rest) = s
+            .split_once(':')
+            .ok_or_else(|| format!("backstore {s:?}: expected KIND:..."))?;
         match kind {
-            "ram" => Ok(BackstoreSpec::Ram { size: parse_size(rest)? }),
+            "ram" => Ok(BackstoreSpec::Ram {
+                size: parse_size(rest)?,
+            }),
             "file" => {
                 // file:PATH[:SIZE] — a trailing :SIZE only if it parses as a size.
                 if let Some((p, sz)) = rest.rsplit_once(':') {
                     if let Ok(size) = parse_size(sz) {
-                        return Ok(BackstoreSpec::File { path: p.into(), size: Some(size) });
+                        return Ok(BackstoreSpec::File {
+                            path: p.into(),
+                            size: Some(size),
+                        });
                     }
                 }
                 if rest.is_empty() {
                     return Err(format!("backstore {s:?}: missing path"));
                 }
-                Ok(BackstoreSpec::File { path: rest.into(), size: None })
+                Ok(BackstoreSpec::File {
+                    path: rest.into(),
+                    size: None,
+                })
             }
             "block" => {
                 if rest.is_empty() {
@@ -163,7 +174,9 @@ impl BackstoreSpec {
 
 /// RFC 7143 §4.2.7.2: iqn., eui. or naa. names.
 pub fn valid_iscsi_name(n: &str) -> bool {
-    let ok_chars = n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.:".contains(&b));
+    let ok_chars = n
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.:".contains(&b));
     ok_chars
         && n.len() <= 223
         && (n.starts_with("iqn.") || n.starts_with("eui.") || n.starts_with("naa."))
@@ -197,7 +210,8 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let cfg: Config = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        cfg.validate().map_err(|e| format!("{}: {e}", path.display()))?;
+        cfg.validate()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(cfg)
     }
 
@@ -210,7 +224,9 @@ impl Config {
         if !(512..=16_777_215).contains(&s.max_recv_data_segment_length) {
             return Err("settings.max_recv_data_segment_length must be 512..16777215".into());
         }
-        if !(512..=16_777_215).contains(&s.max_burst_length) || !(512..=16_777_215).contains(&s.first_burst_length) {
+        if !(512..=16_777_215).contains(&s.max_burst_length)
+            || !(512..=16_777_215).contains(&s.first_burst_length)
+        {
             return Err("settings burst lengths must be 512..16777215".into());
         }
         if s.queue_depth == 0 || s.queue_depth > 4096 {
@@ -223,7 +239,10 @@ impl Config {
         let mut portals = HashSet::new();
         for t in &self.targets {
             if !valid_iscsi_name(&t.name) {
-                return Err(format!("target {:?}: not a valid iSCSI name (RFC 7143 §4.2.7)", t.name));
+                return Err(format!(
+                    "target {:?}: not a valid iSCSI name (RFC 7143 §4.2.7)",
+                    t.name
+                ));
             }
             if !names.insert(&t.name) {
                 return Err(format!("target {:?} defined twice", t.name));
@@ -234,15 +253,24 @@ impl Config {
             let mut tags = HashSet::new();
             for g in &t.portal_groups {
                 if g.tag == 0 {
-                    return Err(format!("target {:?}: portal group tag must be 1..65535", t.name));
+                    return Err(format!(
+                        "target {:?}: portal group tag must be 1..65535",
+                        t.name
+                    ));
                 }
                 if !tags.insert(g.tag) {
-                    return Err(format!("target {:?}: portal group tag {} twice", t.name, g.tag));
+                    return Err(format!(
+                        "target {:?}: portal group tag {} twice",
+                        t.name, g.tag
+                    ));
                 }
                 for p in &g.portals {
-                    let addr: SocketAddr = p
-                        .parse()
-                        .map_err(|_| format!("target {:?} group {}: portal {p:?} is not IP:PORT", t.name, g.tag))?;
+                    let addr: SocketAddr = p.parse().map_err(|_| {
+                        format!(
+                            "target {:?} group {}: portal {p:?} is not IP:PORT",
+                            t.name, g.tag
+                        )
+                    })?;
                     // A portal belongs to one group of a target (RFC 7143 §4.4.1).
                     if !portals.insert((t.name.clone(), addr)) {
                         return Err(format!("target {:?}: portal {p} in two groups", t.name));
@@ -257,9 +285,13 @@ impl Config {
                 if !ids.insert(l.id) {
                     return Err(format!("target {:?}: LUN {} twice", t.name, l.id));
                 }
-                BackstoreSpec::parse(&l.backstore).map_err(|e| format!("target {:?} LUN {}: {e}", t.name, l.id))?;
+                BackstoreSpec::parse(&l.backstore)
+                    .map_err(|e| format!("target {:?} LUN {}: {e}", t.name, l.id))?;
                 if l.block_size != 512 && l.block_size != 4096 {
-                    return Err(format!("target {:?} LUN {}: block_size must be 512 or 4096", t.name, l.id));
+                    return Err(format!(
+                        "target {:?} LUN {}: block_size must be 512 or 4096",
+                        t.name, l.id
+                    ));
                 }
             }
         }
@@ -278,16 +310,30 @@ mod tests {
         assert_eq!(parse_size("4096"), Ok(4096));
         assert!(parse_size("12Q").is_err());
         assert!(parse_size("99999999999T").is_err());
-        assert_eq!(BackstoreSpec::parse("ram:64M"), Ok(BackstoreSpec::Ram { size: 64 << 20 }));
+        assert_eq!(
+            BackstoreSpec::parse("ram:64M"),
+            Ok(BackstoreSpec::Ram { size: 64 << 20 })
+        );
         assert_eq!(
             BackstoreSpec::parse("file:/tmp/x.img:1G"),
-            Ok(BackstoreSpec::File { path: "/tmp/x.img".into(), size: Some(1 << 30) })
+            Ok(BackstoreSpec::File {
+                path: "/tmp/x.img".into(),
+                size: Some(1 << 30)
+            })
         );
         assert_eq!(
             BackstoreSpec::parse("file:/tmp/x.img"),
-            Ok(BackstoreSpec::File { path: "/tmp/x.img".into(), size: None })
+            Ok(BackstoreSpec::File {
+                path: "/tmp/x.img".into(),
+                size: None
+            })
         );
-        assert_eq!(BackstoreSpec::parse("block:/dev/sdb"), Ok(BackstoreSpec::Block { path: "/dev/sdb".into() }));
+        assert_eq!(
+            BackstoreSpec::parse("block:/dev/sdb"),
+            Ok(BackstoreSpec::Block {
+                path: "/dev/sdb".into()
+            })
+        );
         assert!(BackstoreSpec::parse("nbd:x").is_err());
     }
 
@@ -328,10 +374,13 @@ mod tests {
         c.targets[0].name = "Bad Name".into();
         assert!(c.validate().unwrap_err().contains("Bad Name"));
         let mut c = Config::demo();
-        c.targets[0].portal_groups[0].portals.push("nonsense".into());
+        c.targets[0].portal_groups[0]
+            .portals
+            .push("nonsense".into());
         assert!(c.validate().unwrap_err().contains("nonsense"));
         let mut c = Config::demo();
-        c.targets[0].luns.push(c.targets[0].luns[0].clone());
+        let l = c.targets[0].luns[0].clone();
+        c.targets[0].luns.push(l);
         assert!(c.validate().unwrap_err().contains("LUN 0 twice"));
         let bad: Result<Config, _> = toml::from_str("[[target]]\nname = \"iqn.x\"\nbogus = 1\n");
         assert!(bad.is_err());

@@ -39,7 +39,14 @@ struct Args {
 }
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
-    let mut a = Args { config: None, portals: vec![], target: None, luns: vec![], block_size: 512, log: None };
+    let mut a = Args {
+        config: None,
+        portals: vec![],
+        target: None,
+        luns: vec![],
+        block_size: 512,
+        log: None,
+    };
     match it.next().as_deref() {
         Some("serve") => {}
         Some("-h") | Some("--help") | None => return Ok(None),
@@ -53,7 +60,9 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
             "--target" => a.target = Some(val("--target")?),
             "--lun" => a.luns.push(val("--lun")?),
             "--block-size" => {
-                a.block_size = val("--block-size")?.parse().map_err(|_| "--block-size: not a number".to_string())?
+                a.block_size = val("--block-size")?
+                    .parse()
+                    .map_err(|_| "--block-size: not a number".to_string())?
             }
             "--log" => a.log = Some(val("--log")?),
             "-h" | "--help" => return Ok(None),
@@ -77,7 +86,11 @@ fn build_config(a: &Args) -> Result<Config, String> {
         t.alias = None;
     }
     if !a.portals.is_empty() {
-        t.portal_groups = vec![PortalGroupConfig { tag: 1, portals: a.portals.clone(), enabled: true }];
+        t.portal_groups = vec![PortalGroupConfig {
+            tag: 1,
+            portals: a.portals.clone(),
+            enabled: true,
+        }];
     }
     if !a.luns.is_empty() {
         t.luns = a
@@ -112,7 +125,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let filter = args.log.clone().or_else(|| std::env::var("FERRITE_LOG").ok()).unwrap_or_else(|| "info".into());
+    let filter = args
+        .log
+        .clone()
+        .or_else(|| std::env::var("FERRITE_LOG").ok())
+        .unwrap_or_else(|| "info".into());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
@@ -125,7 +142,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ferrite: cannot start runtime: {e}");

@@ -6,14 +6,16 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use backstore::{Backstore, BlockBackstore, FileBackstore, RamBackstore};
 use iscsi_proto::conn::ConnConfig;
-use iscsi_proto::{ConnEvent, Connection, Directory, LoginResult, SessionKind, TaskOutcome, TmfAction};
+use iscsi_proto::{
+    ConnEvent, Connection, Directory, LoginResult, SessionKind, TaskOutcome, TmfAction,
+};
 use iscsi_wire::frame::{Decoder, FrameError};
 use iscsi_wire::LoginStatus;
 use scsi_core::{DeviceServer, LogicalUnit, LuConfig, Nexus, ScsiRequest, TargetPort, TaskAttr};
@@ -46,6 +48,10 @@ pub struct Target {
 struct SessionEntry {
     tsih: u16,
     kill: watch::Sender<bool>,
+    target: Arc<Target>,
+    nexus: Arc<Nexus>,
+    /// Set once the device server has been told the I_T nexus is gone (exactly once).
+    nexus_released: Arc<AtomicBool>,
 }
 
 /// Key of the session table: RFC 7143 §4.4.3 — initiator name + ISID (the initiator port)
@@ -63,13 +69,17 @@ pub struct Daemon {
 
 fn open_backstore(spec: &BackstoreSpec) -> anyhow::Result<Arc<dyn Backstore>> {
     Ok(match spec {
-        BackstoreSpec::Ram { size } => Arc::new(RamBackstore::try_new(*size).context("RAM backstore")?),
-        BackstoreSpec::File { path, size } => {
-            Arc::new(FileBackstore::open(path, *size).with_context(|| format!("file backstore {}", path.display()))?)
+        BackstoreSpec::Ram { size } => {
+            Arc::new(RamBackstore::try_new(*size).context("RAM backstore")?)
         }
-        BackstoreSpec::Block { path } => {
-            Arc::new(BlockBackstore::open(path).with_context(|| format!("block backstore {}", path.display()))?)
-        }
+        BackstoreSpec::File { path, size } => Arc::new(
+            FileBackstore::open(path, *size)
+                .with_context(|| format!("file backstore {}", path.display()))?,
+        ),
+        BackstoreSpec::Block { path } => Arc::new(
+            BlockBackstore::open(path)
+                .with_context(|| format!("block backstore {}", path.display()))?,
+        ),
     })
 }
 
@@ -81,32 +91,60 @@ fn build_target(t: &TargetConfig, rel_port_base: &mut u16) -> anyhow::Result<Tar
         let cfg = LuConfig {
             block_size: l.block_size,
             read_only: l.read_only,
-            thin: l.thin.unwrap_or(!matches!(spec, BackstoreSpec::Block { .. })) && store.supports_unmap(),
-            serial: l.serial.clone().unwrap_or_else(|| format!("{:016x}", scsi_core::naa_from_name(&format!("{}/{}", t.name, l.id)))),
+            thin: l
+                .thin
+                .unwrap_or(!matches!(spec, BackstoreSpec::Block { .. }))
+                && store.supports_unmap(),
+            serial: l.serial.clone().unwrap_or_else(|| {
+                format!(
+                    "{:016x}",
+                    scsi_core::naa_from_name(&format!("{}/{}", t.name, l.id))
+                )
+            }),
             naa_id: scsi_core::naa_from_name(&format!("{}/{}", t.name, l.id)),
             ..LuConfig::default()
         };
-        let lu = LogicalUnit::new(cfg, store).map_err(|e| anyhow::anyhow!("target {} LUN {}: {e}", t.name, l.id))?;
+        let lu = LogicalUnit::new(cfg, store)
+            .map_err(|e| anyhow::anyhow!("target {} LUN {}: {e}", t.name, l.id))?;
         info!(target = %t.name, lun = l.id, backstore = %l.backstore, "LUN ready");
-        device.add_lun(l.id, Arc::new(lu)).map_err(|e| anyhow::anyhow!("target {} LUN {}: {e:?}", t.name, l.id))?;
+        device
+            .add_lun(l.id, Arc::new(lu))
+            .map_err(|e| anyhow::anyhow!("target {} LUN {}: {e:?}", t.name, l.id))?;
     }
     let mut groups = Vec::new();
     for g in &t.portal_groups {
         *rel_port_base += 1;
         groups.push(PortalGroup {
             tag: g.tag,
-            portals: g.portals.iter().map(|p| p.parse().expect("validated")).collect(),
+            portals: g
+                .portals
+                .iter()
+                .map(|p| p.parse().expect("validated"))
+                .collect(),
             enabled: g.enabled,
-            port: Arc::new(TargetPort { target_name: t.name.clone(), tpg_tag: g.tag, relative_port_id: *rel_port_base }),
+            port: Arc::new(TargetPort {
+                target_name: t.name.clone(),
+                tpg_tag: g.tag,
+                relative_port_id: *rel_port_base,
+            }),
         });
     }
-    Ok(Target { name: t.name.clone(), alias: t.alias.clone(), groups, device: Arc::new(device) })
+    Ok(Target {
+        name: t.name.clone(),
+        alias: t.alias.clone(),
+        groups,
+        device: Arc::new(device),
+    })
 }
 
 impl Daemon {
     pub fn build(cfg: &Config) -> anyhow::Result<Arc<Daemon>> {
         let mut rel = 0u16;
-        let targets = cfg.targets.iter().map(|t| build_target(t, &mut rel).map(Arc::new)).collect::<anyhow::Result<Vec<_>>>()?;
+        let targets = cfg
+            .targets
+            .iter()
+            .map(|t| build_target(t, &mut rel).map(Arc::new))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let s = &cfg.settings;
         let conn_cfg = ConnConfig {
             offer: iscsi_proto::TargetOffer {
@@ -121,7 +159,8 @@ impl Daemon {
                 ..Default::default()
             },
             cmd_window: s.queue_depth,
-            nop_interval: (s.nop_interval_secs > 0).then(|| Duration::from_secs(s.nop_interval_secs)),
+            nop_interval: (s.nop_interval_secs > 0)
+                .then(|| Duration::from_secs(s.nop_interval_secs)),
             nop_timeout: Duration::from_secs(s.nop_timeout_secs.max(1)),
             login_timeout: Duration::from_secs(s.login_timeout_secs.max(1)),
             ..ConnConfig::default()
@@ -137,7 +176,11 @@ impl Daemon {
 
     /// Every (portal address) we must listen on.
     pub fn listen_addrs(&self) -> Vec<SocketAddr> {
-        let mut v: Vec<SocketAddr> = self.targets.iter().flat_map(|t| t.groups.iter().flat_map(|g| g.portals.iter().copied())).collect();
+        let mut v: Vec<SocketAddr> = self
+            .targets
+            .iter()
+            .flat_map(|t| t.groups.iter().flat_map(|g| g.portals.iter().copied()))
+            .collect();
         v.sort();
         v.dedup();
         v
@@ -183,7 +226,8 @@ impl PortalView<'_> {
     fn group_of<'t>(&self, t: &'t Target) -> Option<&'t PortalGroup> {
         t.groups.iter().find(|g| {
             g.portals.iter().any(|p| {
-                p.port() == self.local.port() && (p.ip() == self.local.ip() || p.ip().is_unspecified())
+                p.port() == self.local.port()
+                    && (p.ip() == self.local.ip() || p.ip().is_unspecified())
             })
         })
     }
@@ -201,7 +245,11 @@ impl Directory for PortalView<'_> {
     fn tpg_tag(&self) -> u16 {
         // The first target with a group on this portal decides; groups are per target, and
         // a portal's tag is the same for all its targets in the common configuration.
-        self.daemon.targets.iter().find_map(|t| self.group_of(t).map(|g| g.tag)).unwrap_or(1)
+        self.daemon
+            .targets
+            .iter()
+            .find_map(|t| self.group_of(t).map(|g| g.tag))
+            .unwrap_or(1)
     }
 
     fn target(&self, name: &str, _initiator: &str) -> Option<Option<String>> {
@@ -223,7 +271,11 @@ impl Directory for PortalView<'_> {
             for g in t.groups.iter().filter(|g| g.enabled) {
                 for p in &g.portals {
                     // A wildcard listener is reported by the address the initiator reached.
-                    let a = if p.ip().is_unspecified() { SocketAddr::new(self.local.ip(), p.port()) } else { *p };
+                    let a = if p.ip().is_unspecified() {
+                        SocketAddr::new(self.local.ip(), p.port())
+                    } else {
+                        *p
+                    };
                     addrs.push(format!("{},{}", fmt_addr(a), g.tag));
                 }
             }
@@ -239,7 +291,9 @@ impl Directory for PortalView<'_> {
 pub async fn serve(daemon: Arc<Daemon>, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let mut listeners = Vec::new();
     for addr in daemon.listen_addrs() {
-        let l = TcpListener::bind(addr).await.with_context(|| format!("listen on {addr}"))?;
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listen on {addr}"))?;
         info!(%addr, "portal listening");
         listeners.push(l);
     }
@@ -287,6 +341,7 @@ struct Attached {
     tsih: u16,
     target: Option<Arc<Target>>,
     nexus: Option<Arc<Nexus>>,
+    nexus_released: Arc<AtomicBool>,
     kill: Option<watch::Receiver<bool>>,
 }
 
@@ -324,7 +379,14 @@ async fn run_connection(
         let _ = wr.shutdown().await;
     });
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(iscsi_proto::TaskId, TaskOutcome)>();
-    let mut att = Attached { key: None, tsih: 0, target: None, nexus: None, kill: None };
+    let mut att = Attached {
+        key: None,
+        tsih: 0,
+        target: None,
+        nexus: None,
+        nexus_released: Arc::new(AtomicBool::new(false)),
+        kill: None,
+    };
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut start = 0usize;
     let mut closing: Option<&'static str> = None;
@@ -339,7 +401,10 @@ async fn run_connection(
                 Ok(Some((pdu, used))) => {
                     start += used;
                     progressed = true;
-                    let view = PortalView { daemon: &daemon, local };
+                    let view = PortalView {
+                        daemon: &daemon,
+                        local,
+                    };
                     conn.handle_pdu(Instant::now(), pdu, &view);
                     if !conn.is_full_feature() {
                         break;
@@ -367,14 +432,22 @@ async fn run_connection(
         let mut batch = Vec::new();
         while let Some(ev) = conn.poll_event() {
             match ev {
-                ConnEvent::LoginComplete(r) => login_complete(&daemon, &mut conn, &r, local, peer, &mut att),
-                ConnEvent::Framing { header_digest, data_digest, max_recv } => {
+                ConnEvent::LoginComplete(r) => {
+                    login_complete(&daemon, &mut conn, &r, local, peer, &mut att)
+                }
+                ConnEvent::Framing {
+                    header_digest,
+                    data_digest,
+                    max_recv,
+                } => {
                     decoder.header_digest = header_digest;
                     decoder.data_digest = data_digest;
                     decoder.max_data = max_recv;
                 }
                 ConnEvent::Execute(task) => {
-                    let (Some(t), Some(nexus)) = (att.target.clone(), att.nexus.clone()) else { continue };
+                    let (Some(t), Some(nexus)) = (att.target.clone(), att.nexus.clone()) else {
+                        continue;
+                    };
                     let tx = done_tx.clone();
                     tokio::task::spawn_blocking(move || {
                         let req = ScsiRequest {
@@ -404,7 +477,9 @@ async fn run_connection(
                             TmfAction::LunReset { lun } => {
                                 d.lun_reset(lun);
                             }
-                            TmfAction::TargetWarmReset | TmfAction::TargetColdReset => d.target_reset(),
+                            TmfAction::TargetWarmReset | TmfAction::TargetColdReset => {
+                                d.target_reset()
+                            }
                         })
                         .await;
                     }
@@ -485,9 +560,12 @@ async fn run_connection(
         }
     }
     if let (Some(t), Some(n)) = (att.target.take(), att.nexus.take()) {
-        // SAM-5: the I_T nexus is gone (releases SPC-2 reservations it held).
-        let d = t.device.clone();
-        let _ = tokio::task::spawn_blocking(move || d.nexus_lost(&n)).await;
+        // SAM-5: the I_T nexus is gone (releases SPC-2 reservations it held). A reinstating
+        // login has already done this for us, before its own commands ran.
+        if !att.nexus_released.swap(true, Ordering::AcqRel) {
+            let d = t.device.clone();
+            let _ = tokio::task::spawn_blocking(move || d.nexus_lost(&n)).await;
+        }
     }
     Ok(())
 }
@@ -515,9 +593,14 @@ fn login_complete(
         conn.refuse_login(LoginStatus::NOT_FOUND);
         return;
     };
-    let key: SessionKey = (r.initiator_name.clone(), r.isid, r.target_name.clone(), group.tag);
+    let key: SessionKey = (
+        r.initiator_name.clone(),
+        r.isid,
+        r.target_name.clone(),
+        group.tag,
+    );
     let mut sessions = daemon.sessions.lock().unwrap_or_else(|e| e.into_inner());
-    if r.tsih != 0 && !sessions.get(&key).is_some_and(|e| e.tsih == r.tsih) {
+    if r.tsih != 0 && sessions.get(&key).is_none_or(|e| e.tsih != r.tsih) {
         // RFC 7143 §11.13.5: joining a session that does not exist.
         drop(sessions);
         conn.refuse_login(LoginStatus::SESSION_DOES_NOT_EXIST);
@@ -528,12 +611,34 @@ fn login_complete(
         // initiator port to the same portal group closes the old session.
         info!(%peer, initiator = %r.initiator_name, isid = format_args!("{:012x}", r.isid), old_tsih = old.tsih, "reinstating session");
         let _ = old.kill.send(true);
+        // The old nexus is the same I_T nexus as the new one: release it now, so that the
+        // old connection's exit cannot release what the new session acquires.
+        if !old.nexus_released.swap(true, Ordering::AcqRel) {
+            old.target.device.nexus_lost(&old.nexus);
+        }
     }
-    let tsih = if r.tsih != 0 { r.tsih } else { daemon.alloc_tsih() };
+    let tsih = if r.tsih != 0 {
+        r.tsih
+    } else {
+        daemon.alloc_tsih()
+    };
     let (kill_tx, kill_rx) = watch::channel(false);
-    sessions.insert(key.clone(), SessionEntry { tsih, kill: kill_tx });
+    let nexus = Arc::new(Nexus {
+        initiator_name: r.initiator_name.clone(),
+        isid: r.isid,
+        target_port: group.port.clone(),
+    });
+    sessions.insert(
+        key.clone(),
+        SessionEntry {
+            tsih,
+            kill: kill_tx,
+            target: target.clone(),
+            nexus: nexus.clone(),
+            nexus_released: att.nexus_released.clone(),
+        },
+    );
     drop(sessions);
-    let nexus = Arc::new(Nexus { initiator_name: r.initiator_name.clone(), isid: r.isid, target_port: group.port.clone() });
     let p = &r.params;
     info!(
         %peer,

@@ -391,6 +391,9 @@ impl Connection {
     /// A PDU whose data digest failed (RFC 7143 §7.8: Reject with Data-Digest-Error; at ERL 0
     /// a SCSI command or Data-Out so hit cannot be recovered, so the connection closes after).
     pub fn handle_digest_error(&mut self, bhs: &[u8; 48]) {
+        if self.closed {
+            return;
+        }
         let op = Opcode(bhs[0] & 0x3f);
         self.reject(bhs, RejectReason::DATA_DIGEST_ERROR);
         if matches!(op, Opcode::DATA_OUT | Opcode::SCSI_COMMAND) {
@@ -432,6 +435,9 @@ impl Connection {
 
     /// The driver accepted the login: send the final response and enter full feature phase.
     pub fn accept_login(&mut self, result: &LoginResult, tsih: u16) {
+        if self.closed {
+            return;
+        }
         let Phase::Login(login) = &mut self.phase else {
             return;
         };
@@ -470,6 +476,9 @@ impl Connection {
 
     /// The driver refused the login at the last step.
     pub fn refuse_login(&mut self, status: LoginStatus) {
+        if self.closed {
+            return;
+        }
         let Phase::Login(login) = &mut self.phase else {
             return;
         };
@@ -571,7 +580,8 @@ impl Connection {
             }
             // Out of order but inside the window: hold it until the gap fills. A SCSI command
             // registers its task now so its unsolicited data can arrive.
-            if let Header::ScsiCommand(c) = &header {
+            let discovery = f.kind == SessionKind::Discovery;
+            if let (Header::ScsiCommand(c), false) = (&header, discovery) {
                 let itt = c.itt;
                 if self.register_scsi(&pdu, c, false) {
                     self.ffp().queued.insert(cmd_sn, Queued::Scsi { itt });
@@ -746,7 +756,9 @@ impl Connection {
 
     /// End a task that is still gathering data with CHECK CONDITION and `sense`.
     fn fail_task(&mut self, itt: u32, sense: &[u8]) {
-        let Some(task) = self.ffp().tasks.remove(&itt) else { return };
+        let Some(task) = self.ffp().tasks.remove(&itt) else {
+            return;
+        };
         self.remember_aborted_itt(itt);
         self.send_scsi_response(itt, &0x02, sense, (false, false, 0), task.data_sn);
     }
@@ -931,7 +943,14 @@ impl Connection {
             // is no SNACK recovery (RFC 7143 §7.1.4.2), so the task is ended at once with
             // CHECK CONDITION, ABORTED COMMAND / DATA PHASE ERROR; the connection stays up
             // and the rest of the task's Data-Out is dropped.
-            tracing::debug!(itt = d.itt, ttt = d.ttt, data_sn = d.data_sn, offset = d.buffer_offset, len, "bad Data-Out");
+            tracing::debug!(
+                itt = d.itt,
+                ttt = d.ttt,
+                data_sn = d.data_sn,
+                offset = d.buffer_offset,
+                len,
+                "bad Data-Out"
+            );
             self.fail_task(d.itt, &sense_fixed(0x0b, 0x4b, 0x00));
             return;
         }
@@ -1100,10 +1119,8 @@ impl Connection {
         if n.itt == RESERVED_TAG {
             // A reply to our ping (TTT valid), or a bare ExpStatSN update (RFC 7143 §11.18).
             let f = self.ffp();
-            if n.ttt != RESERVED_TAG {
-                if f.ping.is_some_and(|(t, _)| t == n.ttt) {
-                    f.ping = None;
-                }
+            if n.ttt != RESERVED_TAG && f.ping.is_some_and(|(t, _)| t == n.ttt) {
+                f.ping = None;
             }
             return;
         }

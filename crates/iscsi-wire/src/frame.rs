@@ -159,7 +159,7 @@ pub fn encode(
 
 /// Write TotalAHSLength and DataSegmentLength into a BHS.
 pub fn encode_bhs_lengths(bhs: &mut [u8; BHS_LEN], ahs_len: usize, data_len: usize) {
-    debug_assert!(ahs_len % 4 == 0 && ahs_len / 4 <= 255);
+    debug_assert!(ahs_len.is_multiple_of(4) && ahs_len / 4 <= 255);
     debug_assert!(data_len <= crate::MAX_DATA_SEGMENT as usize);
     bhs[4] = (ahs_len / 4) as u8;
     let d = (data_len as u32).to_be_bytes();

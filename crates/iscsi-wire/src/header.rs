@@ -498,7 +498,8 @@ impl Header {
                 overflow: f & 0x04 != 0,
                 underflow: f & 0x02 != 0,
                 has_status: f & 0x01 != 0,
-                status: b[3],
+                // RFC 7143 §11.7.4: Status is reserved unless S is set.
+                status: if f & 0x01 != 0 { b[3] } else { 0 },
                 lun,
                 itt: c.itt,
                 ttt: be32(b, 20),

@@ -32,7 +32,9 @@ impl<'a> Bytes<'a> {
 
     /// Big-endian unsigned integer of `n` bytes (n ≤ 8) starting at `i`.
     pub fn be(&self, i: usize, n: usize) -> u64 {
-        (0..n.min(8)).fold(0u64, |acc, k| (acc << 8) | u64::from(self.u8(i + k)))
+        (0..n.min(8)).fold(0u64, |acc, k| {
+            (acc << 8) | u64::from(self.u8(i.saturating_add(k)))
+        })
     }
 
     pub fn be16(&self, i: usize) -> u16 {

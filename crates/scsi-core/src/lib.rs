@@ -4,11 +4,11 @@
 //! [`DeviceServer::execute`] and gets a [`ScsiResponse`] (status, sense, data-in bytes) back.
 //! Nothing here knows about PDUs, sockets or clocks.
 //!
-//! Layout: [`server`] dispatches every command through the opcode table ([`opcodes`]), which
-//! also answers REPORT SUPPORTED OPERATION CODES; [`spc`] and [`sbc`] hold the command handlers,
-//! [`vpd`] and [`mode`] the INQUIRY pages and mode pages; [`sense`] is the one table from
-//! [`SenseReason`] to sense key / ASC / ASCQ; [`ua`] keeps unit attentions per I_T nexus; [`lu`]
-//! is a logical unit with its configuration and state.
+//! Layout: `server` dispatches every command through the opcode table (`opcodes`), which also
+//! answers REPORT SUPPORTED OPERATION CODES; `spc` and `sbc` hold the command handlers, `vpd`
+//! and `mode` the INQUIRY and mode pages; [`sense`] is the one table from [`SenseReason`] to
+//! sense key / ASC / ASCQ; `ua` keeps unit attentions per I_T nexus; `lu` is a logical unit with
+//! its configuration and state.
 
 use std::sync::Arc;
 

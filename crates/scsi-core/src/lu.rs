@@ -18,8 +18,9 @@ pub mod limits {
     pub const MAX_TRANSFER_BYTES: u32 = 8 << 20;
     /// MAXIMUM WRITE SAME LENGTH, in logical blocks.
     pub const MAX_WRITE_SAME_BLOCKS: u64 = 0xFFFF;
-    /// MAXIMUM UNMAP LBA COUNT (FFFF_FFFFh = no limit). Only advertised on thin LUs.
-    pub const MAX_UNMAP_LBA_COUNT: u32 = 0xFFFF_FFFF;
+    /// MAXIMUM UNMAP LBA COUNT, per UNMAP command. Only advertised on thin LUs. Bounded so that
+    /// the zero-fill fallback (a backstore that cannot deallocate a range) stays bounded too.
+    pub const MAX_UNMAP_LBA_COUNT: u32 = 1 << 20;
     /// MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT. Only advertised on thin LUs.
     pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
     /// MAXIMUM COMPARE AND WRITE LENGTH, in logical blocks (the CDB field is one byte).
@@ -114,7 +115,10 @@ impl fmt::Display for ConfigError {
                 write!(f, "{field}: at most {max_len} printable ASCII characters")
             }
             ConfigError::TooSmall { size, block_size } => {
-                write!(f, "backstore of {size} bytes holds no {block_size}-byte block")
+                write!(
+                    f,
+                    "backstore of {size} bytes holds no {block_size}-byte block"
+                )
             }
         }
     }
@@ -170,10 +174,16 @@ impl LogicalUnit {
         // VPD 80h: PAGE LENGTH is one byte after a 4-byte header.
         check_text("serial", &cfg.serial, 251)?;
         if store.size() < u64::from(cfg.block_size) {
-            return Err(ConfigError::TooSmall { size: store.size(), block_size: cfg.block_size });
+            return Err(ConfigError::TooSmall {
+                size: store.size(),
+                block_size: cfg.block_size,
+            });
         }
-        let serial =
-            if cfg.serial.is_empty() { format!("{:016x}", cfg.naa_id) } else { cfg.serial.clone() };
+        let serial = if cfg.serial.is_empty() {
+            format!("{:016x}", cfg.naa_id)
+        } else {
+            cfg.serial.clone()
+        };
         Ok(Self {
             cfg,
             serial,

@@ -23,7 +23,10 @@ pub struct ModeState {
 
 impl Default for ModeState {
     fn default() -> Self {
-        Self { wce: true, swp: false }
+        Self {
+            wce: true,
+            swp: false,
+        }
     }
 }
 
@@ -66,7 +69,10 @@ pub fn page_bytes(code: u8, pc: PageControl, st: &ModeState) -> Option<Vec<u8>> 
     let cur = match pc {
         PageControl::Current => *st,
         PageControl::Default => ModeState::default(),
-        PageControl::Changeable => ModeState { wce: true, swp: true },
+        PageControl::Changeable => ModeState {
+            wce: true,
+            swp: true,
+        },
     };
     let changeable = pc == PageControl::Changeable;
     let p = match code {
@@ -137,7 +143,11 @@ pub fn mode_sense(cmd: &Cmd, lu: &LogicalUnit, ten: bool) -> CmdResult {
     };
     let code = c.u8(2) & 0x3F;
     let subpage = c.u8(3);
-    let alloc = if ten { usize::from(c.be16(7)) } else { usize::from(c.u8(4)) };
+    let alloc = if ten {
+        usize::from(c.be16(7))
+    } else {
+        usize::from(c.u8(4))
+    };
 
     // We have no subpages: subpage 00h, or FFh ("all subpages") which adds nothing.
     if subpage != 0x00 && subpage != 0xFF {
@@ -159,8 +169,16 @@ pub fn mode_sense(cmd: &Cmd, lu: &LogicalUnit, ten: bool) -> CmdResult {
 
     let mut bd = Vec::new();
     if !dbd {
-        let blocks = if pc == PageControl::Changeable { 0 } else { lu.num_blocks() };
-        let bs = if pc == PageControl::Changeable { 0 } else { lu.block_size() };
+        let blocks = if pc == PageControl::Changeable {
+            0
+        } else {
+            lu.num_blocks()
+        };
+        let bs = if pc == PageControl::Changeable {
+            0
+        } else {
+            lu.block_size()
+        };
         if llbaa {
             // SBC-4 §6.5.2.3 long LBA block descriptor.
             bd.extend_from_slice(&blocks.to_be_bytes());
@@ -205,7 +223,11 @@ pub fn mode_select(cmd: &Cmd, lu: &LogicalUnit, ten: bool) -> CmdResult {
     let c = cmd.cdb;
     let pf = c.bit(1, 4);
     let sp = c.bit(1, 0);
-    let len = if ten { usize::from(c.be16(7)) } else { usize::from(c.u8(4)) };
+    let len = if ten {
+        usize::from(c.be16(7))
+    } else {
+        usize::from(c.u8(4))
+    };
     cmd.expect_out(len as u64);
     // SPC-4 §6.13: SP = 1 asks us to save the pages, which we cannot.
     if sp {
@@ -238,7 +260,11 @@ pub fn mode_select(cmd: &Cmd, lu: &LogicalUnit, ten: bool) -> CmdResult {
     if bdl != 0 {
         // The block length cannot change (no FORMAT UNIT); 0 means "unchanged".
         let bl_off = if longlba { hdr + 12 } else { hdr + 5 };
-        let bl = if longlba { list.be32(bl_off) } else { list.be24(bl_off) };
+        let bl = if longlba {
+            list.be32(bl_off)
+        } else {
+            list.be24(bl_off)
+        };
         if bl != 0 && bl != lu.block_size() {
             return Err(bad_param(bl_off as u16, None));
         }
@@ -275,7 +301,10 @@ pub fn mode_select(cmd: &Cmd, lu: &LogicalUnit, ten: bool) -> CmdResult {
         for i in 2..cur.len() {
             let diff = (list.u8(off + i) ^ cur[i]) & !mask[i];
             if diff != 0 {
-                return Err(bad_param((off + i) as u16, Some(7 - diff.leading_zeros() as u8)));
+                return Err(bad_param(
+                    (off + i) as u16,
+                    Some(7 - diff.leading_zeros() as u8),
+                ));
             }
         }
         match code {
@@ -289,7 +318,9 @@ pub fn mode_select(cmd: &Cmd, lu: &LogicalUnit, ten: bool) -> CmdResult {
         *guard = new;
         drop(guard);
         // SPC-4 §5.14 / §6.13: other I_T nexuses learn of the change through a unit attention.
-        lu.state().ua.establish_all(SenseReason::ModeParametersChanged, Some(cmd.req.nexus));
+        lu.state()
+            .ua
+            .establish_all(SenseReason::ModeParametersChanged, Some(cmd.req.nexus));
     }
     Ok(Vec::new())
 }
@@ -301,7 +332,11 @@ mod tests {
     #[test]
     fn page_lengths_match_page_length_byte() {
         for code in PAGES {
-            for pc in [PageControl::Current, PageControl::Changeable, PageControl::Default] {
+            for pc in [
+                PageControl::Current,
+                PageControl::Changeable,
+                PageControl::Default,
+            ] {
                 let p = page_bytes(code, pc, &ModeState::default()).unwrap();
                 assert_eq!(p[0], code);
                 assert_eq!(usize::from(p[1]) + 2, p.len());
@@ -318,8 +353,15 @@ mod tests {
         let ctl = page_bytes(page::CONTROL, PageControl::Changeable, &st).unwrap();
         assert_eq!(ctl[4], 0x08);
         assert!(ctl[2..].iter().enumerate().all(|(i, &b)| i == 2 || b == 0));
-        let cur = page_bytes(page::CONTROL, PageControl::Current, &ModeState { wce: true, swp: true })
-            .unwrap();
+        let cur = page_bytes(
+            page::CONTROL,
+            PageControl::Current,
+            &ModeState {
+                wce: true,
+                swp: true,
+            },
+        )
+        .unwrap();
         assert_eq!(cur[4] & 0x08, 0x08);
     }
 }

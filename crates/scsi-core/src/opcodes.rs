@@ -87,6 +87,7 @@ macro_rules! op {
 }
 
 /// Every command the device server implements, sorted by (opcode, service action).
+#[rustfmt::skip]
 pub static TABLE: &[OpDesc] = &[
     op!(0x00, None, "TEST UNIT READY", [0x00, 0, 0, 0, 0, C], Lu(spc::test_unit_ready), 0),
     op!(0x03, None, "REQUEST SENSE", [0x03, 0x01, 0, 0, 0xFF, C], Target(spc::request_sense), UA_EXEMPT | RESV_OK),
@@ -167,7 +168,9 @@ pub fn lookup(opcode: u8, byte1: u8) -> Lookup {
 
 /// Find the entry for (opcode, service action) as REPORT SUPPORTED OPERATION CODES asks.
 pub fn find(opcode: u8, sa: Option<u16>) -> Option<&'static OpDesc> {
-    TABLE.iter().find(|d| d.opcode == opcode && d.sa.map(u16::from) == sa)
+    TABLE
+        .iter()
+        .find(|d| d.opcode == opcode && d.sa.map(u16::from) == sa)
 }
 
 #[cfg(test)]
@@ -219,9 +222,13 @@ mod tests {
 
     #[test]
     fn accepted_bits_for_service_action_byte() {
-        let Lookup::Found(d) = lookup(0x9E, 0x10) else { panic!() };
+        let Lookup::Found(d) = lookup(0x9E, 0x10) else {
+            panic!()
+        };
         assert_eq!(d.accepted_bits(1), 0x1F);
-        let Lookup::Found(r) = lookup(0x28, 0) else { panic!() };
+        let Lookup::Found(r) = lookup(0x28, 0) else {
+            panic!()
+        };
         assert_eq!(r.accepted_bits(1), 0x1E);
         assert_eq!(r.accepted_bits(99), 0);
     }

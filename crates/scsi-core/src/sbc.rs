@@ -40,7 +40,12 @@ fn decode(c: Bytes) -> Xfer {
                 0 => 256,
                 n => u64::from(n),
             };
-            Xfer { lba: u64::from(c.be24(1) & 0x1F_FFFF), len, len_off: 4, fua: false }
+            Xfer {
+                lba: u64::from(c.be24(1) & 0x1F_FFFF),
+                len,
+                len_off: 4,
+                fua: false,
+            }
         }
         1 | 2 => Xfer {
             lba: u64::from(c.be32(2)),
@@ -54,7 +59,12 @@ fn decode(c: Bytes) -> Xfer {
             len_off: 6,
             fua: c.bit(1, 3),
         },
-        _ => Xfer { lba: c.be64(2), len: u64::from(c.be32(10)), len_off: 10, fua: c.bit(1, 3) },
+        _ => Xfer {
+            lba: c.be64(2),
+            len: u64::from(c.be32(10)),
+            len_off: 10,
+            fua: c.bit(1, 3),
+        },
     }
 }
 
@@ -88,7 +98,7 @@ fn data_blocks<'a>(cmd: &Cmd<'a>, blocks: u64, bs: u64) -> Result<&'a [u8], Fail
     let have = cmd.data_out.len() as u64;
     if have >= need {
         Ok(cmd.data_out.slice(0, need as usize))
-    } else if have % bs == 0 {
+    } else if have.checked_rem(bs) == Some(0) {
         Ok(cmd.data_out.0)
     } else {
         Err(SenseReason::InvalidFieldInInformationUnit.into())
@@ -105,7 +115,9 @@ fn read_blocks(lu: &LogicalUnit, lba: u64, blocks: u64) -> Result<Vec<u8>, Fail>
 }
 
 fn flush(lu: &LogicalUnit) -> Result<(), Fail> {
-    lu.backstore().flush().map_err(|e| io_fail("flush", SenseReason::WriteError, &e))
+    lu.backstore()
+        .flush()
+        .map_err(|e| io_fail("flush", SenseReason::WriteError, &e))
 }
 
 /// Make completed writes durable when FUA asks for it or the write cache is off (caching mode
@@ -297,7 +309,10 @@ pub fn read_capacity10(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
     let last = lu.num_blocks().saturating_sub(1);
     // SBC-4 §5.20.2: a last LBA that does not fit is reported as FFFFFFFFh (use the 16-byte
     // command).
-    let last = u32::try_from(last).ok().filter(|&v| v != u32::MAX).unwrap_or(u32::MAX);
+    let last = u32::try_from(last)
+        .ok()
+        .filter(|&v| v != u32::MAX)
+        .unwrap_or(u32::MAX);
     let mut out = last.to_be_bytes().to_vec();
     out.extend_from_slice(&lu.block_size().to_be_bytes());
     Ok(out)
@@ -354,14 +369,19 @@ pub fn read_defect_data(cmd: &Cmd, _lu: &LogicalUnit) -> CmdResult {
     }
 }
 
-/// WRITE SAME(10/16) (SBC-4 §5.47, §5.48). With UNMAP on a thin LU and an all-zero block (or
-/// NDOB) the range is deallocated; any other data is written. ANCHOR, PBDATA and LBDATA are
-/// refused by the opcode table.
+/// WRITE SAME(10/16) (SBC-4 §5.47, §5.48). With UNMAP on a thin LU the range is deallocated
+/// whatever the data block holds (it then reads back as zeroes, LBPRZ = 1): SBC-4 §4.7.3.3 lets
+/// the device server deallocate instead of writing, and initiators (libiscsi's
+/// `test_writesame10_unmap_until_end` sends an FFh block with UNMAP = 1) expect it to. ANCHOR,
+/// PBDATA and LBDATA are refused by the opcode table.
 pub fn write_same(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
     let c = cmd.cdb;
     let sixteen = c.u8(0) == 0x93;
-    let (lba, nlb, nlb_off) =
-        if sixteen { (c.be64(2), u64::from(c.be32(10)), 10) } else { (u64::from(c.be32(2)), u64::from(c.be16(7)), 7) };
+    let (lba, nlb, nlb_off) = if sixteen {
+        (c.be64(2), u64::from(c.be32(10)), 10)
+    } else {
+        (u64::from(c.be32(2)), u64::from(c.be16(7)), 7)
+    };
     let unmap = c.bit(1, 3);
     let ndob = sixteen && c.bit(1, 0);
     let bs = u64::from(lu.block_size());
@@ -400,7 +420,7 @@ pub fn write_same(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
         b.to_vec()
     };
     let _w = lu.write_shared();
-    if unmap && block.iter().all(|&b| b == 0) {
+    if unmap {
         deallocate(lu, lba, count)?;
     } else {
         write_pattern(lu, lba, count, &block)?;
@@ -504,16 +524,48 @@ mod tests {
     #[test]
     fn decode_layouts() {
         let r6 = [0x08, 0x1F, 0xFF, 0xFE, 0x00, 0x00];
-        assert_eq!(decode(Bytes(&r6)), Xfer { lba: 0x1F_FFFE, len: 256, len_off: 4, fua: false });
+        assert_eq!(
+            decode(Bytes(&r6)),
+            Xfer {
+                lba: 0x1F_FFFE,
+                len: 256,
+                len_off: 4,
+                fua: false
+            }
+        );
         let r10 = [0x28, 0x08, 0, 0, 0x12, 0x34, 0, 0x00, 0x10, 0];
-        assert_eq!(decode(Bytes(&r10)), Xfer { lba: 0x1234, len: 16, len_off: 7, fua: true });
+        assert_eq!(
+            decode(Bytes(&r10)),
+            Xfer {
+                lba: 0x1234,
+                len: 16,
+                len_off: 7,
+                fua: true
+            }
+        );
         let r12 = [0xA8, 0, 0, 0, 0, 1, 0, 0, 1, 0, 0, 0];
-        assert_eq!(decode(Bytes(&r12)), Xfer { lba: 1, len: 256, len_off: 6, fua: false });
+        assert_eq!(
+            decode(Bytes(&r12)),
+            Xfer {
+                lba: 1,
+                len: 256,
+                len_off: 6,
+                fua: false
+            }
+        );
         let mut r16 = [0u8; 16];
         r16[0] = 0x88;
         r16[2..10].copy_from_slice(&u64::MAX.to_be_bytes());
         r16[10..14].copy_from_slice(&7u32.to_be_bytes());
-        assert_eq!(decode(Bytes(&r16)), Xfer { lba: u64::MAX, len: 7, len_off: 10, fua: false });
+        assert_eq!(
+            decode(Bytes(&r16)),
+            Xfer {
+                lba: u64::MAX,
+                len: 7,
+                len_off: 10,
+                fua: false
+            }
+        );
     }
 
     #[test]

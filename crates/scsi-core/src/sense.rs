@@ -159,7 +159,11 @@ pub const FIXED_SENSE_LEN: usize = 18;
 
 impl Sense {
     pub const fn new(reason: SenseReason) -> Self {
-        Self { reason, information: None, field: None }
+        Self {
+            reason,
+            information: None,
+            field: None,
+        }
     }
 
     /// INVALID FIELD IN CDB pointing at `byte` (and `bit`, if given).
@@ -167,7 +171,11 @@ impl Sense {
         Self {
             reason: SenseReason::InvalidFieldInCdb,
             information: None,
-            field: Some(FieldPointer { in_cdb: true, byte, bit }),
+            field: Some(FieldPointer {
+                in_cdb: true,
+                byte,
+                bit,
+            }),
         }
     }
 
@@ -176,7 +184,11 @@ impl Sense {
         Self {
             reason: SenseReason::InvalidFieldInParameterList,
             information: None,
-            field: Some(FieldPointer { in_cdb: false, byte, bit }),
+            field: Some(FieldPointer {
+                in_cdb: false,
+                byte,
+                bit,
+            }),
         }
     }
 
@@ -240,20 +252,41 @@ mod tests {
 
     #[test]
     fn table_entries() {
-        assert_eq!(SenseReason::InvalidCommandOperationCode.code(), (0x05, 0x20, 0x00));
+        assert_eq!(
+            SenseReason::InvalidCommandOperationCode.code(),
+            (0x05, 0x20, 0x00)
+        );
         assert_eq!(SenseReason::LbaOutOfRange.code(), (0x05, 0x21, 0x00));
         assert_eq!(SenseReason::InvalidFieldInCdb.code(), (0x05, 0x24, 0x00));
-        assert_eq!(SenseReason::InvalidFieldInParameterList.code(), (0x05, 0x26, 0x00));
-        assert_eq!(SenseReason::ParameterListLengthError.code(), (0x05, 0x1A, 0x00));
+        assert_eq!(
+            SenseReason::InvalidFieldInParameterList.code(),
+            (0x05, 0x26, 0x00)
+        );
+        assert_eq!(
+            SenseReason::ParameterListLengthError.code(),
+            (0x05, 0x1A, 0x00)
+        );
         assert_eq!(SenseReason::LunNotSupported.code(), (0x05, 0x25, 0x00));
         assert_eq!(SenseReason::WriteProtected.code(), (0x07, 0x27, 0x00));
         assert_eq!(SenseReason::UnrecoveredReadError.code(), (0x03, 0x11, 0x00));
         assert_eq!(SenseReason::WriteError.code(), (0x03, 0x0C, 0x00));
-        assert_eq!(SenseReason::MiscompareDuringVerify.code(), (0x0E, 0x1D, 0x00));
-        assert_eq!(SenseReason::SavingParametersNotSupported.code(), (0x05, 0x39, 0x00));
-        assert_eq!(SenseReason::InternalTargetFailure.code(), (0x04, 0x44, 0x00));
+        assert_eq!(
+            SenseReason::MiscompareDuringVerify.code(),
+            (0x0E, 0x1D, 0x00)
+        );
+        assert_eq!(
+            SenseReason::SavingParametersNotSupported.code(),
+            (0x05, 0x39, 0x00)
+        );
+        assert_eq!(
+            SenseReason::InternalTargetFailure.code(),
+            (0x04, 0x44, 0x00)
+        );
         assert_eq!(SenseReason::PowerOnOrReset.code(), (0x06, 0x29, 0x00));
-        assert_eq!(SenseReason::BusDeviceResetFunction.code(), (0x06, 0x29, 0x03));
+        assert_eq!(
+            SenseReason::BusDeviceResetFunction.code(),
+            (0x06, 0x29, 0x03)
+        );
         assert!(SenseReason::ModeParametersChanged.is_unit_attention());
         assert!(!SenseReason::WriteError.is_unit_attention());
     }
@@ -271,19 +304,25 @@ mod tests {
 
     #[test]
     fn fixed_format_information() {
-        let s = Sense::new(SenseReason::MiscompareDuringVerify).with_information(0x0102_0304).to_fixed();
+        let s = Sense::new(SenseReason::MiscompareDuringVerify)
+            .with_information(0x0102_0304)
+            .to_fixed();
         assert_eq!(s[0], 0xF0);
         assert_eq!(&s[3..7], &[1, 2, 3, 4]);
         assert_eq!((s[2], s[12], s[13]), (0x0E, 0x1D, 0x00));
         // Too large for the 4-byte field: VALID stays clear.
-        let big = Sense::new(SenseReason::LbaOutOfRange).with_information(1 << 40).to_fixed();
+        let big = Sense::new(SenseReason::LbaOutOfRange)
+            .with_information(1 << 40)
+            .to_fixed();
         assert_eq!(big[0], 0x70);
         assert_eq!(&big[3..7], &[0, 0, 0, 0]);
     }
 
     #[test]
     fn descriptor_format() {
-        let d = Sense::invalid_cdb(1, Some(4)).with_information(7).to_descriptor();
+        let d = Sense::invalid_cdb(1, Some(4))
+            .with_information(7)
+            .to_descriptor();
         assert_eq!(&d[..4], &[0x72, 0x05, 0x24, 0x00]);
         assert_eq!(d[7] as usize, d.len() - 8);
         assert_eq!(&d[8..12], &[0x00, 0x0A, 0x80, 0x00]);

@@ -52,9 +52,7 @@ pub fn lun_from_wire(wire: u64) -> Option<u64> {
             Some((u64::from(b[0] & 0x3F) << 8) | u64::from(b[1]))
         }
         // Extended flat space addressing: length 01b (4 bytes), extended address method 2h.
-        0b11 if b[0] == 0xD2 && wire & 0x0000_0000_FFFF_FFFF == 0 => {
-            Some((wire >> 32) & MAX_LUN)
-        }
+        0b11 if b[0] == 0xD2 && wire & 0x0000_0000_FFFF_FFFF == 0 => Some((wire >> 32) & MAX_LUN),
         _ => None,
     }
 }
@@ -109,7 +107,9 @@ pub struct DeviceServer {
 
 impl fmt::Debug for DeviceServer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DeviceServer").field("luns", &self.luns()).finish()
+        f.debug_struct("DeviceServer")
+            .field("luns", &self.luns())
+            .finish()
     }
 }
 
@@ -133,7 +133,10 @@ impl DeviceServer {
             return Err(AddLunError::Exists(lun));
         }
         for other in map.values() {
-            other.state().ua.establish_all(SenseReason::ReportedLunsDataChanged, None);
+            other
+                .state()
+                .ua
+                .establish_all(SenseReason::ReportedLunsDataChanged, None);
         }
         map.insert(lun, lu);
         Ok(())
@@ -144,7 +147,10 @@ impl DeviceServer {
         let mut map = self.luns.write().unwrap_or_else(|e| e.into_inner());
         let lu = map.remove(&lun)?;
         for other in map.values() {
-            other.state().ua.establish_all(SenseReason::ReportedLunsDataChanged, None);
+            other
+                .state()
+                .ua
+                .establish_all(SenseReason::ReportedLunsDataChanged, None);
         }
         Some(lu)
     }
@@ -172,9 +178,12 @@ impl DeviceServer {
         let result = self.dispatch(&cmd);
         let data_out_len = cmd.out_len.get();
         match result {
-            Ok(data_in) => {
-                ScsiResponse { status: ScsiStatus::GOOD, sense: Vec::new(), data_in, data_out_len }
-            }
+            Ok(data_in) => ScsiResponse {
+                status: ScsiStatus::GOOD,
+                sense: Vec::new(),
+                data_in,
+                data_out_len,
+            },
             Err(Fail::Check(sense)) => {
                 tracing::debug!(
                     opcode = req.cdb.first().copied().unwrap_or(0),
@@ -188,9 +197,12 @@ impl DeviceServer {
                     data_out_len,
                 }
             }
-            Err(Fail::Status(status)) => {
-                ScsiResponse { status, sense: Vec::new(), data_in: Vec::new(), data_out_len }
-            }
+            Err(Fail::Status(status)) => ScsiResponse {
+                status,
+                sense: Vec::new(),
+                data_in: Vec::new(),
+                data_out_len,
+            },
         }
     }
 
@@ -233,6 +245,7 @@ impl DeviceServer {
             // SPC-4 §4.2.5.1: the SERVICE ACTION field is bits 4..0 of byte 1.
             Lookup::UnknownServiceAction => return Err(bad_cdb(1, Some(4))),
         };
+        tracing::trace!(cmd = desc.name, "dispatch");
         if let Some(lu) = cmd.lu {
             if !desc.available(lu) {
                 return Err(SenseReason::InvalidCommandOperationCode.into());
@@ -312,7 +325,17 @@ mod tests {
 
     #[test]
     fn lun_encoding_round_trips() {
-        for lun in [0, 1, 7, 255, 256, 1000, MAX_FLAT_LUN, MAX_FLAT_LUN + 1, MAX_LUN] {
+        for lun in [
+            0,
+            1,
+            7,
+            255,
+            256,
+            1000,
+            MAX_FLAT_LUN,
+            MAX_FLAT_LUN + 1,
+            MAX_LUN,
+        ] {
             assert_eq!(lun_from_wire(lun_to_wire(lun)), Some(lun), "lun {lun}");
         }
         assert_eq!(lun_to_wire(0), 0);

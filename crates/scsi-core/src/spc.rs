@@ -48,7 +48,11 @@ pub fn request_sense(cmd: &Cmd) -> CmdResult {
             Sense::new(ua.unwrap_or(SenseReason::NoSense))
         }
     };
-    let data = if desc { sense.to_descriptor() } else { sense.to_fixed() };
+    let data = if desc {
+        sense.to_descriptor()
+    } else {
+        sense.to_fixed()
+    };
     Ok(clip(data, alloc))
 }
 
@@ -144,7 +148,11 @@ pub fn report_supported_opcodes(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
         0b010 => one_command(opcodes::find(op, Some(sa)).and_then(avail), rctd),
         // 011b: service action used only if the opcode has them.
         0b011 => {
-            let sa = if opcodes::has_service_actions(op) { Some(sa) } else { None };
+            let sa = if opcodes::has_service_actions(op) {
+                Some(sa)
+            } else {
+                None
+            };
             one_command(opcodes::find(op, sa).and_then(avail), rctd)
         }
         _ => return Err(bad_cdb(2, Some(2))),
@@ -174,7 +182,9 @@ pub fn reserve(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
     }
     let mut st = lu.state();
     match &st.reservation {
-        Some(holder) if holder != cmd.nexus() => Err(Fail::Status(ScsiStatus::RESERVATION_CONFLICT)),
+        Some(holder) if holder != cmd.nexus() => {
+            Err(Fail::Status(ScsiStatus::RESERVATION_CONFLICT))
+        }
         _ => {
             st.reservation = Some(cmd.nexus().clone());
             Ok(Vec::new())

@@ -76,7 +76,10 @@ impl UnitAttentions {
 
     #[cfg(test)]
     pub fn pending(&self, nexus: &Nexus) -> Vec<SenseReason> {
-        self.nexuses.get(nexus).map(|q| q.iter().copied().collect()).unwrap_or_default()
+        self.nexuses
+            .get(nexus)
+            .map(|q| q.iter().copied().collect())
+            .unwrap_or_default()
     }
 }
 

@@ -79,7 +79,7 @@ fn designator(out: &mut Vec<u8>, proto_code_set: u8, piv_assoc_type: u8, id: &[u
 fn name_string(s: &str) -> Vec<u8> {
     let mut v: Vec<u8> = s.as_bytes().iter().copied().take(252).collect();
     v.push(0);
-    while v.len() % 4 != 0 {
+    while v.len() & 3 != 0 {
         v.push(0);
     }
     v
@@ -102,7 +102,12 @@ fn device_id(lu: &LogicalUnit, port: &TargetPort) -> Vec<u8> {
     const ASSOC_DEVICE: u8 = 0x20;
     let mut d = Vec::new();
     // Logical unit: NAA IEEE Registered.
-    designator(&mut d, BINARY, ASSOC_LU | 0x3, &lu.config().naa_id.to_be_bytes());
+    designator(
+        &mut d,
+        BINARY,
+        ASSOC_LU | 0x3,
+        &lu.config().naa_id.to_be_bytes(),
+    );
     // Logical unit: T10 vendor ID based (vendor padded to 8, then the unit serial number).
     let mut t10 = vec![b' '; 8];
     put_ascii(&mut t10, &lu.config().vendor);
@@ -120,7 +125,12 @@ fn device_id(lu: &LogicalUnit, port: &TargetPort) -> Vec<u8> {
         &name_string(&target_port_name(port)),
     );
     // Target device: SCSI name string (the iSCSI target name).
-    designator(&mut d, ISCSI | UTF8, PIV | ASSOC_DEVICE | 0x8, &name_string(&port.target_name));
+    designator(
+        &mut d,
+        ISCSI | UTF8,
+        PIV | ASSOC_DEVICE | 0x8,
+        &name_string(&port.target_name),
+    );
     d
 }
 
@@ -197,7 +207,11 @@ mod tests {
         assert_eq!(name_string("abc"), b"abc\0".to_vec());
         assert_eq!(name_string("abcd"), b"abcd\0\0\0\0".to_vec());
         assert_eq!(name_string(&"x".repeat(400)).len(), 256);
-        let port = TargetPort { target_name: "iqn.x:y".into(), tpg_tag: 0x1a, relative_port_id: 1 };
+        let port = TargetPort {
+            target_name: "iqn.x:y".into(),
+            tpg_tag: 0x1a,
+            relative_port_id: 1,
+        };
         assert_eq!(target_port_name(&port), "iqn.x:y,t,0x001a");
     }
 }

@@ -77,6 +77,7 @@ const BASE_KEYS: &[(&str, &str)] = &[
     ("DataDigest", "None"),
 ];
 
+#[allow(clippy::too_many_arguments)]
 impl Harness {
     fn with(cfg: ConnConfig, extra: &[(&str, &str)]) -> Harness {
         let now = Instant::now();
@@ -508,7 +509,9 @@ fn bad_data_sn_fails_the_task_and_keeps_the_connection() {
     h.cmd(0x30, 0x2a, false, true, 1024, false, &[]);
     h.data_out(0x30, RESERVED_TAG, 1, 0, false, &[0u8; 512]);
     let out = outputs(&mut h.c);
-    let Header::ScsiResponse(r) = &out[0].header else { panic!("{out:?}") };
+    let Header::ScsiResponse(r) = &out[0].header else {
+        panic!("{out:?}")
+    };
     assert_eq!((r.itt, r.status), (0x30, 2));
     // Sense: ABORTED COMMAND, DATA PHASE ERROR.
     let sense = &out[0].data.as_slice()[2..];
@@ -570,9 +573,11 @@ fn cmd_sn_window() {
 
 #[test]
 fn nop_ping_echo_and_target_keepalive() {
-    let mut cfg = ConnConfig::default();
-    cfg.nop_interval = Some(Duration::from_secs(5));
-    cfg.nop_timeout = Duration::from_secs(5);
+    let cfg = ConnConfig {
+        nop_interval: Some(Duration::from_secs(5)),
+        nop_timeout: Duration::from_secs(5),
+        ..Default::default()
+    };
     let mut h = Harness::with(cfg, &[]);
     let nop = Header::NopOut(NopOut {
         immediate: true,
