@@ -369,7 +369,9 @@ async fn run_connection(
     let mut conn = Connection::new(daemon.conn_cfg.clone(), now, stat_sn);
     let mut decoder = Decoder::new(8192);
     // The writer task owns the socket's write half so reads never wait on writes.
-    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    // Bounded: an initiator that stops reading stops us reading its requests (backpressure)
+    // instead of growing our memory.
+    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(64);
     let writer = tokio::spawn(async move {
         while let Some(buf) = out_rx.recv().await {
             if wr.write_all(&buf).await.is_err() {
@@ -490,7 +492,7 @@ async fn run_connection(
         while let Some(pdu) = conn.poll_transmit() {
             pdu.encode(&mut batch);
         }
-        if !batch.is_empty() && out_tx.send(batch).is_err() {
+        if !batch.is_empty() && out_tx.send(batch).await.is_err() {
             break;
         }
         if closing.is_some() || peer_closed || conn.is_closed() {

@@ -1,0 +1,87 @@
+//! Session table rules on the wire: reinstatement of a session by a new login from the same
+//! initiator port (RFC 7143 §6.3.5), and independence of sessions with different ISIDs.
+
+mod common;
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use common::initiator::{LoginOpts, Session};
+use common::{Daemon, Opts};
+
+/// Read until the daemon closes the stream (EOF or reset) or `limit` passes.
+fn closed_within(s: &mut Session, limit: Duration) -> bool {
+    s.stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        match s.stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+#[test]
+fn same_initiator_port_reinstates_the_old_session() {
+    let d = Daemon::start(Opts::default());
+    let isid = [0x80, 0, 0, 0, 0x11, 0x22];
+    let opts = LoginOpts {
+        isid,
+        ..LoginOpts::default()
+    };
+    let mut old = Session::login(d.addr(), &opts).expect("first login");
+    old.clear_unit_attentions().unwrap();
+    let mut new = Session::login(d.addr(), &opts).expect("second login, same ISID");
+    assert!(
+        closed_within(&mut old, Duration::from_secs(10)),
+        "the old session was not closed"
+    );
+    // The new session works.
+    new.clear_unit_attentions().unwrap();
+    let data = vec![0x5a; 4096];
+    new.write10(10, &data, 512).unwrap();
+    assert_eq!(new.read10(10, 8, 512).unwrap(), data);
+    new.logout().unwrap();
+    assert!(
+        d.log_text().contains("reinstating session"),
+        "{}",
+        d.log_text()
+    );
+}
+
+#[test]
+fn different_isids_are_different_sessions() {
+    let d = Daemon::start(Opts::default());
+    let mut a = Session::login(
+        d.addr(),
+        &LoginOpts {
+            isid: [0x80, 0, 0, 0, 0, 1],
+            ..LoginOpts::default()
+        },
+    )
+    .unwrap();
+    let mut b = Session::login(
+        d.addr(),
+        &LoginOpts {
+            isid: [0x80, 0, 0, 0, 0, 2],
+            ..LoginOpts::default()
+        },
+    )
+    .unwrap();
+    a.clear_unit_attentions().unwrap();
+    b.clear_unit_attentions().unwrap();
+    a.write10(0, &[1u8; 512], 512).unwrap();
+    assert_eq!(b.read10(0, 1, 512).unwrap(), vec![1u8; 512]);
+    a.logout().unwrap();
+    b.logout().unwrap();
+}
