@@ -252,8 +252,25 @@ fn sense_fixed(key: u8, asc: u8, ascq: u8) -> Vec<u8> {
 }
 
 impl Connection {
+    /// A connection with a fixed CHAP challenge: for tests and fuzzing only. The daemon uses
+    /// [`Connection::with_random`].
     pub fn new(cfg: ConnConfig, now: Instant, initial_stat_sn: u32) -> Self {
-        let login = Login::new(cfg.offer.clone(), cfg.cmd_window, initial_stat_sn);
+        Self::with_random(
+            cfg,
+            now,
+            initial_stat_sn,
+            [0x5a; 1 + crate::chap::CHALLENGE_LEN],
+        )
+    }
+
+    /// `random` must come from a cryptographic source (CHAP identifier and challenge).
+    pub fn with_random(
+        cfg: ConnConfig,
+        now: Instant,
+        initial_stat_sn: u32,
+        random: [u8; 1 + crate::chap::CHALLENGE_LEN],
+    ) -> Self {
+        let login = Login::new(cfg.offer.clone(), cfg.cmd_window, initial_stat_sn, random);
         Connection {
             cfg,
             phase: Phase::Login(Box::new(login)),

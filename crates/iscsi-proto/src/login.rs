@@ -13,6 +13,7 @@
 use iscsi_wire::text;
 use iscsi_wire::{Header, LoginRequest, LoginResponse, LoginStatus, Stage};
 
+use crate::chap::{self, Algorithm, Secret};
 use crate::params::{lookup, KeyError, Negotiated, Negotiator, TargetOffer, Usage};
 use crate::{OutPdu, Payload};
 
@@ -30,6 +31,61 @@ pub trait Directory {
     /// SendTargets answer (RFC 7143 appendix C): (target name, ["addr:port,tag", ...]).
     /// `filter` is `None` for `All`, else one target name.
     fn send_targets(&self, initiator: &str, filter: Option<&str>) -> Vec<(String, Vec<String>)>;
+    /// Whether `initiator` may log in to `target` through this portal.
+    fn access(&self, target: &str, initiator: &str) -> Access {
+        match self.target(target, initiator) {
+            Some(alias) => Access::Allowed { alias },
+            None => Access::NotFound,
+        }
+    }
+    /// What authentication the initiator owes (`target` is `None` for discovery sessions).
+    fn auth(&self, _initiator: &str, _target: Option<&str>) -> AuthPolicy {
+        AuthPolicy::default()
+    }
+}
+
+/// Answer to [`Directory::access`], each mapped to its login status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Access {
+    Allowed {
+        alias: Option<String>,
+    },
+    /// No such target behind this portal (0203).
+    NotFound,
+    /// The portal group is disabled (0301).
+    Unavailable,
+    /// The initiator is not in the target's access list (0202).
+    Denied,
+}
+
+/// Authentication required of one initiator.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuthPolicy {
+    /// CHAP is mandatory (AuthMethod=None is refused).
+    pub required: bool,
+    /// What the initiator must present (CHAP_N / secret); `None` means CHAP cannot be used.
+    pub initiator: Option<Secret>,
+    /// What the target answers with when the initiator asks for mutual CHAP.
+    pub target: Option<Secret>,
+}
+
+/// Where the security stage stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Auth {
+    /// No method chosen yet.
+    Start,
+    NoneAgreed,
+    /// Every offered method was refused.
+    Rejected,
+    /// CHAP chosen; CHAP_A expected next.
+    ChapChosen,
+    /// Challenge sent; CHAP_N and CHAP_R expected next.
+    ChapChallenged {
+        alg: Algorithm,
+        id: u8,
+        challenge: Vec<u8>,
+    },
+    Authenticated,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,8 +155,10 @@ pub struct Login {
     initiator_alias: Option<String>,
     target_name: Option<String>,
     kind: SessionKind,
-    auth_none_agreed: bool,
-    auth_rejected: bool,
+    auth: Auth,
+    policy: AuthPolicy,
+    /// Random bytes from the driver: CHAP identifier and challenge.
+    random: [u8; 1 + chap::CHALLENGE_LEN],
     identity_checked: bool,
     sent_tpgt: bool,
     pending: Option<(LoginRequest, Vec<(String, String)>)>,
@@ -113,7 +171,13 @@ fn lstatus(s: LoginStatus) -> LoginStep {
 
 impl Login {
     /// `window` is the command window (MaxCmdSN - ExpCmdSN + 1) the session will offer.
-    pub fn new(offer: TargetOffer, window: u32, initial_stat_sn: u32) -> Self {
+    /// `random` must come from a cryptographic source: it becomes the CHAP challenge.
+    pub fn new(
+        offer: TargetOffer,
+        window: u32,
+        initial_stat_sn: u32,
+        random: [u8; 1 + chap::CHALLENGE_LEN],
+    ) -> Self {
         Login {
             state: State::Start,
             neg: Negotiator::new(offer),
@@ -130,8 +194,9 @@ impl Login {
             initiator_alias: None,
             target_name: None,
             kind: SessionKind::Normal,
-            auth_none_agreed: false,
-            auth_rejected: false,
+            auth: Auth::Start,
+            policy: AuthPolicy::default(),
+            random,
             identity_checked: false,
             sent_tpgt: false,
             pending: None,
@@ -261,6 +326,7 @@ impl Login {
         };
         let mut answers: Vec<(String, String)> = Vec::new();
         let mut offered_auth: Option<String> = None;
+        let mut chap_keys: Vec<(String, String)> = Vec::new();
         for (k, v) in &pairs {
             match k.as_str() {
                 "InitiatorName" => {
@@ -288,8 +354,11 @@ impl Login {
                 "AuthMethod" => offered_auth = Some(v.clone()),
                 _ => {
                     if k.starts_with("CHAP_") {
-                        // CHAP is not configured: no exchange is in progress.
-                        return self.fail(req, LoginStatus::AUTHENTICATION_FAILURE);
+                        if chap_keys.iter().any(|(a, _)| a == k) {
+                            return self.fail(req, LoginStatus::INITIATOR_ERROR);
+                        }
+                        chap_keys.push((k.clone(), v.clone()));
+                        continue;
                     }
                     if let Some(def) = lookup(k) {
                         // RFC 7143 §13.4: SendTargets belongs to full feature phase;
@@ -326,33 +395,67 @@ impl Login {
         };
         if !self.identity_checked {
             self.identity_checked = true;
-            if self.kind == SessionKind::Normal {
-                // RFC 7143 §13.4: TargetName is required for a Normal session.
-                let Some(t) = self.target_name.clone() else {
-                    return self.fail(req, LoginStatus::MISSING_PARAMETER);
-                };
-                match dir.target(&t, &initiator) {
-                    Some(alias) => {
-                        if let Some(a) = alias {
-                            answers.push(("TargetAlias".into(), a));
+            let target = match self.kind {
+                SessionKind::Normal => {
+                    // RFC 7143 §13.4: TargetName is required for a Normal session.
+                    let Some(t) = self.target_name.clone() else {
+                        return self.fail(req, LoginStatus::MISSING_PARAMETER);
+                    };
+                    match dir.access(&t, &initiator) {
+                        Access::Allowed { alias } => {
+                            if let Some(a) = alias {
+                                answers.push(("TargetAlias".into(), a));
+                            }
+                        }
+                        Access::NotFound => return self.fail(req, LoginStatus::NOT_FOUND),
+                        Access::Unavailable => {
+                            return self.fail(req, LoginStatus::SERVICE_UNAVAILABLE)
+                        }
+                        Access::Denied => {
+                            return self.fail(req, LoginStatus::AUTHORIZATION_FAILURE)
                         }
                     }
-                    None => return self.fail(req, LoginStatus::NOT_FOUND),
+                    Some(t)
                 }
-            }
+                SessionKind::Discovery => None,
+            };
+            self.policy = dir.auth(&initiator, target.as_deref());
         }
         if let Some(offer) = offered_auth {
+            if stage != Stage::Security || self.auth != Auth::Start {
+                return self.fail(req, LoginStatus::INITIATOR_ERROR);
+            }
+            // RFC 7143 §12.1: the target picks the first method of the initiator's list that
+            // it supports. CHAP needs credentials for this initiator; None is refused when
+            // authentication is required.
+            let pick = offer.split(',').find(|m| match *m {
+                "CHAP" => self.policy.initiator.is_some(),
+                "None" => !self.policy.required,
+                _ => false,
+            });
+            let answer = match pick {
+                Some("CHAP") => {
+                    self.auth = Auth::ChapChosen;
+                    "CHAP"
+                }
+                Some(_) => {
+                    self.auth = Auth::NoneAgreed;
+                    "None"
+                }
+                None => {
+                    self.auth = Auth::Rejected;
+                    "Reject"
+                }
+            };
+            answers.push(("AuthMethod".into(), answer.into()));
+        }
+        if !chap_keys.is_empty() {
             if stage != Stage::Security {
                 return self.fail(req, LoginStatus::INITIATOR_ERROR);
             }
-            // RFC 7143 §12.1: the target picks the first method it supports. No CHAP secret
-            // is configured, so only None is acceptable.
-            if offer.split(',').any(|m| m == "None") {
-                self.auth_none_agreed = true;
-                answers.push(("AuthMethod".into(), "None".into()));
-            } else {
-                self.auth_rejected = true;
-                answers.push(("AuthMethod".into(), "Reject".into()));
+            match self.chap_step(&chap_keys) {
+                Ok(mut a) => answers.append(&mut a),
+                Err(status) => return self.fail(req, status),
             }
         }
         // RFC 7143 §13.9: the target sends TargetPortalGroupTag in its first response.
@@ -374,10 +477,15 @@ impl Login {
             );
             return LoginStep::Continue;
         }
-        // Leaving the security stage after we refused every offered method means the
-        // initiator could not authenticate (RFC 7143 §11.13.5, status 0201). An initiator that
-        // never offered AuthMethod gets None, as no authentication is configured.
-        if stage == Stage::Security && self.auth_rejected && !self.auth_none_agreed {
+        // Leaving the security stage (or skipping it) needs a finished authentication
+        // (RFC 7143 §6.3, §11.13.5 status 0201). An initiator that never offered AuthMethod
+        // gets None when no authentication is required.
+        let authenticated = match self.auth {
+            Auth::NoneAgreed | Auth::Authenticated => true,
+            Auth::Start => !self.policy.required,
+            _ => false,
+        };
+        if !authenticated {
             return self.fail(req, LoginStatus::AUTHENTICATION_FAILURE);
         }
         match req.nsg {
@@ -416,6 +524,71 @@ impl Login {
 }
 
 impl Login {
+    /// One step of the CHAP exchange (RFC 7143 §12.1.3). Returns the keys to answer with.
+    fn chap_step(
+        &mut self,
+        keys: &[(String, String)],
+    ) -> Result<Vec<(String, String)>, LoginStatus> {
+        let get = |k: &str| keys.iter().find(|(a, _)| a == k).map(|(_, v)| v.as_str());
+        let fail = LoginStatus::AUTHENTICATION_FAILURE;
+        match std::mem::replace(&mut self.auth, Auth::Rejected) {
+            Auth::ChapChosen => {
+                let offer = get("CHAP_A").ok_or(fail)?;
+                if keys.len() != 1 {
+                    return Err(LoginStatus::INITIATOR_ERROR);
+                }
+                // Prefer the strongest algorithm we share, in the initiator's order of listing
+                // as RFC 7143 §12.1.3 asks (the first value we support).
+                let alg = offer
+                    .split(',')
+                    .find_map(Algorithm::from_code)
+                    .ok_or(fail)?;
+                let id = self.random[0];
+                let challenge = self.random[1..].to_vec();
+                let answer = vec![
+                    ("CHAP_A".into(), alg.code().to_string()),
+                    ("CHAP_I".into(), id.to_string()),
+                    ("CHAP_C".into(), chap::encode_hex(&challenge)),
+                ];
+                self.auth = Auth::ChapChallenged { alg, id, challenge };
+                Ok(answer)
+            }
+            Auth::ChapChallenged { alg, id, challenge } => {
+                let creds = self.policy.initiator.clone().ok_or(fail)?;
+                let name = get("CHAP_N").ok_or(fail)?;
+                let resp = get("CHAP_R").and_then(chap::decode_binary).ok_or(fail)?;
+                let expected = alg.response(id, &creds.secret, &challenge);
+                if name != creds.user || !chap::same(&resp, &expected) {
+                    return Err(fail);
+                }
+                let mut answer = Vec::new();
+                match (get("CHAP_I"), get("CHAP_C")) {
+                    (None, None) => {}
+                    (Some(i), Some(c)) => {
+                        // Mutual CHAP: the initiator challenges us back.
+                        let target = self.policy.target.clone().ok_or(fail)?;
+                        let i: u8 = i.parse().map_err(|_| fail)?;
+                        let c = chap::decode_binary(c).ok_or(fail)?;
+                        // RFC 7143 §12.1.3: refuse a challenge equal to ours (reflection),
+                        // and the same secret in both directions.
+                        if c.is_empty() || c == challenge || target.secret == creds.secret {
+                            return Err(fail);
+                        }
+                        answer.push(("CHAP_N".into(), target.user.clone()));
+                        answer.push((
+                            "CHAP_R".into(),
+                            chap::encode_hex(&alg.response(i, &target.secret, &c)),
+                        ));
+                    }
+                    _ => return Err(fail),
+                }
+                self.auth = Auth::Authenticated;
+                Ok(answer)
+            }
+            _ => Err(fail),
+        }
+    }
+
     /// Send the final response: the connection enters full feature phase with `tsih`.
     /// Digests, if negotiated, start with the next PDU (RFC 7143 §13.1).
     pub fn accept(&mut self, tsih: u16) {

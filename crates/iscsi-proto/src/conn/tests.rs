@@ -789,3 +789,265 @@ fn garbage_in_full_feature_is_rejected_not_fatal() {
     h.data_out(0x1234, 5, 0, 0, true, &[0; 16]);
     assert!(matches!(&outputs(&mut h.c)[0].header, Header::Reject(_)));
 }
+
+mod chap_login {
+    use super::*;
+    use crate::chap::{decode_binary, encode_hex, Algorithm, Secret};
+    use crate::login::{Access, AuthPolicy};
+
+    struct ChapDir {
+        mutual: bool,
+    }
+    impl Directory for ChapDir {
+        fn tpg_tag(&self) -> u16 {
+            1
+        }
+        fn target(&self, _n: &str, _i: &str) -> Option<Option<String>> {
+            Some(None)
+        }
+        fn send_targets(&self, _i: &str, _f: Option<&str>) -> Vec<(String, Vec<String>)> {
+            vec![]
+        }
+        fn access(&self, _t: &str, initiator: &str) -> Access {
+            if initiator == "iqn.2026-11.test:stranger" {
+                Access::Denied
+            } else {
+                Access::Allowed { alias: None }
+            }
+        }
+        fn auth(&self, _i: &str, _t: Option<&str>) -> AuthPolicy {
+            AuthPolicy {
+                required: true,
+                initiator: Some(Secret {
+                    user: "alice".into(),
+                    secret: b"initiator-secret-1".to_vec(),
+                }),
+                target: self.mutual.then(|| Secret {
+                    user: "tgt".into(),
+                    secret: b"target-secret-22".to_vec(),
+                }),
+            }
+        }
+    }
+
+    fn step(
+        c: &mut Connection,
+        dir: &ChapDir,
+        csg: Stage,
+        nsg: Stage,
+        transit: bool,
+        keys: &[(&str, &str)],
+    ) -> (LoginResponse, Vec<(String, String)>) {
+        c.handle_pdu(Instant::now(), login_req(csg, nsg, transit, keys), dir);
+        let out = outputs(c);
+        let Header::LoginResponse(l) = &out[0].header else {
+            panic!()
+        };
+        (l.clone(), text::parse(out[0].data.as_slice()).unwrap())
+    }
+
+    fn get<'a>(p: &'a [(String, String)], k: &str) -> &'a str {
+        p.iter()
+            .find(|(a, _)| a == k)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("no {k} in {p:?}"))
+    }
+
+    /// Runs the exchange up to the challenge; returns (connection, algorithm, id, challenge).
+    fn challenged(dir: &ChapDir, algs: &str) -> (Connection, Algorithm, u8, Vec<u8>) {
+        let mut c = Connection::with_random(ConnConfig::default(), Instant::now(), 1, [3; 33]);
+        let keys = [
+            ("InitiatorName", "iqn.2026-11.test:init"),
+            ("TargetName", "iqn.2026-11.io.ferrite:t"),
+            ("AuthMethod", "None,CHAP"),
+        ];
+        let (l, p) = step(
+            &mut c,
+            dir,
+            Stage::Security,
+            Stage::Operational,
+            false,
+            &keys,
+        );
+        assert!(l.status.is_success() && !l.transit);
+        assert_eq!(
+            get(&p, "AuthMethod"),
+            "CHAP",
+            "None is refused when CHAP is required"
+        );
+        let (_, p) = step(
+            &mut c,
+            dir,
+            Stage::Security,
+            Stage::Operational,
+            false,
+            &[("CHAP_A", algs)],
+        );
+        let alg = Algorithm::from_code(get(&p, "CHAP_A")).unwrap();
+        let id: u8 = get(&p, "CHAP_I").parse().unwrap();
+        let ch = decode_binary(get(&p, "CHAP_C")).unwrap();
+        assert_eq!(ch, vec![3u8; 32]);
+        (c, alg, id, ch)
+    }
+
+    #[test]
+    fn one_way_chap_with_each_algorithm() {
+        let dir = ChapDir { mutual: false };
+        for (offer, want) in [
+            ("5", Algorithm::Md5),
+            ("7,5", Algorithm::Sha256),
+            ("8", Algorithm::Sha3_256),
+            ("99,6", Algorithm::Sha1),
+        ] {
+            let (mut c, alg, id, ch) = challenged(&dir, offer);
+            assert_eq!(alg, want);
+            let r = encode_hex(&alg.response(id, b"initiator-secret-1", &ch));
+            let (l, _) = step(
+                &mut c,
+                &dir,
+                Stage::Security,
+                Stage::Operational,
+                true,
+                &[("CHAP_N", "alice"), ("CHAP_R", &r)],
+            );
+            assert!(l.status.is_success() && l.transit, "{offer}: {l:?}");
+        }
+    }
+
+    #[test]
+    fn wrong_secret_or_name_is_authentication_failure() {
+        let dir = ChapDir { mutual: false };
+        let (mut c, alg, id, ch) = challenged(&dir, "5");
+        let r = encode_hex(&alg.response(id, b"not-the-secret", &ch));
+        let (l, _) = step(
+            &mut c,
+            &dir,
+            Stage::Security,
+            Stage::Operational,
+            true,
+            &[("CHAP_N", "alice"), ("CHAP_R", &r)],
+        );
+        assert_eq!(l.status, LoginStatus::AUTHENTICATION_FAILURE);
+        let (mut c, alg, id, ch) = challenged(&dir, "5");
+        let r = encode_hex(&alg.response(id, b"initiator-secret-1", &ch));
+        let (l, _) = step(
+            &mut c,
+            &dir,
+            Stage::Security,
+            Stage::Operational,
+            true,
+            &[("CHAP_N", "mallory"), ("CHAP_R", &r)],
+        );
+        assert_eq!(l.status, LoginStatus::AUTHENTICATION_FAILURE);
+    }
+
+    #[test]
+    fn mutual_chap_and_reflection() {
+        let dir = ChapDir { mutual: true };
+        let (mut c, alg, id, ch) = challenged(&dir, "5");
+        let r = encode_hex(&alg.response(id, b"initiator-secret-1", &ch));
+        let my_c = [9u8; 16];
+        let (l, p) = step(
+            &mut c,
+            &dir,
+            Stage::Security,
+            Stage::Operational,
+            true,
+            &[
+                ("CHAP_N", "alice"),
+                ("CHAP_R", &r),
+                ("CHAP_I", "77"),
+                ("CHAP_C", &encode_hex(&my_c)),
+            ],
+        );
+        assert!(l.status.is_success() && l.transit);
+        assert_eq!(get(&p, "CHAP_N"), "tgt");
+        let expect = alg.response(77, b"target-secret-22", &my_c);
+        assert_eq!(decode_binary(get(&p, "CHAP_R")).unwrap(), expect);
+        // Reflection: the initiator hands our own challenge back.
+        let (mut c, alg, id, ch) = challenged(&dir, "5");
+        let r = encode_hex(&alg.response(id, b"initiator-secret-1", &ch));
+        let (l, _) = step(
+            &mut c,
+            &dir,
+            Stage::Security,
+            Stage::Operational,
+            true,
+            &[
+                ("CHAP_N", "alice"),
+                ("CHAP_R", &r),
+                ("CHAP_I", "1"),
+                ("CHAP_C", &encode_hex(&ch)),
+            ],
+        );
+        assert_eq!(l.status, LoginStatus::AUTHENTICATION_FAILURE);
+    }
+
+    #[test]
+    fn mutual_request_without_target_secret_fails() {
+        let dir = ChapDir { mutual: false };
+        let (mut c, alg, id, ch) = challenged(&dir, "5");
+        let r = encode_hex(&alg.response(id, b"initiator-secret-1", &ch));
+        let (l, _) = step(
+            &mut c,
+            &dir,
+            Stage::Security,
+            Stage::Operational,
+            true,
+            &[
+                ("CHAP_N", "alice"),
+                ("CHAP_R", &r),
+                ("CHAP_I", "1"),
+                ("CHAP_C", "0x0102030405"),
+            ],
+        );
+        assert_eq!(l.status, LoginStatus::AUTHENTICATION_FAILURE);
+    }
+
+    #[test]
+    fn skipping_authentication_or_none_only_is_refused() {
+        let dir = ChapDir { mutual: false };
+        let mut c = Connection::new(ConnConfig::default(), Instant::now(), 1);
+        let (l, _) = step(
+            &mut c,
+            &dir,
+            Stage::Operational,
+            Stage::FullFeature,
+            true,
+            BASE_KEYS,
+        );
+        assert_eq!(l.status, LoginStatus::AUTHENTICATION_FAILURE);
+        let mut c = Connection::new(ConnConfig::default(), Instant::now(), 1);
+        let mut keys = BASE_KEYS.to_vec();
+        keys.push(("AuthMethod", "None"));
+        let (l, p) = step(
+            &mut c,
+            &dir,
+            Stage::Security,
+            Stage::Operational,
+            true,
+            &keys,
+        );
+        assert_eq!(l.status, LoginStatus::AUTHENTICATION_FAILURE);
+        assert!(p.is_empty(), "a failed login response carries no keys");
+    }
+
+    #[test]
+    fn initiator_without_acl_is_authorization_failure() {
+        let dir = ChapDir { mutual: false };
+        let mut c = Connection::new(ConnConfig::default(), Instant::now(), 1);
+        let keys = [
+            ("InitiatorName", "iqn.2026-11.test:stranger"),
+            ("TargetName", "iqn.2026-11.io.ferrite:t"),
+        ];
+        let (l, _) = step(
+            &mut c,
+            &dir,
+            Stage::Security,
+            Stage::Operational,
+            true,
+            &keys,
+        );
+        assert_eq!(l.status, LoginStatus::AUTHORIZATION_FAILURE);
+    }
+}
