@@ -6,12 +6,12 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub const DEMO_TARGET: &str = "iqn.2026-11.io.ferrite:demo";
 pub const DEFAULT_PORTAL: &str = "127.0.0.1:3260";
 
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -21,7 +21,7 @@ pub struct Config {
 }
 
 /// Daemon-wide knobs.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     /// Seconds of idle time before a NOP-In ping (0 disables pings).
@@ -41,6 +41,12 @@ pub struct Settings {
     pub immediate_data: bool,
     /// Offer CRC32C header/data digests.
     pub digests: bool,
+    /// SendTargets lists only enabled portal groups (LIO's `tpg_enabled_sendtargets`).
+    pub tpg_enabled_sendtargets: bool,
+    /// CHAP that discovery sessions must pass (none: discovery is open).
+    pub discovery_chap: Option<ChapConfig>,
+    /// Unix socket of the admin API (`ferrite admin`); none disables it.
+    pub admin_socket: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -58,11 +64,14 @@ impl Default for Settings {
             initial_r2t: o.initial_r2t,
             immediate_data: o.immediate_data,
             digests: true,
+            tpg_enabled_sendtargets: true,
+            discovery_chap: None,
+            admin_socket: None,
         }
     }
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct TargetConfig {
     pub name: String,
@@ -72,22 +81,106 @@ pub struct TargetConfig {
     pub portal_groups: Vec<PortalGroupConfig>,
     #[serde(default, rename = "lun")]
     pub luns: Vec<LunConfig>,
+    /// Node ACLs: which initiators may log in, and which LUNs each one sees.
+    #[serde(default, rename = "acl")]
+    pub acls: Vec<AclConfig>,
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+/// CHAP credentials (RFC 7143 §12.1.3). `user`/`secret` is what the initiator presents;
+/// `mutual_user`/`mutual_secret` is what the target answers with when asked (mutual CHAP).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ChapConfig {
+    pub user: String,
+    pub secret: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mutual_user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mutual_secret: Option<String>,
+}
+
+impl ChapConfig {
+    fn validate(&self, what: &str) -> Result<(), String> {
+        // RFC 7143 §12.1.3: secrets of at least 96 bits.
+        let min = iscsi_proto::chap::MIN_SECRET_LEN;
+        if self.user.is_empty() {
+            return Err(format!("{what}: CHAP user is empty"));
+        }
+        if self.secret.len() < min {
+            return Err(format!("{what}: CHAP secret shorter than {min} bytes"));
+        }
+        match (&self.mutual_user, &self.mutual_secret) {
+            (None, None) => Ok(()),
+            (Some(u), Some(sec)) => {
+                if u.is_empty() || sec.len() < min {
+                    return Err(format!(
+                        "{what}: mutual CHAP user empty or secret shorter than {min} bytes"
+                    ));
+                }
+                if *sec == self.secret {
+                    return Err(format!(
+                        "{what}: mutual CHAP secret must differ from the initiator secret"
+                    ));
+                }
+                Ok(())
+            }
+            _ => Err(format!("{what}: mutual_user and mutual_secret go together")),
+        }
+    }
+}
+
+/// One initiator allowed to log in to a target.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AclConfig {
+    pub initiator: String,
+    /// LUN mapping for this initiator; when absent it sees every LUN under its own number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub luns: Option<Vec<MappedLun>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chap: Option<ChapConfig>,
+}
+
+/// `mapped` is the LUN number the initiator sees; `lun` the target's LUN behind it.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MappedLun {
+    pub mapped: u64,
+    pub lun: u64,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct PortalGroupConfig {
     pub tag: u16,
     pub portals: Vec<String>,
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// Any initiator may log in through this group and sees every LUN (LIO's
+    /// `generate_node_acls`). Defaults to on when the target has no ACLs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub demo_mode: Option<bool>,
+    /// Initiators must authenticate with CHAP to log in through this group.
+    #[serde(default)]
+    pub authentication: bool,
+    /// CHAP credentials for initiators without their own (demo mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chap: Option<ChapConfig>,
+}
+
+impl PortalGroupConfig {
+    pub fn demo_mode(&self, t: &TargetConfig) -> bool {
+        self.demo_mode.unwrap_or(t.acls.is_empty())
+    }
 }
 
 fn yes() -> bool {
     true
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct LunConfig {
     pub id: u64,
@@ -102,6 +195,12 @@ pub struct LunConfig {
     pub thin: Option<bool>,
     #[serde(default)]
     pub serial: Option<String>,
+    /// Removable medium: START STOP UNIT ejects and loads it (default false).
+    #[serde(default)]
+    pub removable: bool,
+    /// Physical block size in bytes: block_size times a power of two (default block_size).
+    #[serde(default)]
+    pub physical_block_size: Option<u32>,
 }
 
 fn default_block_size() -> u32 {
@@ -194,6 +293,9 @@ impl Config {
                     tag: 1,
                     portals: vec![DEFAULT_PORTAL.into()],
                     enabled: true,
+                    demo_mode: Some(true),
+                    authentication: false,
+                    chap: None,
                 }],
                 luns: vec![LunConfig {
                     id: 0,
@@ -202,7 +304,10 @@ impl Config {
                     read_only: false,
                     thin: None,
                     serial: None,
+                    removable: false,
+                    physical_block_size: None,
                 }],
+                acls: Vec::new(),
             }],
         }
     }
@@ -234,6 +339,9 @@ impl Config {
         }
         if s.max_outstanding_r2t == 0 {
             return Err("settings.max_outstanding_r2t must be at least 1".into());
+        }
+        if let Some(c) = &s.discovery_chap {
+            c.validate("settings.discovery_chap")?;
         }
         let mut names = HashSet::new();
         let mut portals = HashSet::new();
@@ -277,6 +385,43 @@ impl Config {
                     }
                 }
             }
+            for g in &t.portal_groups {
+                if let Some(c) = &g.chap {
+                    c.validate(&format!("target {:?} group {}", t.name, g.tag))?;
+                }
+                if g.authentication && g.demo_mode(t) && g.chap.is_none() {
+                    return Err(format!(
+                        "target {:?} group {}: authentication in demo mode needs the group's chap",
+                        t.name, g.tag
+                    ));
+                }
+            }
+            let lun_ids: HashSet<u64> = t.luns.iter().map(|l| l.id).collect();
+            let mut inits = HashSet::new();
+            for a in &t.acls {
+                let what = format!("target {:?} acl {:?}", t.name, a.initiator);
+                if !valid_iscsi_name(&a.initiator) {
+                    return Err(format!("{what}: not a valid iSCSI name (RFC 7143 §4.2.7)"));
+                }
+                if !inits.insert(&a.initiator) {
+                    return Err(format!("{what}: defined twice"));
+                }
+                if let Some(c) = &a.chap {
+                    c.validate(&what)?;
+                }
+                let mut mapped = HashSet::new();
+                for m in a.luns.iter().flatten() {
+                    if !lun_ids.contains(&m.lun) {
+                        return Err(format!(
+                            "{what}: maps LUN {} which the target does not have",
+                            m.lun
+                        ));
+                    }
+                    if m.mapped > 16383 || !mapped.insert(m.mapped) {
+                        return Err(format!("{what}: mapped LUN {} invalid or twice", m.mapped));
+                    }
+                }
+            }
             let mut ids = HashSet::new();
             for l in &t.luns {
                 if l.id > 16383 {
@@ -292,6 +437,16 @@ impl Config {
                         "target {:?} LUN {}: block_size must be 512 or 4096",
                         t.name, l.id
                     ));
+                }
+                if let Some(p) = l.physical_block_size {
+                    let ratio = p / l.block_size;
+                    if p % l.block_size != 0 || !ratio.is_power_of_two() || ratio > 1 << 15 {
+                        return Err(format!(
+                            "target {:?} LUN {}: physical_block_size must be block_size times \
+                             a power of two",
+                            t.name, l.id
+                        ));
+                    }
                 }
             }
         }

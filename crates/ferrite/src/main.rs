@@ -1,13 +1,14 @@
 //! `ferrite`: the iSCSI target daemon.
 
+mod admin;
 mod config;
+mod runtime;
 mod server;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use config::{Config, LunConfig, PortalGroupConfig, TargetConfig};
-use tokio::sync::watch;
 use tracing::{error, info};
 
 const USAGE: &str = "\
@@ -15,6 +16,7 @@ ferrite — an iSCSI target
 
 USAGE:
     ferrite serve [OPTIONS]
+    ferrite admin [--socket PATH] [--json] COMMAND [ARGS]   (ferrite admin --help)
 
 With no options, serves the demo target iqn.2026-11.io.ferrite:demo on 127.0.0.1:3260
 with LUN 0 a 1 GiB RAM disk, open to any initiator.
@@ -25,6 +27,8 @@ OPTIONS:
     --target IQN        target name (default iqn.2026-11.io.ferrite:demo)
     --lun SPEC          ram:SIZE | file:PATH[:SIZE] | block:PATH (repeatable; LUN 0, 1, ...)
     --block-size N      logical block size of --lun LUNs: 512 (default) or 4096
+    --admin-socket PATH admin API socket (default: settings.admin_socket, else
+                        /run/ferrite/admin.sock; 'none' disables it)
     --log FILTER        log filter (default: info; also FERRITE_LOG)
     -h, --help          this text
 ";
@@ -36,6 +40,7 @@ struct Args {
     luns: Vec<String>,
     block_size: u32,
     log: Option<String>,
+    admin_socket: Option<String>,
 }
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
@@ -46,6 +51,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
         luns: vec![],
         block_size: 512,
         log: None,
+        admin_socket: None,
     };
     match it.next().as_deref() {
         Some("serve") => {}
@@ -65,6 +71,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
                     .map_err(|_| "--block-size: not a number".to_string())?
             }
             "--log" => a.log = Some(val("--log")?),
+            "--admin-socket" => a.admin_socket = Some(val("--admin-socket")?),
             "-h" | "--help" => return Ok(None),
             f => return Err(format!("unknown option {f:?}")),
         }
@@ -90,6 +97,9 @@ fn build_config(a: &Args) -> Result<Config, String> {
             tag: 1,
             portals: a.portals.clone(),
             enabled: true,
+            demo_mode: Some(true),
+            authentication: false,
+            chap: None,
         }];
     }
     if !a.luns.is_empty() {
@@ -104,6 +114,8 @@ fn build_config(a: &Args) -> Result<Config, String> {
                 read_only: false,
                 thin: None,
                 serial: None,
+                removable: false,
+                physical_block_size: None,
             })
             .collect();
     } else {
@@ -113,8 +125,56 @@ fn build_config(a: &Args) -> Result<Config, String> {
     Ok(c)
 }
 
+/// `ferrite admin ...`: one request to the running daemon.
+fn admin_main(mut args: Vec<String>) -> ExitCode {
+    let mut socket = PathBuf::from(admin::DEFAULT_SOCKET);
+    let mut as_json = false;
+    loop {
+        match args.first().map(String::as_str) {
+            Some("--socket") if args.len() >= 2 => {
+                socket = PathBuf::from(&args[1]);
+                args.drain(..2);
+            }
+            Some("--json") => {
+                as_json = true;
+                args.remove(0);
+            }
+            Some("-h") | Some("--help") | None => {
+                print!("{}", admin::ADMIN_USAGE);
+                return ExitCode::SUCCESS;
+            }
+            _ => break,
+        }
+    }
+    let cmd = args.remove(0);
+    // `--json` may also follow the command.
+    if let Some(i) = args.iter().position(|a| a == "--json") {
+        as_json = true;
+        args.remove(i);
+    }
+    let result = admin::request_from_args(&cmd, &args).and_then(|req| admin::call(&socket, &req));
+    match result {
+        Ok(v) => {
+            if as_json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                print!("{}", admin::render(&cmd, &v));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ferrite admin: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    let args = match parse_args(std::env::args().skip(1)) {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.first().map(String::as_str) == Some("admin") {
+        return admin_main(argv[1..].to_vec());
+    }
+    let args = match parse_args(argv.into_iter()) {
         Ok(Some(a)) => a,
         Ok(None) => {
             print!("{USAGE}");
@@ -153,16 +213,34 @@ fn main() -> ExitCode {
         }
     };
     rt.block_on(async move {
-        let daemon = match server::Daemon::build(&cfg) {
+        let daemon = match server::Daemon::build(&cfg, args.config.clone()) {
             Ok(d) => d,
             Err(e) => {
                 error!("{e:#}");
                 return ExitCode::FAILURE;
             }
         };
-        let (tx, rx) = watch::channel(false);
         let d2 = daemon.clone();
-        let srv = tokio::spawn(server::serve(d2, rx));
+        let srv = tokio::spawn(server::serve(d2));
+        // The admin socket: the flag wins over the config; the default is best effort.
+        let (socket, explicit) = match (&args.admin_socket, &cfg.settings.admin_socket) {
+            (Some(s), _) if s == "none" => (None, true),
+            (Some(s), _) => (Some(PathBuf::from(s)), true),
+            (None, Some(p)) => (Some(p.clone()), true),
+            (None, None) => (Some(PathBuf::from(admin::DEFAULT_SOCKET)), false),
+        };
+        if let Some(path) = socket {
+            let d3 = daemon.clone();
+            tokio::spawn(async move {
+                if let Err(e) = admin::serve(d3, path.clone()).await {
+                    if explicit {
+                        error!(socket = %path.display(), "admin API failed: {e:#}");
+                    } else {
+                        tracing::warn!(socket = %path.display(), "admin API not available: {e:#}");
+                    }
+                }
+            });
+        }
         let signals = async {
             use tokio::signal::unix::{signal, SignalKind};
             let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -182,7 +260,7 @@ fn main() -> ExitCode {
             }
             sig = signals => {
                 info!(signal = sig, "shutting down");
-                let _ = tx.send(true);
+                daemon.shutdown();
                 // Give connections a moment to send what they have.
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }

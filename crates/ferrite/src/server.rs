@@ -6,48 +6,34 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use backstore::{Backstore, BlockBackstore, FileBackstore, RamBackstore};
 use iscsi_proto::conn::ConnConfig;
-use iscsi_proto::{
-    ConnEvent, Connection, Directory, LoginResult, SessionKind, TaskOutcome, TmfAction,
-};
+use iscsi_proto::{ConnEvent, Connection, LoginResult, SessionKind, TaskOutcome, TmfAction};
 use iscsi_wire::frame::{Decoder, FrameError};
 use iscsi_wire::LoginStatus;
-use scsi_core::{DeviceServer, LogicalUnit, LuConfig, Nexus, ScsiRequest, TargetPort, TaskAttr};
+use scsi_core::{DeviceServer, LogicalUnit, LuConfig, Nexus, ScsiRequest, TaskAttr};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use crate::config::{BackstoreSpec, Config, TargetConfig};
-
-/// A portal group of a target at run time.
-#[derive(Debug)]
-pub struct PortalGroup {
-    pub tag: u16,
-    pub portals: Vec<SocketAddr>,
-    pub enabled: bool,
-    pub port: Arc<TargetPort>,
-}
-
-/// A target at run time.
-#[derive(Debug)]
-pub struct Target {
-    pub name: String,
-    pub alias: Option<String>,
-    pub groups: Vec<PortalGroup>,
-    pub device: Arc<DeviceServer>,
-}
+use crate::config::{BackstoreSpec, Config, LunConfig, TargetConfig};
+use crate::runtime::{PortalView, Runtime, Target};
 
 #[derive(Debug)]
 struct SessionEntry {
     tsih: u16,
     kill: watch::Sender<bool>,
+    /// The LUN view the session uses (initiator name, or the demo view).
+    view_key: String,
+    peer: SocketAddr,
+    params: iscsi_proto::Negotiated,
     target: Arc<Target>,
     nexus: Arc<Nexus>,
     /// Set once the device server has been told the I_T nexus is gone (exactly once).
@@ -60,8 +46,13 @@ type SessionKey = (String, u64, String, u16);
 
 /// Shared daemon state.
 pub struct Daemon {
-    pub targets: Vec<Arc<Target>>,
+    rt: RwLock<Arc<Runtime>>,
     pub conn_cfg: ConnConfig,
+    /// Where `save` writes the configuration (the file it was loaded from).
+    pub config_path: Option<PathBuf>,
+    /// Listener tasks by address.
+    listeners: Mutex<HashMap<SocketAddr, tokio::task::JoinHandle<()>>>,
+    shutdown: watch::Sender<bool>,
     sessions: Mutex<HashMap<SessionKey, SessionEntry>>,
     next_tsih: AtomicU16,
     next_stat_sn: AtomicU32,
@@ -83,68 +74,35 @@ fn open_backstore(spec: &BackstoreSpec) -> anyhow::Result<Arc<dyn Backstore>> {
     })
 }
 
-fn build_target(t: &TargetConfig, rel_port_base: &mut u16) -> anyhow::Result<Target> {
-    let device = DeviceServer::new();
-    for l in &t.luns {
-        let spec = BackstoreSpec::parse(&l.backstore).map_err(anyhow::Error::msg)?;
-        let store = open_backstore(&spec)?;
-        let cfg = LuConfig {
-            block_size: l.block_size,
-            read_only: l.read_only,
-            thin: l
-                .thin
-                .unwrap_or(!matches!(spec, BackstoreSpec::Block { .. }))
-                && store.supports_unmap(),
-            serial: l.serial.clone().unwrap_or_else(|| {
-                format!(
-                    "{:016x}",
-                    scsi_core::naa_from_name(&format!("{}/{}", t.name, l.id))
-                )
-            }),
-            naa_id: scsi_core::naa_from_name(&format!("{}/{}", t.name, l.id)),
-            ..LuConfig::default()
-        };
-        let lu = LogicalUnit::new(cfg, store)
-            .map_err(|e| anyhow::anyhow!("target {} LUN {}: {e}", t.name, l.id))?;
-        info!(target = %t.name, lun = l.id, backstore = %l.backstore, "LUN ready");
-        device
-            .add_lun(l.id, Arc::new(lu))
-            .map_err(|e| anyhow::anyhow!("target {} LUN {}: {e:?}", t.name, l.id))?;
-    }
-    let mut groups = Vec::new();
-    for g in &t.portal_groups {
-        *rel_port_base += 1;
-        groups.push(PortalGroup {
-            tag: g.tag,
-            portals: g
-                .portals
-                .iter()
-                .map(|p| p.parse().expect("validated"))
-                .collect(),
-            enabled: g.enabled,
-            port: Arc::new(TargetPort {
-                target_name: t.name.clone(),
-                tpg_tag: g.tag,
-                relative_port_id: *rel_port_base,
-            }),
-        });
-    }
-    Ok(Target {
-        name: t.name.clone(),
-        alias: t.alias.clone(),
-        groups,
-        device: Arc::new(device),
-    })
+/// Open the backstore of one LUN and build its logical unit.
+pub fn build_lu(t: &TargetConfig, l: &LunConfig) -> anyhow::Result<Arc<LogicalUnit>> {
+    let spec = BackstoreSpec::parse(&l.backstore).map_err(anyhow::Error::msg)?;
+    let store = open_backstore(&spec)?;
+    let cfg = LuConfig {
+        block_size: l.block_size,
+        read_only: l.read_only,
+        thin: l
+            .thin
+            .unwrap_or(!matches!(spec, BackstoreSpec::Block { .. }))
+            && store.supports_unmap(),
+        serial: l.serial.clone().unwrap_or_else(|| {
+            format!(
+                "{:016x}",
+                scsi_core::naa_from_name(&format!("{}/{}", t.name, l.id))
+            )
+        }),
+        naa_id: scsi_core::naa_from_name(&format!("{}/{}", t.name, l.id)),
+        ..LuConfig::default()
+    };
+    let lu = LogicalUnit::new(cfg, store)
+        .map_err(|e| anyhow::anyhow!("target {} LUN {}: {e}", t.name, l.id))?;
+    info!(target = %t.name, lun = l.id, backstore = %l.backstore, "LUN ready");
+    Ok(Arc::new(lu))
 }
 
 impl Daemon {
-    pub fn build(cfg: &Config) -> anyhow::Result<Arc<Daemon>> {
-        let mut rel = 0u16;
-        let targets = cfg
-            .targets
-            .iter()
-            .map(|t| build_target(t, &mut rel).map(Arc::new))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+    pub fn build(cfg: &Config, config_path: Option<PathBuf>) -> anyhow::Result<Arc<Daemon>> {
+        let rt = Runtime::build(cfg, None, &mut build_lu)?;
         let s = &cfg.settings;
         let conn_cfg = ConnConfig {
             offer: iscsi_proto::TargetOffer {
@@ -166,24 +124,20 @@ impl Daemon {
             ..ConnConfig::default()
         };
         Ok(Arc::new(Daemon {
-            targets,
+            rt: RwLock::new(Arc::new(rt)),
             conn_cfg,
+            config_path,
+            listeners: Mutex::new(HashMap::new()),
+            shutdown: watch::channel(false).0,
             sessions: Mutex::new(HashMap::new()),
             next_tsih: AtomicU16::new(1),
             next_stat_sn: AtomicU32::new(0x1000),
         }))
     }
 
-    /// Every (portal address) we must listen on.
-    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
-        let mut v: Vec<SocketAddr> = self
-            .targets
-            .iter()
-            .flat_map(|t| t.groups.iter().flat_map(|g| g.portals.iter().copied()))
-            .collect();
-        v.sort();
-        v.dedup();
-        v
+    /// The runtime in force now.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.rt.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn alloc_tsih(&self) -> u16 {
@@ -196,122 +150,187 @@ impl Daemon {
         }
     }
 
-    pub fn target(&self, name: &str) -> Option<&Arc<Target>> {
-        self.targets.iter().find(|t| t.name == name)
-    }
-
     /// Flush every LUN (clean shutdown).
     pub fn flush_all(&self) {
-        for t in &self.targets {
-            for lun in t.device.luns() {
-                if let Some(lu) = t.device.lu(lun) {
-                    if let Err(e) = lu.backstore().flush() {
-                        warn!(target = %t.name, lun, "flush at shutdown failed: {e}");
-                    }
+        for t in &self.runtime().targets {
+            for (id, (_, lu)) in &t.lus {
+                if let Err(e) = lu.backstore().flush() {
+                    warn!(target = %t.name, lun = id, "flush at shutdown failed: {e}");
                 }
             }
         }
     }
 }
 
-/// What the login engine may ask, answered for one connection's portal.
-struct PortalView<'a> {
-    daemon: &'a Daemon,
-    local: SocketAddr,
-}
-
-impl PortalView<'_> {
-    /// The portal group of `t` that owns our local address (listening on the unspecified
-    /// address matches any local address with the same port).
-    fn group_of<'t>(&self, t: &'t Target) -> Option<&'t PortalGroup> {
-        t.groups.iter().find(|g| {
-            g.portals.iter().any(|p| {
-                p.port() == self.local.port()
-                    && (p.ip() == self.local.ip() || p.ip().is_unspecified())
-            })
-        })
-    }
-}
-
-fn fmt_addr(a: SocketAddr) -> String {
-    match a {
-        SocketAddr::V4(v) => format!("{}:{}", v.ip(), v.port()),
-        // RFC 7143 §13.8: IPv6 addresses in brackets.
-        SocketAddr::V6(v) => format!("[{}]:{}", v.ip(), v.port()),
-    }
-}
-
-impl Directory for PortalView<'_> {
-    fn tpg_tag(&self) -> u16 {
-        // The first target with a group on this portal decides; groups are per target, and
-        // a portal's tag is the same for all its targets in the common configuration.
-        self.daemon
-            .targets
-            .iter()
-            .find_map(|t| self.group_of(t).map(|g| g.tag))
-            .unwrap_or(1)
-    }
-
-    fn target(&self, name: &str, _initiator: &str) -> Option<Option<String>> {
-        let t = self.daemon.target(name)?;
-        let g = self.group_of(t)?;
-        if !g.enabled {
-            return None;
-        }
-        Some(t.alias.clone())
-    }
-
-    fn send_targets(&self, _initiator: &str, filter: Option<&str>) -> Vec<(String, Vec<String>)> {
-        let mut out = Vec::new();
-        for t in &self.daemon.targets {
-            if filter.is_some_and(|f| f != t.name) {
-                continue;
-            }
-            let mut addrs = Vec::new();
-            for g in t.groups.iter().filter(|g| g.enabled) {
-                for p in &g.portals {
-                    // A wildcard listener is reported by the address the initiator reached.
-                    let a = if p.ip().is_unspecified() {
-                        SocketAddr::new(self.local.ip(), p.port())
-                    } else {
-                        *p
-                    };
-                    addrs.push(format!("{},{}", fmt_addr(a), g.tag));
-                }
-            }
-            if !addrs.is_empty() {
-                out.push((t.name.clone(), addrs));
-            }
-        }
-        out
-    }
-}
-
-/// Run every listener until `shutdown` flips to true.
-pub async fn serve(daemon: Arc<Daemon>, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-    let mut listeners = Vec::new();
-    for addr in daemon.listen_addrs() {
-        let l = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("listen on {addr}"))?;
-        info!(%addr, "portal listening");
-        listeners.push(l);
-    }
-    let mut tasks = Vec::new();
-    for l in listeners {
-        let d = daemon.clone();
-        let sd = shutdown.clone();
-        tasks.push(tokio::spawn(accept_loop(l, d, sd)));
-    }
+/// Serve until [`Daemon::shutdown`] is called.
+pub async fn serve(daemon: Arc<Daemon>) -> anyhow::Result<()> {
+    daemon.sync_listeners().await?;
+    let mut shutdown = daemon.shutdown_rx();
     while !*shutdown.borrow() {
         if shutdown.changed().await.is_err() {
             break;
         }
     }
-    for t in tasks {
+    for (_, t) in daemon
+        .listeners
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .drain()
+    {
         t.abort();
     }
     Ok(())
+}
+
+impl Daemon {
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    fn shutdown_rx(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Listen on every portal of the runtime and stop listening on portals it no longer has.
+    /// A portal that cannot be bound is an error (at start, the daemon does not come up).
+    pub async fn sync_listeners(self: &Arc<Self>) -> anyhow::Result<()> {
+        let want = self.runtime().listen_addrs();
+        let have: Vec<SocketAddr> = self
+            .listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        for addr in have.iter().filter(|a| !want.contains(a)) {
+            if let Some(t) = self
+                .listeners
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(addr)
+            {
+                t.abort();
+                info!(%addr, "portal closed");
+            }
+        }
+        for addr in want.into_iter().filter(|a| !have.contains(a)) {
+            let l = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listen on {addr}"))?;
+            info!(%addr, "portal listening");
+            let task = tokio::spawn(accept_loop(l, self.clone(), self.shutdown_rx()));
+            self.listeners
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(addr, task);
+        }
+        Ok(())
+    }
+
+    /// Replace the configuration of the running daemon: build the new runtime (reusing what
+    /// did not change), listen on new portals, and end the sessions the new configuration no
+    /// longer allows. Nothing changes if the new configuration cannot be built.
+    pub async fn apply(self: &Arc<Self>, cfg: Config) -> anyhow::Result<()> {
+        cfg.validate().map_err(anyhow::Error::msg)?;
+        let old = self.runtime();
+        let d = self.clone();
+        let new =
+            tokio::task::spawn_blocking(move || Runtime::build(&cfg, Some(&old), &mut build_lu))
+                .await??;
+        let new = Arc::new(new);
+        *self.rt.write().unwrap_or_else(|e| e.into_inner()) = new.clone();
+        let _ = d;
+        self.sync_listeners().await?;
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        for ((initiator, _isid, target, tag), e) in sessions.iter() {
+            let still = new
+                .target(target)
+                .and_then(|t| {
+                    t.group(*tag)
+                        .filter(|g| g.enabled)
+                        .and_then(|g| t.view_for(g, initiator))
+                })
+                .is_some_and(|(key, _)| key == e.view_key);
+            if !still {
+                info!(initiator = %initiator, target = %target, tsih = e.tsih, "configuration change ends session");
+                let _ = e.kill.send(true);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sessions for the admin API.
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        let s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<SessionInfo> = s
+            .iter()
+            .map(|((initiator, isid, target, tag), e)| SessionInfo {
+                tsih: e.tsih,
+                initiator: initiator.clone(),
+                isid: format!("{isid:012x}"),
+                target: target.clone(),
+                tpg_tag: *tag,
+                peer: e.peer.to_string(),
+                luns: e
+                    .target
+                    .views
+                    .get(&e.view_key)
+                    .map(|v| v.luns())
+                    .unwrap_or_default(),
+                params: e.params.clone(),
+            })
+            .collect();
+        v.sort_by_key(|x| x.tsih);
+        v
+    }
+
+    /// End a session by TSIH. Returns whether it existed.
+    pub fn drop_session(&self, tsih: u16) -> bool {
+        let s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        match s.values().find(|e| e.tsih == tsih) {
+            Some(e) => {
+                let _ = e.kill.send(true);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// One session as the admin API reports it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SessionInfo {
+    pub tsih: u16,
+    pub initiator: String,
+    pub isid: String,
+    pub target: String,
+    pub tpg_tag: u16,
+    pub peer: String,
+    pub luns: Vec<u64>,
+    #[serde(serialize_with = "ser_params")]
+    pub params: iscsi_proto::Negotiated,
+}
+
+fn ser_params<S: serde::Serializer>(p: &iscsi_proto::Negotiated, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut m = s.serialize_map(None)?;
+    m.serialize_entry(
+        "HeaderDigest",
+        if p.header_digest { "CRC32C" } else { "None" },
+    )?;
+    m.serialize_entry("DataDigest", if p.data_digest { "CRC32C" } else { "None" })?;
+    m.serialize_entry("InitialR2T", &p.initial_r2t)?;
+    m.serialize_entry("ImmediateData", &p.immediate_data)?;
+    m.serialize_entry("MaxRecvDataSegmentLength", &p.target_mrdsl)?;
+    m.serialize_entry("InitiatorMaxRecvDataSegmentLength", &p.initiator_mrdsl)?;
+    m.serialize_entry("MaxBurstLength", &p.max_burst_length)?;
+    m.serialize_entry("FirstBurstLength", &p.first_burst_length)?;
+    m.serialize_entry("MaxOutstandingR2T", &p.max_outstanding_r2t)?;
+    m.serialize_entry("MaxConnections", &p.max_connections)?;
+    m.serialize_entry("ErrorRecoveryLevel", &p.error_recovery_level)?;
+    m.serialize_entry("DefaultTime2Wait", &p.default_time2wait)?;
+    m.serialize_entry("DefaultTime2Retain", &p.default_time2retain)?;
+    m.end()
 }
 
 async fn accept_loop(l: TcpListener, daemon: Arc<Daemon>, shutdown: watch::Receiver<bool>) {
@@ -340,6 +359,8 @@ struct Attached {
     key: Option<SessionKey>,
     tsih: u16,
     target: Option<Arc<Target>>,
+    /// The session's LUN view (mapped LUN numbers → logical units).
+    view: Option<Arc<DeviceServer>>,
     nexus: Option<Arc<Nexus>>,
     nexus_released: Arc<AtomicBool>,
     kill: Option<watch::Receiver<bool>>,
@@ -366,7 +387,12 @@ async fn run_connection(
     let (mut rd, mut wr) = sock.into_split();
     let now = Instant::now();
     let stat_sn = daemon.next_stat_sn.fetch_add(0x100, Ordering::Relaxed);
-    let mut conn = Connection::new(daemon.conn_cfg.clone(), now, stat_sn);
+    let mut conn = Connection::with_random(
+        daemon.conn_cfg.clone(),
+        now,
+        stat_sn,
+        random_bytes().context("reading /dev/urandom for the CHAP challenge")?,
+    );
     let mut decoder = Decoder::new(8192);
     // The writer task owns the socket's write half so reads never wait on writes.
     // Bounded: an initiator that stops reading stops us reading its requests (backpressure)
@@ -385,6 +411,7 @@ async fn run_connection(
         key: None,
         tsih: 0,
         target: None,
+        view: None,
         nexus: None,
         nexus_released: Arc::new(AtomicBool::new(false)),
         kill: None,
@@ -403,10 +430,8 @@ async fn run_connection(
                 Ok(Some((pdu, used))) => {
                     start += used;
                     progressed = true;
-                    let view = PortalView {
-                        daemon: &daemon,
-                        local,
-                    };
+                    let rt = daemon.runtime();
+                    let view = PortalView { rt: &rt, local };
                     conn.handle_pdu(Instant::now(), pdu, &view);
                     if !conn.is_full_feature() {
                         break;
@@ -447,7 +472,7 @@ async fn run_connection(
                     decoder.max_data = max_recv;
                 }
                 ConnEvent::Execute(task) => {
-                    let (Some(t), Some(nexus)) = (att.target.clone(), att.nexus.clone()) else {
+                    let (Some(t), Some(nexus)) = (att.view.clone(), att.nexus.clone()) else {
                         continue;
                     };
                     let tx = done_tx.clone();
@@ -460,7 +485,7 @@ async fn run_connection(
                             expected_data_in: if task.read { task.expected_len } else { 0 },
                             attr: task_attr(task.attr),
                         };
-                        let r = t.device.execute(&req);
+                        let r = t.execute(&req);
                         let o = TaskOutcome {
                             status: r.status.0,
                             sense: r.sense,
@@ -471,8 +496,7 @@ async fn run_connection(
                     });
                 }
                 ConnEvent::Tmf(a) => {
-                    if let Some(t) = &att.target {
-                        let d = t.device.clone();
+                    if let Some(d) = att.view.clone() {
                         // Device-server side effects of the TMF (unit attentions, releases).
                         let _ = tokio::task::spawn_blocking(move || match a {
                             TmfAction::ClearTaskSet { .. } => {}
@@ -561,11 +585,10 @@ async fn run_connection(
             s.remove(&key);
         }
     }
-    if let (Some(t), Some(n)) = (att.target.take(), att.nexus.take()) {
+    if let (Some(d), Some(n)) = (att.view.take(), att.nexus.take()) {
         // SAM-5: the I_T nexus is gone (releases SPC-2 reservations it held). A reinstating
         // login has already done this for us, before its own commands ran.
         if !att.nexus_released.swap(true, Ordering::AcqRel) {
-            let d = t.device.clone();
             let _ = tokio::task::spawn_blocking(move || d.nexus_lost(&n)).await;
         }
     }
@@ -580,19 +603,29 @@ fn login_complete(
     peer: SocketAddr,
     att: &mut Attached,
 ) {
-    let view = PortalView { daemon, local };
+    let rt = daemon.runtime();
+    let portal = PortalView { rt: &rt, local };
     if r.kind == SessionKind::Discovery {
         let tsih = daemon.alloc_tsih();
         info!(%peer, initiator = %r.initiator_name, tsih, "discovery session");
         conn.accept_login(r, tsih);
         return;
     }
-    let Some(target) = daemon.target(&r.target_name).cloned() else {
+    // The configuration may have changed since the first login PDU: check again.
+    let Some(target) = rt.target(&r.target_name).cloned() else {
         conn.refuse_login(LoginStatus::NOT_FOUND);
         return;
     };
-    let Some(group) = view.group_of(&target) else {
+    let Some(group) = portal.group_of(&target) else {
         conn.refuse_login(LoginStatus::NOT_FOUND);
+        return;
+    };
+    if !group.enabled {
+        conn.refuse_login(LoginStatus::SERVICE_UNAVAILABLE);
+        return;
+    }
+    let Some((view_key, view)) = target.view_for(group, &r.initiator_name) else {
+        conn.refuse_login(LoginStatus::AUTHORIZATION_FAILURE);
         return;
     };
     let key: SessionKey = (
@@ -616,7 +649,9 @@ fn login_complete(
         // The old nexus is the same I_T nexus as the new one: release it now, so that the
         // old connection's exit cannot release what the new session acquires.
         if !old.nexus_released.swap(true, Ordering::AcqRel) {
-            old.target.device.nexus_lost(&old.nexus);
+            if let Some(v) = old.target.views.get(&old.view_key) {
+                v.nexus_lost(&old.nexus);
+            }
         }
     }
     let tsih = if r.tsih != 0 {
@@ -635,6 +670,9 @@ fn login_complete(
         SessionEntry {
             tsih,
             kill: kill_tx,
+            view_key,
+            peer,
+            params: r.params.clone(),
             target: target.clone(),
             nexus: nexus.clone(),
             nexus_released: att.nexus_released.clone(),
@@ -648,6 +686,7 @@ fn login_complete(
         target = %r.target_name,
         tsih,
         tpgt = group.tag,
+        luns = ?view.luns(),
         header_digest = p.header_digest,
         data_digest = p.data_digest,
         initial_r2t = p.initial_r2t,
@@ -662,7 +701,16 @@ fn login_complete(
     att.key = Some(key);
     att.tsih = tsih;
     att.target = Some(target);
+    att.view = Some(view);
     att.nexus = Some(nexus);
     att.kill = Some(kill_rx);
     conn.accept_login(r, tsih);
+}
+
+/// Random bytes for the CHAP challenge (RFC 7143 §12.1.3: challenges must be unpredictable).
+fn random_bytes() -> std::io::Result<[u8; 33]> {
+    use std::io::Read;
+    let mut b = [0u8; 33];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(b)
 }

@@ -210,6 +210,8 @@ struct Ffp {
     tmfs: Vec<PendingTmf>,
     text_acc: text::Accumulator,
     text: Option<TextExchange>,
+    /// (TTT, ITT) of a text request the initiator is still sending with C=1.
+    text_in: Option<(u32, u32)>,
     ping: Option<(u32, Instant)>,
     logout: Option<(u32, LogoutResponseCode)>,
 }
@@ -486,6 +488,7 @@ impl Connection {
             tmfs: Vec::new(),
             text_acc: text::Accumulator::default(),
             text: None,
+            text_in: None,
             ping: None,
             logout: None,
         }));
@@ -1320,7 +1323,11 @@ impl Connection {
     fn handle_text(&mut self, pdu: &RawPdu, t: TextRequest, dir: &dyn Directory) {
         let mrdsl = self.ffp().params.initiator_mrdsl as usize;
         // Continuing one of our long answers (RFC 7143 §11.11.4): an empty request with our TTT.
-        if t.ttt != RESERVED_TAG {
+        let continuing_request = self
+            .ffp()
+            .text_in
+            .is_some_and(|(ttt, itt)| ttt == t.ttt && itt == t.itt);
+        if t.ttt != RESERVED_TAG && !continuing_request {
             let f = self.ffp();
             match f.text.as_mut() {
                 Some(x) if x.ttt == t.ttt && x.itt == t.itt => {
@@ -1335,12 +1342,20 @@ impl Connection {
             }
             return;
         }
-        // A new request abandons any unfinished answer (RFC 7143 §11.10.4).
-        self.ffp().text = None;
+        if !continuing_request {
+            // A new request abandons any unfinished exchange (RFC 7143 §11.10.4).
+            let f = self.ffp();
+            f.text = None;
+            f.text_acc.clear();
+        }
+        self.ffp().text_in = None;
         let whole = match self.ffp().text_acc.push(&pdu.data, t.cont) {
             Ok(Some(w)) => w,
             Ok(None) => {
+                // RFC 7143 §11.10.2: the initiator's text continues; acknowledge with an
+                // empty response whose TTT the next request carries.
                 let ttt = self.alloc_ttt();
+                self.ffp().text_in = Some((ttt, t.itt));
                 self.send_text(t.itt, ttt, false, Vec::new());
                 return;
             }

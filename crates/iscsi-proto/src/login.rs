@@ -31,6 +31,10 @@ pub trait Directory {
     /// SendTargets answer (RFC 7143 appendix C): (target name, ["addr:port,tag", ...]).
     /// `filter` is `None` for `All`, else one target name.
     fn send_targets(&self, initiator: &str, filter: Option<&str>) -> Vec<(String, Vec<String>)>;
+    /// The tag of the portal group `target` has on this portal (RFC 7143 §13.9).
+    fn tpg_tag_of(&self, _target: Option<&str>) -> u16 {
+        self.tpg_tag()
+    }
     /// Whether `initiator` may log in to `target` through this portal.
     fn access(&self, target: &str, initiator: &str) -> Access {
         match self.target(target, initiator) {
@@ -461,7 +465,10 @@ impl Login {
         // RFC 7143 §13.9: the target sends TargetPortalGroupTag in its first response.
         if !self.sent_tpgt {
             self.sent_tpgt = true;
-            answers.push(("TargetPortalGroupTag".into(), dir.tpg_tag().to_string()));
+            answers.push((
+                "TargetPortalGroupTag".into(),
+                dir.tpg_tag_of(self.target_name.as_deref()).to_string(),
+            ));
         }
         if !req.transit {
             if stage == Stage::Operational {

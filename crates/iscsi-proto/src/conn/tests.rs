@@ -1051,3 +1051,42 @@ mod chap_login {
         assert_eq!(l.status, LoginStatus::AUTHORIZATION_FAILURE);
     }
 }
+
+#[test]
+fn text_request_continued_by_the_initiator() {
+    let mut h = Harness::new(&[]);
+    let req = |ttt: u32, cont: bool| {
+        Header::TextRequest(TextRequest {
+            immediate: true,
+            final_bit: !cont,
+            cont,
+            lun: 0,
+            itt: 0x44,
+            ttt,
+            cmd_sn: 100,
+            exp_stat_sn: 0,
+        })
+    };
+    h.c.handle_pdu(h.now, raw(req(RESERVED_TAG, true), b"SendTar"), &Dir);
+    let out = outputs(&mut h.c);
+    let Header::TextResponse(r) = &out[0].header else {
+        panic!()
+    };
+    assert!(r.ttt != RESERVED_TAG && out[0].data.is_empty());
+    // RFC 7143 §11.10.4: the next request carries the TTT the target gave.
+    h.c.handle_pdu(
+        h.now,
+        raw(req(r.ttt, false), b"gets=iqn.2026-11.io.ferrite:u\0"),
+        &Dir,
+    );
+    let out = outputs(&mut h.c);
+    let Header::TextResponse(r) = &out[0].header else {
+        panic!("{out:?}")
+    };
+    assert!(r.final_bit && r.ttt == RESERVED_TAG);
+    let pairs = text::parse(out[0].data.as_slice()).unwrap();
+    assert_eq!(
+        pairs[0],
+        ("TargetName".into(), "iqn.2026-11.io.ferrite:u".into())
+    );
+}

@@ -1,0 +1,677 @@
+//! The admin API: a Unix socket that takes one JSON request per line and answers one JSON
+//! line, and the `ferrite admin` client that speaks it.
+//!
+//! Every change goes through the same path: copy the configuration, change the copy, validate
+//! it, apply it to the running daemon ([`Daemon::apply`]: new portals listen at once, sessions
+//! the change no longer allows end), then save it atomically to the file the daemon was
+//! started from (temp file, fsync, rename, fsync the directory).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tracing::{info, warn};
+
+use crate::config::{
+    AclConfig, ChapConfig, Config, LunConfig, MappedLun, PortalGroupConfig, TargetConfig,
+};
+use crate::server::Daemon;
+
+/// Longest request line accepted (the socket is local, but still bounded).
+const MAX_REQUEST: usize = 1 << 20;
+
+/// Write `text` to `path` atomically: temp file in the same directory, fsync, rename, fsync
+/// the directory — a crash leaves either the old or the new file, never a torn one.
+pub fn write_atomic(path: &Path, text: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("path has no file name"))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp.{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Serve the admin socket until the daemon shuts down.
+pub async fn serve(daemon: Arc<Daemon>, path: PathBuf) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).ok();
+    }
+    // A socket file nobody answers on is left over from a previous run.
+    if path.exists() && UnixStream::connect(&path).await.is_err() {
+        std::fs::remove_file(&path).ok();
+    }
+    let listener = UnixListener::bind(&path)?;
+    // Only the owner (root for a system daemon) may reconfigure the target.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).ok();
+    }
+    info!(socket = %path.display(), "admin API listening");
+    loop {
+        let (sock, _) = listener.accept().await?;
+        let d = daemon.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle(sock, d).await {
+                warn!("admin connection: {e:#}");
+            }
+        });
+    }
+}
+
+async fn handle(sock: UnixStream, daemon: Arc<Daemon>) -> anyhow::Result<()> {
+    let (rd, mut wr) = sock.into_split();
+    let mut rd = BufReader::new(rd);
+    loop {
+        let mut line = String::new();
+        let n = (&mut rd)
+            .take(MAX_REQUEST as u64)
+            .read_line(&mut line)
+            .await?;
+        if n == 0 {
+            return Ok(());
+        }
+        let reply = match serde_json::from_str::<Value>(&line) {
+            Ok(req) => match execute(&daemon, &req).await {
+                Ok(v) => json!({ "ok": true, "result": v }),
+                Err(e) => json!({ "ok": false, "error": format!("{e:#}") }),
+            },
+            Err(e) => json!({ "ok": false, "error": format!("bad request: {e}") }),
+        };
+        let mut out = serde_json::to_vec(&reply)?;
+        out.push(b'\n');
+        wr.write_all(&out).await?;
+    }
+}
+
+use tokio::io::AsyncReadExt;
+
+fn s<'a>(req: &'a Value, key: &str) -> anyhow::Result<&'a str> {
+    req.get(key)
+        .and_then(Value::as_str)
+        .ok_or_else(|| anyhow::anyhow!("missing string field {key:?}"))
+}
+
+fn n(req: &Value, key: &str) -> anyhow::Result<u64> {
+    req.get(key)
+        .and_then(Value::as_u64)
+        .ok_or_else(|| anyhow::anyhow!("missing number field {key:?}"))
+}
+
+fn target_mut<'a>(c: &'a mut Config, name: &str) -> anyhow::Result<&'a mut TargetConfig> {
+    c.targets
+        .iter_mut()
+        .find(|t| t.name == name)
+        .ok_or_else(|| anyhow::anyhow!("no target {name:?}"))
+}
+
+fn group_mut(t: &mut TargetConfig, tag: u64) -> anyhow::Result<&mut PortalGroupConfig> {
+    let name = t.name.clone();
+    t.portal_groups
+        .iter_mut()
+        .find(|g| u64::from(g.tag) == tag)
+        .ok_or_else(|| anyhow::anyhow!("target {name:?} has no portal group {tag}"))
+}
+
+fn chap_from(req: &Value) -> anyhow::Result<Option<ChapConfig>> {
+    match req.get("chap") {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => Ok(Some(serde_json::from_value(v.clone())?)),
+    }
+}
+
+/// A summary of the model for `targets`.
+fn describe(rt: &crate::runtime::Runtime) -> Value {
+    let targets: Vec<Value> = rt
+        .targets
+        .iter()
+        .map(|t| {
+            json!({
+                "name": t.name,
+                "alias": t.alias,
+                "portal_groups": t.groups.iter().map(|g| json!({
+                    "tag": g.tag,
+                    "enabled": g.enabled,
+                    "demo_mode": g.demo_mode,
+                    "authentication": g.authentication,
+                    "portals": g.portals.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+                    "relative_port_id": g.port.relative_port_id,
+                })).collect::<Vec<_>>(),
+                "luns": t.lus.iter().map(|(id, (c, lu))| json!({
+                    "id": id,
+                    "backstore": c.backstore,
+                    "size": lu.backstore().size(),
+                    "block_size": c.block_size,
+                    "read_only": c.read_only,
+                })).collect::<Vec<_>>(),
+                "acls": t.acls.iter().map(|a| json!({
+                    "initiator": a.initiator,
+                    "chap": a.chap.is_some(),
+                    "luns": t.views.get(&a.initiator).map(|v| v.luns()).unwrap_or_default(),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({ "targets": targets })
+}
+
+/// Run one request. Mutations return the new summary.
+pub async fn execute(daemon: &Arc<Daemon>, req: &Value) -> anyhow::Result<Value> {
+    let op = s(req, "op")?;
+    let rt = daemon.runtime();
+    match op {
+        "targets" => return Ok(describe(&rt)),
+        "sessions" => return Ok(serde_json::to_value(daemon.sessions())?),
+        "drop-session" => {
+            let tsih = n(req, "tsih")?;
+            let tsih = u16::try_from(tsih).map_err(|_| anyhow::anyhow!("tsih out of range"))?;
+            anyhow::ensure!(daemon.drop_session(tsih), "no session with TSIH {tsih}");
+            return Ok(json!({ "dropped": tsih }));
+        }
+        "export" => return Ok(json!({ "toml": toml::to_string(&rt.config)? })),
+        "save" => {
+            let path = match req.get("path").and_then(Value::as_str) {
+                Some(p) => PathBuf::from(p),
+                None => daemon.config_path.clone().ok_or_else(|| {
+                    anyhow::anyhow!("the daemon was started without --config: give a path")
+                })?,
+            };
+            write_atomic(&path, toml::to_string(&rt.config)?.as_bytes())?;
+            return Ok(json!({ "saved": path }));
+        }
+        _ => {}
+    }
+    let mut c = rt.config.clone();
+    match op {
+        "add-target" => {
+            let name = s(req, "target")?.to_string();
+            anyhow::ensure!(
+                c.targets.iter().all(|t| t.name != name),
+                "target {name:?} exists"
+            );
+            let tag = req.get("tag").and_then(Value::as_u64).unwrap_or(1) as u16;
+            let portals: Vec<String> = req
+                .get("portals")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|p| p.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            anyhow::ensure!(
+                !portals.is_empty(),
+                "a new target needs at least one portal"
+            );
+            c.targets.push(TargetConfig {
+                name,
+                alias: req.get("alias").and_then(Value::as_str).map(String::from),
+                portal_groups: vec![PortalGroupConfig {
+                    tag,
+                    portals,
+                    enabled: true,
+                    demo_mode: None,
+                    authentication: false,
+                    chap: None,
+                }],
+                luns: Vec::new(),
+                acls: Vec::new(),
+            });
+        }
+        "remove-target" => {
+            let name = s(req, "target")?;
+            let before = c.targets.len();
+            c.targets.retain(|t| t.name != name);
+            anyhow::ensure!(c.targets.len() < before, "no target {name:?}");
+        }
+        "add-group" => {
+            let t = target_mut(&mut c, s(req, "target")?)?;
+            let tag = n(req, "tag")? as u16;
+            t.portal_groups.push(PortalGroupConfig {
+                tag,
+                portals: Vec::new(),
+                enabled: true,
+                demo_mode: None,
+                authentication: false,
+                chap: None,
+            });
+        }
+        "remove-group" => {
+            let t = target_mut(&mut c, s(req, "target")?)?;
+            let tag = n(req, "tag")?;
+            let before = t.portal_groups.len();
+            t.portal_groups.retain(|g| u64::from(g.tag) != tag);
+            anyhow::ensure!(t.portal_groups.len() < before, "no portal group {tag}");
+        }
+        "enable-group" | "disable-group" => {
+            let t = target_mut(&mut c, s(req, "target")?)?;
+            group_mut(t, n(req, "tag")?)?.enabled = op == "enable-group";
+        }
+        "set-group" => {
+            // Attributes: demo_mode, authentication, chap.
+            let t = target_mut(&mut c, s(req, "target")?)?;
+            let g = group_mut(t, n(req, "tag")?)?;
+            if let Some(v) = req.get("demo_mode").and_then(Value::as_bool) {
+                g.demo_mode = Some(v);
+            }
+            if let Some(v) = req.get("authentication").and_then(Value::as_bool) {
+                g.authentication = v;
+            }
+            if req.get("chap").is_some() {
+                g.chap = chap_from(req)?;
+            }
+        }
+        "add-portal" | "remove-portal" => {
+            let t = target_mut(&mut c, s(req, "target")?)?;
+            let g = group_mut(t, n(req, "tag")?)?;
+            let p = s(req, "portal")?.to_string();
+            if op == "add-portal" {
+                anyhow::ensure!(!g.portals.contains(&p), "portal {p} already in the group");
+                g.portals.push(p);
+            } else {
+                let before = g.portals.len();
+                g.portals.retain(|x| *x != p);
+                anyhow::ensure!(g.portals.len() < before, "portal {p} not in the group");
+            }
+        }
+        "add-lun" => {
+            let t = target_mut(&mut c, s(req, "target")?)?;
+            let id = match req.get("lun").and_then(Value::as_u64) {
+                Some(id) => id,
+                None => (0..)
+                    .find(|i| t.luns.iter().all(|l| l.id != *i))
+                    .unwrap_or(0),
+            };
+            let mut l: LunConfig =
+                serde_json::from_value(json!({ "id": id, "backstore": s(req, "backstore")? }))?;
+            if let Some(b) = req.get("block_size").and_then(Value::as_u64) {
+                l.block_size = b as u32;
+            }
+            if let Some(ro) = req.get("read_only").and_then(Value::as_bool) {
+                l.read_only = ro;
+            }
+            t.luns.push(l);
+        }
+        "remove-lun" => {
+            let t = target_mut(&mut c, s(req, "target")?)?;
+            let id = n(req, "lun")?;
+            let before = t.luns.len();
+            t.luns.retain(|l| l.id != id);
+            anyhow::ensure!(t.luns.len() < before, "no LUN {id}");
+            // Mappings of the removed LUN go with it.
+            for a in &mut t.acls {
+                if let Some(m) = &mut a.luns {
+                    m.retain(|x| x.lun != id);
+                }
+            }
+        }
+        "add-acl" => {
+            let t = target_mut(&mut c, s(req, "target")?)?;
+            let initiator = s(req, "initiator")?.to_string();
+            anyhow::ensure!(
+                t.acl_index(&initiator).is_none(),
+                "ACL for {initiator:?} exists"
+            );
+            let luns: Option<Vec<MappedLun>> = match req.get("luns") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(serde_json::from_value(v.clone())?),
+            };
+            t.acls.push(AclConfig {
+                initiator,
+                luns,
+                chap: chap_from(req)?,
+            });
+        }
+        "remove-acl" => {
+            let t = target_mut(&mut c, s(req, "target")?)?;
+            let i = t
+                .acl_index(s(req, "initiator")?)
+                .ok_or_else(|| anyhow::anyhow!("no such ACL"))?;
+            t.acls.remove(i);
+        }
+        "set-acl-chap" => {
+            let t = target_mut(&mut c, s(req, "target")?)?;
+            let i = t
+                .acl_index(s(req, "initiator")?)
+                .ok_or_else(|| anyhow::anyhow!("no such ACL"))?;
+            t.acls[i].chap = chap_from(req)?;
+        }
+        "set-discovery" => {
+            if let Some(v) = req.get("tpg_enabled_sendtargets").and_then(Value::as_bool) {
+                c.settings.tpg_enabled_sendtargets = v;
+            }
+            if req.get("chap").is_some() {
+                c.settings.discovery_chap = chap_from(req)?;
+            }
+        }
+        other => anyhow::bail!("unknown op {other:?}"),
+    }
+    daemon.apply(c).await?;
+    let rt = daemon.runtime();
+    if let Some(path) = &daemon.config_path {
+        // Run-time changes persist in the file the daemon was started from.
+        write_atomic(path, toml::to_string(&rt.config)?.as_bytes())?;
+    }
+    Ok(describe(&rt))
+}
+
+impl TargetConfig {
+    pub fn acl_index(&self, initiator: &str) -> Option<usize> {
+        self.acls.iter().position(|a| a.initiator == initiator)
+    }
+}
+
+// ---- client ---------------------------------------------------------------------------------
+
+pub const ADMIN_USAGE: &str = "\
+ferrite admin — talk to a running ferrite
+
+USAGE:
+    ferrite admin [--socket PATH] [--json] COMMAND [ARGS]
+
+COMMANDS:
+    targets                                   the model: targets, groups, portals, LUNs, ACLs
+    sessions                                  sessions with negotiated parameters
+    drop-session TSIH
+    add-target IQN PORTAL [PORTAL...]         new target, group 1 on these portals
+    remove-target IQN
+    add-group IQN TAG | remove-group IQN TAG
+    enable-group IQN TAG | disable-group IQN TAG
+    set-group IQN TAG [demo_mode=yes|no] [authentication=yes|no]
+    add-portal IQN TAG ADDR:PORT | remove-portal IQN TAG ADDR:PORT
+    add-lun IQN BACKSTORE [lun=N] [block_size=N] [read_only=yes]
+    remove-lun IQN LUN
+    add-acl IQN INITIATOR [map=MAPPED:LUN[:ro],...]
+    remove-acl IQN INITIATOR
+    set-chap IQN INITIATOR USER SECRET [MUTUAL_USER MUTUAL_SECRET]   (INITIATOR '-' clears)
+    set-group-chap IQN TAG USER SECRET [MUTUAL_USER MUTUAL_SECRET]
+    set-discovery [sendtargets_enabled_only=yes|no] [chap=USER:SECRET]
+    export                                    print the configuration (TOML)
+    save [PATH]                               write it atomically (default: the --config file)
+
+The socket defaults to /run/ferrite/admin.sock (settings.admin_socket / --admin-socket).
+";
+
+pub const DEFAULT_SOCKET: &str = "/run/ferrite/admin.sock";
+
+fn yes(v: &str) -> anyhow::Result<bool> {
+    match v {
+        "yes" | "true" | "on" | "1" => Ok(true),
+        "no" | "false" | "off" | "0" => Ok(false),
+        _ => anyhow::bail!("expected yes or no, got {v:?}"),
+    }
+}
+
+fn kv(args: &[String]) -> anyhow::Result<Vec<(&str, &str)>> {
+    args.iter()
+        .map(|a| {
+            a.split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("expected KEY=VALUE, got {a:?}"))
+        })
+        .collect()
+}
+
+fn chap_json(a: &[String]) -> anyhow::Result<Value> {
+    match a {
+        [u, s] => Ok(json!({ "user": u, "secret": s })),
+        [u, s, mu, ms] => {
+            Ok(json!({ "user": u, "secret": s, "mutual_user": mu, "mutual_secret": ms }))
+        }
+        _ => anyhow::bail!("CHAP takes USER SECRET [MUTUAL_USER MUTUAL_SECRET]"),
+    }
+}
+
+/// Turn command-line words into a request.
+pub fn request_from_args(cmd: &str, a: &[String]) -> anyhow::Result<Value> {
+    let need = |k: usize| -> anyhow::Result<()> {
+        anyhow::ensure!(
+            a.len() >= k,
+            "{cmd}: missing arguments (see ferrite admin --help)"
+        );
+        Ok(())
+    };
+    let num = |x: &str| -> anyhow::Result<u64> {
+        x.parse()
+            .map_err(|_| anyhow::anyhow!("{x:?} is not a number"))
+    };
+    Ok(match cmd {
+        "targets" | "sessions" | "export" => json!({ "op": cmd }),
+        "drop-session" => {
+            need(1)?;
+            json!({ "op": cmd, "tsih": num(&a[0])? })
+        }
+        "save" => match a.first() {
+            Some(p) => json!({ "op": cmd, "path": p }),
+            None => json!({ "op": cmd }),
+        },
+        "add-target" => {
+            need(2)?;
+            json!({ "op": cmd, "target": a[0], "portals": a[1..] })
+        }
+        "remove-target" => {
+            need(1)?;
+            json!({ "op": cmd, "target": a[0] })
+        }
+        "add-group" | "remove-group" | "enable-group" | "disable-group" => {
+            need(2)?;
+            json!({ "op": cmd, "target": a[0], "tag": num(&a[1])? })
+        }
+        "set-group" => {
+            need(2)?;
+            let mut r = json!({ "op": cmd, "target": a[0], "tag": num(&a[1])? });
+            for (k, v) in kv(&a[2..])? {
+                match k {
+                    "demo_mode" | "authentication" => r[k] = json!(yes(v)?),
+                    _ => anyhow::bail!("unknown group attribute {k:?}"),
+                }
+            }
+            r
+        }
+        "set-group-chap" => {
+            need(4)?;
+            json!({ "op": "set-group", "target": a[0], "tag": num(&a[1])?, "chap": chap_json(&a[2..])? })
+        }
+        "add-portal" | "remove-portal" => {
+            need(3)?;
+            json!({ "op": cmd, "target": a[0], "tag": num(&a[1])?, "portal": a[2] })
+        }
+        "add-lun" => {
+            need(2)?;
+            let mut r = json!({ "op": cmd, "target": a[0], "backstore": a[1] });
+            for (k, v) in kv(&a[2..])? {
+                match k {
+                    "lun" => r["lun"] = json!(num(v)?),
+                    "block_size" => r["block_size"] = json!(num(v)?),
+                    "read_only" => r["read_only"] = json!(yes(v)?),
+                    _ => anyhow::bail!("unknown LUN option {k:?}"),
+                }
+            }
+            r
+        }
+        "remove-lun" => {
+            need(2)?;
+            json!({ "op": cmd, "target": a[0], "lun": num(&a[1])? })
+        }
+        "add-acl" => {
+            need(2)?;
+            let mut r = json!({ "op": cmd, "target": a[0], "initiator": a[1] });
+            for (k, v) in kv(&a[2..])? {
+                anyhow::ensure!(k == "map", "unknown ACL option {k:?}");
+                let mut luns = Vec::new();
+                for m in v.split(',') {
+                    let parts: Vec<&str> = m.split(':').collect();
+                    let (mapped, lun, ro) = match parts.as_slice() {
+                        [m, l] => (num(m)?, num(l)?, false),
+                        [m, l, "ro"] => (num(m)?, num(l)?, true),
+                        _ => anyhow::bail!("map entries are MAPPED:LUN[:ro], got {m:?}"),
+                    };
+                    luns.push(json!({ "mapped": mapped, "lun": lun, "read_only": ro }));
+                }
+                r["luns"] = json!(luns);
+            }
+            r
+        }
+        "remove-acl" => {
+            need(2)?;
+            json!({ "op": cmd, "target": a[0], "initiator": a[1] })
+        }
+        "set-chap" => {
+            need(2)?;
+            let chap = if a.len() == 2 {
+                Value::Null
+            } else {
+                chap_json(&a[2..])?
+            };
+            json!({ "op": "set-acl-chap", "target": a[0], "initiator": a[1], "chap": chap })
+        }
+        "set-discovery" => {
+            let mut r = json!({ "op": cmd });
+            for (k, v) in kv(a)? {
+                match k {
+                    "sendtargets_enabled_only" => r["tpg_enabled_sendtargets"] = json!(yes(v)?),
+                    "chap" if v.is_empty() || v == "none" => r["chap"] = Value::Null,
+                    "chap" => {
+                        let (u, s) = v
+                            .split_once(':')
+                            .ok_or_else(|| anyhow::anyhow!("chap=USER:SECRET"))?;
+                        r["chap"] = json!({ "user": u, "secret": s });
+                    }
+                    _ => anyhow::bail!("unknown discovery option {k:?}"),
+                }
+            }
+            r
+        }
+        _ => anyhow::bail!("unknown command {cmd:?} (see ferrite admin --help)"),
+    })
+}
+
+/// Send one request and wait for the answer (blocking; the CLI has no runtime of its own).
+pub fn call(socket: &Path, req: &Value) -> anyhow::Result<Value> {
+    use std::io::{BufRead, BufReader as StdBufReader};
+    let mut sock = std::os::unix::net::UnixStream::connect(socket)
+        .map_err(|e| anyhow::anyhow!("cannot reach the daemon at {}: {e}", socket.display()))?;
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    sock.write_all(&line)?;
+    let mut answer = String::new();
+    StdBufReader::new(sock).read_line(&mut answer)?;
+    let v: Value = serde_json::from_str(&answer)?;
+    if v.get("ok").and_then(Value::as_bool) == Some(true) {
+        Ok(v.get("result").cloned().unwrap_or(Value::Null))
+    } else {
+        anyhow::bail!(
+            "{}",
+            v.get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("request failed")
+        )
+    }
+}
+
+/// Human-readable rendering of a result.
+pub fn render(cmd: &str, v: &Value) -> String {
+    let mut out = String::new();
+    match cmd {
+        "sessions" => {
+            for s in v.as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "TSIH {} {} isid {} -> {} tpgt {} from {} LUNs {}\n",
+                    s["tsih"],
+                    s["initiator"].as_str().unwrap_or(""),
+                    s["isid"].as_str().unwrap_or(""),
+                    s["target"].as_str().unwrap_or(""),
+                    s["tpg_tag"],
+                    s["peer"].as_str().unwrap_or(""),
+                    s["luns"]
+                ));
+                if let Some(p) = s["params"].as_object() {
+                    let kv: Vec<String> = p
+                        .iter()
+                        .map(|(k, v)| {
+                            format!(
+                                "{k}={}",
+                                v.as_str()
+                                    .map(String::from)
+                                    .unwrap_or_else(|| v.to_string())
+                            )
+                        })
+                        .collect();
+                    out.push_str(&format!("    {}\n", kv.join(" ")));
+                }
+            }
+            if out.is_empty() {
+                out.push_str("no sessions\n");
+            }
+        }
+        "export" => out.push_str(v["toml"].as_str().unwrap_or("")),
+        _ if v.get("targets").is_some() => {
+            for t in v["targets"].as_array().into_iter().flatten() {
+                out.push_str(&format!("target {}\n", t["name"].as_str().unwrap_or("")));
+                for g in t["portal_groups"].as_array().into_iter().flatten() {
+                    out.push_str(&format!(
+                        "  group {} {}{}{} portals {}\n",
+                        g["tag"],
+                        if g["enabled"] == json!(true) {
+                            "enabled"
+                        } else {
+                            "disabled"
+                        },
+                        if g["demo_mode"] == json!(true) {
+                            " demo-mode"
+                        } else {
+                            ""
+                        },
+                        if g["authentication"] == json!(true) {
+                            " chap-required"
+                        } else {
+                            ""
+                        },
+                        g["portals"]
+                    ));
+                }
+                for l in t["luns"].as_array().into_iter().flatten() {
+                    out.push_str(&format!(
+                        "  lun {} {} {} bytes{}\n",
+                        l["id"],
+                        l["backstore"].as_str().unwrap_or(""),
+                        l["size"],
+                        if l["read_only"] == json!(true) {
+                            " read-only"
+                        } else {
+                            ""
+                        }
+                    ));
+                }
+                for a in t["acls"].as_array().into_iter().flatten() {
+                    out.push_str(&format!(
+                        "  acl {} luns {}{}\n",
+                        a["initiator"].as_str().unwrap_or(""),
+                        a["luns"],
+                        if a["chap"] == json!(true) {
+                            " chap"
+                        } else {
+                            ""
+                        }
+                    ));
+                }
+            }
+        }
+        _ => out.push_str(&format!("{v}\n")),
+    }
+    out
+}

@@ -1,0 +1,370 @@
+//! The running model built from a validated [`Config`]: targets with their logical units,
+//! portal groups (target ports) and per-initiator LUN views, plus the answers the login engine
+//! asks for (`Directory`).
+//!
+//! A runtime is immutable once built. Live reconfiguration builds a new one from the new
+//! config, reusing what did not change — open backstores with their unit attention and
+//! reservation state, relative target port ids, and the per-initiator views (which are
+//! updated in place so sessions see LUNs come and go, with REPORTED LUNS DATA HAS CHANGED).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use iscsi_proto::chap::Secret;
+use iscsi_proto::{Access, AuthPolicy, Directory};
+use scsi_core::{DeviceServer, LogicalUnit, TargetPort};
+
+use crate::config::{ChapConfig, Config, LunConfig, TargetConfig};
+
+/// View key of initiators admitted by demo mode (no ACL of their own).
+pub const DEMO_VIEW: &str = "";
+
+/// A portal group (one SCSI target port) at run time.
+#[derive(Debug)]
+pub struct PortalGroup {
+    pub tag: u16,
+    pub portals: Vec<SocketAddr>,
+    pub enabled: bool,
+    pub demo_mode: bool,
+    pub authentication: bool,
+    pub chap: Option<ChapConfig>,
+    pub port: Arc<TargetPort>,
+}
+
+/// A node ACL at run time.
+#[derive(Debug)]
+pub struct Acl {
+    pub initiator: String,
+    pub chap: Option<ChapConfig>,
+}
+
+/// A target at run time.
+#[derive(Debug)]
+pub struct Target {
+    pub name: String,
+    pub alias: Option<String>,
+    pub groups: Vec<PortalGroup>,
+    /// The target's logical units by LUN, with the config they were built from.
+    pub lus: BTreeMap<u64, (LunConfig, Arc<LogicalUnit>)>,
+    pub acls: Vec<Acl>,
+    /// LUN views by initiator name ([`DEMO_VIEW`] for demo mode): what REPORT LUNS shows and
+    /// which LU each LUN number reaches.
+    pub views: HashMap<String, Arc<DeviceServer>>,
+}
+
+impl Target {
+    pub fn acl(&self, initiator: &str) -> Option<&Acl> {
+        self.acls.iter().find(|a| a.initiator == initiator)
+    }
+
+    /// The view an initiator gets through `group`, if it may log in there at all.
+    pub fn view_for(
+        &self,
+        group: &PortalGroup,
+        initiator: &str,
+    ) -> Option<(String, Arc<DeviceServer>)> {
+        if self.acl(initiator).is_some() {
+            let v = self.views.get(initiator)?;
+            return Some((initiator.to_string(), v.clone()));
+        }
+        if group.demo_mode {
+            let v = self.views.get(DEMO_VIEW)?;
+            return Some((DEMO_VIEW.to_string(), v.clone()));
+        }
+        None
+    }
+
+    pub fn group(&self, tag: u16) -> Option<&PortalGroup> {
+        self.groups.iter().find(|g| g.tag == tag)
+    }
+}
+
+/// Everything the daemon serves at one moment.
+#[derive(Debug)]
+pub struct Runtime {
+    pub config: Config,
+    pub targets: Vec<Arc<Target>>,
+}
+
+/// Builds a logical unit for `l`; provided by the daemon (it owns backstore opening).
+pub type LuBuilder<'a> =
+    dyn FnMut(&TargetConfig, &LunConfig) -> anyhow::Result<Arc<LogicalUnit>> + 'a;
+
+impl Runtime {
+    /// Build from `cfg`, reusing unchanged parts of `old`.
+    pub fn build(
+        cfg: &Config,
+        old: Option<&Runtime>,
+        build_lu: &mut LuBuilder,
+    ) -> anyhow::Result<Runtime> {
+        // Relative target port ids stay with their (target, tag) across rebuilds.
+        let mut next_rel = old
+            .map(|o| {
+                o.targets
+                    .iter()
+                    .flat_map(|t| t.groups.iter().map(|g| g.port.relative_port_id))
+                    .max()
+                    .unwrap_or(0)
+            })
+            .unwrap_or(0);
+        let mut targets = Vec::new();
+        for tc in &cfg.targets {
+            let prev = old.and_then(|o| o.target(&tc.name));
+            let mut lus = BTreeMap::new();
+            for l in &tc.luns {
+                let reused = prev.and_then(|p| p.lus.get(&l.id)).filter(|(c, _)| c == l);
+                let lu = match reused {
+                    Some((_, lu)) => lu.clone(),
+                    None => build_lu(tc, l)?,
+                };
+                lus.insert(l.id, (l.clone(), lu));
+            }
+            let mut groups = Vec::new();
+            for g in &tc.portal_groups {
+                let port = match prev.and_then(|p| p.group(g.tag)) {
+                    Some(pg) => pg.port.clone(),
+                    None => {
+                        next_rel += 1;
+                        Arc::new(TargetPort {
+                            target_name: tc.name.clone(),
+                            tpg_tag: g.tag,
+                            relative_port_id: next_rel,
+                        })
+                    }
+                };
+                groups.push(PortalGroup {
+                    tag: g.tag,
+                    portals: g.portals.iter().filter_map(|p| p.parse().ok()).collect(),
+                    enabled: g.enabled,
+                    demo_mode: g.demo_mode(tc),
+                    authentication: g.authentication,
+                    chap: g.chap.clone(),
+                    port,
+                });
+            }
+            let acls: Vec<Acl> = tc
+                .acls
+                .iter()
+                .map(|a| Acl {
+                    initiator: a.initiator.clone(),
+                    chap: a.chap.clone(),
+                })
+                .collect();
+            // Desired LUN maps per view: mapped LUN -> target LUN.
+            let mut wanted: Vec<(String, BTreeMap<u64, u64>)> = Vec::new();
+            let all: BTreeMap<u64, u64> = lus.keys().map(|&k| (k, k)).collect();
+            wanted.push((DEMO_VIEW.to_string(), all.clone()));
+            for a in &tc.acls {
+                let m = match &a.luns {
+                    Some(list) => list.iter().map(|m| (m.mapped, m.lun)).collect(),
+                    None => all.clone(),
+                };
+                wanted.push((a.initiator.clone(), m));
+            }
+            let mut views = HashMap::new();
+            for (key, map) in wanted {
+                let view = prev
+                    .and_then(|p| p.views.get(&key).cloned())
+                    .unwrap_or_else(|| Arc::new(DeviceServer::new()));
+                sync_view(&view, &map, &lus)?;
+                views.insert(key, view);
+            }
+            targets.push(Arc::new(Target {
+                name: tc.name.clone(),
+                alias: tc.alias.clone(),
+                groups,
+                lus,
+                acls,
+                views,
+            }));
+        }
+        Ok(Runtime {
+            config: cfg.clone(),
+            targets,
+        })
+    }
+
+    pub fn target(&self, name: &str) -> Option<&Arc<Target>> {
+        self.targets.iter().find(|t| t.name == name)
+    }
+
+    /// Every portal address to listen on.
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        let mut v: Vec<SocketAddr> = self
+            .targets
+            .iter()
+            .flat_map(|t| t.groups.iter().flat_map(|g| g.portals.iter().copied()))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+}
+
+/// Make `view` map exactly `map` (mapped LUN -> target LUN), adding and removing LUs in place.
+fn sync_view(
+    view: &DeviceServer,
+    map: &BTreeMap<u64, u64>,
+    lus: &BTreeMap<u64, (LunConfig, Arc<LogicalUnit>)>,
+) -> anyhow::Result<()> {
+    for mapped in view.luns() {
+        let keep = map
+            .get(&mapped)
+            .and_then(|t| lus.get(t))
+            .zip(view.lu(mapped))
+            .is_some_and(|((_, want), have)| Arc::ptr_eq(want, &have));
+        if !keep {
+            view.remove_lun(mapped);
+        }
+    }
+    for (&mapped, target_lun) in map {
+        if view.lu(mapped).is_some() {
+            continue;
+        }
+        if let Some((_, lu)) = lus.get(target_lun) {
+            view.add_lun(mapped, lu.clone())
+                .map_err(|e| anyhow::anyhow!("LUN {mapped}: {e:?}"))?;
+        }
+    }
+    Ok(())
+}
+
+fn secret(user: &str, secret: &str) -> Secret {
+    Secret {
+        user: user.to_string(),
+        secret: secret.as_bytes().to_vec(),
+    }
+}
+
+fn policy(required: bool, chap: Option<&ChapConfig>) -> AuthPolicy {
+    AuthPolicy {
+        required,
+        initiator: chap.map(|c| secret(&c.user, &c.secret)),
+        target: chap.and_then(|c| {
+            Some(secret(
+                c.mutual_user.as_deref()?,
+                c.mutual_secret.as_deref()?,
+            ))
+        }),
+    }
+}
+
+fn fmt_addr(a: SocketAddr) -> String {
+    match a {
+        SocketAddr::V4(v) => format!("{}:{}", v.ip(), v.port()),
+        // RFC 7143 §13.8: IPv6 addresses in brackets.
+        SocketAddr::V6(v) => format!("[{}]:{}", v.ip(), v.port()),
+    }
+}
+
+/// What the login engine may ask, answered for the portal one connection arrived on.
+pub struct PortalView<'a> {
+    pub rt: &'a Runtime,
+    pub local: SocketAddr,
+}
+
+impl PortalView<'_> {
+    /// The portal group of `t` that owns our local address (a wildcard listener matches any
+    /// local address with its port).
+    pub fn group_of<'t>(&self, t: &'t Target) -> Option<&'t PortalGroup> {
+        t.groups.iter().find(|g| {
+            g.portals.iter().any(|p| {
+                p.port() == self.local.port()
+                    && (p.ip() == self.local.ip() || p.ip().is_unspecified())
+            })
+        })
+    }
+}
+
+impl Directory for PortalView<'_> {
+    fn tpg_tag(&self) -> u16 {
+        self.rt
+            .targets
+            .iter()
+            .find_map(|t| self.group_of(t).map(|g| g.tag))
+            .unwrap_or(1)
+    }
+
+    fn tpg_tag_of(&self, target: Option<&str>) -> u16 {
+        target
+            .and_then(|n| self.rt.target(n))
+            .and_then(|t| self.group_of(t))
+            .map(|g| g.tag)
+            .unwrap_or_else(|| self.tpg_tag())
+    }
+
+    fn target(&self, name: &str, initiator: &str) -> Option<Option<String>> {
+        match self.access(name, initiator) {
+            Access::Allowed { alias } => Some(alias),
+            _ => None,
+        }
+    }
+
+    fn access(&self, name: &str, initiator: &str) -> Access {
+        let Some(t) = self.rt.target(name) else {
+            return Access::NotFound;
+        };
+        let Some(g) = self.group_of(t) else {
+            return Access::NotFound;
+        };
+        if !g.enabled {
+            return Access::Unavailable;
+        }
+        if t.view_for(g, initiator).is_none() {
+            return Access::Denied;
+        }
+        Access::Allowed {
+            alias: t.alias.clone(),
+        }
+    }
+
+    fn auth(&self, initiator: &str, target: Option<&str>) -> AuthPolicy {
+        let Some(name) = target else {
+            let c = self.rt.config.settings.discovery_chap.as_ref();
+            return policy(c.is_some(), c);
+        };
+        let Some(t) = self.rt.target(name) else {
+            return AuthPolicy::default();
+        };
+        let Some(g) = self.group_of(t) else {
+            return AuthPolicy::default();
+        };
+        // An initiator's own credentials win over the group's demo-mode credentials.
+        let chap = t
+            .acl(initiator)
+            .and_then(|a| a.chap.as_ref())
+            .or(g.chap.as_ref());
+        policy(g.authentication, chap)
+    }
+
+    fn send_targets(&self, initiator: &str, filter: Option<&str>) -> Vec<(String, Vec<String>)> {
+        let only_enabled = self.rt.config.settings.tpg_enabled_sendtargets;
+        let mut out = Vec::new();
+        for t in &self.rt.targets {
+            if filter.is_some_and(|f| f != t.name) {
+                continue;
+            }
+            let mut addrs = Vec::new();
+            for g in &t.groups {
+                // Hidden: disabled groups (tpg_enabled_sendtargets) and groups the initiator
+                // could not log in through.
+                if (only_enabled && !g.enabled) || t.view_for(g, initiator).is_none() {
+                    continue;
+                }
+                for p in &g.portals {
+                    let a = if p.ip().is_unspecified() {
+                        SocketAddr::new(self.local.ip(), p.port())
+                    } else {
+                        *p
+                    };
+                    addrs.push(format!("{},{}", fmt_addr(a), g.tag));
+                }
+            }
+            if !addrs.is_empty() {
+                out.push((t.name.clone(), addrs));
+            }
+        }
+        out
+    }
+}
