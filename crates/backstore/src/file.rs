@@ -137,4 +137,8 @@ impl Backstore for FileBackstore {
     fn supports_unmap(&self) -> bool {
         self.can_punch
     }
+
+    fn extent_at(&self, offset: u64) -> io::Result<Option<Extent>> {
+        FileBackstore::extent_at(self, offset).map(Some)
+    }
 }

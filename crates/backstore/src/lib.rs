@@ -50,6 +50,13 @@ pub trait Backstore: Send + Sync + std::fmt::Debug {
     fn unmap(&self, offset: u64, len: u64) -> io::Result<bool>;
     /// Whether `unmap` can really deallocate space (thin provisioning).
     fn supports_unmap(&self) -> bool;
+    /// The run of bytes from `offset` that share its allocation status, for GET LBA STATUS.
+    /// `Ok(None)` means the backstore cannot tell (the device server then reports the range as
+    /// "mapped or unknown", which is always true). `offset` past the end is `InvalidInput`.
+    fn extent_at(&self, offset: u64) -> io::Result<Option<Extent>> {
+        check_range(self.size(), offset, 1)?;
+        Ok(None)
+    }
 }
 
 /// A run of bytes that share one allocation status, as GET LBA STATUS reports them: `mapped`

@@ -220,6 +220,10 @@ impl Backstore for RamBackstore {
     fn supports_unmap(&self) -> bool {
         true
     }
+
+    fn extent_at(&self, offset: u64) -> io::Result<Option<Extent>> {
+        RamBackstore::extent_at(self, offset).map(Some)
+    }
 }
 
 #[cfg(test)]

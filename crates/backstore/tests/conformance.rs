@@ -254,6 +254,26 @@ fn check_concurrent_unmap_and_write(b: &dyn Backstore) {
     );
 }
 
+/// `extent_at` through the trait: `None` (unknown) or a run inside the store that starts at the
+/// offset asked for; unmapped runs read as zeroes; past the end is an error.
+fn check_extents(b: &dyn Backstore) {
+    b.write_at(&pattern(4096, 3), MIB).unwrap();
+    b.unmap(2 * MIB, MIB).unwrap();
+    for off in [0, MIB, MIB + 4095, 2 * MIB, SIZE - 1] {
+        if let Some(e) = b.extent_at(off).unwrap() {
+            assert_eq!(e.offset, off);
+            assert!(e.len >= 1 && off + e.len <= SIZE, "{e:?}");
+            if !e.mapped {
+                assert_zero(b, off, e.len.min(64 * 1024));
+            }
+        }
+    }
+    if let Some(e) = b.extent_at(MIB).unwrap() {
+        assert!(e.mapped, "written data reported unmapped: {e:?}");
+    }
+    assert_invalid(b.extent_at(SIZE), "extent past the end");
+}
+
 /// Runs every check over every backend: one test per (backend, check) pair, named
 /// `<backend>::<check>`; also lists the checks in `CHECKS` for stores opened at run time.
 macro_rules! conformance {
@@ -295,7 +315,8 @@ conformance!(
         check_unmap,
         check_flush,
         check_concurrent_writers,
-        check_concurrent_unmap_and_write
+        check_concurrent_unmap_and_write,
+        check_extents
     ]
 );
 

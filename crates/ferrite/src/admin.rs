@@ -113,6 +113,11 @@ fn n(req: &Value, key: &str) -> anyhow::Result<u64> {
         .ok_or_else(|| anyhow::anyhow!("missing number field {key:?}"))
 }
 
+/// A portal group tag: 1..65535 (a larger number is refused, not truncated).
+fn tag_from(v: u64) -> anyhow::Result<u16> {
+    u16::try_from(v).map_err(|_| anyhow::anyhow!("portal group tag {v} out of range 1..65535"))
+}
+
 fn target_mut<'a>(c: &'a mut Config, name: &str) -> anyhow::Result<&'a mut TargetConfig> {
     c.targets
         .iter_mut()
@@ -204,7 +209,7 @@ pub async fn execute(daemon: &Arc<Daemon>, req: &Value) -> anyhow::Result<Value>
                 c.targets.iter().all(|t| t.name != name),
                 "target {name:?} exists"
             );
-            let tag = req.get("tag").and_then(Value::as_u64).unwrap_or(1) as u16;
+            let tag = tag_from(req.get("tag").and_then(Value::as_u64).unwrap_or(1))?;
             let portals: Vec<String> = req
                 .get("portals")
                 .and_then(Value::as_array)
@@ -241,7 +246,7 @@ pub async fn execute(daemon: &Arc<Daemon>, req: &Value) -> anyhow::Result<Value>
         }
         "add-group" => {
             let t = target_mut(&mut c, s(req, "target")?)?;
-            let tag = n(req, "tag")? as u16;
+            let tag = tag_from(n(req, "tag")?)?;
             t.portal_groups.push(PortalGroupConfig {
                 tag,
                 portals: Vec::new(),
@@ -300,7 +305,8 @@ pub async fn execute(daemon: &Arc<Daemon>, req: &Value) -> anyhow::Result<Value>
             let mut l: LunConfig =
                 serde_json::from_value(json!({ "id": id, "backstore": s(req, "backstore")? }))?;
             if let Some(b) = req.get("block_size").and_then(Value::as_u64) {
-                l.block_size = b as u32;
+                l.block_size =
+                    u32::try_from(b).map_err(|_| anyhow::anyhow!("block_size {b} out of range"))?;
             }
             if let Some(ro) = req.get("read_only").and_then(Value::as_bool) {
                 l.read_only = ro;
@@ -343,6 +349,13 @@ pub async fn execute(daemon: &Arc<Daemon>, req: &Value) -> anyhow::Result<Value>
                 .acl_index(s(req, "initiator")?)
                 .ok_or_else(|| anyhow::anyhow!("no such ACL"))?;
             t.acls.remove(i);
+            // Demo mode defaults to on for a target without ACLs; removing the last ACL must
+            // not open the target to everyone, so pin the groups' setting down.
+            if t.acls.is_empty() {
+                for g in &mut t.portal_groups {
+                    g.demo_mode.get_or_insert(false);
+                }
+            }
         }
         "set-acl-chap" => {
             let t = target_mut(&mut c, s(req, "target")?)?;
@@ -398,7 +411,7 @@ COMMANDS:
     remove-lun IQN LUN
     add-acl IQN INITIATOR [map=MAPPED:LUN[:ro],...]
     remove-acl IQN INITIATOR
-    set-chap IQN INITIATOR USER SECRET [MUTUAL_USER MUTUAL_SECRET]   (INITIATOR '-' clears)
+    set-chap IQN INITIATOR USER SECRET [MUTUAL_USER MUTUAL_SECRET]   (USER '-' clears)
     set-group-chap IQN TAG USER SECRET [MUTUAL_USER MUTUAL_SECRET]
     set-discovery [sendtargets_enabled_only=yes|no] [chap=USER:SECRET]
     export                                    print the configuration (TOML)
@@ -456,7 +469,11 @@ pub fn request_from_args(cmd: &str, a: &[String]) -> anyhow::Result<Value> {
             json!({ "op": cmd, "tsih": num(&a[0])? })
         }
         "save" => match a.first() {
-            Some(p) => json!({ "op": cmd, "path": p }),
+            // The daemon runs elsewhere (often in /): a relative path is the client's.
+            Some(p) => {
+                let p = std::env::current_dir()?.join(p);
+                json!({ "op": cmd, "path": p })
+            }
             None => json!({ "op": cmd }),
         },
         "add-target" => {
@@ -532,7 +549,8 @@ pub fn request_from_args(cmd: &str, a: &[String]) -> anyhow::Result<Value> {
         }
         "set-chap" => {
             need(2)?;
-            let chap = if a.len() == 2 {
+            // No credentials, or USER '-': the ACL's CHAP credentials are cleared.
+            let chap = if a.len() == 2 || (a.len() == 3 && a[2] == "-") {
                 Value::Null
             } else {
                 chap_json(&a[2..])?

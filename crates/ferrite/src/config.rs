@@ -47,6 +47,9 @@ pub struct Settings {
     pub discovery_chap: Option<ChapConfig>,
     /// Unix socket of the admin API (`ferrite admin`); none disables it.
     pub admin_socket: Option<PathBuf>,
+    /// Where persistent reservations saved with APTPL live, one file per LUN (default: see
+    /// `pr_cli::state_dir`).
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -67,6 +70,7 @@ impl Default for Settings {
             tpg_enabled_sendtargets: true,
             discovery_chap: None,
             admin_socket: None,
+            state_dir: None,
         }
     }
 }
@@ -201,6 +205,10 @@ pub struct LunConfig {
     /// Physical block size in bytes: block_size times a power of two (default block_size).
     #[serde(default)]
     pub physical_block_size: Option<u32>,
+    /// Persistent reservations match registrations by initiator name alone, whatever the ISID
+    /// (for initiators that change it on every login; default false: by I_T nexus).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pr_match_initiator_name_only: bool,
 }
 
 fn default_block_size() -> u32 {
@@ -306,6 +314,7 @@ impl Config {
                     serial: None,
                     removable: false,
                     physical_block_size: None,
+                    pr_match_initiator_name_only: false,
                 }],
                 acls: Vec::new(),
             }],

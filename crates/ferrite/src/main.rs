@@ -2,6 +2,7 @@
 
 mod admin;
 mod config;
+mod pr_cli;
 mod runtime;
 mod server;
 
@@ -17,6 +18,7 @@ ferrite — an iSCSI target
 USAGE:
     ferrite serve [OPTIONS]
     ferrite admin [--socket PATH] [--json] COMMAND [ARGS]   (ferrite admin --help)
+    ferrite pr show|clear [--state-dir DIR] ...              (ferrite pr --help)
 
 With no options, serves the demo target iqn.2026-11.io.ferrite:demo on 127.0.0.1:3260
 with LUN 0 a 1 GiB RAM disk, open to any initiator.
@@ -29,6 +31,9 @@ OPTIONS:
     --block-size N      logical block size of --lun LUNs: 512 (default) or 4096
     --admin-socket PATH admin API socket (default: settings.admin_socket, else
                         /run/ferrite/admin.sock; 'none' disables it)
+    --state-dir DIR     where APTPL persistent reservations are kept (default:
+                        settings.state_dir, $STATE_DIRECTORY, $XDG_STATE_HOME/ferrite,
+                        ~/.local/state/ferrite, ./ferrite-state)
     --log FILTER        log filter (default: info; also FERRITE_LOG)
     -h, --help          this text
 ";
@@ -41,6 +46,7 @@ struct Args {
     block_size: u32,
     log: Option<String>,
     admin_socket: Option<String>,
+    state_dir: Option<PathBuf>,
 }
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
@@ -52,6 +58,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
         block_size: 512,
         log: None,
         admin_socket: None,
+        state_dir: None,
     };
     match it.next().as_deref() {
         Some("serve") => {}
@@ -72,6 +79,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
             }
             "--log" => a.log = Some(val("--log")?),
             "--admin-socket" => a.admin_socket = Some(val("--admin-socket")?),
+            "--state-dir" => a.state_dir = Some(val("--state-dir")?.into()),
             "-h" | "--help" => return Ok(None),
             f => return Err(format!("unknown option {f:?}")),
         }
@@ -116,6 +124,7 @@ fn build_config(a: &Args) -> Result<Config, String> {
                 serial: None,
                 removable: false,
                 physical_block_size: None,
+                pr_match_initiator_name_only: false,
             })
             .collect();
     } else {
@@ -174,6 +183,9 @@ fn main() -> ExitCode {
     if argv.first().map(String::as_str) == Some("admin") {
         return admin_main(argv[1..].to_vec());
     }
+    if argv.first().map(String::as_str) == Some("pr") {
+        return pr_cli::main(&argv[1..]);
+    }
     let args = match parse_args(argv.into_iter()) {
         Ok(Some(a)) => a,
         Ok(None) => {
@@ -196,7 +208,12 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cfg = match build_config(&args) {
-        Ok(c) => c,
+        Ok(mut c) => {
+            if args.state_dir.is_some() {
+                c.settings.state_dir = args.state_dir.clone();
+            }
+            c
+        }
         Err(e) => {
             eprintln!("ferrite: {e}");
             return ExitCode::from(2);

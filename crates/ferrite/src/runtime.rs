@@ -17,6 +17,9 @@ use scsi_core::{DeviceServer, LogicalUnit, TargetPort};
 
 use crate::config::{ChapConfig, Config, LunConfig, TargetConfig};
 
+/// A view's LUN map: mapped LUN -> (target LUN, read-only).
+type LunMap = BTreeMap<u64, (u64, bool)>;
+
 /// View key of initiators admitted by demo mode (no ACL of their own).
 pub const DEMO_VIEW: &str = "";
 
@@ -98,16 +101,6 @@ impl Runtime {
         old: Option<&Runtime>,
         build_lu: &mut LuBuilder,
     ) -> anyhow::Result<Runtime> {
-        // Relative target port ids stay with their (target, tag) across rebuilds.
-        let mut next_rel = old
-            .map(|o| {
-                o.targets
-                    .iter()
-                    .flat_map(|t| t.groups.iter().map(|g| g.port.relative_port_id))
-                    .max()
-                    .unwrap_or(0)
-            })
-            .unwrap_or(0);
         let mut targets = Vec::new();
         for tc in &cfg.targets {
             let prev = old.and_then(|o| o.target(&tc.name));
@@ -122,16 +115,16 @@ impl Runtime {
             }
             let mut groups = Vec::new();
             for g in &tc.portal_groups {
+                // SPC-4 §7.8.6.x: the relative target port identifier is unique within the
+                // SCSI target device (our iSCSI target) and must not change under the
+                // initiator: it is the portal group tag, stable across restarts and edits.
                 let port = match prev.and_then(|p| p.group(g.tag)) {
                     Some(pg) => pg.port.clone(),
-                    None => {
-                        next_rel += 1;
-                        Arc::new(TargetPort {
-                            target_name: tc.name.clone(),
-                            tpg_tag: g.tag,
-                            relative_port_id: next_rel,
-                        })
-                    }
+                    None => Arc::new(TargetPort {
+                        target_name: tc.name.clone(),
+                        tpg_tag: g.tag,
+                        relative_port_id: g.tag,
+                    }),
                 };
                 groups.push(PortalGroup {
                     tag: g.tag,
@@ -151,13 +144,16 @@ impl Runtime {
                     chap: a.chap.clone(),
                 })
                 .collect();
-            // Desired LUN maps per view: mapped LUN -> target LUN.
-            let mut wanted: Vec<(String, BTreeMap<u64, u64>)> = Vec::new();
-            let all: BTreeMap<u64, u64> = lus.keys().map(|&k| (k, k)).collect();
+            // Desired LUN maps per view: mapped LUN -> (target LUN, read-only).
+            let mut wanted: Vec<(String, LunMap)> = Vec::new();
+            let all: LunMap = lus.keys().map(|&k| (k, (k, false))).collect();
             wanted.push((DEMO_VIEW.to_string(), all.clone()));
             for a in &tc.acls {
                 let m = match &a.luns {
-                    Some(list) => list.iter().map(|m| (m.mapped, m.lun)).collect(),
+                    Some(list) => list
+                        .iter()
+                        .map(|m| (m.mapped, (m.lun, m.read_only)))
+                        .collect(),
                     None => all.clone(),
                 };
                 wanted.push((a.initiator.clone(), m));
@@ -202,27 +198,29 @@ impl Runtime {
     }
 }
 
-/// Make `view` map exactly `map` (mapped LUN -> target LUN), adding and removing LUs in place.
+/// Make `view` map exactly `map` (mapped LUN -> target LUN, read-only), adding and removing
+/// LUs in place.
 fn sync_view(
     view: &DeviceServer,
-    map: &BTreeMap<u64, u64>,
+    map: &LunMap,
     lus: &BTreeMap<u64, (LunConfig, Arc<LogicalUnit>)>,
 ) -> anyhow::Result<()> {
     for mapped in view.luns() {
         let keep = map
             .get(&mapped)
-            .and_then(|t| lus.get(t))
+            .and_then(|(t, _)| lus.get(t))
             .zip(view.lu(mapped))
             .is_some_and(|((_, want), have)| Arc::ptr_eq(want, &have));
         if !keep {
             view.remove_lun(mapped);
         }
     }
-    for (&mapped, target_lun) in map {
+    for (&mapped, &(target_lun, read_only)) in map {
+        view.set_read_only(mapped, read_only);
         if view.lu(mapped).is_some() {
             continue;
         }
-        if let Some((_, lu)) = lus.get(target_lun) {
+        if let Some((_, lu)) = lus.get(&target_lun) {
             view.add_lun(mapped, lu.clone())
                 .map_err(|e| anyhow::anyhow!("LUN {mapped}: {e:?}"))?;
         }

@@ -32,6 +32,10 @@ struct SessionEntry {
     kill: watch::Sender<bool>,
     /// The LUN view the session uses (initiator name, or the demo view).
     view_key: String,
+    /// Connection ID of the session's one connection.
+    cid: u16,
+    /// Asks the connection to abort its tasks for a LUN of its view (PREEMPT AND ABORT).
+    abort: mpsc::UnboundedSender<u64>,
     peer: SocketAddr,
     params: iscsi_proto::Negotiated,
     target: Arc<Target>,
@@ -74,8 +78,13 @@ fn open_backstore(spec: &BackstoreSpec) -> anyhow::Result<Arc<dyn Backstore>> {
     })
 }
 
-/// Open the backstore of one LUN and build its logical unit.
-pub fn build_lu(t: &TargetConfig, l: &LunConfig) -> anyhow::Result<Arc<LogicalUnit>> {
+/// Open the backstore of one LUN and build its logical unit (with its persistent reservation
+/// state file in `state_dir`, see `pr_cli`).
+pub fn build_lu(
+    state_dir: Option<&std::path::Path>,
+    t: &TargetConfig,
+    l: &LunConfig,
+) -> anyhow::Result<Arc<LogicalUnit>> {
     let spec = BackstoreSpec::parse(&l.backstore).map_err(anyhow::Error::msg)?;
     let store = open_backstore(&spec)?;
     let cfg = LuConfig {
@@ -92,17 +101,56 @@ pub fn build_lu(t: &TargetConfig, l: &LunConfig) -> anyhow::Result<Arc<LogicalUn
             )
         }),
         naa_id: scsi_core::naa_from_name(&format!("{}/{}", t.name, l.id)),
+        removable: l.removable,
+        physical_block_size: l.physical_block_size.unwrap_or(0),
+        pr_match_initiator_name_only: l.pr_match_initiator_name_only,
         ..LuConfig::default()
     };
     let lu = LogicalUnit::new(cfg, store)
         .map_err(|e| anyhow::anyhow!("target {} LUN {}: {e}", t.name, l.id))?;
+    // Restores APTPL persistent reservations before anyone can log in.
+    let ram = matches!(spec, BackstoreSpec::Ram { .. });
+    crate::pr_cli::attach(&lu, state_dir, &t.name, l.id, ram)?;
     info!(target = %t.name, lun = l.id, backstore = %l.backstore, "LUN ready");
     Ok(Arc::new(lu))
 }
 
+/// The transport side of PREEMPT AND ABORT: routes the device server's request to the sessions
+/// of the preempted I_T nexuses, under whatever LUN number their view gives the logical unit.
+struct SessionAborter(std::sync::Weak<Daemon>);
+
+impl scsi_core::TaskAborter for SessionAborter {
+    fn abort_tasks(&self, lu: &LogicalUnit, _lun: u64, nexuses: &[Nexus]) {
+        let Some(d) = self.0.upgrade() else { return };
+        let sessions = d.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        for e in sessions.values().filter(|e| nexuses.contains(&e.nexus)) {
+            let Some(view) = e.target.views.get(&e.view_key) else {
+                continue;
+            };
+            for mapped in view.luns() {
+                if view.lu(mapped).is_some_and(|x| std::ptr::eq(&*x, lu)) {
+                    let _ = e.abort.send(mapped);
+                }
+            }
+        }
+    }
+}
+
 impl Daemon {
+    /// Hand every device server (view) of the runtime the session aborter.
+    fn wire_aborter(self: &Arc<Self>, rt: &Runtime) {
+        let aborter: Arc<dyn scsi_core::TaskAborter> =
+            Arc::new(SessionAborter(Arc::downgrade(self)));
+        for t in &rt.targets {
+            for v in t.views.values() {
+                v.set_task_aborter(aborter.clone());
+            }
+        }
+    }
+
     pub fn build(cfg: &Config, config_path: Option<PathBuf>) -> anyhow::Result<Arc<Daemon>> {
-        let rt = Runtime::build(cfg, None, &mut build_lu)?;
+        let state_dir = cfg.settings.state_dir.as_deref();
+        let rt = Runtime::build(cfg, None, &mut |t, l| build_lu(state_dir, t, l))?;
         let s = &cfg.settings;
         let conn_cfg = ConnConfig {
             offer: iscsi_proto::TargetOffer {
@@ -123,7 +171,7 @@ impl Daemon {
             login_timeout: Duration::from_secs(s.login_timeout_secs.max(1)),
             ..ConnConfig::default()
         };
-        Ok(Arc::new(Daemon {
+        let d = Arc::new(Daemon {
             rt: RwLock::new(Arc::new(rt)),
             conn_cfg,
             config_path,
@@ -132,7 +180,9 @@ impl Daemon {
             sessions: Mutex::new(HashMap::new()),
             next_tsih: AtomicU16::new(1),
             next_stat_sn: AtomicU32::new(0x1000),
-        }))
+        });
+        d.wire_aborter(&d.runtime());
+        Ok(d)
     }
 
     /// The runtime in force now.
@@ -234,9 +284,14 @@ impl Daemon {
         cfg.validate().map_err(anyhow::Error::msg)?;
         let old = self.runtime();
         let d = self.clone();
-        let new =
-            tokio::task::spawn_blocking(move || Runtime::build(&cfg, Some(&old), &mut build_lu))
-                .await??;
+        let new = tokio::task::spawn_blocking(move || {
+            let state_dir = cfg.settings.state_dir.clone();
+            Runtime::build(&cfg, Some(&old), &mut |t, l| {
+                build_lu(state_dir.as_deref(), t, l)
+            })
+        })
+        .await??;
+        self.wire_aborter(&new);
         let new = Arc::new(new);
         *self.rt.write().unwrap_or_else(|e| e.into_inner()) = new.clone();
         let _ = d;
@@ -282,6 +337,17 @@ impl Daemon {
             .collect();
         v.sort_by_key(|x| x.tsih);
         v
+    }
+
+    /// End every session with `target` except the one of nexus `except` (TARGET COLD RESET).
+    pub fn end_target_sessions(&self, target: &str, except: &Nexus) {
+        let s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        for ((_, _, t, _), e) in s.iter() {
+            if t == target && *e.nexus != *except {
+                info!(target = %t, tsih = e.tsih, "target cold reset ends session");
+                let _ = e.kill.send(true);
+            }
+        }
     }
 
     /// End a session by TSIH. Returns whether it existed.
@@ -364,6 +430,7 @@ struct Attached {
     nexus: Option<Arc<Nexus>>,
     nexus_released: Arc<AtomicBool>,
     kill: Option<watch::Receiver<bool>>,
+    abort_tx: mpsc::UnboundedSender<u64>,
 }
 
 fn task_attr(a: u8) -> TaskAttr {
@@ -407,6 +474,7 @@ async fn run_connection(
         let _ = wr.shutdown().await;
     });
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(iscsi_proto::TaskId, TaskOutcome)>();
+    let (abort_tx, mut abort_rx) = mpsc::unbounded_channel::<u64>();
     let mut att = Attached {
         key: None,
         tsih: 0,
@@ -415,6 +483,7 @@ async fn run_connection(
         nexus: None,
         nexus_released: Arc::new(AtomicBool::new(false)),
         kill: None,
+        abort_tx,
     };
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut start = 0usize;
@@ -496,6 +565,11 @@ async fn run_connection(
                     });
                 }
                 ConnEvent::Tmf(a) => {
+                    if let (TmfAction::TargetColdReset, Some(n)) = (&a, &att.nexus) {
+                        // RFC 7143 §11.5.1: a cold reset ends the target's connections to all
+                        // initiators (this one closes itself after the response).
+                        daemon.end_target_sessions(&n.target_port.target_name, n);
+                    }
                     if let Some(d) = att.view.clone() {
                         // Device-server side effects of the TMF (unit attentions, releases).
                         let _ = tokio::task::spawn_blocking(move || match a {
@@ -564,6 +638,11 @@ async fn run_connection(
                 while let Ok((id, outcome)) = done_rx.try_recv() {
                     conn.complete_task(id, outcome);
                 }
+            }
+            Some(mapped) = abort_rx.recv() => {
+                // SPC-4 §5.13.11.2.5: another nexus's PREEMPT AND ABORT ends our tasks there.
+                info!(%peer, lun = mapped, "tasks aborted by PREEMPT AND ABORT");
+                conn.abort_tasks_for(|field| scsi_core::lun_from_wire(field) == Some(mapped));
             }
             _ = sleep => conn.handle_timeout(Instant::now()),
             _ = kill => {
@@ -635,11 +714,21 @@ fn login_complete(
         group.tag,
     );
     let mut sessions = daemon.sessions.lock().unwrap_or_else(|e| e.into_inner());
-    if r.tsih != 0 && sessions.get(&key).is_none_or(|e| e.tsih != r.tsih) {
-        // RFC 7143 §11.13.5: joining a session that does not exist.
-        drop(sessions);
-        conn.refuse_login(LoginStatus::SESSION_DOES_NOT_EXIST);
-        return;
+    if r.tsih != 0 {
+        let status = match sessions.get(&key) {
+            // RFC 7143 §11.13.5: joining a session that does not exist.
+            Some(e) if e.tsih != r.tsih => Some(LoginStatus::SESSION_DOES_NOT_EXIST),
+            None => Some(LoginStatus::SESSION_DOES_NOT_EXIST),
+            // MaxConnections is 1: another connection cannot join (0206). Reinstating the
+            // same connection (same CID) replaces it, RFC 7143 §6.3.4.
+            Some(e) if e.cid != r.cid => Some(LoginStatus::TOO_MANY_CONNECTIONS),
+            Some(_) => None,
+        };
+        if let Some(status) = status {
+            drop(sessions);
+            conn.refuse_login(status);
+            return;
+        }
     }
     if let Some(old) = sessions.remove(&key) {
         // RFC 7143 §6.3.5 (session reinstatement): a new leading login from the same
@@ -671,6 +760,8 @@ fn login_complete(
             tsih,
             kill: kill_tx,
             view_key,
+            cid: r.cid,
+            abort: att.abort_tx.clone(),
             peer,
             params: r.params.clone(),
             target: target.clone(),

@@ -1491,6 +1491,18 @@ impl Connection {
         }
     }
 
+    /// Abort, without any response, every task whose LUN field satisfies `lun` (SPC-4
+    /// §5.13.11.2.5: PREEMPT AND ABORT issued through another I_T nexus). Tasks already with the
+    /// device server have their results dropped.
+    pub fn abort_tasks_for(&mut self, lun: impl Fn(u64) -> bool) {
+        if self.closed || !matches!(self.phase, Phase::Full(_)) {
+            return;
+        }
+        let mut ignored = HashSet::new();
+        self.abort_where(|t| lun(t.lun), &mut ignored);
+        self.update_window();
+    }
+
     /// Session reinstatement or an operator closed this session: stop now.
     pub fn shutdown(&mut self, reason: &'static str) {
         self.close(reason);

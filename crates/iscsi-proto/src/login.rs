@@ -425,6 +425,8 @@ impl Login {
             };
             self.policy = dir.auth(&initiator, target.as_deref());
         }
+        // Whether this request moved the authentication exchange on (see the T=1 case below).
+        let advanced_auth = offered_auth.is_some() || !chap_keys.is_empty();
         if let Some(offer) = offered_auth {
             if stage != Stage::Security || self.auth != Auth::Start {
                 return self.fail(req, LoginStatus::INITIATOR_ERROR);
@@ -493,6 +495,21 @@ impl Login {
             _ => false,
         };
         if !authenticated {
+            // RFC 7143 appendix B: an initiator may ask to transit (T=1) in the request that
+            // offers AuthMethod=CHAP or answers a CHAP step (libiscsi does); the target answers
+            // with T=0 and the next CHAP keys until the exchange is finished.
+            let in_progress = matches!(self.auth, Auth::ChapChosen | Auth::ChapChallenged { .. });
+            if in_progress && advanced_auth {
+                self.respond(
+                    req,
+                    false,
+                    Stage::Security,
+                    LoginStatus::SUCCESS,
+                    0,
+                    &answers,
+                );
+                return LoginStep::Continue;
+            }
             return self.fail(req, LoginStatus::AUTHENTICATION_FAILURE);
         }
         match req.nsg {
@@ -619,5 +636,122 @@ impl Login {
             return;
         };
         self.fail(&req, status);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Open to anyone, CHAP required with alice's credentials.
+    struct Dir;
+    impl Directory for Dir {
+        fn tpg_tag(&self) -> u16 {
+            1
+        }
+        fn target(&self, _t: &str, _i: &str) -> Option<Option<String>> {
+            Some(None)
+        }
+        fn send_targets(&self, _i: &str, _f: Option<&str>) -> Vec<(String, Vec<String>)> {
+            Vec::new()
+        }
+        fn auth(&self, _i: &str, _t: Option<&str>) -> AuthPolicy {
+            AuthPolicy {
+                required: true,
+                initiator: Some(Secret {
+                    user: "alice".into(),
+                    secret: b"alice-secret-12".to_vec(),
+                }),
+                target: None,
+            }
+        }
+    }
+
+    fn req(transit: bool, nsg: Stage) -> LoginRequest {
+        LoginRequest {
+            transit,
+            cont: false,
+            csg: Stage::Security,
+            nsg,
+            version_max: 0,
+            version_min: 0,
+            isid: 0x8000_0000_0001,
+            tsih: 0,
+            itt: 1,
+            cid: 0,
+            cmd_sn: 1,
+            exp_stat_sn: 0,
+        }
+    }
+
+    /// The response to one request: (transit, status, keys).
+    fn step(
+        l: &mut Login,
+        r: &LoginRequest,
+        keys: &[(&str, &str)],
+    ) -> (bool, LoginStatus, Vec<(String, String)>) {
+        let pairs: Vec<(String, String)> = keys
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        l.handle(r, &text::encode(&pairs), &Dir);
+        let out = l.take_output();
+        let Header::LoginResponse(h) = &out[0].header else {
+            panic!("not a login response")
+        };
+        (
+            h.transit,
+            h.status,
+            text::parse(out[0].data.as_slice()).unwrap(),
+        )
+    }
+
+    fn get<'a>(p: &'a [(String, String)], k: &str) -> &'a str {
+        p.iter()
+            .find(|(a, _)| a == k)
+            .map(|(_, v)| v.as_str())
+            .unwrap()
+    }
+
+    #[test]
+    fn chap_offered_with_transit_set_continues_with_t0() {
+        // libiscsi's sequence: AuthMethod=CHAP,None with T=1 NSG=1, then CHAP_A with T=0 NSG=1,
+        // then CHAP_N/CHAP_R with T=1 (RFC 7143 appendix B).
+        let mut l = Login::new(TargetOffer::default(), 8, 1, [7; 33]);
+        let first = [
+            ("InitiatorName", "iqn.2026-11.test:init"),
+            ("TargetName", "iqn.2026-11.test:t"),
+            ("SessionType", "Normal"),
+            ("AuthMethod", "CHAP,None"),
+        ];
+        let (t, st, p) = step(&mut l, &req(true, Stage::Operational), &first);
+        assert_eq!((t, st), (false, LoginStatus::SUCCESS));
+        assert_eq!(get(&p, "AuthMethod"), "CHAP");
+        let (t, st, p) = step(&mut l, &req(false, Stage::Operational), &[("CHAP_A", "5")]);
+        assert_eq!((t, st), (false, LoginStatus::SUCCESS));
+        let id: u8 = get(&p, "CHAP_I").parse().unwrap();
+        let c = chap::decode_binary(get(&p, "CHAP_C")).unwrap();
+        let r = chap::encode_hex(&Algorithm::Md5.response(id, b"alice-secret-12", &c));
+        let (t, st, _) = step(
+            &mut l,
+            &req(true, Stage::Operational),
+            &[("CHAP_N", "alice"), ("CHAP_R", &r)],
+        );
+        assert_eq!((t, st), (true, LoginStatus::SUCCESS));
+    }
+
+    #[test]
+    fn transit_without_finishing_chap_is_authentication_failure() {
+        let mut l = Login::new(TargetOffer::default(), 8, 1, [7; 33]);
+        let first = [
+            ("InitiatorName", "iqn.2026-11.test:init"),
+            ("TargetName", "iqn.2026-11.test:t"),
+            ("AuthMethod", "CHAP"),
+        ];
+        step(&mut l, &req(false, Stage::Operational), &first);
+        step(&mut l, &req(false, Stage::Operational), &[("CHAP_A", "5")]);
+        // T=1 with no CHAP_N/CHAP_R: the exchange did not move, so the stage cannot end.
+        let (t, st, _) = step(&mut l, &req(true, Stage::Operational), &[]);
+        assert_eq!((t, st), (false, LoginStatus::AUTHENTICATION_FAILURE));
     }
 }

@@ -8,25 +8,35 @@
 //! answers REPORT SUPPORTED OPERATION CODES; `spc` and `sbc` hold the command handlers, `vpd`
 //! and `mode` the INQUIRY and mode pages; [`sense`] is the one table from [`SenseReason`] to
 //! sense key / ASC / ASCQ; `ua` keeps unit attentions per I_T nexus; `lu` is a logical unit with
-//! its configuration and state.
+//! its configuration and state; `pr` holds persistent reservations (rules, wire formats, state
+//! stores).
 
 use std::sync::Arc;
 
 mod cdb;
+mod locks;
 mod lu;
+mod media;
 mod mode;
 mod opcodes;
+mod pr;
+mod sanitize;
 mod sbc;
 pub mod sense;
 mod server;
 mod spc;
 mod ua;
 mod vpd;
+mod xcopy;
 
 #[cfg(test)]
 mod tests;
 
 pub use lu::{fnv1a64, limits, naa_from_name, ConfigError, LogicalUnit, LuConfig, NAA_COMPANY_ID};
+pub use pr::{
+    FilePrStore, MemPrStore, PrState, PrStore, PrType, Registration, Reservation, TaskAborter, Who,
+    MAX_REGISTRATIONS,
+};
 pub use sense::{Sense, SenseReason};
 pub use server::{lun_from_wire, lun_to_wire, AddLunError, DeviceServer, MAX_FLAT_LUN, MAX_LUN};
 pub use vpd::target_port_name;

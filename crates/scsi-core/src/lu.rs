@@ -1,14 +1,20 @@
 //! A logical unit: its configuration, its backstore, and the state the device server keeps for
-//! it (mode pages, unit attentions per I_T nexus, SPC-2 reservation, the write lock).
+//! it (mode pages, unit attentions per I_T nexus, SPC-2 reservation, LBA range locks, removable
+//! medium, sanitize and copy-manager state).
 
+use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use backstore::Backstore;
 
+use crate::cdb::Fail;
+use crate::locks::{RangeGuard, RangeLocks};
 use crate::mode::ModeState;
 use crate::sense::SenseReason;
 use crate::ua::UnitAttentions;
+use crate::xcopy::CopyStatus;
 use crate::Nexus;
 
 /// Block Limits (VPD B0h) values this device server advertises and enforces (SBC-4 §6.6.4).
@@ -25,6 +31,12 @@ pub mod limits {
     pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
     /// MAXIMUM COMPARE AND WRITE LENGTH, in logical blocks (the CDB field is one byte).
     pub const MAX_COMPARE_AND_WRITE_BLOCKS: u8 = 255;
+    /// MAXIMUM ATOMIC TRANSFER LENGTH, in bytes (the VPD field is in blocks). Every write is
+    /// done under an exclusive range lock, so any write up to MAXIMUM TRANSFER LENGTH could be
+    /// atomic; the smaller bound keeps one atomic write from holding a large range for long.
+    pub const MAX_ATOMIC_TRANSFER_BYTES: u32 = 1 << 20;
+    /// Copy results held per logical unit for RECEIVE COPY RESULTS (SPC-4 §6.18).
+    pub const MAX_HELD_COPY_RESULTS: usize = 64;
 }
 
 /// Fixed IEEE company identifier used in the NAA designators we generate.
@@ -75,9 +87,19 @@ pub struct LuConfig {
     /// Thin provisioning: report LBPME / UNMAP / WRITE SAME with UNMAP (only if the backstore
     /// can deallocate, see `Backstore::supports_unmap`).
     pub thin: bool,
+    /// Removable medium (RMB = 1): START STOP UNIT ejects and loads it, PREVENT ALLOW MEDIUM
+    /// REMOVAL locks it in (SBC-4 §4.x removable medium, §5.13, §5.25).
+    pub removable: bool,
+    /// Physical block length in bytes: the logical block size times a power of two (READ
+    /// CAPACITY(16) LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT). 0 means "same as block_size".
+    pub physical_block_size: u32,
     /// Establish POWER ON, RESET, OR BUS DEVICE RESET OCCURRED for each new I_T nexus
     /// (SPC-4 §5.14). Real initiators (and libiscsi's login) clear it with TEST UNIT READY.
     pub report_power_on_ua: bool,
+    /// Persistent reservations: a registration matches its initiator name whatever the ISID
+    /// (for initiators, like open-iscsi, that pick a new ISID on every login). SPC-4 keys
+    /// registrations by I_T nexus, so this is off by default.
+    pub pr_match_initiator_name_only: bool,
 }
 
 impl Default for LuConfig {
@@ -91,7 +113,10 @@ impl Default for LuConfig {
             block_size: 512,
             read_only: false,
             thin: false,
+            removable: false,
+            physical_block_size: 0,
             report_power_on_ua: true,
+            pr_match_initiator_name_only: false,
         }
     }
 }
@@ -105,6 +130,8 @@ pub enum ConfigError {
     Text { field: &'static str, max_len: usize },
     /// The backstore is smaller than one logical block.
     TooSmall { size: u64, block_size: u32 },
+    /// Physical block size that is not the logical block size times 2^0..2^15.
+    PhysicalBlockSize { physical: u32, logical: u32 },
 }
 
 impl fmt::Display for ConfigError {
@@ -120,6 +147,10 @@ impl fmt::Display for ConfigError {
                     "backstore of {size} bytes holds no {block_size}-byte block"
                 )
             }
+            ConfigError::PhysicalBlockSize { physical, logical } => write!(
+                f,
+                "physical block size {physical} is not {logical} times a power of two"
+            ),
         }
     }
 }
@@ -140,6 +171,25 @@ pub(crate) struct LuState {
     pub ua: UnitAttentions,
     /// SPC-2 RESERVE(6)/(10) holder.
     pub reservation: Option<Nexus>,
+    /// Persistent reservations (SPC-4 §5.13).
+    pub pr: crate::pr::PrLu,
+}
+
+/// Removable-medium and sanitize state (kept apart from `LuState` so the checks every media
+/// command makes are a couple of atomic loads).
+#[derive(Debug)]
+struct Media {
+    /// A medium is loaded. Always true for a fixed-medium LU.
+    loaded: AtomicBool,
+    /// A SANITIZE is running: every command but INQUIRY, REPORT LUNS and REQUEST SENSE is
+    /// refused with SANITIZE IN PROGRESS (SBC-4 §4.11.2).
+    sanitizing: AtomicBool,
+    /// The last sanitize failed; media access fails until it is redone or EXIT FAILURE MODE
+    /// (SBC-4 §4.11.5).
+    sanitize_failed: AtomicBool,
+    /// I_T nexuses whose PREVENT ALLOW MEDIUM REMOVAL holds the medium in (SBC-4 §5.13: the
+    /// medium may be removed only when no nexus prevents it).
+    prevent: Mutex<HashSet<Nexus>>,
 }
 
 /// One disk logical unit.
@@ -149,9 +199,11 @@ pub struct LogicalUnit {
     store: Arc<dyn Backstore>,
     state: Mutex<LuState>,
     mode: Mutex<ModeState>,
-    /// Writes hold it shared; COMPARE AND WRITE holds it exclusively, which makes the
-    /// compare and the write one atomic step with respect to every other write (SBC-4 §5.3).
-    write_lock: RwLock<()>,
+    /// LBA range locks: reads shared, writes exclusive (see `locks`).
+    ranges: RangeLocks,
+    media: Media,
+    /// EXTENDED COPY results held for RECEIVE COPY RESULTS, per (I_T nexus, list identifier).
+    copy_results: Mutex<HashMap<(Nexus, u8), CopyStatus>>,
 }
 
 impl fmt::Debug for LogicalUnit {
@@ -173,6 +225,20 @@ impl LogicalUnit {
         check_text("revision", &cfg.revision, 4)?;
         // VPD 80h: PAGE LENGTH is one byte after a 4-byte header.
         check_text("serial", &cfg.serial, 251)?;
+        let physical = match cfg.physical_block_size {
+            0 => cfg.block_size,
+            p => p,
+        };
+        if physical < cfg.block_size
+            || physical % cfg.block_size != 0
+            || !(physical / cfg.block_size).is_power_of_two()
+            || physical / cfg.block_size > 1 << 15
+        {
+            return Err(ConfigError::PhysicalBlockSize {
+                physical,
+                logical: cfg.block_size,
+            });
+        }
         if store.size() < u64::from(cfg.block_size) {
             return Err(ConfigError::TooSmall {
                 size: store.size(),
@@ -190,7 +256,14 @@ impl LogicalUnit {
             store,
             state: Mutex::new(LuState::default()),
             mode: Mutex::new(ModeState::default()),
-            write_lock: RwLock::new(()),
+            ranges: RangeLocks::default(),
+            media: Media {
+                loaded: AtomicBool::new(true),
+                sanitizing: AtomicBool::new(false),
+                sanitize_failed: AtomicBool::new(false),
+                prevent: Mutex::new(HashSet::new()),
+            },
+            copy_results: Mutex::new(HashMap::new()),
         })
     }
 
@@ -226,6 +299,125 @@ impl LogicalUnit {
         limits::MAX_TRANSFER_BYTES / self.cfg.block_size
     }
 
+    /// Maximum atomic transfer length in logical blocks (VPD B0h, WRITE ATOMIC(16)).
+    pub fn max_atomic_blocks(&self) -> u32 {
+        limits::MAX_ATOMIC_TRANSFER_BYTES / self.cfg.block_size
+    }
+
+    /// LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT (READ CAPACITY(16), SBC-4 §5.21.2).
+    pub fn lbppb_exponent(&self) -> u8 {
+        match self.cfg.physical_block_size {
+            0 => 0,
+            p => (p / self.cfg.block_size).trailing_zeros() as u8,
+        }
+    }
+
+    /// Logical blocks per physical block.
+    pub fn lbppb(&self) -> u32 {
+        1 << self.lbppb_exponent()
+    }
+
+    pub fn removable(&self) -> bool {
+        self.cfg.removable
+    }
+
+    /// Whether a medium is loaded (always, for a fixed-medium LU).
+    pub fn medium_loaded(&self) -> bool {
+        self.media.loaded.load(Ordering::SeqCst)
+    }
+
+    /// Whether a SANITIZE is running on this LU.
+    pub fn sanitizing(&self) -> bool {
+        self.media.sanitizing.load(Ordering::SeqCst)
+    }
+
+    /// The readiness check of every command that needs the medium (SBC-4 §4.x): MEDIUM NOT
+    /// PRESENT when a removable medium is out; SANITIZE COMMAND FAILED while a failed sanitize
+    /// has not been redone or exited (SBC-4 §4.11.5).
+    pub(crate) fn check_ready(&self) -> Result<(), Fail> {
+        if !self.medium_loaded() {
+            return Err(SenseReason::MediumNotPresent.into());
+        }
+        if self.media.sanitize_failed.load(Ordering::SeqCst) {
+            return Err(SenseReason::SanitizeFailed.into());
+        }
+        Ok(())
+    }
+
+    /// Lock blocks `[lba, lba + count)` shared (reads) or exclusive (anything that writes).
+    pub(crate) fn lock_range(&self, lba: u64, count: u64, exclusive: bool) -> RangeGuard<'_> {
+        self.ranges.lock(lba, count, exclusive)
+    }
+
+    /// Lock every block (SANITIZE).
+    pub(crate) fn lock_all(&self) -> RangeGuard<'_> {
+        self.ranges.lock_all()
+    }
+
+    /// Mark a sanitize as running (`true`) or finished (`false`, with its outcome).
+    pub(crate) fn set_sanitizing(&self, running: bool, failed: bool) {
+        self.media.sanitizing.store(running, Ordering::SeqCst);
+        if !running {
+            self.media.sanitize_failed.store(failed, Ordering::SeqCst);
+        }
+    }
+
+    /// SANITIZE EXIT FAILURE MODE (SBC-4 §5.30.2.5).
+    pub(crate) fn exit_sanitize_failure(&self) {
+        self.media.sanitize_failed.store(false, Ordering::SeqCst);
+    }
+
+    /// Record PREVENT (`true`) or ALLOW for `nexus` (SBC-4 §5.13).
+    pub(crate) fn set_prevent(&self, nexus: &Nexus, prevent: bool) {
+        let mut p = lock(&self.media.prevent);
+        if prevent {
+            p.insert(nexus.clone());
+        } else {
+            p.remove(nexus);
+        }
+    }
+
+    /// Whether any I_T nexus prevents medium removal.
+    pub fn removal_prevented(&self) -> bool {
+        !lock(&self.media.prevent).is_empty()
+    }
+
+    /// Eject (`false`) or load (`true`) the medium. Loading tells every other I_T nexus that the
+    /// medium may have changed (SPC-4 §5.14, 28h/00h).
+    pub(crate) fn set_loaded(&self, loaded: bool, by: &Nexus) {
+        let was = self.media.loaded.swap(loaded, Ordering::SeqCst);
+        if loaded && !was {
+            self.state()
+                .ua
+                .establish_all(SenseReason::MediumMayHaveChanged, Some(by));
+        }
+    }
+
+    /// Hold the outcome of an EXTENDED COPY for RECEIVE COPY RESULTS.
+    pub(crate) fn hold_copy_status(&self, nexus: &Nexus, list_id: u8, status: CopyStatus) {
+        let mut held = lock(&self.copy_results);
+        if held.len() >= limits::MAX_HELD_COPY_RESULTS
+            && !held.contains_key(&(nexus.clone(), list_id))
+        {
+            // Bounded: the oldest is unknown in a HashMap, so drop this nexus's others first,
+            // then anything.
+            let victim = held
+                .keys()
+                .find(|(n, _)| n == nexus)
+                .or_else(|| held.keys().next())
+                .cloned();
+            if let Some(v) = victim {
+                held.remove(&v);
+            }
+        }
+        held.insert((nexus.clone(), list_id), status);
+    }
+
+    /// Take (and forget) the held outcome of `list_id` for `nexus`.
+    pub(crate) fn take_copy_status(&self, nexus: &Nexus, list_id: u8) -> Option<CopyStatus> {
+        lock(&self.copy_results).remove(&(nexus.clone(), list_id))
+    }
+
     /// DATA PROTECT reason if writes are refused right now (read-only LU or SWP set).
     pub fn write_protection(&self) -> Option<SenseReason> {
         if self.cfg.read_only {
@@ -250,26 +442,24 @@ impl LogicalUnit {
         lock(&self.state)
     }
 
-    pub(crate) fn write_shared(&self) -> RwLockReadGuard<'_, ()> {
-        self.write_lock.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub(crate) fn write_exclusive(&self) -> RwLockWriteGuard<'_, ()> {
-        self.write_lock.write().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Reset to power-on conditions (SAM-5 §6.3.3 logical unit reset / hard reset): release the
-    /// SPC-2 reservation, restore mode parameters to their defaults and establish `ua` for every
-    /// known I_T nexus.
+    /// SPC-2 reservation, restore mode parameters to their defaults, clear every PREVENT (SBC-4
+    /// §5.13) and held copy result (SPC-4 §6.4.1), and establish `ua` for every known I_T nexus.
+    /// A loaded or ejected medium stays as it is; a running sanitize carries on (SBC-4 §4.11.2).
     pub(crate) fn reset(&self, ua: SenseReason) {
         *self.mode_lock() = ModeState::default();
+        lock(&self.media.prevent).clear();
+        lock(&self.copy_results).clear();
         let mut st = self.state();
         st.reservation = None;
         st.ua.reset_all(ua);
     }
 
-    /// I_T nexus loss: release its reservation and forget its unit attentions.
+    /// I_T nexus loss: release its reservation and its PREVENT (SBC-4 §5.13), drop its held
+    /// copy results and forget its unit attentions.
     pub(crate) fn nexus_lost(&self, nexus: &Nexus) {
+        lock(&self.media.prevent).remove(nexus);
+        lock(&self.copy_results).retain(|(n, _), _| n != nexus);
         let mut st = self.state();
         if st.reservation.as_ref() == Some(nexus) {
             st.reservation = None;

@@ -56,9 +56,9 @@ pub enum PageControl {
 }
 
 /// Device-specific parameter for direct-access devices (SBC-4 §6.5.1): WP, DPOFUA.
-fn device_specific(lu: &LogicalUnit) -> u8 {
+fn device_specific(cmd: &Cmd, lu: &LogicalUnit) -> u8 {
     let mut b = 0x10; // DPOFUA: DPO and FUA are supported
-    if lu.write_protection().is_some() {
+    if cmd.read_only || lu.write_protection().is_some() {
         b |= 0x80; // WP
     }
     b
@@ -194,7 +194,7 @@ pub fn mode_sense(cmd: &Cmd, lu: &LogicalUnit, ten: bool) -> CmdResult {
         }
     }
 
-    let dsp = device_specific(lu);
+    let dsp = device_specific(cmd, lu);
     let mut out = Vec::with_capacity(8 + bd.len() + pages.len());
     if ten {
         // SPC-4 §7.5.5 mode parameter header(10).

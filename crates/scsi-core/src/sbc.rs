@@ -2,8 +2,13 @@
 //!
 //! Common order of checks for a command that moves blocks (SBC-4 §4.5, §5.x):
 //! CDB fields (the opcode table refuses reserved bits, RDPROTECT/WRPROTECT/VRPROTECT and
-//! unsupported options) → MAXIMUM TRANSFER LENGTH → LBA range (`checked_add`, LOGICAL BLOCK
-//! ADDRESS OUT OF RANGE) → write protection (DATA PROTECT) → data-out → backstore.
+//! unsupported options) → medium present / not failed (NOT READY, `LogicalUnit::check_ready`)
+//! → MAXIMUM TRANSFER LENGTH → LBA range (`checked_add`, LOGICAL BLOCK ADDRESS OUT OF RANGE) →
+//! write protection (DATA PROTECT) → data-out → LBA range lock → backstore.
+//!
+//! Range locks (`locks`): reads hold their blocks shared, everything that writes holds them
+//! exclusive, so COMPARE AND WRITE, ORWRITE and WRITE ATOMIC are indivisible with respect to
+//! every other command on those blocks (SBC-4 §5.3, §4.29) and no read sees a torn block.
 //!
 //! Data-out shorter than the CDB asks for (the initiator's Expected Data Transfer Length was
 //! smaller than TRANSFER LENGTH × block size): whole blocks received are written and the command
@@ -69,7 +74,7 @@ fn decode(c: Bytes) -> Xfer {
 }
 
 /// SBC-4 §4.5: the range [lba, lba + len) must lie within the capacity.
-fn check_range(lu: &LogicalUnit, lba: u64, len: u64) -> Result<(), Fail> {
+pub(crate) fn check_range(lu: &LogicalUnit, lba: u64, len: u64) -> Result<(), Fail> {
     match lba.checked_add(len) {
         Some(end) if end <= lu.num_blocks() => Ok(()),
         _ => Err(SenseReason::LbaOutOfRange.into()),
@@ -85,7 +90,16 @@ fn check_max_transfer(lu: &LogicalUnit, x: &Xfer) -> Result<(), Fail> {
 }
 
 /// DATA PROTECT if the LU does not take writes now (SBC-4 §4.11).
-fn check_writable(lu: &LogicalUnit) -> Result<(), Fail> {
+/// A read-only mapping of the LU in the addressing view (an ACL option) protects it too.
+pub(crate) fn check_writable(cmd: &Cmd, lu: &LogicalUnit) -> Result<(), Fail> {
+    if cmd.read_only {
+        return Err(SenseReason::WriteProtected.into());
+    }
+    check_lu_writable(lu)
+}
+
+/// DATA PROTECT if the LU itself does not take writes now (SBC-4 §4.11).
+pub(crate) fn check_lu_writable(lu: &LogicalUnit) -> Result<(), Fail> {
     match lu.write_protection() {
         Some(reason) => Err(reason.into()),
         None => Ok(()),
@@ -105,7 +119,7 @@ fn data_blocks<'a>(cmd: &Cmd<'a>, blocks: u64, bs: u64) -> Result<&'a [u8], Fail
     }
 }
 
-fn read_blocks(lu: &LogicalUnit, lba: u64, blocks: u64) -> Result<Vec<u8>, Fail> {
+pub(crate) fn read_blocks(lu: &LogicalUnit, lba: u64, blocks: u64) -> Result<Vec<u8>, Fail> {
     let bs = u64::from(lu.block_size());
     let mut buf = vec![0u8; (blocks * bs) as usize];
     lu.backstore()
@@ -122,15 +136,15 @@ fn flush(lu: &LogicalUnit) -> Result<(), Fail> {
 
 /// Make completed writes durable when FUA asks for it or the write cache is off (caching mode
 /// page WCE = 0, SBC-4 §6.5.5).
-fn flush_if(lu: &LogicalUnit, fua: bool) -> Result<(), Fail> {
+pub(crate) fn flush_if(lu: &LogicalUnit, fua: bool) -> Result<(), Fail> {
     if fua || !lu.mode().wce {
         flush(lu)?;
     }
     Ok(())
 }
 
-/// Write `data` (whole blocks) at `lba`. The caller holds the LU write lock.
-fn write_blocks(lu: &LogicalUnit, lba: u64, data: &[u8]) -> Result<(), Fail> {
+/// Write `data` (whole blocks) at `lba`. The caller holds the range exclusively.
+pub(crate) fn write_blocks(lu: &LogicalUnit, lba: u64, data: &[u8]) -> Result<(), Fail> {
     let bs = u64::from(lu.block_size());
     lu.backstore()
         .write_at(data, lba * bs)
@@ -138,7 +152,12 @@ fn write_blocks(lu: &LogicalUnit, lba: u64, data: &[u8]) -> Result<(), Fail> {
 }
 
 /// Write `block` to each of `count` blocks from `lba`, a chunk at a time.
-fn write_pattern(lu: &LogicalUnit, lba: u64, count: u64, block: &[u8]) -> Result<(), Fail> {
+pub(crate) fn write_pattern(
+    lu: &LogicalUnit,
+    lba: u64,
+    count: u64,
+    block: &[u8],
+) -> Result<(), Fail> {
     let bs = block.len() as u64;
     let per_chunk = (CHUNK_BYTES / bs).clamp(1, count.max(1));
     let chunk = block.repeat(per_chunk as usize);
@@ -153,7 +172,7 @@ fn write_pattern(lu: &LogicalUnit, lba: u64, count: u64, block: &[u8]) -> Result
 
 /// Deallocate `count` blocks from `lba`; where the backstore cannot, write zeroes so that the
 /// blocks read back as zero, as LBPRZ = 1 promises (SBC-4 §4.7.4.5).
-fn deallocate(lu: &LogicalUnit, lba: u64, count: u64) -> Result<(), Fail> {
+pub(crate) fn deallocate(lu: &LogicalUnit, lba: u64, count: u64) -> Result<(), Fail> {
     let bs = u64::from(lu.block_size());
     match lu.backstore().unmap(lba * bs, count * bs) {
         Ok(true) => Ok(()),
@@ -175,12 +194,14 @@ fn miscompare(offset: usize) -> Fail {
 /// backstore to bypass); RDPROTECT ≠ 0 is refused by the opcode table.
 pub fn read(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
     let x = decode(cmd.cdb);
+    lu.check_ready()?;
     check_max_transfer(lu, &x)?;
     check_range(lu, x.lba, x.len)?;
     if x.len == 0 {
         // SBC-4 §5.16: TRANSFER LENGTH 0 is not an error and transfers nothing.
         return Ok(Vec::new());
     }
+    let _r = lu.lock_range(x.lba, x.len, false);
     read_blocks(lu, x.lba, x.len)
 }
 
@@ -189,14 +210,15 @@ pub fn write(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
     let x = decode(cmd.cdb);
     let bs = u64::from(lu.block_size());
     cmd.expect_out(x.len * bs);
+    lu.check_ready()?;
     check_max_transfer(lu, &x)?;
     check_range(lu, x.lba, x.len)?;
-    check_writable(lu)?;
+    check_writable(cmd, lu)?;
     let data = data_blocks(cmd, x.len, bs)?;
     if data.is_empty() {
         return Ok(Vec::new());
     }
-    let _w = lu.write_shared();
+    let _w = lu.lock_range(x.lba, data.len() as u64 / bs, true);
     write_blocks(lu, x.lba, data)?;
     flush_if(lu, x.fua)?;
     Ok(Vec::new())
@@ -216,6 +238,7 @@ pub fn verify(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
         // 10b is reserved.
         _ => return Err(bad_cdb(1, Some(2))),
     }
+    lu.check_ready()?;
     if bytchk != 0 {
         check_max_transfer(lu, &x)?;
     }
@@ -223,6 +246,7 @@ pub fn verify(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
     if x.len == 0 || bytchk == 0 {
         return Ok(Vec::new());
     }
+    let _r = lu.lock_range(x.lba, x.len, false);
     if bytchk == 1 {
         let data = data_blocks(cmd, x.len, bs)?;
         let medium = read_blocks(lu, x.lba, data.len() as u64 / bs)?;
@@ -255,14 +279,15 @@ pub fn write_and_verify(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
     if bytchk > 1 {
         return Err(bad_cdb(1, Some(2)));
     }
+    lu.check_ready()?;
     check_max_transfer(lu, &x)?;
     check_range(lu, x.lba, x.len)?;
-    check_writable(lu)?;
+    check_writable(cmd, lu)?;
     let data = data_blocks(cmd, x.len, bs)?;
     if data.is_empty() {
         return Ok(Vec::new());
     }
-    let _w = lu.write_shared();
+    let _w = lu.lock_range(x.lba, data.len() as u64 / bs, true);
     write_blocks(lu, x.lba, data)?;
     flush_if(lu, false)?;
     let back = read_blocks(lu, x.lba, data.len() as u64 / bs)?;
@@ -287,6 +312,7 @@ fn lba_count(c: Bytes) -> (u64, u64) {
 /// backstore is flushed either way.
 pub fn synchronize_cache(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
     let (lba, count) = lba_count(cmd.cdb);
+    lu.check_ready()?;
     check_range(lu, lba, count)?;
     flush(lu)?;
     Ok(Vec::new())
@@ -296,6 +322,7 @@ pub fn synchronize_cache(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
 /// would promise the blocks are now cached).
 pub fn pre_fetch(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
     let (lba, count) = lba_count(cmd.cdb);
+    lu.check_ready()?;
     check_range(lu, lba, count)?;
     Ok(Vec::new())
 }
@@ -306,6 +333,7 @@ pub fn read_capacity10(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
     if !cmd.cdb.bit(8, 0) && cmd.cdb.be32(2) != 0 {
         return Err(bad_cdb(2, None));
     }
+    lu.check_ready()?;
     let last = lu.num_blocks().saturating_sub(1);
     // SBC-4 §5.20.2: a last LBA that does not fit is reported as FFFFFFFFh (use the 16-byte
     // command).
@@ -323,42 +351,98 @@ pub fn read_capacity16(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
     if !cmd.cdb.bit(14, 0) && cmd.cdb.be64(2) != 0 {
         return Err(bad_cdb(2, None));
     }
+    lu.check_ready()?;
     let alloc = cmd.cdb.be32(10) as usize;
     let mut out = vec![0u8; 32];
     out[0..8].copy_from_slice(&lu.num_blocks().saturating_sub(1).to_be_bytes());
     out[8..12].copy_from_slice(&lu.block_size().to_be_bytes());
     // Byte 12: no protection information. Byte 13: P_I_EXPONENT 0, LOGICAL BLOCKS PER
-    // PHYSICAL BLOCK EXPONENT 0. Byte 14: LBPME, LBPRZ; LOWEST ALIGNED LBA 0.
+    // PHYSICAL BLOCK EXPONENT (SBC-4 §5.21.2). Byte 14: LBPME, LBPRZ; LOWEST ALIGNED LBA 0.
+    out[13] = lu.lbppb_exponent() & 0x0F;
     if lu.thin() {
         out[14] = 0x80 | 0x40;
     }
     Ok(clip(out, alloc))
 }
 
-/// GET LBA STATUS (SBC-4 §5.8). The backstore cannot tell mapped from deallocated, so one
-/// descriptor covers the rest of the LU with status 0h ("mapped or unknown"), which is always
-/// a true answer.
+/// PROVISIONING STATUS values (SBC-4 §5.8.2 table): 0h mapped (or unknown), 1h deallocated.
+const LBA_MAPPED: u8 = 0;
+const LBA_DEALLOCATED: u8 = 1;
+/// Descriptors one GET LBA STATUS returns at most (bounds the backstore queries one command
+/// makes).
+const MAX_LBA_STATUS_DESCRIPTORS: usize = 64;
+
+/// The blocks from `lba` that share one provisioning status: (end LBA, status). A block that is
+/// only partly deallocated (a hole smaller than a logical block) counts as mapped.
+fn lba_run(lu: &LogicalUnit, lba: u64) -> Result<(u64, u8), Fail> {
+    let bs = u64::from(lu.block_size());
+    let num = lu.num_blocks();
+    let ext = lu
+        .backstore()
+        .extent_at(lba * bs)
+        .map_err(|e| io_fail("extent query", SenseReason::UnrecoveredReadError, &e))?;
+    let Some(e) = ext else {
+        // The backstore cannot tell: "mapped or unknown" is always a true answer.
+        return Ok((num, LBA_MAPPED));
+    };
+    let end_byte = e.offset.saturating_add(e.len);
+    let run = if e.mapped {
+        (end_byte.div_ceil(bs), LBA_MAPPED)
+    } else if end_byte / bs > lba {
+        (end_byte / bs, LBA_DEALLOCATED)
+    } else {
+        (lba + 1, LBA_MAPPED)
+    };
+    Ok((run.0.clamp(lba + 1, num), run.1))
+}
+
+/// GET LBA STATUS (SBC-4 §5.8), answered from the backstore's holes and data (`extent_at`):
+/// descriptors from STARTING LOGICAL BLOCK ADDRESS on, adjacent runs of one status merged, as
+/// many as the ALLOCATION LENGTH holds (at least one, at most 64).
 pub fn get_lba_status(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
     let lba = cmd.cdb.be64(2);
     let alloc = cmd.cdb.be32(10) as usize;
+    lu.check_ready()?;
     let num = lu.num_blocks();
     // SBC-4 §5.8.1: a STARTING LOGICAL BLOCK ADDRESS beyond the last LBA is out of range.
     if lba >= num {
         return Err(SenseReason::LbaOutOfRange.into());
     }
-    let count = u32::try_from(num - lba).unwrap_or(u32::MAX);
-    let mut out = Vec::with_capacity(24);
-    out.extend_from_slice(&20u32.to_be_bytes()); // PARAMETER DATA LENGTH
+    let room = (alloc.saturating_sub(8) / 16).clamp(1, MAX_LBA_STATUS_DESCRIPTORS);
+    let mut descs: Vec<(u64, u64, u8)> = Vec::new();
+    let mut cur = lba;
+    while cur < num {
+        let (end, status) = lba_run(lu, cur)?;
+        let full = descs.len() == room;
+        match descs.last_mut() {
+            // NUMBER OF LOGICAL BLOCKS is 32 bits: a longer run takes several descriptors.
+            Some(last) if last.2 == status && last.1 + (end - cur) <= u64::from(u32::MAX) => {
+                last.1 += end - cur;
+                cur = end;
+            }
+            _ if full => break,
+            _ => {
+                let n = (end - cur).min(u64::from(u32::MAX));
+                descs.push((cur, n, status));
+                cur += n;
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(8 + 16 * descs.len());
+    out.extend_from_slice(&((4 + 16 * descs.len()) as u32).to_be_bytes()); // PARAMETER DATA LENGTH
     out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(&lba.to_be_bytes());
-    out.extend_from_slice(&count.to_be_bytes());
-    out.extend_from_slice(&[0; 4]); // PROVISIONING STATUS 0h + reserved
+    for (l, n, status) in descs {
+        out.extend_from_slice(&l.to_be_bytes());
+        out.extend_from_slice(&(n as u32).to_be_bytes());
+        out.extend_from_slice(&[status, 0, 0, 0]);
+    }
     Ok(clip(out, alloc))
 }
 
 /// READ DEFECT DATA(10/12) (SBC-4 §5.19, §5.20): the defect lists are empty.
-pub fn read_defect_data(cmd: &Cmd, _lu: &LogicalUnit) -> CmdResult {
+pub fn read_defect_data(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
     let c = cmd.cdb;
+    lu.check_ready()?;
     if c.u8(0) == 0x37 {
         let alloc = usize::from(c.be16(7));
         // PLISTV / GLISTV echo what was asked for (the lists exist, empty); same format.
@@ -386,6 +470,7 @@ pub fn write_same(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
     let ndob = sixteen && c.bit(1, 0);
     let bs = u64::from(lu.block_size());
     cmd.expect_out(if ndob { 0 } else { bs });
+    lu.check_ready()?;
 
     let count = if nlb == 0 {
         // SBC-4 §5.47 with WSNZ = 0: NUMBER OF LOGICAL BLOCKS 0 means through the last LBA.
@@ -402,10 +487,17 @@ pub fn write_same(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
     if count > limits::MAX_WRITE_SAME_BLOCKS {
         return Err(bad_cdb(nlb_off, None));
     }
-    check_writable(lu)?;
+    check_writable(cmd, lu)?;
     // SBC-4 §4.7.3.3: UNMAP only where logical block provisioning is on (LBPWS/LBPWS10 = 1).
     if unmap && !lu.thin() {
         return Err(bad_cdb(1, Some(3)));
+    }
+    // SBC-4 §5.47: the Data-Out Buffer holds exactly one logical block (none with NDOB). With
+    // any other amount the initiator and the CDB disagree on the layout: refuse rather than
+    // guess.
+    let sent = cmd.data_out.len() as u64;
+    if (!ndob && sent != bs) || (ndob && sent != 0) {
+        return Err(SenseReason::InvalidFieldInInformationUnit.into());
     }
     if count == 0 {
         return Ok(Vec::new());
@@ -413,13 +505,9 @@ pub fn write_same(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
     let block = if ndob {
         vec![0u8; bs as usize]
     } else {
-        let b = cmd.data_out.slice(0, bs as usize);
-        if (b.len() as u64) < bs {
-            return Err(SenseReason::InvalidFieldInInformationUnit.into());
-        }
-        b.to_vec()
+        cmd.data_out.slice(0, bs as usize).to_vec()
     };
-    let _w = lu.write_shared();
+    let _w = lu.lock_range(lba, count, true);
     if unmap {
         deallocate(lu, lba, count)?;
     } else {
@@ -433,7 +521,8 @@ pub fn write_same(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
 pub fn unmap(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
     let len = usize::from(cmd.cdb.be16(7));
     cmd.expect_out(len as u64);
-    check_writable(lu)?;
+    lu.check_ready()?;
+    check_writable(cmd, lu)?;
     // SBC-4 §5.32.1: PARAMETER LIST LENGTH 0 is not an error.
     if len == 0 {
         return Ok(Vec::new());
@@ -469,8 +558,8 @@ pub fn unmap(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
             ranges.push((lba, count));
         }
     }
-    let _w = lu.write_shared();
     for (lba, count) in ranges {
+        let _w = lu.lock_range(lba, count, true);
         deallocate(lu, lba, count)?;
     }
     Ok(Vec::new())
@@ -486,6 +575,7 @@ pub fn compare_and_write(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
     let bs = u64::from(lu.block_size());
     let need = 2 * nlb * bs;
     cmd.expect_out(need);
+    lu.check_ready()?;
     if nlb > u64::from(limits::MAX_COMPARE_AND_WRITE_BLOCKS) {
         return Err(bad_cdb(13, None));
     }
@@ -499,20 +589,87 @@ pub fn compare_and_write(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
         return Ok(Vec::new());
     }
     check_range(lu, lba, nlb)?;
-    check_writable(lu)?;
-    if (cmd.data_out.len() as u64) < need {
+    check_writable(cmd, lu)?;
+    // SBC-4 §5.3: the Data-Out Buffer is the verify instance followed by the write instance,
+    // each NUMBER OF LOGICAL BLOCKS long. Any other length leaves the split ambiguous.
+    if cmd.data_out.len() as u64 != need {
         return Err(SenseReason::InvalidFieldInInformationUnit.into());
     }
     let half = (nlb * bs) as usize;
     let verify = cmd.data_out.slice(0, half);
     let data = cmd.data_out.slice(half, half);
-    let _w = lu.write_exclusive();
+    let _w = lu.lock_range(lba, nlb, true);
     let medium = read_blocks(lu, lba, nlb)?;
     if let Some(off) = first_mismatch(verify, &medium) {
         // SBC-4 §5.3: INFORMATION = offset of the first byte that did not match.
         return Err(miscompare(off));
     }
     write_blocks(lu, lba, data)?;
+    flush_if(lu, fua)?;
+    Ok(Vec::new())
+}
+
+/// ORWRITE(16) (SBC-4 §5.9): OR the data-out into the blocks, as one indivisible
+/// read-modify-write under the range's exclusive lock. ORPROTECT ≠ 0 (no protection
+/// information) is refused by the opcode table; DPO and FUA are honoured as for WRITE.
+pub fn orwrite(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
+    let x = decode(cmd.cdb);
+    let bs = u64::from(lu.block_size());
+    cmd.expect_out(x.len * bs);
+    lu.check_ready()?;
+    check_max_transfer(lu, &x)?;
+    check_range(lu, x.lba, x.len)?;
+    check_writable(cmd, lu)?;
+    let data = data_blocks(cmd, x.len, bs)?;
+    if data.is_empty() {
+        // SBC-4 §5.9: TRANSFER LENGTH 0 is not an error.
+        return Ok(Vec::new());
+    }
+    let blocks = data.len() as u64 / bs;
+    let _w = lu.lock_range(x.lba, blocks, true);
+    let mut medium = read_blocks(lu, x.lba, blocks)?;
+    for (m, d) in medium.iter_mut().zip(data) {
+        *m |= d;
+    }
+    write_blocks(lu, x.lba, &medium)?;
+    flush_if(lu, x.fua)?;
+    Ok(Vec::new())
+}
+
+/// WRITE ATOMIC(16) (SBC-4 §4.29, §5.48): the blocks are written as one unit: no command
+/// reading or writing any of them sees a mix of old and new data (the range is held
+/// exclusively for the whole write). Limits from the Block Limits VPD page: MAXIMUM ATOMIC
+/// TRANSFER LENGTH; no alignment, granularity or boundary restrictions (ATOMIC BOUNDARY must be
+/// zero, as MAXIMUM ATOMIC BOUNDARY SIZE is zero).
+pub fn write_atomic(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
+    let c = cmd.cdb;
+    let lba = c.be64(2);
+    let boundary = c.be16(10);
+    let len = u64::from(c.be16(12));
+    let fua = c.bit(1, 3);
+    let bs = u64::from(lu.block_size());
+    cmd.expect_out(len * bs);
+    lu.check_ready()?;
+    check_range(lu, lba, len)?;
+    // SBC-4 §4.29.2: a non-zero ATOMIC BOUNDARY needs MAXIMUM ATOMIC BOUNDARY SIZE > 0.
+    if boundary != 0 {
+        return Err(bad_cdb(10, None));
+    }
+    // SBC-4 §4.29.2: more than MAXIMUM ATOMIC TRANSFER LENGTH is an invalid field.
+    if len > u64::from(lu.max_atomic_blocks()) {
+        return Err(bad_cdb(12, None));
+    }
+    check_writable(cmd, lu)?;
+    // An atomic write of part of its blocks is no atomic write: all the data or nothing.
+    let need = len * bs;
+    if (cmd.data_out.len() as u64) < need {
+        return Err(SenseReason::InvalidFieldInInformationUnit.into());
+    }
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    let _w = lu.lock_range(lba, len, true);
+    write_blocks(lu, lba, cmd.data_out.slice(0, need as usize))?;
     flush_if(lu, fua)?;
     Ok(Vec::new())
 }

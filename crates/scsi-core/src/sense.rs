@@ -14,6 +14,7 @@ pub mod key {
     pub const ILLEGAL_REQUEST: u8 = 0x5;
     pub const UNIT_ATTENTION: u8 = 0x6;
     pub const DATA_PROTECT: u8 = 0x7;
+    pub const COPY_ABORTED: u8 = 0xA;
     pub const ABORTED_COMMAND: u8 = 0xB;
     pub const MISCOMPARE: u8 = 0xE;
 }
@@ -69,10 +70,40 @@ pub enum SenseReason {
     ModeParametersChanged,
     /// 06/2A/03 RESERVATIONS PREEMPTED.
     ReservationsPreempted,
+    /// 06/2A/04 RESERVATIONS RELEASED.
+    ReservationsReleased,
+    /// 06/2A/05 REGISTRATIONS PREEMPTED.
+    RegistrationsPreempted,
+    /// 05/26/04 INVALID RELEASE OF PERSISTENT RESERVATION.
+    InvalidReleaseOfPersistentReservation,
+    /// 05/55/04 INSUFFICIENT REGISTRATION RESOURCES.
+    InsufficientRegistrationResources,
     /// 06/2A/09 CAPACITY DATA HAS CHANGED.
     CapacityDataChanged,
     /// 06/3F/0E REPORTED LUNS DATA HAS CHANGED.
     ReportedLunsDataChanged,
+    /// 06/28/00 NOT READY TO READY CHANGE, MEDIUM MAY HAVE CHANGED.
+    MediumMayHaveChanged,
+    /// 05/53/02 MEDIUM REMOVAL PREVENTED.
+    MediumRemovalPrevented,
+    /// 02/04/1B LOGICAL UNIT NOT READY, SANITIZE IN PROGRESS.
+    SanitizeInProgress,
+    /// 03/31/03 SANITIZE COMMAND FAILED.
+    SanitizeFailed,
+    /// 05/26/06 TOO MANY TARGET DESCRIPTORS (EXTENDED COPY).
+    TooManyTargetDescriptors,
+    /// 05/26/07 UNSUPPORTED TARGET DESCRIPTOR TYPE CODE.
+    UnsupportedTargetDescriptorType,
+    /// 05/26/08 TOO MANY SEGMENT DESCRIPTORS.
+    TooManySegmentDescriptors,
+    /// 05/26/09 UNSUPPORTED SEGMENT DESCRIPTOR TYPE CODE.
+    UnsupportedSegmentDescriptorType,
+    /// 0A/00/00 COPY ABORTED, no additional sense (e.g. a segment outside its copy target).
+    CopyAborted,
+    /// 0A/08/04 UNREACHABLE COPY TARGET (a segment names a target descriptor that is absent).
+    UnreachableCopyTarget,
+    /// 0A/0D/02 COPY TARGET DEVICE NOT REACHABLE (no logical unit has that designator).
+    CopyTargetNotReachable,
 }
 
 impl SenseReason {
@@ -105,8 +136,23 @@ impl SenseReason {
             ItNexusLoss => (UNIT_ATTENTION, 0x29, 0x07),
             ModeParametersChanged => (UNIT_ATTENTION, 0x2A, 0x01),
             ReservationsPreempted => (UNIT_ATTENTION, 0x2A, 0x03),
+            ReservationsReleased => (UNIT_ATTENTION, 0x2A, 0x04),
+            RegistrationsPreempted => (UNIT_ATTENTION, 0x2A, 0x05),
+            InvalidReleaseOfPersistentReservation => (ILLEGAL_REQUEST, 0x26, 0x04),
+            InsufficientRegistrationResources => (ILLEGAL_REQUEST, 0x55, 0x04),
             CapacityDataChanged => (UNIT_ATTENTION, 0x2A, 0x09),
             ReportedLunsDataChanged => (UNIT_ATTENTION, 0x3F, 0x0E),
+            MediumMayHaveChanged => (UNIT_ATTENTION, 0x28, 0x00),
+            MediumRemovalPrevented => (ILLEGAL_REQUEST, 0x53, 0x02),
+            SanitizeInProgress => (NOT_READY, 0x04, 0x1B),
+            SanitizeFailed => (MEDIUM_ERROR, 0x31, 0x03),
+            TooManyTargetDescriptors => (ILLEGAL_REQUEST, 0x26, 0x06),
+            UnsupportedTargetDescriptorType => (ILLEGAL_REQUEST, 0x26, 0x07),
+            TooManySegmentDescriptors => (ILLEGAL_REQUEST, 0x26, 0x08),
+            UnsupportedSegmentDescriptorType => (ILLEGAL_REQUEST, 0x26, 0x09),
+            CopyAborted => (COPY_ABORTED, 0x00, 0x00),
+            UnreachableCopyTarget => (COPY_ABORTED, 0x08, 0x04),
+            CopyTargetNotReachable => (COPY_ABORTED, 0x0D, 0x02),
         }
     }
 
@@ -287,6 +333,16 @@ mod tests {
             SenseReason::BusDeviceResetFunction.code(),
             (0x06, 0x29, 0x03)
         );
+        assert_eq!(SenseReason::SanitizeInProgress.code(), (0x02, 0x04, 0x1B));
+        assert_eq!(
+            SenseReason::MediumRemovalPrevented.code(),
+            (0x05, 0x53, 0x02)
+        );
+        assert_eq!(
+            SenseReason::CopyTargetNotReachable.code(),
+            (0x0A, 0x0D, 0x02)
+        );
+        assert!(SenseReason::MediumMayHaveChanged.is_unit_attention());
         assert!(SenseReason::ModeParametersChanged.is_unit_attention());
         assert!(!SenseReason::WriteError.is_unit_attention());
     }

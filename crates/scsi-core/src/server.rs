@@ -6,7 +6,9 @@
 //!    answer, SPC-4 §6.6.1 / §6.33 / §6.39);
 //! 2. pending unit attention for this I_T nexus (SPC-4 §5.14);
 //! 3. opcode / service action known (INVALID COMMAND OPERATION CODE / INVALID FIELD IN CDB);
-//! 4. SPC-2 reservation held by another I_T nexus (RESERVATION CONFLICT, SPC-2 §5.5.1);
+//! 4. SPC-2 reservation held by another I_T nexus (RESERVATION CONFLICT, SPC-2 §5.5.1), then
+//!    the persistent reservation conflict tables by the entry's conflict class (SPC-4 §5.13.1,
+//!    see `pr`);
 //! 5. CDB length and reserved bits against the opcode table's usage data;
 //! 6. the command's own handler.
 
@@ -85,6 +87,8 @@ pub struct Cmd<'a> {
     pub server: &'a DeviceServer,
     /// The addressed logical unit, if it exists.
     pub lu: Option<&'a LogicalUnit>,
+    /// The LU is mapped read-only for this view (DATA PROTECT on writes).
+    pub read_only: bool,
     out_len: Cell<u32>,
 }
 
@@ -103,6 +107,10 @@ impl Cmd<'_> {
 #[derive(Default)]
 pub struct DeviceServer {
     luns: RwLock<BTreeMap<u64, Arc<LogicalUnit>>>,
+    /// LUNs this view exposes read-only (an ACL's read-only mapping of a writable LU).
+    read_only: RwLock<std::collections::HashSet<u64>>,
+    /// The transport's hook for PREEMPT AND ABORT.
+    aborter: RwLock<Option<Arc<dyn crate::pr::TaskAborter>>>,
 }
 
 impl fmt::Debug for DeviceServer {
@@ -142,6 +150,25 @@ impl DeviceServer {
         Ok(())
     }
 
+    /// Expose `lun` read-only through this device server (or writable again). The logical
+    /// unit itself is untouched: other views may write it.
+    pub fn set_read_only(&self, lun: u64, read_only: bool) {
+        let mut ro = self.read_only.write().unwrap_or_else(|e| e.into_inner());
+        if read_only {
+            ro.insert(lun);
+        } else {
+            ro.remove(&lun);
+        }
+    }
+
+    /// Whether `lun` is exposed read-only through this device server.
+    pub fn is_read_only(&self, lun: u64) -> bool {
+        self.read_only
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&lun)
+    }
+
     /// Remove a logical unit; the others report REPORTED LUNS DATA HAS CHANGED.
     pub fn remove_lun(&self, lun: u64) -> Option<Arc<LogicalUnit>> {
         let mut map = self.luns.write().unwrap_or_else(|e| e.into_inner());
@@ -166,13 +193,21 @@ impl DeviceServer {
 
     /// Execute one command. Callable from many threads at once.
     pub fn execute(&self, req: &ScsiRequest) -> ScsiResponse {
-        let lu = lun_from_wire(req.lun).and_then(|l| self.lu(l));
+        let lun = lun_from_wire(req.lun);
+        let lu = lun.and_then(|l| self.lu(l));
+        let read_only = lun.is_some_and(|l| {
+            self.read_only
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&l)
+        });
         let cmd = Cmd {
             req,
             cdb: Bytes(req.cdb),
             data_out: Bytes(req.data_out),
             server: self,
             lu: lu.as_deref(),
+            read_only,
             out_len: Cell::new(0),
         };
         let result = self.dispatch(&cmd);
@@ -213,6 +248,9 @@ impl DeviceServer {
         let lookup = opcodes::lookup(opcode, cmd.cdb.u8(1));
         let exempt = matches!(lookup, Lookup::Found(d) if d.has(flag::UA_EXEMPT));
 
+        // A command that may change the medium stays marked from its reservation check until
+        // it completes (PREEMPT AND ABORT waits for such marks to go).
+        let mut _inflight = None;
         if let Some(lu) = cmd.lu {
             let power_on = lu.config().report_power_on_ua;
             let mut st = lu.state();
@@ -231,6 +269,13 @@ impl DeviceServer {
                         return Err(Fail::Status(ScsiStatus::RESERVATION_CONFLICT));
                     }
                 }
+                // SPC-4 §5.13.1 and SBC-4: persistent reservation conflicts.
+                _inflight = crate::pr::admit(&mut st, lu, cmd.nexus(), d.pr, cmd.cdb)?;
+            }
+            // SBC-4 §4.11.2: while a sanitize runs, only INQUIRY, REPORT LUNS and REQUEST SENSE
+            // (exactly the UA-exempt commands) are processed.
+            if !exempt && lu.sanitizing() {
+                return Err(SenseReason::SanitizeInProgress.into());
             }
         } else if !exempt {
             return Err(SenseReason::LunNotSupported.into());
@@ -248,7 +293,17 @@ impl DeviceServer {
         tracing::trace!(cmd = desc.name, "dispatch");
         if let Some(lu) = cmd.lu {
             if !desc.available(lu) {
-                return Err(SenseReason::InvalidCommandOperationCode.into());
+                // A service action this LU lacks, of an opcode it has, is a bad SERVICE ACTION
+                // field (SPC-4 §4.2.5.1), not an unknown opcode.
+                let opcode_offered = desc.sa.is_some()
+                    && opcodes::TABLE
+                        .iter()
+                        .any(|d| d.opcode == desc.opcode && d.available(lu));
+                return Err(if opcode_offered {
+                    bad_cdb(1, Some(4))
+                } else {
+                    SenseReason::InvalidCommandOperationCode.into()
+                });
             }
         }
         check_cdb(desc, cmd.cdb)?;
@@ -279,6 +334,30 @@ impl DeviceServer {
     pub fn target_reset(&self) {
         for lu in self.map().values() {
             lu.reset(SenseReason::PowerOnOrReset);
+        }
+    }
+
+    /// Install the transport's hook that PREEMPT AND ABORT uses to abort the preempted I_T
+    /// nexuses' tasks (SPC-4 §5.13.11.2.5). Without one, their queued commands still run into
+    /// RESERVATION CONFLICT when they arrive here.
+    pub fn set_task_aborter(&self, aborter: Arc<dyn crate::pr::TaskAborter>) {
+        *self.aborter.write().unwrap_or_else(|e| e.into_inner()) = Some(aborter);
+    }
+
+    /// Ask the transport to abort every task of `nexuses` for the logical unit `lu` (addressed
+    /// as `lun_wire` by the command that asks).
+    pub(crate) fn abort_tasks(&self, lu: &LogicalUnit, lun_wire: u64, nexuses: &[Nexus]) {
+        let aborter = self
+            .aborter
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match aborter {
+            Some(a) => a.abort_tasks(lu, lun_wire, nexuses),
+            None => tracing::debug!(
+                count = nexuses.len(),
+                "PREEMPT AND ABORT: no task aborter installed"
+            ),
         }
     }
 

@@ -7,10 +7,12 @@ use crate::lu::{LogicalUnit, LuConfig};
 use crate::opcodes::{self, OpDesc, TABLE};
 use crate::sense::{Sense, SenseReason};
 use crate::server::{lun_to_wire, Cmd};
-use crate::{vpd, ScsiStatus};
+use crate::{pr, vpd, ScsiStatus};
 
-/// TEST UNIT READY (SPC-4 §6.47): the LU is always ready.
-pub fn test_unit_ready(_cmd: &Cmd, _lu: &LogicalUnit) -> CmdResult {
+/// TEST UNIT READY (SPC-4 §6.47): ready unless a removable medium is out or a failed sanitize
+/// is pending (`LogicalUnit::check_ready`; a running sanitize is reported by dispatch).
+pub fn test_unit_ready(_cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
+    lu.check_ready()?;
     Ok(Vec::new())
 }
 
@@ -42,6 +44,8 @@ pub fn request_sense(cmd: &Cmd) -> CmdResult {
     let alloc = usize::from(cmd.cdb.u8(4));
     let sense = match cmd.lu {
         None => Sense::new(SenseReason::LunNotSupported),
+        // SBC-4 §4.11.2: during a sanitize REQUEST SENSE reports SANITIZE IN PROGRESS.
+        Some(lu) if lu.sanitizing() => Sense::new(SenseReason::SanitizeInProgress),
         Some(lu) => {
             let power_on = lu.config().report_power_on_ua;
             let ua = lu.state().ua.take(cmd.nexus(), power_on);
@@ -175,12 +179,18 @@ pub fn report_supported_tmfs(cmd: &Cmd, _lu: &LogicalUnit) -> CmdResult {
 }
 
 /// RESERVE(6) / RESERVE(10) (SPC-2 §7.21 / §7.22): logical unit reservation for this nexus.
-/// Third-party and extent reservations are refused by the opcode table.
+/// Third-party and extent reservations are refused by the opcode table. While persistent
+/// reservations are in use, SPC-4 §5.13.3 (CRH = 1) decides instead.
 pub fn reserve(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
     if cmd.cdb.u8(0) == 0x56 {
         cmd.expect_out(u64::from(cmd.cdb.be16(7)));
     }
     let mut st = lu.state();
+    match pr::spc2_exception(&st, lu, cmd.nexus()) {
+        pr::Spc2::Proceed => {}
+        pr::Spc2::NoOp => return Ok(Vec::new()),
+        pr::Spc2::Conflict => return Err(Fail::Status(ScsiStatus::RESERVATION_CONFLICT)),
+    }
     match &st.reservation {
         Some(holder) if holder != cmd.nexus() => {
             Err(Fail::Status(ScsiStatus::RESERVATION_CONFLICT))
@@ -193,22 +203,17 @@ pub fn reserve(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
 }
 
 /// RELEASE(6) / RELEASE(10) (SPC-2 §7.16 / §7.17): releasing a reservation we do not hold is
-/// not an error and changes nothing.
+/// not an error and changes nothing. While persistent reservations are in use, SPC-4 §5.13.3
+/// (CRH = 1) decides instead.
 pub fn release(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
     let mut st = lu.state();
+    match pr::spc2_exception(&st, lu, cmd.nexus()) {
+        pr::Spc2::Proceed => {}
+        pr::Spc2::NoOp => return Ok(Vec::new()),
+        pr::Spc2::Conflict => return Err(Fail::Status(ScsiStatus::RESERVATION_CONFLICT)),
+    }
     if st.reservation.as_ref() == Some(cmd.nexus()) {
         st.reservation = None;
     }
-    Ok(Vec::new())
-}
-
-/// START STOP UNIT (SBC-4 §5.25): nothing spins; every power condition is accepted.
-pub fn start_stop_unit(_cmd: &Cmd, _lu: &LogicalUnit) -> CmdResult {
-    Ok(Vec::new())
-}
-
-/// PREVENT ALLOW MEDIUM REMOVAL (SBC-4 §5.13): the medium is not removable (RMB = 0), so there
-/// is nothing to lock; both values are accepted.
-pub fn prevent_allow(_cmd: &Cmd, _lu: &LogicalUnit) -> CmdResult {
     Ok(Vec::new())
 }

@@ -69,6 +69,18 @@ impl UnitAttentions {
         }
     }
 
+    /// Queue `reason` for one known nexus (persistent reservation unit attentions).
+    pub fn establish(&mut self, nexus: &Nexus, reason: SenseReason) {
+        if let Some(q) = self.nexuses.get_mut(nexus) {
+            push(q, reason);
+        }
+    }
+
+    /// Every nexus this logical unit has seen.
+    pub fn nexuses(&self) -> impl Iterator<Item = &Nexus> {
+        self.nexuses.keys()
+    }
+
     /// Forget `nexus` (I_T nexus loss). If it comes back it is a new nexus again.
     pub fn forget(&mut self, nexus: &Nexus) {
         self.nexuses.remove(nexus);

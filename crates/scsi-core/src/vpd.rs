@@ -33,12 +33,16 @@ fn put_ascii(dst: &mut [u8], s: &str) {
 /// Standard INQUIRY data, 96 bytes (SPC-4 §6.6.2).
 pub fn standard(byte0: u8, cfg: &LuConfig) -> Vec<u8> {
     let mut d = vec![0u8; 96];
+    let lu_here = byte0 == PERIPHERAL_DISK;
     d[0] = byte0;
-    d[1] = 0x00; // RMB = 0: not removable
+    // RMB: removable medium (SBC-4 §4.x, START STOP UNIT loads and ejects it).
+    d[1] = if lu_here && cfg.removable { 0x80 } else { 0x00 };
     d[2] = 0x06; // VERSION: SPC-4
     d[3] = 0x12; // HISUP (bit 4) + RESPONSE DATA FORMAT 2
     d[4] = (d.len() - 5) as u8; // ADDITIONAL LENGTH
-    d[5] = 0x00; // SCCS ACC TPGS=00b 3PC PROTECT
+                                // SCCS ACC TPGS=00b PROTECT=0; 3PC: this LU has a copy manager (EXTENDED COPY, SPC-4
+                                // §6.4).
+    d[5] = if lu_here { 0x08 } else { 0x00 };
     d[6] = 0x00; // ENCSERV MULTIP
     d[7] = 0x02; // CMDQUE
     put_ascii(&mut d[8..16], &cfg.vendor);
@@ -141,7 +145,8 @@ fn block_limits(lu: &LogicalUnit) -> Vec<u8> {
     // Offsets below are relative to byte 4 of the page.
     b[0] = 0x00; // WSNZ = 0: WRITE SAME with 0 blocks means "to the end"
     b[1] = limits::MAX_COMPARE_AND_WRITE_BLOCKS;
-    let granularity = (4096 / bs).max(1) as u16;
+    // One physical block, and at least a 4 KiB page (the granule of file holes).
+    let granularity = (4096 / bs).max(lu.lbppb()) as u16;
     b[2..4].copy_from_slice(&granularity.to_be_bytes()); // OPTIMAL TRANSFER LENGTH GRANULARITY
     b[4..8].copy_from_slice(&lu.max_transfer_blocks().to_be_bytes()); // MAXIMUM TRANSFER LENGTH
     if lu.thin() {
@@ -151,13 +156,21 @@ fn block_limits(lu: &LogicalUnit) -> Vec<u8> {
         b[24..28].copy_from_slice(&u32::from(granularity).to_be_bytes());
     }
     b[32..40].copy_from_slice(&limits::MAX_WRITE_SAME_BLOCKS.to_be_bytes());
+    // SBC-4 §4.29 / §6.6.4: MAXIMUM ATOMIC TRANSFER LENGTH; ATOMIC ALIGNMENT 0 and ATOMIC
+    // TRANSFER LENGTH GRANULARITY 0 (no restrictions); no atomic boundaries.
+    b[40..44].copy_from_slice(&lu.max_atomic_blocks().to_be_bytes());
     b
 }
 
 /// Block Device Characteristics page body (SBC-4 §6.6.2), 60 bytes.
-fn block_device_characteristics() -> Vec<u8> {
+fn block_device_characteristics(lu: &LogicalUnit) -> Vec<u8> {
     let mut b = vec![0u8; 0x3C];
     b[0..2].copy_from_slice(&1u16.to_be_bytes()); // MEDIUM ROTATION RATE 1: non-rotating
+                                                  // WABEREQ 01b: reads after SANITIZE BLOCK ERASE succeed (offered on thin LUs only);
+                                                  // WACEREQ 00b: no CRYPTO ERASE.
+    if lu.thin() {
+        b[3] = 0x40;
+    }
     b
 }
 
@@ -175,7 +188,7 @@ pub fn page(lu: &LogicalUnit, port: &TargetPort, code: u8) -> Result<Vec<u8>, Fa
         page::UNIT_SERIAL => lu.serial().as_bytes().to_vec(),
         page::DEVICE_ID => device_id(lu, port),
         page::BLOCK_LIMITS => block_limits(lu),
-        page::BLOCK_DEVICE_CHARACTERISTICS => block_device_characteristics(),
+        page::BLOCK_DEVICE_CHARACTERISTICS => block_device_characteristics(lu),
         page::LOGICAL_BLOCK_PROVISIONING if lu.thin() => logical_block_provisioning(),
         // SPC-4 §6.6.1: a VPD page that is not supported is an invalid field (PAGE CODE).
         _ => return Err(bad_cdb(2, None)),

@@ -1,7 +1,9 @@
 //! A minimal iSCSI initiator over a plain `TcpStream`, written from RFC 7143 independently of the
 //! daemon's own wire code, so the tests can speak byte-exact PDUs: log in (with or without CRC32C
-//! header and data digests), WRITE(10) through R2T + Data-Out, READ(10) through Data-In, log out —
-//! and misbehave on purpose (half a PDU, vanish mid-transfer, corrupt a digest).
+//! header and data digests, with one-way or mutual CHAP, to a normal or a discovery session, or
+//! joining an existing session by TSIH), WRITE(10) through R2T + Data-Out, READ(10) through
+//! Data-In, REPORT LUNS and other commands on any LUN, SendTargets, log out — and misbehave on
+//! purpose (half a PDU, vanish mid-transfer, corrupt a digest).
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -11,11 +13,13 @@ use std::time::Duration;
 pub const OP_NOP_OUT: u8 = 0x00;
 pub const OP_SCSI_CMD: u8 = 0x01;
 pub const OP_LOGIN_REQ: u8 = 0x03;
+pub const OP_TEXT_REQ: u8 = 0x04;
 pub const OP_DATA_OUT: u8 = 0x05;
 pub const OP_LOGOUT_REQ: u8 = 0x06;
 pub const OP_NOP_IN: u8 = 0x20;
 pub const OP_SCSI_RSP: u8 = 0x21;
 pub const OP_LOGIN_RSP: u8 = 0x23;
+pub const OP_TEXT_RSP: u8 = 0x24;
 pub const OP_DATA_IN: u8 = 0x25;
 pub const OP_LOGOUT_RSP: u8 = 0x26;
 pub const OP_R2T: u8 = 0x31;
@@ -74,6 +78,11 @@ pub fn text(keys: &[(&str, &str)]) -> Vec<u8> {
 }
 
 pub fn parse_text(data: &[u8]) -> HashMap<String, String> {
+    parse_text_pairs(data).into_iter().collect()
+}
+
+/// `key=value\0…` in the order sent (keys may repeat, e.g. TargetAddress).
+pub fn parse_text_pairs(data: &[u8]) -> Vec<(String, String)> {
     data.split(|&b| b == 0)
         .filter(|s| !s.is_empty())
         .filter_map(|s| {
@@ -82,6 +91,62 @@ pub fn parse_text(data: &[u8]) -> HashMap<String, String> {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
         })
         .collect()
+}
+
+/// RFC 7143 §6.1 hex-constant.
+pub fn hex(b: &[u8]) -> String {
+    let mut s = String::from("0x");
+    for x in b {
+        s.push_str(&format!("{x:02x}"));
+    }
+    s
+}
+
+/// Decode a `0x` hex-constant (an odd digit count has an implied leading zero).
+pub fn unhex(v: &str) -> Option<Vec<u8>> {
+    let h = v.strip_prefix("0x").or_else(|| v.strip_prefix("0X"))?;
+    let h = if h.len() % 2 == 1 {
+        format!("0{h}")
+    } else {
+        h.to_string()
+    };
+    (0..h.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&h[i..i + 2], 16).ok())
+        .collect()
+}
+
+/// RFC 1994 §4.1 with MD5 (CHAP_A=5): MD5(identifier || secret || challenge).
+pub fn chap_md5(id: u8, secret: &[u8], challenge: &[u8]) -> Vec<u8> {
+    use md5::{Digest, Md5};
+    let mut h = Md5::new();
+    h.update([id]);
+    h.update(secret);
+    h.update(challenge);
+    h.finalize().to_vec()
+}
+
+/// The 8-byte LUN field for `lun` (SAM-5 §4.7: peripheral device addressing below 256, flat
+/// space addressing up to 16383).
+pub fn lun_field(lun: u64) -> [u8; 8] {
+    let mut b = [0u8; 8];
+    if lun < 256 {
+        b[1] = lun as u8;
+    } else {
+        assert!(lun <= 0x3fff, "LUN {lun} needs extended addressing");
+        b[0] = 0x40 | (lun >> 8) as u8;
+        b[1] = lun as u8;
+    }
+    b
+}
+
+/// The LUN in an 8-byte LUN field (peripheral or flat space addressing), as REPORT LUNS lists it.
+pub fn lun_from_field(b: &[u8]) -> u64 {
+    match b[0] >> 6 {
+        0b00 => u64::from(b[1]),
+        0b01 => (u64::from(b[0] & 0x3f) << 8) | u64::from(b[1]),
+        _ => panic!("LUN field {b:02x?} uses an addressing method the tests do not expect"),
+    }
 }
 
 /// One received PDU.
@@ -131,12 +196,20 @@ pub fn login_pdu(csg: u8, nsg: u8, transit: bool, isid: [u8; 6], keys: &[(&str, 
     v
 }
 
+#[derive(Clone)]
 pub struct LoginOpts<'a> {
     pub initiator: &'a str,
     pub target: &'a str,
     pub header_digest: bool,
     pub data_digest: bool,
     pub isid: [u8; 6],
+    /// Authenticate with CHAP (AuthMethod=CHAP, CHAP_A=5) instead of AuthMethod=None.
+    pub chap: Option<Chap>,
+    /// A discovery session (SessionType=Discovery, no TargetName).
+    pub discovery: bool,
+    /// TSIH of the session to join; 0 (the default) asks for a new session.
+    pub tsih: u16,
+    pub cid: u16,
 }
 
 impl Default for LoginOpts<'_> {
@@ -147,7 +220,87 @@ impl Default for LoginOpts<'_> {
             header_digest: false,
             data_digest: false,
             isid: [0x80, 0x12, 0x34, 0x56, 0x78, 0x9a],
+            chap: None,
+            discovery: false,
+            tsih: 0,
+            cid: 0,
         }
+    }
+}
+
+/// CHAP credentials for [`LoginOpts::chap`] (RFC 7143 §12.1.3).
+#[derive(Clone, Debug, Default)]
+pub struct Chap {
+    pub user: String,
+    pub secret: String,
+    /// Mutual CHAP: the name and secret the target must prove (its CHAP_N and CHAP_R are
+    /// checked; a mismatch fails the login with [`LoginError::Other`]).
+    pub target: Option<(String, String)>,
+    /// Mutual CHAP with the target's own challenge handed back (a reflection attack).
+    pub reflect: bool,
+}
+
+impl Chap {
+    pub fn new(user: &str, secret: &str) -> Chap {
+        Chap {
+            user: user.into(),
+            secret: secret.into(),
+            ..Chap::default()
+        }
+    }
+
+    pub fn mutual(user: &str, secret: &str, target_user: &str, target_secret: &str) -> Chap {
+        Chap {
+            target: Some((target_user.into(), target_secret.into())),
+            ..Chap::new(user, secret)
+        }
+    }
+}
+
+/// Why a login did not reach full feature phase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoginError {
+    /// The target answered with this non-zero status class and detail (RFC 7143 §11.13.5).
+    Refused { class: u8, detail: u8 },
+    /// Anything else (I/O, an unexpected answer, a target that failed mutual CHAP).
+    Other(String),
+}
+
+impl std::fmt::Display for LoginError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoginError::Refused { class, detail } => write!(
+                f,
+                "login rejected: status class {class:#04x} detail {detail:#04x}"
+            ),
+            LoginError::Other(m) => f.write_str(m),
+        }
+    }
+}
+
+impl From<io::Error> for LoginError {
+    fn from(e: io::Error) -> Self {
+        LoginError::Other(e.to_string())
+    }
+}
+
+/// What a SCSI command came back with.
+#[derive(Debug, Clone)]
+pub struct ScsiResult {
+    pub status: u8,
+    pub data: Vec<u8>,
+    /// Sense data (without the 2-byte SenseLength), empty unless CHECK CONDITION.
+    pub sense: Vec<u8>,
+}
+
+impl ScsiResult {
+    /// The sense key of fixed-format sense data.
+    pub fn sense_key(&self) -> Option<u8> {
+        self.sense.get(2).map(|k| k & 0x0f)
+    }
+    /// ASC and ASCQ of fixed-format sense data.
+    pub fn asc(&self) -> Option<(u8, u8)> {
+        Some((*self.sense.get(12)?, *self.sense.get(13)?))
     }
 }
 
@@ -158,6 +311,15 @@ pub struct Session {
     pub data_digest: bool,
     /// Keys the target answered in the operational stage.
     pub negotiated: HashMap<String, String>,
+    /// Every key the target sent during login, in order (both stages).
+    pub login_keys: Vec<(String, String)>,
+    /// The TSIH the target gave the session in its final login response.
+    pub tsih: u16,
+    /// The LUN that SCSI commands address (0 unless set).
+    pub lun: u64,
+    isid: [u8; 6],
+    login_tsih: u16,
+    cid: u16,
     cmdsn: u32,
     exp_statsn: u32,
     next_itt: u32,
@@ -170,7 +332,18 @@ fn err(msg: impl Into<String>) -> io::Error {
 }
 
 impl Session {
+    /// Log in (to full feature phase) and clear the unit attentions of a new I_T nexus on LUN 0.
     pub fn login(addr: SocketAddr, o: &LoginOpts) -> io::Result<Session> {
+        let mut s = Session::connect(addr, o).map_err(|e| err(e.to_string()))?;
+        // A new I_T nexus starts with a unit attention (SAM-5 §5.14: power on / reset /
+        // I_T nexus loss); collect it the way initiators do, with TEST UNIT READY.
+        s.clear_unit_attentions().map_err(err)?;
+        Ok(s)
+    }
+
+    /// Log in to full feature phase and stop there (no command sent). A refusal comes back as
+    /// [`LoginError::Refused`] with the status bytes of the login response.
+    pub fn connect(addr: SocketAddr, o: &LoginOpts) -> Result<Session, LoginError> {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
         stream.set_read_timeout(Some(Duration::from_secs(30)))?;
         stream.set_nodelay(true)?;
@@ -179,34 +352,42 @@ impl Session {
             header_digest: false,
             data_digest: false,
             negotiated: HashMap::new(),
+            login_keys: Vec::new(),
+            tsih: 0,
+            lun: 0,
+            isid: o.isid,
+            login_tsih: o.tsih,
+            cid: o.cid,
             cmdsn: 1,
             exp_statsn: 0,
             next_itt: 0x100,
             max_send: 8192,
         };
-        // Security stage → operational stage, no authentication.
-        let sec = [
-            ("InitiatorName", o.initiator),
-            ("SessionType", "Normal"),
-            ("TargetName", o.target),
-            ("AuthMethod", "None"),
-        ];
-        let r = s.login_step(0, 1, o.isid, &sec)?;
-        let mut stage = (r.bhs[1] >> 2) & 3;
-        let mut nsg = r.bhs[1] & 3;
-        let mut transited = r.bhs[1] & 0x80 != 0;
-        if !(transited && nsg == 1) {
-            // The target wants another security exchange with nothing more from us.
-            let r = s.login_step(0, 1, o.isid, &[])?;
-            (stage, nsg, transited) = ((r.bhs[1] >> 2) & 3, r.bhs[1] & 3, r.bhs[1] & 0x80 != 0);
-            if !(transited && nsg == 1) {
-                return Err(err(format!(
-                    "target did not leave the security stage: {:02x?}",
-                    &r.bhs[..4]
-                )));
-            }
+        let mut first: Vec<(&str, &str)> = vec![("InitiatorName", o.initiator)];
+        if o.discovery {
+            first.push(("SessionType", "Discovery"));
+        } else {
+            first.push(("SessionType", "Normal"));
+            first.push(("TargetName", o.target));
         }
-        let _ = stage;
+        match &o.chap {
+            None => {
+                // Security stage → operational stage, no authentication.
+                first.push(("AuthMethod", "None"));
+                let r = s.login_step(0, 1, true, &first)?;
+                if !(r.bhs[1] & 0x80 != 0 && r.bhs[1] & 3 == 1) {
+                    // The target wants another security exchange with nothing more from us.
+                    let r = s.login_step(0, 1, true, &[])?;
+                    if !(r.bhs[1] & 0x80 != 0 && r.bhs[1] & 3 == 1) {
+                        return Err(LoginError::Other(format!(
+                            "target did not leave the security stage: {:02x?}",
+                            &r.bhs[..4]
+                        )));
+                    }
+                }
+            }
+            Some(chap) => s.chap_exchange(&first, chap)?,
+        }
         let hd = if o.header_digest { "CRC32C" } else { "None" };
         let dd = if o.data_digest { "CRC32C" } else { "None" };
         let op = [
@@ -227,7 +408,7 @@ impl Session {
         ];
         let mut keys: &[(&str, &str)] = &op;
         for _ in 0..4 {
-            let r = s.login_step(1, 3, o.isid, keys)?;
+            let r = s.login_step(1, 3, true, keys)?;
             s.negotiated.extend(parse_text(&r.data));
             if r.bhs[1] & 0x80 != 0 && r.bhs[1] & 3 == 3 {
                 s.header_digest = s
@@ -245,43 +426,116 @@ impl Session {
                 {
                     s.max_send = m;
                 }
-                // A new I_T nexus starts with a unit attention (SAM-5 §5.14: power on / reset /
-                // I_T nexus loss); collect it the way initiators do, with TEST UNIT READY.
-                s.clear_unit_attentions().map_err(err)?;
+                s.tsih = u16::from_be_bytes([r.bhs[14], r.bhs[15]]);
                 return Ok(s);
             }
             keys = &[];
         }
-        Err(err("target never reached full feature phase"))
+        Err(LoginError::Other(
+            "target never reached full feature phase".into(),
+        ))
+    }
+
+    /// The security stage with CHAP (RFC 7143 §12.1.3): AuthMethod, CHAP_A, then CHAP_N and
+    /// CHAP_R (plus our own CHAP_I and CHAP_C for mutual CHAP) with T=1.
+    fn chap_exchange(&mut self, first: &[(&str, &str)], chap: &Chap) -> Result<(), LoginError> {
+        let other = |m: String| LoginError::Other(m);
+        let mut keys = first.to_vec();
+        keys.push(("AuthMethod", "CHAP"));
+        let r = self.login_step(0, 1, false, &keys)?;
+        let got = parse_text(&r.data);
+        if got.get("AuthMethod").map(String::as_str) != Some("CHAP") {
+            // No method agreed (AuthMethod=Reject): ask to leave the stage anyway, so that the
+            // refusal's status shows (RFC 7143 §11.13.5: 0201).
+            self.login_step(0, 1, true, &[])?;
+            return Err(other(format!("target did not choose CHAP: {got:?}")));
+        }
+        let r = self.login_step(0, 1, false, &[("CHAP_A", "5")])?;
+        let got = parse_text(&r.data);
+        if got.get("CHAP_A").map(String::as_str) != Some("5") {
+            return Err(other(format!("target did not choose MD5: {got:?}")));
+        }
+        let id: u8 = got
+            .get("CHAP_I")
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| other(format!("no CHAP_I: {got:?}")))?;
+        let challenge = got
+            .get("CHAP_C")
+            .and_then(|v| unhex(v))
+            .ok_or_else(|| other(format!("no CHAP_C: {got:?}")))?;
+        let response = hex(&chap_md5(id, chap.secret.as_bytes(), &challenge));
+        let my_id = 0x5au8;
+        let my_challenge: Vec<u8> = if chap.reflect {
+            challenge.clone()
+        } else {
+            (0u8..16)
+                .map(|i| i.wrapping_mul(37).wrapping_add(11))
+                .collect()
+        };
+        let my_id_s = my_id.to_string();
+        let my_challenge_s = hex(&my_challenge);
+        let mut keys = vec![
+            ("CHAP_N", chap.user.as_str()),
+            ("CHAP_R", response.as_str()),
+        ];
+        if chap.target.is_some() || chap.reflect {
+            keys.push(("CHAP_I", &my_id_s));
+            keys.push(("CHAP_C", &my_challenge_s));
+        }
+        let r = self.login_step(0, 1, true, &keys)?;
+        if !(r.bhs[1] & 0x80 != 0 && r.bhs[1] & 3 == 1) {
+            return Err(other(format!(
+                "target did not leave the security stage after CHAP: {:02x?}",
+                &r.bhs[..4]
+            )));
+        }
+        if let Some((user, secret)) = &chap.target {
+            let got = parse_text(&r.data);
+            let want = chap_md5(my_id, secret.as_bytes(), &my_challenge);
+            if got.get("CHAP_N") != Some(user) {
+                return Err(other(format!(
+                    "target answered CHAP_N {:?}",
+                    got.get("CHAP_N")
+                )));
+            }
+            if got.get("CHAP_R").and_then(|v| unhex(v)) != Some(want) {
+                return Err(other(format!(
+                    "target's CHAP_R {:?} is not MD5(I, secret, C)",
+                    got.get("CHAP_R")
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn login_step(
         &mut self,
         csg: u8,
         nsg: u8,
-        isid: [u8; 6],
+        transit: bool,
         keys: &[(&str, &str)],
-    ) -> io::Result<Pdu> {
+    ) -> Result<Pdu, LoginError> {
         let data = text(keys);
-        let mut b = login_bhs(csg, nsg, true, isid, 1, self.cmdsn, self.exp_statsn);
+        let mut b = login_bhs(csg, nsg, transit, self.isid, 1, self.cmdsn, self.exp_statsn);
+        b[14..16].copy_from_slice(&self.login_tsih.to_be_bytes());
+        b[20..22].copy_from_slice(&self.cid.to_be_bytes());
         set_dsl(&mut b, data.len());
         self.send(&b, &data)?;
         let r = self.recv()?;
         if r.opcode() != OP_LOGIN_RSP {
-            return Err(err(format!(
+            return Err(LoginError::Other(format!(
                 "expected a login response, got opcode {:#04x}",
                 r.opcode()
             )));
         }
         if r.bhs[36] != 0 {
-            return Err(err(format!(
-                "login rejected: status class {:#04x} detail {:#04x} ({:?})",
-                r.bhs[36],
-                r.bhs[37],
-                parse_text(&r.data)
-            )));
+            return Err(LoginError::Refused {
+                class: r.bhs[36],
+                detail: r.bhs[37],
+            });
         }
         self.exp_statsn = be32(&r.bhs, 24).wrapping_add(1);
+        self.login_keys.extend(parse_text_pairs(&r.data));
         Ok(r)
     }
 
@@ -379,6 +633,7 @@ impl Session {
         let mut b = [0u8; 48];
         b[0] = OP_SCSI_CMD;
         b[1] = 0x80 | if read { 0x40 } else { 0 } | if write { 0x20 } else { 0 } | 1; // F, R, W, SIMPLE
+        b[8..16].copy_from_slice(&lun_field(self.lun));
         put32(&mut b, 16, itt);
         put32(&mut b, 20, edtl);
         put32(&mut b, 24, self.cmdsn);
@@ -434,6 +689,24 @@ impl Session {
 
     /// WRITE(10) `data` (a whole number of `block`-byte blocks) at `lba`, all data through R2T.
     pub fn write10(&mut self, lba: u32, data: &[u8], block: usize) -> Result<(), String> {
+        let r = self.write10_result(lba, data, block)?;
+        if r.status != 0 {
+            return Err(format!(
+                "SCSI response 0x0 status {:#x}, sense {:02x?}",
+                r.status, r.sense
+            ));
+        }
+        Ok(())
+    }
+
+    /// WRITE(10) as [`Session::write10`], returning the status and sense instead of failing on
+    /// CHECK CONDITION.
+    pub fn write10_result(
+        &mut self,
+        lba: u32,
+        data: &[u8],
+        block: usize,
+    ) -> Result<ScsiResult, String> {
         assert!(data.len().is_multiple_of(block));
         let blocks = (data.len() / block) as u16;
         let mut cdb = [0u8; 10];
@@ -471,7 +744,7 @@ impl Session {
                         data_sn += 1;
                     }
                 }
-                OP_SCSI_RSP => return self.check_status(&p, itt),
+                OP_SCSI_RSP => return self.scsi_result(&p, itt, Vec::new()),
                 op => {
                     return Err(format!(
                         "WRITE(10): unexpected opcode {op:#04x}: {:02x?}",
@@ -529,6 +802,135 @@ impl Session {
             return Err(format!("READ(10): {got} of {len} bytes arrived"));
         }
         Ok(buf)
+    }
+
+    /// The outcome in a SCSI Response PDU (RFC 7143 §11.4), with `data` gathered from Data-In.
+    fn scsi_result(&mut self, p: &Pdu, itt: u32, data: Vec<u8>) -> Result<ScsiResult, String> {
+        if p.itt() != itt {
+            return Err(format!(
+                "response for ITT {:#x}, expected {itt:#x}",
+                p.itt()
+            ));
+        }
+        self.exp_statsn = be32(&p.bhs, 24).wrapping_add(1);
+        if p.bhs[2] != 0 {
+            return Err(format!("iSCSI response {:#x}", p.bhs[2]));
+        }
+        // The data segment of a CHECK CONDITION is SenseLength (2 bytes) + sense data.
+        let sense = if p.data.len() >= 2 {
+            let n = u16::from_be_bytes([p.data[0], p.data[1]]) as usize;
+            p.data[2..(2 + n).min(p.data.len())].to_vec()
+        } else {
+            Vec::new()
+        };
+        Ok(ScsiResult {
+            status: p.bhs[3],
+            data,
+            sense,
+        })
+    }
+
+    /// A command without data-out (`cdb` up to 16 bytes), reading at most `alloc` bytes.
+    pub fn command(&mut self, cdb: &[u8], alloc: u32) -> Result<ScsiResult, String> {
+        let (b, itt) = self.scsi_cmd_bhs(cdb, alloc > 0, false, alloc);
+        self.send(&b, &[])
+            .map_err(|e| format!("send command {:#04x}: {e}", cdb[0]))?;
+        let mut data = Vec::new();
+        loop {
+            let p = self
+                .recv()
+                .map_err(|e| format!("command {:#04x}: {e}", cdb[0]))?;
+            match p.opcode() {
+                OP_DATA_IN => {
+                    let off = be32(&p.bhs, 40) as usize;
+                    if off + p.data.len() > alloc as usize {
+                        return Err(format!("Data-In at {off}+{} beyond {alloc}", p.data.len()));
+                    }
+                    if data.len() < off + p.data.len() {
+                        data.resize(off + p.data.len(), 0);
+                    }
+                    data[off..off + p.data.len()].copy_from_slice(&p.data);
+                    if p.bhs[1] & 0x01 != 0 {
+                        // Status in the last Data-In.
+                        self.exp_statsn = be32(&p.bhs, 24).wrapping_add(1);
+                        return Ok(ScsiResult {
+                            status: p.bhs[3],
+                            data,
+                            sense: Vec::new(),
+                        });
+                    }
+                }
+                OP_SCSI_RSP => return self.scsi_result(&p, itt, data),
+                op => {
+                    return Err(format!(
+                        "command {:#04x}: unexpected opcode {op:#04x}: {:02x?}",
+                        cdb[0],
+                        &p.bhs[..8]
+                    ))
+                }
+            }
+        }
+    }
+
+    /// REPORT LUNS (SPC-4 §6.33, SELECT REPORT 00h): the LUNs of this I_T nexus, ascending as
+    /// listed. A unit attention (e.g. REPORTED LUNS DATA HAS CHANGED) is an error.
+    pub fn report_luns(&mut self) -> Result<Vec<u64>, String> {
+        let mut cdb = [0u8; 12];
+        cdb[0] = 0xa0;
+        cdb[6..10].copy_from_slice(&4096u32.to_be_bytes());
+        let r = self.command(&cdb, 4096)?;
+        if r.status != 0 {
+            return Err(format!(
+                "REPORT LUNS status {:#x}, sense {:02x?}",
+                r.status, r.sense
+            ));
+        }
+        if r.data.len() < 8 {
+            return Err(format!("REPORT LUNS: {} bytes", r.data.len()));
+        }
+        let len = be32(&r.data, 0) as usize;
+        let list = &r.data[8..(8 + len).min(r.data.len())];
+        Ok(list.chunks_exact(8).map(lun_from_field).collect())
+    }
+
+    /// A Text Request with `keys` (RFC 7143 §11.10), following the target's continuation
+    /// (C bit / TTT) until the final response; returns every key of the answer, in order.
+    pub fn text_request(&mut self, keys: &[(&str, &str)]) -> Result<Vec<(String, String)>, String> {
+        let itt = self.next_itt;
+        self.next_itt += 1;
+        let mut data = text(keys);
+        let mut ttt = 0xffff_ffffu32;
+        let mut answer = Vec::new();
+        for _ in 0..64 {
+            let mut b = [0u8; 48];
+            b[0] = OP_TEXT_REQ;
+            b[1] = 0x80; // F
+            put32(&mut b, 16, itt);
+            put32(&mut b, 20, ttt);
+            put32(&mut b, 24, self.cmdsn);
+            put32(&mut b, 28, self.exp_statsn);
+            self.cmdsn = self.cmdsn.wrapping_add(1);
+            self.send(&b, &data)
+                .map_err(|e| format!("send text request: {e}"))?;
+            let p = self.recv().map_err(|e| format!("text request: {e}"))?;
+            if p.opcode() != OP_TEXT_RSP || p.itt() != itt {
+                return Err(format!("text request answered with {:02x?}", &p.bhs[..20]));
+            }
+            self.exp_statsn = be32(&p.bhs, 24).wrapping_add(1);
+            answer.extend_from_slice(&p.data);
+            if p.bhs[1] & 0x80 != 0 {
+                return Ok(parse_text_pairs(&answer));
+            }
+            // More to come: an empty request carrying the target's TTT.
+            ttt = be32(&p.bhs, 20);
+            data = Vec::new();
+        }
+        Err("text response never ended".into())
+    }
+
+    /// `SendTargets=<what>` (RFC 7143 appendix C): TargetName and TargetAddress keys, in order.
+    pub fn send_targets(&mut self, what: &str) -> Result<Vec<(String, String)>, String> {
+        self.text_request(&[("SendTargets", what)])
     }
 
     /// Logout (close the session) and wait for the response.

@@ -6,7 +6,11 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod initiator;
+pub mod pr;
+pub mod sbc;
+pub mod tpg;
 
+use std::ffi::OsString;
 use std::fs;
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -54,7 +58,8 @@ pub fn free_port(ip: &str) -> u16 {
 }
 
 /// How to start one daemon. In `luns` and `config`, `{dir}` stands for the daemon's scratch
-/// directory, `{port}` for the first portal's port and `{port2}` for the second portal's.
+/// directory, `{port}` for the first portal's port, `{port2}` for the second portal's and
+/// `{xportN}` for the port picked on `extra_portals[N]`.
 #[derive(Clone, Debug)]
 pub struct Opts {
     pub luns: Vec<String>,
@@ -64,6 +69,10 @@ pub struct Opts {
     /// A whole TOML config instead of the quick flags.
     pub config: Option<String>,
     pub log_filter: String,
+    /// Loopback addresses (e.g. `127.0.0.3`, `::1`) on which a free port is picked for each, as
+    /// `{xport0}`, `{xport1}`, ... in `config`. The config must make every one of them a portal:
+    /// the daemon counts as started once all of them accept connections.
+    pub extra_portals: Vec<String>,
 }
 
 impl Default for Opts {
@@ -74,6 +83,7 @@ impl Default for Opts {
             second_portal: false,
             config: None,
             log_filter: "info".into(),
+            extra_portals: Vec::new(),
         }
     }
 }
@@ -86,8 +96,14 @@ pub struct Daemon {
     child: Child,
     pub port: u16,
     pub port2: u16,
+    /// The ports picked for `Opts::extra_portals`, in order.
+    pub extra_ports: Vec<u16>,
+    /// The addresses `wait_ready` checks.
+    extra_addrs: Vec<SocketAddr>,
     pub dir: TempDir,
     log: PathBuf,
+    /// `serve` and the options every (re)start of this daemon shares (log filter, admin socket).
+    base_args: Vec<OsString>,
 }
 
 impl Daemon {
@@ -102,14 +118,34 @@ impl Daemon {
             } else {
                 0
             };
+            let extra_ports: Vec<u16> = opts.extra_portals.iter().map(|ip| free_port(ip)).collect();
+            let extra_addrs: Vec<SocketAddr> = opts
+                .extra_portals
+                .iter()
+                .zip(&extra_ports)
+                .map(|(ip, &p)| SocketAddr::new(ip.parse().expect("extra portal IP"), p))
+                .collect();
             let subst = |s: &str| {
-                s.replace("{dir}", &dir.path().display().to_string())
+                let mut s = s
+                    .replace("{dir}", &dir.path().display().to_string())
                     .replace("{port2}", &port2.to_string())
-                    .replace("{port}", &port.to_string())
+                    .replace("{port}", &port.to_string());
+                for (i, p) in extra_ports.iter().enumerate() {
+                    s = s.replace(&format!("{{xport{i}}}"), &p.to_string());
+                }
+                s
             };
             let log = dir.path().join("ferrite.log");
+            // The admin API on a socket of this daemon's own (not the system-wide default).
+            let base_args: Vec<OsString> = vec![
+                "serve".into(),
+                "--log".into(),
+                opts.log_filter.clone().into(),
+                "--admin-socket".into(),
+                dir.path().join("admin.sock").into(),
+            ];
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferrite"));
-            cmd.arg("serve").arg("--log").arg(&opts.log_filter);
+            cmd.args(&base_args);
             if let Some(cfg) = &opts.config {
                 let p = dir.path().join("ferrite.toml");
                 fs::write(&p, subst(cfg)).unwrap();
@@ -133,8 +169,11 @@ impl Daemon {
                 child,
                 port,
                 port2,
+                extra_ports,
+                extra_addrs,
                 dir,
                 log,
+                base_args,
             };
             match d.wait_ready(Duration::from_secs(60)) {
                 Ok(()) => return d,
@@ -153,6 +192,7 @@ impl Daemon {
         if self.port2 != 0 {
             addrs.push(format!("{SECOND_IP}:{}", self.port2).parse().unwrap());
         }
+        addrs.extend(self.extra_addrs.iter().copied());
         loop {
             if let Ok(Some(st)) = self.child.try_wait() {
                 return Err(format!(
@@ -218,10 +258,40 @@ impl Daemon {
             panic!("ferrite died ({st}); log:\n{}", self.log_text());
         }
     }
-}
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
+    /// The admin API socket (`ferrite admin --socket PATH`).
+    pub fn admin_socket(&self) -> PathBuf {
+        self.dir.path().join("admin.sock")
+    }
+
+    /// The configuration file the daemon was started from, when it was started with `config`
+    /// (the admin API saves changes back into it).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("ferrite.toml")
+    }
+
+    /// Stop the daemon (SIGTERM) and start it again from the configuration file `config`, with
+    /// the same scratch directory, admin socket and ports (the file must use them). Its log
+    /// goes on in the same file.
+    pub fn restart(&mut self, config: &Path) {
+        self.stop();
+        let logf = fs::OpenOptions::new().append(true).open(&self.log).unwrap();
+        self.child = Command::new(env!("CARGO_BIN_EXE_ferrite"))
+            .args(&self.base_args)
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", env!("CARGO_BIN_EXE_ferrite")));
+        if let Err(text) = self.wait_ready(Duration::from_secs(60)) {
+            panic!("ferrite did not come up again:\n{text}");
+        }
+    }
+
+    /// SIGTERM, then SIGKILL if it lingers; waits for the process.
+    fn stop(&mut self) {
         let alive = matches!(self.child.try_wait(), Ok(None));
         if alive {
             // SIGTERM first so the daemon flushes; SIGKILL if it lingers.
@@ -236,6 +306,12 @@ impl Drop for Daemon {
             let _ = self.child.kill();
         }
         let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
         if thread::panicking() || std::env::var_os("FERRITE_TEST_SHOW_LOG").is_some() {
             let text = self.log_text();
             let lines: Vec<&str> = text.lines().collect();

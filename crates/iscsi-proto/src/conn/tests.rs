@@ -1090,3 +1090,30 @@ fn text_request_continued_by_the_initiator() {
         ("TargetName".into(), "iqn.2026-11.io.ferrite:u".into())
     );
 }
+
+#[test]
+fn abort_tasks_for_a_lun_drops_their_responses() {
+    let mut h = Harness::new(&[]);
+    h.cmd(0x80, 0x28, true, false, 512, true, &[]);
+    let t = h.executed();
+    // A write still gathering data for the same LUN.
+    h.cmd(0x81, 0x2a, false, true, 4096, false, &[0u8; 512]);
+    assert!(events(&mut h.c).is_empty());
+    outputs(&mut h.c); // its R2T
+    h.c.abort_tasks_for(|lun| lun == 0);
+    h.c.complete_task(
+        t.id,
+        TaskOutcome {
+            data_in: vec![0; 512],
+            ..Default::default()
+        },
+    );
+    assert!(
+        outputs(&mut h.c).is_empty(),
+        "no response for aborted tasks"
+    );
+    assert_eq!(h.c.task_count(), 0);
+    // The session goes on.
+    h.cmd(0x82, 0x00, false, false, 0, true, &[]);
+    assert_eq!(h.executed().itt, 0x82);
+}

@@ -1,0 +1,240 @@
+//! Persistent reservation state on disk: where each logical unit's APTPL file lives, attaching
+//! it when a logical unit is built, and the offline `ferrite pr` subcommand.
+//!
+//! State directory, first that applies: `settings.state_dir` (or `serve --state-dir`);
+//! `$STATE_DIRECTORY` (systemd's `StateDirectory=ferrite` gives `/var/lib/ferrite`);
+//! `$XDG_STATE_HOME/ferrite`; `$HOME/.local/state/ferrite`; `./ferrite-state`. One file per
+//! logical unit, `<target>_lun<N>.pr` (format in `scsi_core::FilePrStore`). RAM logical units
+//! get a file only when the directory is set explicitly (their data does not survive a
+//! restart either); without one they report PTPL_C = 0 and refuse APTPL = 1.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use scsi_core::{FilePrStore, LogicalUnit, PrState, PrStore, Reservation, Who};
+
+pub const PR_USAGE: &str = "\
+ferrite pr — persistent reservation state saved with APTPL (offline: stop the daemon first)
+
+USAGE:
+    ferrite pr show  [--state-dir DIR]
+    ferrite pr clear [--state-dir DIR] --lun-file NAME
+
+show   prints every saved state file in the state directory
+clear  removes one (NAME as `show` prints it, e.g. iqn.2026-11.io.ferrite:demo_lun0.pr);
+       the logical unit starts without registrations next time
+
+The state directory defaults as for `ferrite serve`: $STATE_DIRECTORY, else
+$XDG_STATE_HOME/ferrite, else $HOME/.local/state/ferrite, else ./ferrite-state.
+A running daemon keeps its state in memory and saves it again at the next change.
+";
+
+/// The state directory and whether it was chosen explicitly (settings, flag, systemd).
+pub fn state_dir(configured: Option<&Path>) -> (PathBuf, bool) {
+    if let Some(d) = configured {
+        return (d.to_path_buf(), true);
+    }
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    if let Some(d) = env("STATE_DIRECTORY") {
+        // systemd passes a colon-separated list when several are configured.
+        let first = d
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        if !first.is_empty() {
+            return (PathBuf::from(first), true);
+        }
+    }
+    if let Some(x) = env("XDG_STATE_HOME") {
+        return (PathBuf::from(x).join("ferrite"), false);
+    }
+    if let Some(h) = env("HOME") {
+        return (PathBuf::from(h).join(".local/state/ferrite"), false);
+    }
+    (PathBuf::from("ferrite-state"), false)
+}
+
+/// `<target>_lun<N>.pr`, with anything unusual in the target name replaced.
+pub fn file_name(target: &str, lun: u64) -> String {
+    let t: String = target
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || ".:-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{t}_lun{lun}.pr")
+}
+
+/// Give `lu` its state file and restore what it holds. A damaged file is an error: the daemon
+/// must not start without the registrations it promised to keep.
+pub fn attach(
+    lu: &LogicalUnit,
+    configured: Option<&Path>,
+    target: &str,
+    lun: u64,
+    ram: bool,
+) -> anyhow::Result<()> {
+    let (dir, explicit) = state_dir(configured);
+    if ram && !explicit {
+        return Ok(());
+    }
+    let store = FilePrStore::new(dir.join(file_name(target, lun)));
+    lu.set_pr_store(Arc::new(store))
+        .map_err(|e| anyhow::anyhow!("target {target} LUN {lun}: persistent reservations: {e}"))
+}
+
+fn who(w: &Who) -> String {
+    let isid = w
+        .isid
+        .map_or(" (every ISID)".to_string(), |i| format!(",i,0x{i:012x}"));
+    let port = w.port.map_or("every target port".to_string(), |p| {
+        format!("target port {p}")
+    });
+    format!("{}{isid}, {port}", w.initiator)
+}
+
+/// Human-readable lines for one saved state.
+pub fn describe(st: &PrState) -> String {
+    let mut out = format!(
+        "  APTPL {}, {} registration(s)\n",
+        if st.aptpl { "on" } else { "off" },
+        st.registrations.len()
+    );
+    for r in &st.registrations {
+        out += &format!("  key 0x{:016x}  {}\n", r.key, who(&r.who));
+    }
+    match &st.reservation {
+        None => out += "  no reservation\n",
+        Some(Reservation::AllRegistrants { ty }) => {
+            out += &format!("  reservation: {}, held by every registrant\n", ty.name())
+        }
+        Some(Reservation::Single { ty, holder }) => {
+            out += &format!("  reservation: {}, held by {}\n", ty.name(), who(holder))
+        }
+    }
+    out
+}
+
+/// `ferrite pr ...`
+pub fn main(args: &[String]) -> ExitCode {
+    let mut dir: Option<PathBuf> = None;
+    let mut lun_file: Option<String> = None;
+    let mut cmd: Option<&str> = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "-h" | "--help" => {
+                print!("{PR_USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            "--state-dir" => match it.next() {
+                Some(v) => dir = Some(v.into()),
+                None => return usage_error("--state-dir needs a value"),
+            },
+            "--lun-file" => match it.next() {
+                Some(v) => lun_file = Some(v.clone()),
+                None => return usage_error("--lun-file needs a value"),
+            },
+            "show" | "clear" if cmd.is_none() => cmd = Some(a.as_str()),
+            other => return usage_error(&format!("unexpected argument {other:?}")),
+        }
+    }
+    let (dir, _) = state_dir(dir.as_deref());
+    match (cmd, lun_file) {
+        (Some("show"), None) => show(&dir),
+        (Some("clear"), Some(name)) => clear(&dir, &name),
+        (Some("clear"), None) => usage_error("clear needs --lun-file NAME"),
+        _ => usage_error("expected `show` or `clear`"),
+    }
+}
+
+fn usage_error(msg: &str) -> ExitCode {
+    eprintln!("ferrite pr: {msg}\n\n{PR_USAGE}");
+    ExitCode::from(2)
+}
+
+fn show(dir: &Path) -> ExitCode {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            println!("{}: no saved persistent reservations", dir.display());
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("ferrite pr: {}: {e}", dir.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "pr"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        println!("{}: no saved persistent reservations", dir.display());
+    }
+    let mut status = ExitCode::SUCCESS;
+    for f in files {
+        let name = f
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        match FilePrStore::new(&f).load() {
+            Ok(Some(st)) => print!("{name}\n{}", describe(&st)),
+            Ok(None) => {}
+            Err(e) => {
+                println!("{name}\n  DAMAGED: {e}");
+                status = ExitCode::FAILURE;
+            }
+        }
+    }
+    status
+}
+
+fn clear(dir: &Path, name: &str) -> ExitCode {
+    if name.contains('/') || name.starts_with('.') {
+        return usage_error("--lun-file is a file name inside the state directory");
+    }
+    let path = dir.join(name);
+    if !path.exists() {
+        eprintln!("ferrite pr: {}: no such state file", path.display());
+        return ExitCode::FAILURE;
+    }
+    if let Ok(Some(st)) = FilePrStore::new(&path).load() {
+        print!("removing {}\n{}", path.display(), describe(&st));
+    } else {
+        println!("removing {} (damaged)", path.display());
+    }
+    // Saving "nothing survives" removes the file and syncs the directory.
+    match FilePrStore::new(&path).save(&PrState::default()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferrite pr: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_dirs() {
+        assert_eq!(
+            file_name("iqn.2026-11.io.ferrite:demo", 3),
+            "iqn.2026-11.io.ferrite:demo_lun3.pr"
+        );
+        assert_eq!(file_name("iqn.x/../y", 0), "iqn.x_.._y_lun0.pr");
+        let (d, explicit) = state_dir(Some(Path::new("/srv/state")));
+        assert_eq!((d, explicit), (PathBuf::from("/srv/state"), true));
+    }
+}

@@ -1,0 +1,233 @@
+//! libiscsi's conformance suite against the LUN kinds that `conformance.rs` (a thin file LUN,
+//! every test) does not cover: a thick RAM LUN, a read-only LUN and a removable LUN. Each kind
+//! runs the test families that make sense for it (a read-only LUN cannot pass WRITE tests; the
+//! removable LUN's 4 KiB physical blocks are what the LBPPB > 1 tests need, and SBC-4 §5.8.2
+//! makes GET LBA STATUS answer from the starting LBA, which `GetLBAStatus.UnmapSingle` does not
+//! expect with LBPPB > 1, so that family stays on the thin file LUN).
+//!
+//! Every kind is held to `conformance/known-failures.txt` (a failure not listed fails the test)
+//! and to its floor in `conformance/kinds-min-passed.txt` (`kind passed`, one per line).
+//! `FERRITE_CONFORMANCE_KINDS=thick,removable` runs only some kinds (and skips their floors).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{require_tool, run, Daemon, Opts};
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn shared_dir() -> PathBuf {
+    std::env::var_os("FERRITE_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("../shared"))
+}
+
+/// A `name value…` list file with `#` comments.
+fn read_list(path: &Path) -> BTreeMap<String, String> {
+    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| match l.split_once(char::is_whitespace) {
+            Some((name, rest)) => (name.to_string(), rest.trim().to_string()),
+            None => (l.to_string(), String::new()),
+        })
+        .collect()
+}
+
+struct Kind {
+    name: &'static str,
+    /// `[[target.lun]]` body; `{dir}` is the daemon's scratch directory.
+    lun: &'static str,
+    /// iscsi-test-cu `-t` patterns (fnmatch, comma separated).
+    tests: &'static str,
+}
+
+const KINDS: &[Kind] = &[
+    Kind {
+        name: "thick",
+        lun: "backstore = \"ram:128M\"\nthin = false",
+        tests: "ALL.CompareAndWrite.*,ALL.ExtendedCopy.*,ALL.ReceiveCopyResults.*,\
+                ALL.GetLBAStatus.*,ALL.Inquiry.*,ALL.OrWrite.*,ALL.ReadCapacity16.*,\
+                ALL.Sanitize.[!R]*,ALL.Unmap.*,ALL.WriteAtomic16.*,ALL.WriteSame10.*,\
+                ALL.WriteSame16.*,ALL.Write10.*,ALL.Read10.*,ALL.MultipathIO.*",
+    },
+    Kind {
+        name: "read-only",
+        lun: "backstore = \"file:{dir}/ro.img:64M\"\nread_only = true",
+        tests: "ALL.ReadOnly.*,ALL.Read6.*,ALL.Read10.*,ALL.Read12.*,ALL.Read16.*,\
+                ALL.ReadCapacity10.*,ALL.ReadCapacity16.*,ALL.ReadDefectData10.*,\
+                ALL.ReadDefectData12.*,ALL.Inquiry.*,ALL.Mandatory.*,ALL.ModeSense6.*,\
+                ALL.Prefetch10.*,ALL.Prefetch16.*,ALL.ReportSupportedOpcodes.*,\
+                ALL.TestUnitReady.*,ALL.Verify10.*,ALL.Verify12.*,ALL.Verify16.*",
+    },
+    Kind {
+        name: "removable",
+        lun: "backstore = \"ram:128M\"\nremovable = true\nphysical_block_size = 4096",
+        tests: "ALL.PreventAllow.*,ALL.StartStopUnit.*,ALL.NoMedia.*,ALL.CompareAndWrite.*,\
+                ALL.WriteSame10.*,ALL.WriteSame16.*,ALL.Unmap.*,ALL.ReadCapacity16.*",
+    },
+];
+
+struct Outcome {
+    passed: usize,
+    failed: usize,
+    skipped: usize,
+    unexpected: Vec<String>,
+}
+
+fn run_kind(script: &Path, kind: &Kind, known: &BTreeMap<String, String>) -> Outcome {
+    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("conformance-kinds")
+        .join(kind.name);
+    fs::create_dir_all(&out_dir).unwrap();
+    let json = out_dir.join("results.json");
+    let suite_log = out_dir.join("iscsi-test-cu.log");
+    let _ = fs::remove_file(&json);
+    let config = format!(
+        "[settings]\nnop_interval_secs = 0\n\n[[target]]\nname = \"{}\"\n\n\
+         [[target.portal_group]]\ntag = 1\nportals = [\"127.0.0.1:{{port}}\", \"{}:{{port2}}\"]\n\n\
+         [[target.lun]]\nid = 0\n{}\n",
+        common::IQN,
+        common::SECOND_IP,
+        kind.lun
+    );
+    let d = Daemon::start(Opts {
+        second_portal: true,
+        config: Some(config),
+        ..Opts::default()
+    });
+    let (url, url2) = (d.url(0), d.url2(0));
+    let (script_s, json_s, log_s) = (
+        script.display().to_string(),
+        json.display().to_string(),
+        suite_log.display().to_string(),
+    );
+    let t0 = Instant::now();
+    let out = run(
+        "python3",
+        &[
+            &script_s,
+            "--json",
+            &json_s,
+            "--log",
+            &log_s,
+            "--timeout",
+            "900",
+            "--tests",
+            kind.tests,
+            &url,
+            &url2,
+        ],
+        Duration::from_secs(1000),
+    );
+    let _ = fs::copy(d.log_path(), out_dir.join("ferrite.log"));
+    assert!(
+        matches!(out.status.code(), Some(0 | 1)) && json.is_file(),
+        "{}: conformance script broke: {}",
+        kind.name,
+        out.describe()
+    );
+    let flat = run(
+        "python3",
+        &[
+            "-c",
+            "import json,sys\n\
+             for r in json.load(open(sys.argv[1]))['results']:\n\
+             \x20   print('%s\\t%s.%s\\t%s' % (r['status'], r['suite'], r['test'], ' '.join(r['why'].split())))",
+            &json_s,
+        ],
+        Duration::from_secs(60),
+    )
+    .ok();
+    let mut o = Outcome {
+        passed: 0,
+        failed: 0,
+        skipped: 0,
+        unexpected: Vec::new(),
+    };
+    for line in flat.stdout.lines() {
+        let mut f = line.splitn(3, '\t');
+        let (Some(status), Some(name)) = (f.next(), f.next()) else {
+            continue;
+        };
+        match status {
+            "passed" => o.passed += 1,
+            "skipped" => o.skipped += 1,
+            _ => {
+                o.failed += 1;
+                if !known.contains_key(name) {
+                    o.unexpected
+                        .push(format!("{name}  {}", f.next().unwrap_or("")));
+                }
+            }
+        }
+    }
+    eprintln!(
+        "conformance[{}]: passed {}, failed {}, skipped {} in {:.0?} (artifacts in {})",
+        kind.name,
+        o.passed,
+        o.failed,
+        o.skipped,
+        t0.elapsed(),
+        out_dir.display()
+    );
+    o
+}
+
+#[test]
+fn libiscsi_conformance_per_lun_kind() {
+    require_tool("iscsi-test-cu");
+    require_tool("python3");
+    let script = shared_dir().join("tools/conformance");
+    assert!(
+        script.is_file(),
+        "conformance script not found at {} (or set FERRITE_SHARED_DIR)",
+        script.display()
+    );
+    let known = read_list(&repo_root().join("conformance/known-failures.txt"));
+    let floors = read_list(&repo_root().join("conformance/kinds-min-passed.txt"));
+    let only: Option<Vec<String>> = std::env::var("FERRITE_CONFORMANCE_KINDS")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .map(|s| s.split(',').map(str::to_string).collect());
+
+    let mut problems = Vec::new();
+    for kind in KINDS {
+        if only
+            .as_ref()
+            .is_some_and(|o| !o.iter().any(|k| k == kind.name))
+        {
+            continue;
+        }
+        let o = run_kind(&script, kind, &known);
+        for u in &o.unexpected {
+            problems.push(format!(
+                "{}: FAILED, not in known-failures.txt: {u}",
+                kind.name
+            ));
+        }
+        if o.passed + o.failed + o.skipped == 0 {
+            problems.push(format!("{}: the suite ran no test", kind.name));
+        }
+        if only.is_none() {
+            let floor: usize = floors
+                .get(kind.name)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no floor for {} in kinds-min-passed.txt", kind.name));
+            if o.passed < floor {
+                problems.push(format!(
+                    "{}: only {} passed; kinds-min-passed.txt requires {floor}",
+                    kind.name, o.passed
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}

@@ -1,0 +1,149 @@
+//! Block-device behaviour that needs the whole system: the VMware-style ATS race (two sessions
+//! hammering COMPARE AND WRITE on one block) and thin provisioning giving space back to the file
+//! system.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::sync::{Arc, Barrier};
+use std::thread;
+
+use common::initiator::{LoginOpts, Session};
+use common::sbc::{compare_and_write, unmap};
+use common::{Daemon, Opts, Rng};
+
+const BLOCK: usize = 512;
+
+fn session(d: &Daemon, initiator: &str, isid_last: u8) -> Session {
+    let mut s = Session::login(
+        d.addr(),
+        &LoginOpts {
+            initiator,
+            isid: [0x80, 0x12, 0x34, 0x56, 0x78, isid_last],
+            ..LoginOpts::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("login {initiator}: {e}"));
+    s.clear_unit_attentions().unwrap();
+    s
+}
+
+/// The heartbeat block content written by `writer` in `round`: every byte tells who and when,
+/// so a block mixing two writes (a torn block) is recognisable.
+fn heartbeat(round: u32, writer: u8) -> Vec<u8> {
+    let mut b = vec![writer; BLOCK];
+    for chunk in b.chunks_mut(8) {
+        chunk[..4].copy_from_slice(&round.to_be_bytes());
+    }
+    b
+}
+
+fn parse_heartbeat(b: &[u8]) -> Option<(u32, u8)> {
+    let round = u32::from_be_bytes(b[..4].try_into().unwrap());
+    let writer = b[4];
+    (b == heartbeat(round, writer).as_slice()).then_some((round, writer))
+}
+
+/// SBC-4 §5.3: COMPARE AND WRITE is atomic against every other writer. Two sessions race for one
+/// block round after round, each expecting the block as it last saw it: exactly one wins each
+/// round (GOOD), the other gets MISCOMPARE, and the block always holds one whole heartbeat.
+#[test]
+fn ats_race_has_one_winner_per_round_and_no_torn_block() {
+    const ROUNDS: u32 = 300;
+    const LBA: u64 = 2048;
+    let d = Daemon::start(Opts {
+        luns: vec!["file:{dir}/lun0.img:64M".into()],
+        ..Opts::default()
+    });
+    let mut s0 = session(&d, "iqn.2026-11.io.ferrite:ats-host-a", 1);
+    let s1 = session(&d, "iqn.2026-11.io.ferrite:ats-host-b", 2);
+    // Round 0: the block starts as writer 0's heartbeat.
+    s0.write10(LBA as u32, &heartbeat(0, 0), BLOCK).unwrap();
+
+    let barrier = Arc::new(Barrier::new(2));
+    let host = |mut s: Session, me: u8, barrier: Arc<Barrier>| {
+        thread::spawn(move || {
+            let mut wins = Vec::new();
+            for round in 1..=ROUNDS {
+                // Both hosts look at the block, then race to replace what they saw.
+                let seen = s.read10(LBA as u32, 1, BLOCK).unwrap();
+                let (r, _) = parse_heartbeat(&seen)
+                    .unwrap_or_else(|| panic!("torn heartbeat block in round {round}"));
+                assert_eq!(r, round - 1, "host {me} saw a stale round");
+                barrier.wait();
+                let st =
+                    compare_and_write(&mut s, LBA, &seen, &heartbeat(round, me), BLOCK).unwrap();
+                if st.good() {
+                    wins.push(round);
+                } else {
+                    assert_eq!(
+                        st.sense_code(),
+                        Some((0x0E, 0x1D, 0x00)),
+                        "host {me} round {round}: not a miscompare: {st:?}"
+                    );
+                }
+                // Nobody reads the next round's block before both have finished this one.
+                barrier.wait();
+            }
+            wins
+        })
+    };
+    let a = host(s0, 1, barrier.clone());
+    let b = host(s1, 2, barrier);
+    let (wa, wb) = (a.join().unwrap(), b.join().unwrap());
+    let mut all: Vec<u32> = wa.iter().chain(&wb).copied().collect();
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (1..=ROUNDS).collect::<Vec<_>>(),
+        "each round must have exactly one winner (a: {} wins, b: {} wins)",
+        wa.len(),
+        wb.len()
+    );
+    eprintln!(
+        "ATS race: {ROUNDS} rounds, host a won {}, host b won {}",
+        wa.len(),
+        wb.len()
+    );
+}
+
+/// Thin provisioning really returns space: after UNMAP the backing file occupies less disk
+/// (`du`), and the unmapped blocks read back as zeroes (LBPRZ = 1).
+#[test]
+fn unmap_punches_holes_in_the_backing_file() {
+    const MIB: usize = 1 << 20;
+    let d = Daemon::start(Opts {
+        luns: vec!["file:{dir}/lun0.img:64M".into()],
+        ..Opts::default()
+    });
+    let file = d.dir.path().join("lun0.img");
+    let used = || std::fs::metadata(&file).unwrap().blocks() * 512;
+    let mut s = session(&d, "iqn.2026-11.io.ferrite:thin-test", 3);
+    let before = used();
+    let mut data = vec![0u8; MIB];
+    let mut rng = Rng::new(7);
+    for i in 0..16u32 {
+        rng.fill(&mut data);
+        s.write10(i * (MIB / BLOCK) as u32, &data, BLOCK).unwrap();
+    }
+    let written = used();
+    assert!(
+        written >= before + 16 * MIB as u64,
+        "16 MiB written but the file grew from {before} to {written} bytes"
+    );
+    let blocks = (16 * MIB / BLOCK) as u32;
+    let st = unmap(&mut s, &[(0, blocks)]).unwrap();
+    assert!(st.good(), "UNMAP: {st:?}");
+    let after = used();
+    assert!(
+        after + 15 * MIB as u64 <= written,
+        "UNMAP of 16 MiB gave back only {} bytes ({written} -> {after})",
+        written.saturating_sub(after)
+    );
+    let back = s.read10(0, 64, BLOCK).unwrap();
+    assert!(
+        back.iter().all(|&b| b == 0),
+        "unmapped blocks must read as zeroes"
+    );
+    eprintln!("thin: file used {before} -> {written} after writing -> {after} after UNMAP");
+}

@@ -1,0 +1,522 @@
+//! Command-level tests for GET LBA STATUS from holes, ORWRITE, WRITE ATOMIC, COMPARE AND WRITE
+//! and WRITE SAME data-out rules, EXTENDED COPY / RECEIVE COPY RESULTS, removable media and
+//! SANITIZE.
+
+use std::sync::Arc;
+
+use backstore::{Backstore, RamBackstore};
+
+use super::*;
+
+const MIB: usize = 1 << 20;
+
+/// A thin RAM-backed LU (the RAM backstore reports its 1 MiB chunks as extents).
+fn setup_ram(cfg: LuConfig, size: usize) -> (T, Arc<RamBackstore>) {
+    let ram = Arc::new(RamBackstore::new(size as u64));
+    let lu = LogicalUnit::new(cfg, ram.clone()).unwrap();
+    let srv = DeviceServer::new();
+    srv.add_lun(0, Arc::new(lu)).unwrap();
+    let p = port();
+    let t = T {
+        srv,
+        store: MemStore::new(0, false),
+        n: nexus_on(&p, 1),
+        n2: nexus_on(&p, 2),
+    };
+    (t, ram)
+}
+
+fn thin_cfg() -> LuConfig {
+    LuConfig {
+        thin: true,
+        ..cfg_quiet()
+    }
+}
+
+fn get_lba_status(lba: u64, alloc: u32) -> Vec<u8> {
+    let mut c = cdb16(0x9E, 0x12, lba, alloc);
+    c[14] = 0;
+    c
+}
+
+/// (LBA, blocks, status) descriptors of GET LBA STATUS parameter data.
+fn lba_descriptors(d: &[u8]) -> Vec<(u64, u32, u8)> {
+    let len = u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as usize;
+    assert_eq!(len + 4, d.len());
+    d[8..]
+        .chunks(16)
+        .map(|c| {
+            (
+                u64::from_be_bytes(c[0..8].try_into().unwrap()),
+                u32::from_be_bytes(c[8..12].try_into().unwrap()),
+                c[12] & 0x0F,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn get_lba_status_reports_holes_and_data() {
+    let (t, ram) = setup_ram(thin_cfg(), 4 * MIB);
+    let per_mib = (MIB / BS) as u64;
+    ram.write_at(&[1; 16], MIB as u64).unwrap();
+    let d = lba_descriptors(&t.ok(&get_lba_status(0, 1024), &[]));
+    assert_eq!(
+        d,
+        vec![
+            (0, per_mib as u32, 1),
+            (per_mib, per_mib as u32, 0),
+            (2 * per_mib, 2 * per_mib as u32, 1)
+        ]
+    );
+    // From the middle of a run; and an allocation length with room for one descriptor.
+    let d = lba_descriptors(&t.ok(&get_lba_status(per_mib + 5, 24), &[]));
+    assert_eq!(d, vec![(per_mib + 5, per_mib as u32 - 5, 0)]);
+    // UNMAP of the mapped chunk makes it deallocated again: one run for the whole LU.
+    t.ok(&unmap_cdb(24), &unmap_list(&[(per_mib, per_mib as u32)]));
+    let d = lba_descriptors(&t.ok(&get_lba_status(0, 1024), &[]));
+    assert_eq!(d, vec![(0, 4 * per_mib as u32, 1)]);
+    assert_sense(
+        &t.run(&get_lba_status(4 * per_mib, 24), &[]),
+        0x05,
+        0x21,
+        0x00,
+    );
+}
+
+#[test]
+fn get_lba_status_unknown_extents_are_mapped() {
+    let t = setup_thin();
+    let d = lba_descriptors(&t.ok(&get_lba_status(10, 1024), &[]));
+    assert_eq!(d, vec![(10, BLOCKS as u32 - 10, 0)]);
+}
+
+#[test]
+fn read_capacity16_reports_physical_block_exponent() {
+    let t = setup_with(
+        LuConfig {
+            physical_block_size: 4096,
+            ..thin_cfg()
+        },
+        true,
+    );
+    let d = t.ok(&cdb16(0x9E, 0x10, 0, 32), &[]);
+    assert_eq!(d[13] & 0x0F, 3, "4096 / 512 = 2^3");
+    assert_eq!(d[14] & 0xC0, 0xC0, "LBPME and LBPRZ");
+    let bad = LuConfig {
+        physical_block_size: 1536,
+        ..cfg_quiet()
+    };
+    assert!(LogicalUnit::new(bad, MemStore::new(BLOCKS * BS, false)).is_err());
+}
+
+#[test]
+fn orwrite_ors_into_the_blocks() {
+    let t = setup();
+    t.store.fill(0, 2 * BS, 0x0F);
+    let data = vec![0xA0u8; 2 * BS];
+    t.ok(&cdb16(0x8B, 0x18, 0, 2), &data);
+    assert!(t.store.bytes(0, 2 * BS).iter().all(|&b| b == 0xAF));
+    // ORPROTECT is refused (no protection information); zero blocks is fine; range checked.
+    assert_invalid_cdb(&t.run(&cdb16(0x8B, 0x20, 0, 1), &data[..BS]), 1, Some(5));
+    t.ok(&cdb16(0x8B, 0, 0, 0), &[]);
+    assert_sense(
+        &t.run(&cdb16(0x8B, 0, BLOCKS as u64, 1), &data[..BS]),
+        0x05,
+        0x21,
+        0x00,
+    );
+}
+
+fn write_atomic(lba: u64, boundary: u16, len: u16) -> Vec<u8> {
+    let mut c = vec![0u8; 16];
+    c[0] = 0x9C;
+    c[2..10].copy_from_slice(&lba.to_be_bytes());
+    c[10..12].copy_from_slice(&boundary.to_be_bytes());
+    c[12..14].copy_from_slice(&len.to_be_bytes());
+    c
+}
+
+#[test]
+fn write_atomic_limits() {
+    let t = setup();
+    let data = pattern(4 * BS, 9);
+    t.ok(&write_atomic(8, 0, 4), &data);
+    assert_eq!(t.store.bytes(8 * BS, 4 * BS), data);
+    assert_invalid_cdb(&t.run(&write_atomic(8, 1, 4), &data), 10, None);
+    let max = (limits::MAX_ATOMIC_TRANSFER_BYTES as usize / BS) as u16;
+    let (big, _) = setup_ram(cfg_quiet(), 4 * MIB);
+    assert_invalid_cdb(&big.run(&write_atomic(0, 0, max + 1), &[]), 12, None);
+    // Part of the data is not an atomic write.
+    assert_sense(
+        &t.run(&write_atomic(0, 0, 4), &data[..BS]),
+        0x05,
+        0x0E,
+        0x03,
+    );
+    assert_sense(&t.run(&write_atomic(u64::MAX, 0, 0), &[]), 0x05, 0x21, 0x00);
+    // The Block Limits page advertises the limit.
+    let bl = t.ok(&inquiry(true, 0xB0, 64), &[]);
+    assert_eq!(
+        u32::from_be_bytes(bl[44..48].try_into().unwrap()),
+        u32::from(max)
+    );
+}
+
+#[test]
+fn compare_and_write_needs_exactly_two_instances() {
+    let t = setup();
+    let mut c = vec![0u8; 16];
+    c[0] = 0x89;
+    c[13] = 1;
+    let both = vec![0u8; 2 * BS];
+    t.ok(&c, &both);
+    assert_sense(&t.run(&c, &vec![0u8; 4 * BS]), 0x05, 0x0E, 0x03);
+    assert_sense(&t.run(&c, &both[..BS]), 0x05, 0x0E, 0x03);
+}
+
+#[test]
+fn write_same_takes_exactly_one_block() {
+    let t = setup_thin();
+    let c = cdb10(0x41, 0x08, 0, 1);
+    assert_sense(&t.run(&c, &vec![0u8; BS / 2]), 0x05, 0x0E, 0x03);
+    assert_sense(&t.run(&c, &vec![0u8; 2 * BS]), 0x05, 0x0E, 0x03);
+    t.ok(&c, &vec![0u8; BS]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// EXTENDED COPY / RECEIVE COPY RESULTS
+// ---------------------------------------------------------------------------------------------
+
+fn xcopy_cdb(len: u32) -> Vec<u8> {
+    let mut c = vec![0u8; 16];
+    c[0] = 0x83;
+    c[10..14].copy_from_slice(&len.to_be_bytes());
+    c
+}
+
+fn target_descriptor(naa: u64, bs: u32) -> Vec<u8> {
+    let mut d = vec![0u8; 32];
+    d[0] = 0xE4;
+    d[4] = 0x01; // binary
+    d[5] = 0x03; // LU association, NAA
+    d[7] = 8;
+    d[8..16].copy_from_slice(&naa.to_be_bytes());
+    d[29..32].copy_from_slice(&bs.to_be_bytes()[1..]);
+    d
+}
+
+fn b2b_segment(src: u16, dst: u16, blocks: u16, src_lba: u64, dst_lba: u64) -> Vec<u8> {
+    let mut d = vec![0u8; 28];
+    d[0] = 0x02;
+    d[2..4].copy_from_slice(&24u16.to_be_bytes());
+    d[4..6].copy_from_slice(&src.to_be_bytes());
+    d[6..8].copy_from_slice(&dst.to_be_bytes());
+    d[10..12].copy_from_slice(&blocks.to_be_bytes());
+    d[12..20].copy_from_slice(&src_lba.to_be_bytes());
+    d[20..28].copy_from_slice(&dst_lba.to_be_bytes());
+    d
+}
+
+fn xcopy_list<T: AsRef<[u8]>, S: AsRef<[u8]>>(
+    list_id: u8,
+    targets: &[T],
+    segments: &[S],
+) -> Vec<u8> {
+    let t: Vec<u8> = targets.iter().flat_map(|d| d.as_ref().to_vec()).collect();
+    let s: Vec<u8> = segments.iter().flat_map(|d| d.as_ref().to_vec()).collect();
+    let mut l = vec![0u8; 16];
+    l[0] = list_id;
+    l[2..4].copy_from_slice(&(t.len() as u16).to_be_bytes());
+    l[8..12].copy_from_slice(&(s.len() as u32).to_be_bytes());
+    l.extend(t);
+    l.extend(s);
+    l
+}
+
+fn copy_status(list_id: u8) -> Vec<u8> {
+    let mut c = vec![0u8; 16];
+    c[0] = 0x84;
+    c[2] = list_id;
+    c[10..14].copy_from_slice(&1024u32.to_be_bytes());
+    c
+}
+
+#[test]
+fn extended_copy_within_and_across_luns() {
+    let t = setup();
+    let naa0 = cfg_quiet().naa_id;
+    let naa1 = naa_from_name("second");
+    let store1 = MemStore::new(BLOCKS * BS, false);
+    let lu1 = LogicalUnit::new(
+        LuConfig {
+            naa_id: naa1,
+            ..cfg_quiet()
+        },
+        store1.clone(),
+    )
+    .unwrap();
+    t.srv.add_lun(1, Arc::new(lu1)).unwrap();
+    let data = pattern(16 * BS, 3);
+    t.ok(&cdb10(0x2A, 0, 0, 16), &data);
+
+    // Within LU 0: blocks 0..16 to 100..116; and from LU 0 to LU 1 at 7.
+    let list = xcopy_list(
+        5,
+        &[target_descriptor(naa0, 512), target_descriptor(naa1, 512)],
+        &[b2b_segment(0, 0, 16, 0, 100), b2b_segment(0, 1, 16, 0, 7)],
+    );
+    t.ok(&xcopy_cdb(list.len() as u32), &list);
+    assert_eq!(t.store.bytes(100 * BS, 16 * BS), data);
+    assert_eq!(store1.bytes(7 * BS, 16 * BS), data);
+
+    // The held status, once.
+    let st = t.ok(&copy_status(5), &[]);
+    assert_eq!(st[4], 0x01, "completed without errors");
+    assert_eq!(u16::from_be_bytes([st[5], st[6]]), 2);
+    assert_eq!(
+        u32::from_be_bytes(st[8..12].try_into().unwrap()),
+        32 * BS as u32
+    );
+    assert_invalid_cdb(&t.run(&copy_status(5), &[]), 2, None);
+    // Another nexus has no results of its own.
+    t.ok(&xcopy_cdb(list.len() as u32), &list);
+    assert_invalid_cdb(&t.run2(&copy_status(5), &[]), 2, None);
+}
+
+#[test]
+fn extended_copy_list_errors() {
+    let t = setup();
+    let naa0 = cfg_quiet().naa_id;
+    let td = target_descriptor(naa0, 512);
+    let seg = b2b_segment(0, 0, 1, 0, 1);
+    // PARAMETER LIST LENGTH 0: nothing to do.
+    t.ok(&xcopy_cdb(0), &[]);
+    // Truncated list.
+    let list = xcopy_list(1, &[&td], &[&seg]);
+    assert_sense(&t.run(&xcopy_cdb(40), &list[..40]), 0x05, 0x1A, 0x00);
+    // Too many target descriptors; too many segment descriptors.
+    let many_t = vec![td.clone(); 9];
+    let list = xcopy_list(1, &many_t, &[&seg]);
+    assert_sense(
+        &t.run(&xcopy_cdb(list.len() as u32), &list),
+        0x05,
+        0x26,
+        0x06,
+    );
+    let many_s = vec![seg.clone(); 65];
+    let list = xcopy_list(1, &[&td], &many_s);
+    assert_sense(
+        &t.run(&xcopy_cdb(list.len() as u32), &list),
+        0x05,
+        0x26,
+        0x08,
+    );
+    // Unsupported descriptor codes.
+    let mut fc = td.clone();
+    fc[0] = 0xE0;
+    let list = xcopy_list(1, &[fc], &[&seg]);
+    assert_sense(
+        &t.run(&xcopy_cdb(list.len() as u32), &list),
+        0x05,
+        0x26,
+        0x07,
+    );
+    let mut s2s = seg.clone();
+    s2s[0] = 0x03;
+    let list = xcopy_list(1, &[&td], &[s2s]);
+    assert_sense(
+        &t.run(&xcopy_cdb(list.len() as u32), &list),
+        0x05,
+        0x26,
+        0x09,
+    );
+    // A segment naming an absent target descriptor; an unknown designator; past the end.
+    let list = xcopy_list(1, &[&td], &[b2b_segment(0, 1, 1, 0, 1)]);
+    assert_sense(
+        &t.run(&xcopy_cdb(list.len() as u32), &list),
+        0x0A,
+        0x08,
+        0x04,
+    );
+    let list = xcopy_list(1, &[target_descriptor(1, 512)], &[&seg]);
+    assert_sense(
+        &t.run(&xcopy_cdb(list.len() as u32), &list),
+        0x0A,
+        0x0D,
+        0x02,
+    );
+    let list = xcopy_list(1, &[td], &[b2b_segment(0, 0, 2, 0, BLOCKS as u64 - 1)]);
+    assert_sense(
+        &t.run(&xcopy_cdb(list.len() as u32), &list),
+        0x0A,
+        0x00,
+        0x00,
+    );
+}
+
+#[test]
+fn receive_copy_results_operating_parameters() {
+    let t = setup();
+    let mut c = copy_status(0);
+    c[1] = 0x03;
+    let d = t.ok(&c, &[]);
+    assert_eq!(u16::from_be_bytes([d[8], d[9]]), 8);
+    assert_eq!(u16::from_be_bytes([d[10], d[11]]), 64);
+    // RECEIVE DATA (01h) is not offered.
+    c[1] = 0x01;
+    assert_invalid_cdb(&t.run(&c, &[]), 1, Some(4));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Removable medium
+// ---------------------------------------------------------------------------------------------
+
+fn start_stop(loej: bool, start: bool) -> Vec<u8> {
+    vec![0x1B, 0, 0, 0, (u8::from(loej) << 1) | u8::from(start), 0]
+}
+
+fn prevent(p: u8) -> Vec<u8> {
+    vec![0x1E, 0, 0, 0, p, 0]
+}
+
+#[test]
+fn removable_medium_eject_load_and_prevent() {
+    let t = setup_with(
+        LuConfig {
+            removable: true,
+            ..cfg_quiet()
+        },
+        false,
+    );
+    let tur = [0u8; 6];
+    assert_eq!(t.ok(&inquiry(false, 0, 96), &[])[1] & 0x80, 0x80, "RMB");
+    t.ok(&tur, &[]);
+    t.run2(&tur, &[]); // the second nexus is known to the LU
+    t.ok(&start_stop(true, false), &[]);
+    assert_sense(&t.run(&tur, &[]), 0x02, 0x3A, 0x00);
+    assert_sense(&t.run(&cdb10(0x28, 0, 0, 1), &[]), 0x02, 0x3A, 0x00);
+    assert_sense(&t.run(&cdb10(0x25, 0, 0, 0), &[]), 0x02, 0x3A, 0x00);
+    // INQUIRY and PREVENT ALLOW work without a medium.
+    t.ok(&inquiry(false, 0, 96), &[]);
+    t.ok(&prevent(1), &[]);
+    assert_sense(&t.run(&start_stop(true, true), &[]), 0x05, 0x53, 0x02);
+    // Another nexus cannot eject what this one prevents either; ALLOW lifts it.
+    assert_sense(&t.run2(&start_stop(true, true), &[]), 0x05, 0x53, 0x02);
+    t.ok(&prevent(0), &[]);
+    t.ok(&start_stop(true, true), &[]);
+    t.ok(&tur, &[]);
+    // The other nexus learns the medium may have changed.
+    assert_sense(&t.run2(&tur, &[]), 0x06, 0x28, 0x00);
+    // Prevention ends with the nexus.
+    t.ok(&prevent(1), &[]);
+    t.srv.nexus_lost(&t.n);
+    t.run(&tur, &[]);
+    t.ok(&start_stop(true, false), &[]);
+    // And with a LUN reset.
+    t.ok(&start_stop(true, true), &[]);
+    t.ok(&prevent(1), &[]);
+    t.srv.lun_reset(lun_to_wire(0));
+    t.run(&tur, &[]);
+    t.ok(&start_stop(true, false), &[]);
+    assert_invalid_cdb(&t.run(&prevent(2), &[]), 4, Some(1));
+}
+
+#[test]
+fn fixed_medium_ignores_loej() {
+    let t = setup();
+    t.ok(&start_stop(true, false), &[]);
+    t.ok(&[0u8; 6], &[]);
+    assert_eq!(t.ok(&inquiry(false, 0, 96), &[])[1] & 0x80, 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// SANITIZE
+// ---------------------------------------------------------------------------------------------
+
+fn sanitize(sa: u8, len: u16) -> Vec<u8> {
+    let mut c = vec![0u8; 10];
+    c[0] = 0x48;
+    c[1] = sa;
+    c[7..9].copy_from_slice(&len.to_be_bytes());
+    c
+}
+
+#[test]
+fn sanitize_overwrite_and_block_erase() {
+    let (t, ram) = setup_ram(thin_cfg(), 2 * MIB);
+    ram.write_at(&[7; 4096], 0).unwrap();
+    let mut list = vec![0x01, 0, 0, 2];
+    list.extend_from_slice(b"ab");
+    t.ok(&sanitize(0x01, list.len() as u16), &list);
+    let back = t.ok(&cdb10(0x28, 0, 0, 2), &[]);
+    assert!(back.chunks(2).all(|c| c == b"ab"));
+    assert_eq!(ram.allocated_bytes(), 2 * MIB as u64);
+    // BLOCK ERASE deallocates everything.
+    t.ok(&sanitize(0x02, 0), &[]);
+    assert_eq!(ram.allocated_bytes(), 0);
+    assert_invalid_cdb(&t.run(&sanitize(0x02, 8), &[0; 8]), 7, None);
+    // Unknown service actions, IMMED, and a bad pattern list.
+    assert_invalid_cdb(&t.run(&sanitize(0x03, 0), &[]), 1, Some(4));
+    assert_invalid_cdb(&t.run(&sanitize(0x81, 5), &list), 1, Some(7));
+    assert_invalid_cdb(&t.run(&sanitize(0x01, 4), &list[..4]), 7, None);
+    t.ok(&sanitize(0x1F, 0), &[]);
+}
+
+#[test]
+fn sanitize_block_erase_needs_thin_provisioning() {
+    let t = setup();
+    assert_invalid_cdb(&t.run(&sanitize(0x02, 0), &[]), 1, Some(4));
+    // Write protection is checked before anything is erased.
+    let ro = setup_with(
+        LuConfig {
+            read_only: true,
+            ..cfg_quiet()
+        },
+        false,
+    );
+    let list = [0x01, 0, 0, 1, 0xAA];
+    assert_sense(&ro.run(&sanitize(0x01, 5), &list), 0x07, 0x27, 0x00);
+}
+
+#[test]
+fn sanitizing_lu_refuses_other_commands() {
+    let t = setup();
+    let lu = t.srv.lu(0).unwrap();
+    lu.set_sanitizing(true, false);
+    assert_sense(&t.run(&[0u8; 6], &[]), 0x02, 0x04, 0x1B);
+    assert_sense(&t.run(&cdb16(0x88, 0, 0, 1), &[]), 0x02, 0x04, 0x1B);
+    t.ok(&inquiry(false, 0, 96), &[]);
+    let rs = t.ok(&[0x03, 0, 0, 0, 18, 0], &[]);
+    assert_eq!((rs[2] & 0x0F, rs[12], rs[13]), (0x02, 0x04, 0x1B));
+    // A failed sanitize leaves media access refused until EXIT FAILURE MODE.
+    lu.set_sanitizing(false, true);
+    assert_sense(&t.run(&cdb16(0x88, 0, 0, 1), &[]), 0x03, 0x31, 0x03);
+    t.ok(&sanitize(0x1F, 0), &[]);
+    t.ok(&cdb16(0x88, 0, 0, 1), &[]);
+}
+
+#[test]
+fn new_commands_are_reported_with_usage_data() {
+    let t = setup_thin();
+    for (op, sa, len) in [
+        (0x8B, None, 16),
+        (0x9C, None, 16),
+        (0x83, Some(0u16), 16),
+        (0x84, Some(3), 16),
+        (0x48, Some(2), 10),
+    ] {
+        let d = match sa {
+            Some(sa) => t.ok(&rsoc(0x02, op, sa, 512), &[]),
+            None => t.ok(&rsoc(0x01, op, 0, 512), &[]),
+        };
+        assert_eq!(d[1] & 0x07, 0x03, "opcode {op:#x} supported");
+        assert_eq!(usize::from(u16::from_be_bytes([d[2], d[3]])), len);
+        assert_eq!(d[4], op);
+    }
+    // DPO/FUA usage bits for ORWRITE and WRITE ATOMIC (what MODE SENSE DPOFUA promises).
+    assert_eq!(t.ok(&rsoc(0x01, 0x8B, 0, 512), &[])[5] & 0x18, 0x18);
+    assert_eq!(t.ok(&rsoc(0x01, 0x9C, 0, 512), &[])[5] & 0x18, 0x18);
+    // Standard INQUIRY says there is a copy manager (3PC).
+    assert_eq!(t.ok(&inquiry(false, 0, 96), &[])[5] & 0x08, 0x08);
+}
