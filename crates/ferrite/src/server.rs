@@ -433,6 +433,25 @@ struct Attached {
     abort_tx: mpsc::UnboundedSender<u64>,
 }
 
+/// Run one SCSI task on the device server (the view of the session).
+fn run_task(view: &DeviceServer, nexus: &Nexus, task: &iscsi_proto::ScsiTask) -> TaskOutcome {
+    let req = ScsiRequest {
+        nexus,
+        lun: task.lun,
+        cdb: &task.cdb,
+        data_out: &task.data_out,
+        expected_data_in: if task.read { task.expected_len } else { 0 },
+        attr: task_attr(task.attr),
+    };
+    let r = view.execute(&req);
+    TaskOutcome {
+        status: r.status.0,
+        sense: r.sense,
+        data_in: r.data_in,
+        data_out_len: r.data_out_len,
+    }
+}
+
 fn task_attr(a: u8) -> TaskAttr {
     match a {
         0 => TaskAttr::Untagged,
@@ -544,23 +563,16 @@ async fn run_connection(
                     let (Some(t), Some(nexus)) = (att.view.clone(), att.nexus.clone()) else {
                         continue;
                     };
+                    if t.is_quick(task.lun, &task.cdb) {
+                        // Microseconds of work: a hand-off to the blocking pool (two thread
+                        // wake-ups) would cost more than the command itself.
+                        let o = run_task(&t, &nexus, &task);
+                        conn.complete_task(task.id, o);
+                        continue;
+                    }
                     let tx = done_tx.clone();
                     tokio::task::spawn_blocking(move || {
-                        let req = ScsiRequest {
-                            nexus: &nexus,
-                            lun: task.lun,
-                            cdb: &task.cdb,
-                            data_out: &task.data_out,
-                            expected_data_in: if task.read { task.expected_len } else { 0 },
-                            attr: task_attr(task.attr),
-                        };
-                        let r = t.execute(&req);
-                        let o = TaskOutcome {
-                            status: r.status.0,
-                            sense: r.sense,
-                            data_in: r.data_in,
-                            data_out_len: r.data_out_len,
-                        };
+                        let o = run_task(&t, &nexus, &task);
                         let _ = tx.send((task.id, o));
                     });
                 }

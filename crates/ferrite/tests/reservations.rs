@@ -96,7 +96,10 @@ fn fence_with_preempt_and_abort_then_survive_sigkill() {
     // the device server's PREEMPT AND ABORT to A's session): it gets no response at all.
     finish_write(&mut a, itt, ttt, &[0xEE; BS]).unwrap();
     let ((tur_status, tur_sense), write) = tur_collecting(&mut a, itt).unwrap();
-    assert!(write.is_none(), "A's in-flight write was answered instead of aborted: {write:?}");
+    assert!(
+        write.is_none(),
+        "A's in-flight write was answered instead of aborted: {write:?}"
+    );
     // The unit attention is still pending for A's next command.
     let registrations_preempted = Some((0x06, 0x2A, 0x05));
     assert_eq!(tur_status, STATUS_CHECK_CONDITION);

@@ -191,6 +191,41 @@ impl DeviceServer {
         self.map().get(&lun).cloned()
     }
 
+    /// Whether `execute` of this command finishes in microseconds without sleeping, so the
+    /// transport may run it on its own thread instead of handing it to a blocking pool (the
+    /// hand-off costs more than the command). True for small READ/WRITE without FUA on RAM and
+    /// file backstores (page cache), and for commands that touch no medium; false for flushes,
+    /// large transfers, block devices and everything that may wait (COMPARE AND WRITE, XCOPY,
+    /// SANITIZE, UNMAP, reservations with APTPL writes...).
+    pub fn is_quick(&self, lun_wire: u64, cdb: &[u8]) -> bool {
+        const QUICK_BYTES: u64 = 128 * 1024;
+        let Some(&op) = cdb.first() else { return true };
+        let Some(lu) = lun_from_wire(lun_wire).and_then(|l| self.lu(l)) else {
+            return true; // answered without touching any LU
+        };
+        let b = Bytes(cdb);
+        // (transfer length in blocks, FUA) for the READ/WRITE family (SBC-4 §5.x CDB layouts).
+        let xfer = match op {
+            0x08 | 0x0a => Some((u64::from(b.u8(4)).max(1), false)),
+            0x28 | 0x2a => Some((u64::from(b.be16(7)), b.bit(1, 3))),
+            0xa8 | 0xaa => Some((u64::from(b.be32(6)), b.bit(1, 3))),
+            0x88 | 0x8a => Some((u64::from(b.be32(10)), b.bit(1, 3))),
+            _ => None,
+        };
+        match xfer {
+            Some((blocks, fua)) => {
+                let medium = matches!(lu.backstore().kind(), "ram" | "file");
+                medium && !fua && blocks * u64::from(lu.block_size()) <= QUICK_BYTES
+            }
+            // INQUIRY, TEST UNIT READY, REPORT LUNS, READ CAPACITY 10/16, REQUEST SENSE,
+            // MODE SENSE 6/10: answered from memory.
+            None => {
+                matches!(op, 0x12 | 0x00 | 0xa0 | 0x25 | 0x03 | 0x1a | 0x5a)
+                    || (op == 0x9e && b.u8(1) & 0x1f == 0x10)
+            }
+        }
+    }
+
     /// Execute one command. Callable from many threads at once.
     pub fn execute(&self, req: &ScsiRequest) -> ScsiResponse {
         let lun = lun_from_wire(req.lun);

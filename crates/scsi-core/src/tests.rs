@@ -1747,3 +1747,26 @@ fn arbitrary_cdbs_never_panic() {
         }
     }
 }
+
+#[test]
+fn quick_commands_are_small_page_cache_io_and_memory_answers() {
+    let ram = Arc::new(backstore::RamBackstore::new(1 << 20));
+    let srv = DeviceServer::new();
+    srv.add_lun(0, Arc::new(LogicalUnit::new(cfg_quiet(), ram).unwrap()))
+        .unwrap();
+    let l0 = lun_to_wire(0);
+    // 4 KiB READ(10)/WRITE(16) on RAM: quick. FUA, 1 MiB, flushes and UNMAP: not.
+    assert!(srv.is_quick(l0, &cdb10(0x28, 0, 0, 8)));
+    assert!(srv.is_quick(l0, &cdb16(0x8a, 0, 0, 8)));
+    assert!(!srv.is_quick(l0, &cdb10(0x2a, 0x08, 0, 8)));
+    assert!(!srv.is_quick(l0, &cdb10(0x28, 0, 0, 2048)));
+    assert!(!srv.is_quick(l0, &cdb10(0x35, 0, 0, 0)));
+    assert!(!srv.is_quick(l0, &cdb10(0x42, 0, 0, 24)));
+    assert!(srv.is_quick(l0, &inquiry(false, 0, 96)));
+    // A LUN that does not exist is answered from memory; an empty CDB too.
+    assert!(srv.is_quick(lun_to_wire(9), &cdb10(0x28, 0, 0, 8)));
+    assert!(srv.is_quick(l0, &[]));
+    // A backstore that is neither RAM nor a file: I/O always goes to the blocking pool.
+    let t = setup();
+    assert!(!t.srv.is_quick(l0, &cdb10(0x28, 0, 0, 8)));
+}
