@@ -25,6 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{BackstoreSpec, Config, LunConfig, TargetConfig};
 use crate::runtime::{PortalView, Runtime, Target};
+use crate::writer::Frames;
 
 #[derive(Debug)]
 struct SessionEntry {
@@ -483,10 +484,10 @@ async fn run_connection(
     // The writer task owns the socket's write half so reads never wait on writes.
     // Bounded: an initiator that stops reading stops us reading its requests (backpressure)
     // instead of growing our memory.
-    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(64);
+    let (out_tx, mut out_rx) = mpsc::channel::<Frames>(64);
     let writer = tokio::spawn(async move {
-        while let Some(buf) = out_rx.recv().await {
-            if wr.write_all(&buf).await.is_err() {
+        while let Some(frames) = out_rx.recv().await {
+            if frames.write_to(&mut wr).await.is_err() {
                 break;
             }
         }
@@ -544,7 +545,7 @@ async fn run_connection(
             start = 0;
         }
         // Act on what the engine produced.
-        let mut batch = Vec::new();
+        let mut batch = Frames::default();
         while let Some(ev) = conn.poll_event() {
             match ev {
                 ConnEvent::LoginComplete(r) => {
@@ -600,7 +601,7 @@ async fn run_connection(
             }
         }
         while let Some(pdu) = conn.poll_transmit() {
-            pdu.encode(&mut batch);
+            batch.push(&pdu);
         }
         if !batch.is_empty() && out_tx.send(batch).await.is_err() {
             break;
