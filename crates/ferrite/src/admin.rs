@@ -189,6 +189,29 @@ pub async fn execute(daemon: &Arc<Daemon>, req: &Value) -> anyhow::Result<Value>
             return Ok(json!({ "dropped": tsih }));
         }
         "export" => return Ok(json!({ "toml": toml::to_string(&rt.config)? })),
+        "pr-show" | "pr-clear" => {
+            // Persistent reservation state of the running daemon (SPC-4 §5.13): registrations,
+            // holder, type, generation; `pr-clear` acts like PERSISTENT RESERVE OUT CLEAR.
+            let name = s(req, "target")?;
+            let t = rt
+                .target(name)
+                .ok_or_else(|| anyhow::anyhow!("no target {name:?}"))?;
+            let only = req.get("lun").and_then(Value::as_u64);
+            let mut out = Vec::new();
+            for (id, (_, lu)) in t
+                .lus
+                .iter()
+                .filter(|(id, _)| only.is_none_or(|l| l == **id))
+            {
+                if op == "pr-clear" {
+                    lu.pr_clear()?;
+                    info!(target = %name, lun = id, "persistent reservations cleared by the operator");
+                }
+                out.push(json!({ "lun": id, "state": serde_json::to_value(lu.pr_state())? }));
+            }
+            anyhow::ensure!(!out.is_empty() || only.is_none(), "no LUN {:?}", only);
+            return Ok(json!({ "luns": out }));
+        }
         "save" => {
             let path = match req.get("path").and_then(Value::as_str) {
                 Some(p) => PathBuf::from(p),
@@ -414,6 +437,8 @@ COMMANDS:
     set-chap IQN INITIATOR USER SECRET [MUTUAL_USER MUTUAL_SECRET]   (USER '-' clears)
     set-group-chap IQN TAG USER SECRET [MUTUAL_USER MUTUAL_SECRET]
     set-discovery [sendtargets_enabled_only=yes|no] [chap=USER:SECRET]
+    pr-show IQN [LUN]                         persistent reservations: keys, holder, type, generation
+    pr-clear IQN [LUN]                        drop them all (like PERSISTENT RESERVE OUT CLEAR)
     export                                    print the configuration (TOML)
     save [PATH]                               write it atomically (default: the --config file)
 
@@ -479,6 +504,13 @@ pub fn request_from_args(cmd: &str, a: &[String]) -> anyhow::Result<Value> {
         "add-target" => {
             need(2)?;
             json!({ "op": cmd, "target": a[0], "portals": a[1..] })
+        }
+        "pr-show" | "pr-clear" => {
+            need(1)?;
+            match a.get(1) {
+                Some(l) => json!({ "op": cmd, "target": a[0], "lun": num(l)? }),
+                None => json!({ "op": cmd, "target": a[0] }),
+            }
         }
         "remove-target" => {
             need(1)?;

@@ -702,6 +702,9 @@ fn admin_help_lists_every_command_exercised_here() {
         "set-discovery",
         "export",
         "save",
+        // Exercised in reservations.rs (operator_sees_and_clears_reservations_live).
+        "pr-show",
+        "pr-clear",
     ];
     let mut listed: Vec<&str> = commands.clone();
     listed.sort();

@@ -311,3 +311,41 @@ fn sigkill_while_registrations_change_never_loses_an_acknowledged_one() {
         probe.logout().unwrap();
     }
 }
+
+/// The operator sees the reservation state of the running daemon and can clear it
+/// (`ferrite admin pr-show` / `pr-clear`); the initiators see the clear as RESERVATIONS
+/// PREEMPTED.
+#[test]
+fn operator_sees_and_clears_reservations_live() {
+    use common::tpg::{admin_json, admin_ok};
+    let keep = TempDir::new("pr-admin");
+    let d = Daemon::start(Opts {
+        config: Some(config(keep.path())),
+        ..Opts::default()
+    });
+    let mut a = login(&d, NODE_A, 1);
+    prout_ok(&mut a, REGISTER_AND_IGNORE, 0, 0, KEY_A, 0);
+    prout_ok(&mut a, RESERVE, WE_RO, KEY_A, 0, 0);
+    let v = admin_json(&d, &["pr-show", IQN, "0"]);
+    let st = &v["luns"][0]["state"];
+    assert_eq!(
+        st["registrations"].as_array().map(|r| r.len()),
+        Some(1),
+        "{v}"
+    );
+    assert!(st["reservation"].is_object(), "{v}");
+    admin_ok(&d, &["pr-clear", IQN, "0"]);
+    let v = admin_json(&d, &["pr-show", IQN]);
+    let st = &v["luns"][0]["state"];
+    assert_eq!(
+        st["registrations"].as_array().map(|r| r.len()),
+        Some(0),
+        "{v}"
+    );
+    assert!(st["reservation"].is_null(), "{v}");
+    // A is told its reservation went away.
+    let ((status, sense), _) = tur_collecting(&mut a, u32::MAX).expect("TEST UNIT READY");
+    assert_eq!(status, 0x02);
+    assert_eq!(sense_code(&sense), Some((0x06, 0x2A, 0x03)));
+    assert_eq!(read_keys(&mut a).1, Vec::<u64>::new());
+}
