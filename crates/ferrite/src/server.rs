@@ -805,6 +805,10 @@ fn login_complete(
     att.key = Some(key);
     att.tsih = tsih;
     att.target = Some(target);
+    let filter_view = view.clone();
+    conn.set_lun_filter(move |field| {
+        scsi_core::lun_from_wire(field).is_some_and(|l| filter_view.lu(l).is_some())
+    });
     att.view = Some(view);
     att.nexus = Some(nexus);
     att.kill = Some(kill_rx);

@@ -237,6 +237,17 @@ pub struct Connection {
     data_digest: bool,
     /// Set once the connection must close; the phase keeps its state so late calls are safe.
     closed: bool,
+    /// Which LUN fields address a logical unit of this session (set by the driver).
+    lun_exists: Option<LunFilter>,
+}
+
+/// The driver's answer to "does this LUN field reach a logical unit?".
+struct LunFilter(Box<dyn Fn(u64) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for LunFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LunFilter")
+    }
 }
 
 const MAX_ABORTED_ITTS: usize = 256;
@@ -285,6 +296,7 @@ impl Connection {
             header_digest: false,
             data_digest: false,
             closed: false,
+            lun_exists: None,
         }
     }
 
@@ -1202,6 +1214,14 @@ impl Connection {
                     }
                 }
             }
+            // RFC 7143 §11.6.1: a LUN-scoped function on a LUN the session cannot see.
+            TmfFunction::ABORT_TASK_SET
+            | TmfFunction::CLEAR_TASK_SET
+            | TmfFunction::LOGICAL_UNIT_RESET
+                if !self.lun_exists(t.lun) =>
+            {
+                TmfResponse::LUN_DOES_NOT_EXIST
+            }
             TmfFunction::ABORT_TASK_SET | TmfFunction::CLEAR_TASK_SET => {
                 self.abort_where(|task| task.lun == t.lun, &mut waiting);
                 action = Some(TmfAction::ClearTaskSet { lun: t.lun });
@@ -1489,6 +1509,16 @@ impl Connection {
         if code == LogoutResponseCode::CLOSED {
             self.close("logout");
         }
+    }
+
+    /// Tell the engine which LUN fields reach a logical unit, so LUN-scoped task management
+    /// on any other LUN is answered "LUN does not exist" (RFC 7143 §11.6.1).
+    pub fn set_lun_filter(&mut self, f: impl Fn(u64) -> bool + Send + Sync + 'static) {
+        self.lun_exists = Some(LunFilter(Box::new(f)));
+    }
+
+    fn lun_exists(&self, lun: u64) -> bool {
+        self.lun_exists.as_ref().is_none_or(|f| (f.0)(lun))
     }
 
     /// Abort, without any response, every task whose LUN field satisfies `lun` (SPC-4

@@ -1117,3 +1117,32 @@ fn abort_tasks_for_a_lun_drops_their_responses() {
     h.cmd(0x82, 0x00, false, false, 0, true, &[]);
     assert_eq!(h.executed().itt, 0x82);
 }
+
+#[test]
+fn lun_scoped_tmf_on_an_unknown_lun() {
+    let mut h = Harness::new(&[]);
+    h.c.set_lun_filter(|lun| lun == 0);
+    let mut t = TaskMgmtRequest {
+        immediate: true,
+        function: TmfFunction::LOGICAL_UNIT_RESET.0,
+        lun: 5 << 48,
+        itt: 0x90,
+        referenced_tag: RESERVED_TAG,
+        cmd_sn: h.cmd_sn,
+        ..Default::default()
+    };
+    h.c.handle_pdu(h.now, raw(Header::TaskMgmtRequest(t.clone()), &[]), &Dir);
+    let out = outputs(&mut h.c);
+    assert!(
+        matches!(&out[0].header, Header::TaskMgmtResponse(r) if r.response == TmfResponse::LUN_DOES_NOT_EXIST.0)
+    );
+    assert!(
+        events(&mut h.c).is_empty(),
+        "no device action for a missing LUN"
+    );
+    t.lun = 0;
+    t.itt = 0x91;
+    h.c.handle_pdu(h.now, raw(Header::TaskMgmtRequest(t), &[]), &Dir);
+    let out = outputs(&mut h.c);
+    assert!(matches!(&out[0].header, Header::TaskMgmtResponse(r) if r.response == 0));
+}
