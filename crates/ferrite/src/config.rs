@@ -92,7 +92,7 @@ pub struct TargetConfig {
 
 /// CHAP credentials (RFC 7143 §12.1.3). `user`/`secret` is what the initiator presents;
 /// `mutual_user`/`mutual_secret` is what the target answers with when asked (mutual CHAP).
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ChapConfig {
     pub user: String,
@@ -101,6 +101,21 @@ pub struct ChapConfig {
     pub mutual_user: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mutual_secret: Option<String>,
+}
+
+/// Secrets never reach logs: Debug shows only the user names.
+impl std::fmt::Debug for ChapConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChapConfig")
+            .field("user", &self.user)
+            .field("secret", &"<redacted>")
+            .field("mutual_user", &self.mutual_user)
+            .field(
+                "mutual_secret",
+                &self.mutual_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 impl ChapConfig {
@@ -279,6 +294,22 @@ impl BackstoreSpec {
     }
 }
 
+/// The line of `text` that holds the last quoted value a validation message names (the most
+/// specific culprit: `target "a" group 1: portal "b" ...` points at `b`), 1-based.
+fn culprit_line(text: &str, message: &str) -> Option<usize> {
+    let quoted: Vec<&str> = message
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .filter(|q| !q.is_empty())
+        .collect();
+    quoted.iter().rev().find_map(|q| {
+        text.lines()
+            .position(|l| l.contains(&format!("\"{q}\"")))
+            .map(|i| i + 1)
+    })
+}
+
 /// RFC 7143 §4.2.7.2: iqn., eui. or naa. names.
 pub fn valid_iscsi_name(n: &str) -> bool {
     let ok_chars = n
@@ -324,8 +355,10 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let cfg: Config = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        cfg.validate()
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        cfg.validate().map_err(|e| match culprit_line(&text, &e) {
+            Some(line) => format!("{}:{line}: {e}", path.display()),
+            None => format!("{}: {e}", path.display()),
+        })?;
         Ok(cfg)
     }
 
@@ -466,6 +499,37 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn load_errors_carry_file_and_line() {
+        let dir = std::env::temp_dir().join(format!("ferrite-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("bad.toml");
+        let text = "[[target]]\nname = \"iqn.2026-11.io.ferrite:t\"\n[[target.portal_group]]\ntag = 1\nportals = [\"127.0.0.1:3260\", \"nonsense\"]\n";
+        std::fs::write(&p, text).unwrap();
+        let e = Config::load(&p).unwrap_err();
+        assert!(e.contains("bad.toml:5:") && e.contains("nonsense"), "{e}");
+        // Syntax errors: the TOML parser's own line and column.
+        std::fs::write(&p, "[[target]]\nname = \n").unwrap();
+        let e = Config::load(&p).unwrap_err();
+        assert!(e.contains("line 2"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn chap_secrets_are_not_in_debug_output() {
+        let c = ChapConfig {
+            user: "u".into(),
+            secret: "initiator-secret-1".into(),
+            mutual_user: Some("t".into()),
+            mutual_secret: Some("target-secret-22".into()),
+        };
+        let d = format!("{c:?}");
+        assert!(
+            !d.contains("initiator-secret") && !d.contains("target-secret"),
+            "{d}"
+        );
+    }
 
     #[test]
     fn sizes_and_specs() {
