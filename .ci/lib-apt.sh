@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by .ci/run and .ci/bench-deps (sourced, not run): the apt helpers that install the
 # external peers on a Debian machine, qemu-block-extra from <codename>-backports included.
 # Expects to be sourced from the repository root, under `set -euo pipefail`.

@@ -39,6 +39,22 @@ def session_workload(wid):
     return None
 
 
+def is_numeric_key(key):
+    return key in ("secs", "reps", "session_secs", "quick", "nproc") or key.endswith(
+        ("_kib", "_count")
+    ) or key.startswith("loadavg_")
+
+
+def number(text):
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
+
 def parse(path):
     meta = {}
     runs = defaultdict(list)  # (workload, target) -> [run dict]
@@ -46,7 +62,7 @@ def parse(path):
         for line in f:
             cols = line.rstrip("\n").split("\t")
             if cols[0] == "meta" and len(cols) >= 3:
-                meta[cols[1]] = cols[2]
+                meta[cols[1]] = number(cols[2]) if is_numeric_key(cols[1]) else cols[2]
             elif cols[0] == "run" and len(cols) >= 9:
                 _, wid, target, rep, value, ios, cpu, wall, extra = cols[:9]
                 runs[(wid, target)].append(
@@ -104,6 +120,7 @@ def build(meta, runs):
             s = summary(samples, size / MIB if size else 1.0)
             if s is not None:
                 s["cpu_s_per_million_ios"] = cpu_per_mio(samples)
+                s["runs"] = samples
                 if session_workload(wid):
                     s.update(session_memory(samples))
             row[t] = s
@@ -141,7 +158,11 @@ def print_table(meta, rows, tcp):
     print()
     print(
         f"Ferrite vs tgtd on loopback: {reps} repeat(s) of {secs} s per workload and target, "
-        f"alternating ferrite, tgtd; medians ({meta.get('nproc', '?')} CPUs, {meta.get('cpu', '?')})"
+        f"alternating ferrite, tgtd; medians"
+    )
+    print(
+        f"{meta.get('nproc', '?')} CPUs ({meta.get('cpu', '?')}), load average "
+        f"{meta.get('loadavg_start', '?')} at the start and {meta.get('loadavg_end', '?')} at the end"
     )
     head = ["workload", "unit", "ferrite", "tgtd", "ferrite/tgtd", "ferrite CPU s/MIO", "tgtd CPU s/MIO"]
     table = [head]
@@ -168,7 +189,7 @@ def print_table(meta, rows, tcp):
             print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
 
     def mib(k):
-        return f"{int(k) / 1024:,.1f} MiB" if k not in (None, "") else "n/a"
+        return f"{k / 1024:,.1f} MiB" if isinstance(k, (int, float)) else "n/a"
 
     print()
     print(
@@ -184,8 +205,8 @@ def print_table(meta, rows, tcp):
             s = r.get(t)
             if s and "rss_growth_kib" in s:
                 parts.append(
-                    f"{t} +{s['rss_growth_kib'] / 1024:,.1f} MiB "
-                    f"({s['rss_per_session_kib']:,.0f} KiB/session)"
+                    f"{t} {s['rss_growth_kib'] / 1024:+,.1f} MiB "
+                    f"({s['rss_per_session_kib']:+,.0f} KiB/session)"
                 )
         if parts:
             print(f"{r['id'][len('sessions'):]} sessions, RSS growth at peak: " + "; ".join(parts) + ".")

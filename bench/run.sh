@@ -70,18 +70,20 @@ if ((QUICK)); then
 else
     SECS="${SECS:-4}" REPS="${REPS:-3}"
 fi
-is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
-is_uint "$SECS" && ((SECS >= 1)) || { echo "bench: --secs must be a whole number >= 1" >&2; exit 2; }
-is_uint "$REPS" && ((REPS >= 1)) || { echo "bench: --reps must be a whole number >= 1" >&2; exit 2; }
+usage_error() { echo "bench: $*" >&2; exit 2; }
+# A whole number in [MIN, MAX].
+uint_in() { [[ "$1" =~ ^[0-9]+$ ]] && (($1 >= $2 && $1 <= $3)); }
+uint_in "$SECS" 1 3600 || usage_error "--secs must be a whole number of seconds, 1 to 3600"
+uint_in "$REPS" 1 100 || usage_error "--reps must be a whole number, 1 to 100"
 for n in $SESSIONS; do
-    is_uint "$n" && ((n >= 1 && n <= 1024)) || { echo "bench: --sessions: '$n' is not 1..1024" >&2; exit 2; }
+    uint_in "$n" 1 1024 || usage_error "--sessions: '$n' is not a whole number from 1 to 1024"
 done
-is_uint "$PORT_BASE" && ((PORT_BASE >= 3500 && PORT_BASE + 3 <= 3549)) ||
-    { echo "bench: --port-base must leave P..P+3 inside 3500-3549" >&2; exit 2; }
+uint_in "$PORT_BASE" 3500 3546 || usage_error "--port-base must leave P..P+3 inside 3500-3549"
 if [[ -n "$JSON_OUT" ]]; then
-    # Resolve now: the script changes directory later.
-    JSON_OUT="$(cd "$(dirname "$JSON_OUT")" 2>/dev/null && pwd)/$(basename "$JSON_OUT")" ||
-        { echo "bench: --json: the directory of '$JSON_OUT' does not exist" >&2; exit 2; }
+    # Checked (and made absolute) before anything is started.
+    dir="$(cd "$(dirname "$JSON_OUT")" 2>/dev/null && pwd)" ||
+        usage_error "--json: the directory of '$JSON_OUT' does not exist"
+    JSON_OUT="$dir/$(basename "$JSON_OUT")"
 fi
 # A many-sessions run needs every login done well inside its window.
 SESSION_SECS=$((SECS < 3 ? 3 : SECS))
@@ -190,7 +192,8 @@ cleanup() {
     wait 2>/dev/null
     rm -f "$SHM"
     if [[ -n "$SCRATCH" && -d "$SCRATCH" ]]; then
-        if ((rc != 0)); then
+        # A failure (not an interrupt) shows the daemons' last words.
+        if ((rc != 0 && rc != 130 && rc != 143)); then
             for p in ferrite.log tgtd.log; do
                 [[ -s "$SCRATCH/$p" ]] && { echo "--- tail of $p" >&2; tail -n 20 "$SCRATCH/$p" >&2; }
             done
@@ -242,6 +245,8 @@ log "starting ferrite on $HOST:$FPORT and tgtd on $HOST:$TPORT"
 FPID=$!
 tgtd -f --iscsi "portal=$HOST:$TPORT" --control-port "$TCTL" >"$SCRATCH/tgtd.log" 2>&1 &
 TPID=$!
+# It ends with SIGKILL; disowned, the shell does not announce that as "Killed".
+disown "$TPID"
 
 alive() { kill -0 "$1" 2>/dev/null; }
 wait_until() { # SECONDS PID DESCRIPTION COMMAND...: until COMMAND succeeds, while PID lives
@@ -262,6 +267,7 @@ tgtctl --mode target --op new --tid 1 --targetname "$TIQN"
 tgtctl --mode logicalunit --op new --tid 1 --lun 1 --bstype rdwr --backing-store "$SHM"
 tgtctl --mode logicalunit --op new --tid 1 --lun 2 --bstype rdwr --backing-store "$SCRATCH/tgtd.img"
 tgtctl --mode target --op bind --tid 1 --initiator-address ALL
+log "ferrite is pid $FPID, tgtd pid $TPID"
 
 CLK_TCK="$(getconf CLK_TCK)"
 # utime + stime of a whole process (every thread, live or exited), in clock ticks.
@@ -287,6 +293,10 @@ meta tgt "$(dpkg-query -W -f '${Version}' tgt 2>/dev/null || echo unknown)"
 meta libiscsi "$(dpkg-query -W -f '${Version}' libiscsi-bin 2>/dev/null || echo unknown)"
 meta qemu "$(qemu-img --version | head -n1)"
 ((HAVE_IPERF)) && meta iperf3 "$(iperf3 --version | head -n1)"
+LOAD="$(cut -d' ' -f1 /proc/loadavg)"
+meta loadavg_start "$LOAD"
+awk -v l="$LOAD" -v n="$(nproc)" 'BEGIN { exit !(l > n / 2) }' &&
+    log "warning: load average $LOAD on $(nproc) CPUs: other work on this machine will skew the numbers"
 meta ferrite_rss_idle_kib "$(status_kib "$FPID" VmRSS)"
 
 # Where each workload goes on each target.
@@ -492,6 +502,7 @@ check_daemons
 note_peak
 meta ferrite_rss_peak_kib "$PEAK_KIB"
 meta ferrite_rss_end_kib "$(status_kib "$FPID" VmRSS)"
+meta loadavg_end "$(cut -d' ' -f1 /proc/loadavg)"
 
 # ---------------------------------------------------------------------------------------------
 # Report
