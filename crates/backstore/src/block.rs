@@ -134,6 +134,10 @@ impl Backstore for BlockBackstore {
         sys::read_at(&self.file, self.size, buf, offset)
     }
 
+    fn read_vec(&self, len: usize, offset: u64) -> io::Result<Vec<u8>> {
+        sys::read_vec(&self.file, self.size, len, offset)
+    }
+
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         sys::write_at(&self.file, self.size, buf, offset)
     }

@@ -39,6 +39,13 @@ pub trait Backstore: Send + Sync + std::fmt::Debug {
     fn size(&self) -> u64;
     /// Fill `buf` from `offset`. Reading past `size()` is an error (`InvalidInput`).
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Read `len` bytes from `offset` into a new buffer. Implementations fill it without
+    /// zeroing it first (the read is the only pass over the memory); same errors as `read_at`.
+    fn read_vec(&self, len: usize, offset: u64) -> io::Result<Vec<u8>> {
+        let mut v = vec![0u8; len];
+        self.read_at(&mut v, offset)?;
+        Ok(v)
+    }
     /// Write all of `buf` at `offset`. Writing past `size()` is an error (`InvalidInput`).
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
     /// Make every completed write durable (fdatasync for files and block devices).

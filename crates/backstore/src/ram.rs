@@ -180,6 +180,19 @@ impl Backstore for RamBackstore {
         })
     }
 
+    fn read_vec(&self, len: usize, offset: u64) -> io::Result<Vec<u8>> {
+        check_range(self.size, offset, len as u64)?;
+        let mut v = Vec::with_capacity(len);
+        Self::for_each_piece(offset, len as u64, |i, within, n, _done| {
+            match &*self.read_chunk(i) {
+                Some(data) => v.extend_from_slice(&data[within..][..n]),
+                None => v.resize(v.len() + n, 0),
+            }
+            Ok(())
+        })?;
+        Ok(v)
+    }
+
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         check_range(self.size, offset, buf.len() as u64)?;
         Self::for_each_piece(offset, buf.len() as u64, |i, within, n, done| {

@@ -20,6 +20,40 @@ pub(crate) fn read_at(file: &File, size: u64, buf: &mut [u8], offset: u64) -> io
     file.read_exact_at(buf, offset)
 }
 
+/// Reads `len` bytes at `offset` of a store of `size` bytes into a new buffer, straight into
+/// its spare capacity (no zero-fill pass before the read).
+pub(crate) fn read_vec(file: &File, size: u64, len: usize, offset: u64) -> io::Result<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+    check_range(size, offset, len as u64)?;
+    let mut v: Vec<u8> = Vec::with_capacity(len);
+    while v.len() < len {
+        let done = v.len();
+        let spare = &mut v.spare_capacity_mut()[..len - done];
+        let at = offset + done as u64;
+        // SAFETY: pread writes at most `spare.len()` bytes into memory we own and reserved;
+        // only the bytes it reports written are then counted as initialized (set_len).
+        let n = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                spare.as_mut_ptr().cast(),
+                spare.len(),
+                at as libc::off_t,
+            )
+        };
+        match n {
+            n if n > 0 => unsafe { v.set_len(done + n as usize) },
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(v)
+}
+
 /// Writes `buf` at `offset` of a store of `size` bytes.
 pub(crate) fn write_at(file: &File, size: u64, buf: &[u8], offset: u64) -> io::Result<()> {
     check_range(size, offset, buf.len() as u64)?;

@@ -137,6 +137,33 @@ fn check_round_trip(b: &dyn Backstore) {
     b.read_at(&mut [], 0).unwrap();
 }
 
+/// `read_vec` returns exactly what `read_at` fills, across chunk boundaries and holes, and
+/// refuses the same out-of-range requests.
+fn check_read_vec(b: &dyn Backstore) {
+    let size = b.size();
+    let c = RamBackstore::CHUNK_SIZE as u64;
+    b.write_at(&pattern(5000, 9), c - 2500).unwrap();
+    for &(offset, len) in &[
+        (0u64, 0u64),
+        (0, 512),
+        (c - 3000, 6000),
+        (c - 1, 2 * c + 1),
+        (size - 7, 7),
+    ] {
+        let v = b.read_vec(len as usize, offset).unwrap();
+        assert_eq!(v, read(b, offset, len), "{} at {offset}+{len}", b.kind());
+    }
+    for &(offset, len) in &[(size - 7, 8u64), (size, 1), (u64::MAX - 2, 4)] {
+        let e = b.read_vec(len as usize, offset).unwrap_err();
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::InvalidInput,
+            "{} at {offset}+{len}",
+            b.kind()
+        );
+    }
+}
+
 fn check_overwrite(b: &dyn Backstore) {
     b.write_at(&pattern(10_000, 1), 100).unwrap();
     b.write_at(&pattern(10, 9), 5000).unwrap();
@@ -316,7 +343,8 @@ conformance!(
         check_flush,
         check_concurrent_writers,
         check_concurrent_unmap_and_write,
-        check_extents
+        check_extents,
+        check_read_vec
     ]
 );
 

@@ -121,11 +121,9 @@ fn data_blocks<'a>(cmd: &Cmd<'a>, blocks: u64, bs: u64) -> Result<&'a [u8], Fail
 
 pub(crate) fn read_blocks(lu: &LogicalUnit, lba: u64, blocks: u64) -> Result<Vec<u8>, Fail> {
     let bs = u64::from(lu.block_size());
-    let mut buf = vec![0u8; (blocks * bs) as usize];
     lu.backstore()
-        .read_at(&mut buf, lba * bs)
-        .map_err(|e| io_fail("read", SenseReason::UnrecoveredReadError, &e))?;
-    Ok(buf)
+        .read_vec((blocks * bs) as usize, lba * bs)
+        .map_err(|e| io_fail("read", SenseReason::UnrecoveredReadError, &e))
 }
 
 fn flush(lu: &LogicalUnit) -> Result<(), Fail> {
