@@ -284,7 +284,6 @@ impl Daemon {
     pub async fn apply(self: &Arc<Self>, cfg: Config) -> anyhow::Result<()> {
         cfg.validate().map_err(anyhow::Error::msg)?;
         let old = self.runtime();
-        let d = self.clone();
         let new = tokio::task::spawn_blocking(move || {
             let state_dir = cfg.settings.state_dir.clone();
             Runtime::build(&cfg, Some(&old), &mut |t, l| {
@@ -295,7 +294,6 @@ impl Daemon {
         self.wire_aborter(&new);
         let new = Arc::new(new);
         *self.rt.write().unwrap_or_else(|e| e.into_inner()) = new.clone();
-        let _ = d;
         self.sync_listeners().await?;
         let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         for ((initiator, _isid, target, tag), e) in sessions.iter() {

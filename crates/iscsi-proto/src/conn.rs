@@ -460,7 +460,7 @@ impl Connection {
                     LoginStep::Failed(_) => self.close("login refused"),
                 }
             }
-            Phase::Full(_) => self.handle_ffp(now, pdu, dir),
+            Phase::Full(_) => self.handle_ffp(pdu, dir),
         }
     }
 
@@ -559,7 +559,7 @@ impl Connection {
         }
     }
 
-    fn handle_ffp(&mut self, now: Instant, pdu: RawPdu, dir: &dyn Directory) {
+    fn handle_ffp(&mut self, pdu: RawPdu, dir: &dyn Directory) {
         let header = match pdu.header() {
             Ok(h) => h,
             Err(_) => {
@@ -587,7 +587,6 @@ impl Connection {
                 return;
             }
         };
-        let _ = now;
         let Some(cmd_sn) = cmd_sn else {
             match header {
                 Header::DataOut(d) => self.handle_data_out(&pdu, d),
@@ -598,13 +597,13 @@ impl Connection {
         };
         if immediate {
             // RFC 7143 §3.2.2.1: immediate delivery, CmdSN not advanced.
-            self.dispatch(pdu, header, true, dir);
+            self.dispatch(pdu, header, dir);
             return;
         }
         let f = self.ffp();
         if cmd_sn == f.exp_cmd_sn {
             f.exp_cmd_sn = f.exp_cmd_sn.wrapping_add(1);
-            self.dispatch(pdu, header, false, dir);
+            self.dispatch(pdu, header, dir);
             self.drain_queued(dir);
         } else if serial::in_window(cmd_sn, f.exp_cmd_sn, f.max_cmd_sn) {
             if f.queued.contains_key(&cmd_sn) {
@@ -615,7 +614,7 @@ impl Connection {
             let discovery = f.kind == SessionKind::Discovery;
             if let (Header::ScsiCommand(c), false) = (&header, discovery) {
                 let itt = c.itt;
-                if self.register_scsi(&pdu, c, false) {
+                if self.register_scsi(&pdu, c) {
                     self.ffp().queued.insert(cmd_sn, Queued::Scsi { itt });
                 }
             } else {
@@ -643,7 +642,7 @@ impl Connection {
                 Queued::Scsi { itt } => self.deliver_scsi(itt),
                 Queued::Other(pdu) => {
                     if let Ok(h) = pdu.header() {
-                        self.dispatch(pdu, h, false, dir);
+                        self.dispatch(pdu, h, dir);
                     }
                 }
             }
@@ -653,7 +652,7 @@ impl Connection {
         }
     }
 
-    fn dispatch(&mut self, pdu: RawPdu, header: Header, immediate: bool, dir: &dyn Directory) {
+    fn dispatch(&mut self, pdu: RawPdu, header: Header, dir: &dyn Directory) {
         let kind = self.ffp().kind;
         match header {
             Header::ScsiCommand(c) => {
@@ -663,7 +662,7 @@ impl Connection {
                     return;
                 }
                 let itt = c.itt;
-                if self.register_scsi(&pdu, &c, immediate) {
+                if self.register_scsi(&pdu, &c) {
                     self.deliver_scsi(itt);
                 }
             }
@@ -686,8 +685,7 @@ impl Connection {
 
     /// Create the task for a SCSI Command PDU and take its immediate data. Returns false if
     /// the command was answered or rejected right away.
-    fn register_scsi(&mut self, pdu: &RawPdu, c: &ScsiCommand, immediate: bool) -> bool {
-        let _ = immediate;
+    fn register_scsi(&mut self, pdu: &RawPdu, c: &ScsiCommand) -> bool {
         if c.itt == RESERVED_TAG {
             self.reject(&pdu.bhs, RejectReason::INVALID_PDU_FIELD);
             return false;
@@ -1189,14 +1187,10 @@ impl Connection {
         let response = match func {
             TmfFunction::ABORT_TASK => {
                 let f = self.ffp();
-                let found = f
-                    .tasks
-                    .get(&t.referenced_tag)
-                    .map(|x| (x.lun == t.lun, x.id));
+                let found = f.tasks.get(&t.referenced_tag).map(|x| x.lun == t.lun);
                 match found {
-                    Some((true, id)) => {
+                    Some(true) => {
                         self.abort_task(t.referenced_tag, &mut waiting);
-                        let _ = id;
                         TmfResponse::COMPLETE
                     }
                     // RFC 7143 §11.5.1: a task that is not there. If its CmdSN is within the
