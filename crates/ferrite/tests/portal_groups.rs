@@ -272,6 +272,14 @@ fn sessions_are_per_initiator_port_and_portal_group() {
         ..o.clone()
     };
     assert_eq!(login_status(d.addr(), &nosuch), SESSION_DOES_NOT_EXIST);
+    // Through the session's own group, a second connection (another CID) is refused with
+    // Too Many Connections (0206): MaxConnections is 1, and the live session must survive.
+    let second = LoginOpts {
+        tsih: g1.tsih,
+        cid: 1,
+        ..o.clone()
+    };
+    assert_eq!(login_status(d.addr(), &second), Some((0x02, 0x06)));
     // The refused joins hurt neither session.
     assert!(alive(&mut g1));
     assert!(alive(&mut g2s));
