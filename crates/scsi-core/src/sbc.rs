@@ -203,16 +203,28 @@ pub fn read(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
     read_blocks(lu, x.lba, x.len)
 }
 
+/// The checks every write of TRANSFER LENGTH blocks makes, in the order SBC-4 gives them
+/// (medium ready, transfer limit, LBA range, write protection), then the whole blocks of
+/// data-out that arrived.
+fn checked_write_data<'a>(
+    cmd: &Cmd<'a>,
+    lu: &LogicalUnit,
+    x: &Xfer,
+    bs: u64,
+) -> Result<&'a [u8], Fail> {
+    lu.check_ready()?;
+    check_max_transfer(lu, x)?;
+    check_range(lu, x.lba, x.len)?;
+    check_writable(cmd, lu)?;
+    data_blocks(cmd, x.len, bs)
+}
+
 /// WRITE(6/10/12/16) (SBC-4 §5.41–§5.44).
 pub fn write(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
     let x = decode(cmd.cdb);
     let bs = u64::from(lu.block_size());
     cmd.expect_out(x.len * bs);
-    lu.check_ready()?;
-    check_max_transfer(lu, &x)?;
-    check_range(lu, x.lba, x.len)?;
-    check_writable(cmd, lu)?;
-    let data = data_blocks(cmd, x.len, bs)?;
+    let data = checked_write_data(cmd, lu, &x, bs)?;
     if data.is_empty() {
         return Ok(Vec::new());
     }
@@ -277,11 +289,7 @@ pub fn write_and_verify(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
     if bytchk > 1 {
         return Err(bad_cdb(1, Some(2)));
     }
-    lu.check_ready()?;
-    check_max_transfer(lu, &x)?;
-    check_range(lu, x.lba, x.len)?;
-    check_writable(cmd, lu)?;
-    let data = data_blocks(cmd, x.len, bs)?;
+    let data = checked_write_data(cmd, lu, &x, bs)?;
     if data.is_empty() {
         return Ok(Vec::new());
     }
@@ -614,11 +622,7 @@ pub fn orwrite(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
     let x = decode(cmd.cdb);
     let bs = u64::from(lu.block_size());
     cmd.expect_out(x.len * bs);
-    lu.check_ready()?;
-    check_max_transfer(lu, &x)?;
-    check_range(lu, x.lba, x.len)?;
-    check_writable(cmd, lu)?;
-    let data = data_blocks(cmd, x.len, bs)?;
+    let data = checked_write_data(cmd, lu, &x, bs)?;
     if data.is_empty() {
         // SBC-4 §5.9: TRANSFER LENGTH 0 is not an error.
         return Ok(Vec::new());
