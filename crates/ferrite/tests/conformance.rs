@@ -20,33 +20,11 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::conformance::{read_list, repo_root, shared_dir};
 use common::{require_tool, run, Daemon, Opts};
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn shared_dir() -> PathBuf {
-    std::env::var_os("FERRITE_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("../shared"))
-}
-
-/// `Suite.Test` → reason.
-fn known_failures(path: &Path) -> BTreeMap<String, String> {
-    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(|l| match l.split_once(char::is_whitespace) {
-            Some((name, why)) => (name.to_string(), why.trim().to_string()),
-            None => (l.to_string(), String::new()),
-        })
-        .collect()
-}
 
 struct Verdict {
     status: String,
@@ -63,7 +41,7 @@ fn libiscsi_conformance() {
         "conformance script not found at {} (shared/ belongs beside the repository; or set FERRITE_SHARED_DIR)",
         script.display()
     );
-    let known = known_failures(&repo_root().join("conformance/known-failures.txt"));
+    let known = read_list(&repo_root().join("conformance/known-failures.txt"));
     let floor_path = repo_root().join("conformance/min-passed.txt");
     let floor: usize = fs::read_to_string(&floor_path)
         .unwrap_or_else(|e| panic!("{}: {e}", floor_path.display()))

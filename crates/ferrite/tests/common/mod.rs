@@ -5,6 +5,7 @@
 //! `.ci/run` installs them.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod conformance;
 pub mod initiator;
 pub mod pr;
 pub mod sbc;
