@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -41,8 +41,24 @@ struct SessionEntry {
     params: iscsi_proto::Negotiated,
     target: Arc<Target>,
     nexus: Arc<Nexus>,
-    /// Set once the device server has been told the I_T nexus is gone (exactly once).
-    nexus_released: Arc<AtomicBool>,
+    /// Tells the device server, exactly once, that the I_T nexus is gone.
+    nexus_released: Arc<NexusRelease>,
+}
+
+/// Releases an I_T nexus exactly once, whoever asks first — the connection that ends or a
+/// login that reinstates its session — and makes the other party wait until it is done, so
+/// that no command of a new session on the same I_T nexus runs before the old one is released.
+#[derive(Debug, Default)]
+struct NexusRelease(Mutex<bool>);
+
+impl NexusRelease {
+    fn release(&self, view: &DeviceServer, nexus: &Nexus) {
+        let mut done = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if !*done {
+            view.nexus_lost(nexus);
+            *done = true;
+        }
+    }
 }
 
 /// Key of the session table: RFC 7143 §4.4.3 — initiator name + ISID (the initiator port)
@@ -427,7 +443,7 @@ struct Attached {
     /// The session's LUN view (mapped LUN numbers → logical units).
     view: Option<Arc<DeviceServer>>,
     nexus: Option<Arc<Nexus>>,
-    nexus_released: Arc<AtomicBool>,
+    nexus_released: Arc<NexusRelease>,
     kill: Option<watch::Receiver<bool>>,
     abort_tx: mpsc::UnboundedSender<u64>,
 }
@@ -499,7 +515,7 @@ async fn run_connection(
         target: None,
         view: None,
         nexus: None,
-        nexus_released: Arc::new(AtomicBool::new(false)),
+        nexus_released: Arc::default(),
         kill: None,
         abort_tx,
     };
@@ -669,17 +685,18 @@ async fn run_connection(
     // Let the writer drain what is queued, then release the session and the I_T nexus.
     drop(out_tx);
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    if let (Some(d), Some(n)) = (att.view.take(), att.nexus.take()) {
+        // SAM-5: the I_T nexus is gone (releases SPC-2 reservations it held). This happens
+        // while the session is still in the table: a new login from the same initiator port
+        // finds it there and waits for the release (or has done it itself, reinstating), so
+        // the release can never land after that new session's first commands.
+        let release = att.nexus_released.clone();
+        let _ = tokio::task::spawn_blocking(move || release.release(&d, &n)).await;
+    }
     if let Some(key) = att.key.take() {
         let mut s = daemon.sessions.lock().unwrap_or_else(|e| e.into_inner());
         if s.get(&key).is_some_and(|e| e.tsih == att.tsih) {
             s.remove(&key);
-        }
-    }
-    if let (Some(d), Some(n)) = (att.view.take(), att.nexus.take()) {
-        // SAM-5: the I_T nexus is gone (releases SPC-2 reservations it held). A reinstating
-        // login has already done this for us, before its own commands ran.
-        if !att.nexus_released.swap(true, Ordering::AcqRel) {
-            let _ = tokio::task::spawn_blocking(move || d.nexus_lost(&n)).await;
         }
     }
     Ok(())
@@ -748,10 +765,8 @@ fn login_complete(
         let _ = old.kill.send(true);
         // The old nexus is the same I_T nexus as the new one: release it now, so that the
         // old connection's exit cannot release what the new session acquires.
-        if !old.nexus_released.swap(true, Ordering::AcqRel) {
-            if let Some(v) = old.target.views.get(&old.view_key) {
-                v.nexus_lost(&old.nexus);
-            }
+        if let Some(v) = old.target.views.get(&old.view_key) {
+            old.nexus_released.release(v, &old.nexus);
         }
     }
     let tsih = if r.tsih != 0 {

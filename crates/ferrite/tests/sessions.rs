@@ -85,3 +85,24 @@ fn different_isids_are_different_sessions() {
     a.logout().unwrap();
     b.logout().unwrap();
 }
+
+/// Logging out and at once logging in again from the same initiator port is the same I_T
+/// nexus: the release of the old one (SAM-5 I_T nexus loss) must be over before the new
+/// session's first command, or it wipes the state that command set up (a regression: CI once
+/// saw a WRITE right after a cleared unit attention answered with a fresh 29/00).
+#[test]
+fn a_quick_relogin_on_the_same_port_sees_no_stale_nexus_release() {
+    let d = Daemon::start(Opts::default());
+    let opts = LoginOpts {
+        isid: [0x80, 0, 0, 0, 0x33, 0x44],
+        ..LoginOpts::default()
+    };
+    for round in 0..40u32 {
+        let mut s = Session::login(d.addr(), &opts).expect("login");
+        let data = vec![round as u8; 512];
+        s.write10(round, &data, 512)
+            .unwrap_or_else(|e| panic!("round {round}: write after the UA was cleared: {e}"));
+        assert_eq!(s.read10(round, 1, 512).unwrap(), data, "round {round}");
+        s.logout().unwrap();
+    }
+}
