@@ -91,6 +91,7 @@ fn execute(c: &mut Criterion) {
             data_out,
             expected_data_in: expected_in,
             attr: TaskAttr::Simple,
+            cancel: None,
         });
         debug_assert_eq!(r.status, ScsiStatus::GOOD, "{r:?}");
         r

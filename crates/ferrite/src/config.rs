@@ -224,6 +224,10 @@ pub struct LunConfig {
     /// (for initiators that change it on every login; default false: by I_T nexus).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pr_match_initiator_name_only: bool,
+    /// Most bytes per second a SANITIZE OVERWRITE writes, as a size (`"64M"`): leaves disk
+    /// bandwidth to the other LUNs while a sanitize runs in the background (default: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sanitize_rate: Option<String>,
 }
 
 fn default_block_size() -> u32 {
@@ -346,6 +350,7 @@ impl Config {
                     removable: false,
                     physical_block_size: None,
                     pr_match_initiator_name_only: false,
+                    sanitize_rate: None,
                 }],
                 acls: Vec::new(),
             }],
@@ -479,6 +484,15 @@ impl Config {
                         "target {:?} LUN {}: block_size must be 512 or 4096",
                         t.name, l.id
                     ));
+                }
+                if let Some(r) = &l.sanitize_rate {
+                    if parse_size(r).map_or(true, |n| n == 0) {
+                        return Err(format!(
+                            "target {:?} LUN {}: sanitize_rate must be a size above zero, \
+                             like \"64M\" (bytes per second)",
+                            t.name, l.id
+                        ));
+                    }
                 }
                 if let Some(p) = l.physical_block_size {
                     let ratio = p / l.block_size;

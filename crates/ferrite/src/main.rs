@@ -126,6 +126,7 @@ fn build_config(a: &Args) -> Result<Config, String> {
                 removable: false,
                 physical_block_size: None,
                 pr_match_initiator_name_only: false,
+                sanitize_rate: None,
             })
             .collect();
     } else {

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -121,6 +121,10 @@ pub fn build_lu(
         removable: l.removable,
         physical_block_size: l.physical_block_size.unwrap_or(0),
         pr_match_initiator_name_only: l.pr_match_initiator_name_only,
+        sanitize_rate: match &l.sanitize_rate {
+            Some(r) => crate::config::parse_size(r).map_err(anyhow::Error::msg)?,
+            None => 0,
+        },
         ..LuConfig::default()
     };
     let lu = LogicalUnit::new(cfg, store)
@@ -449,7 +453,12 @@ struct Attached {
 }
 
 /// Run one SCSI task on the device server (the view of the session).
-fn run_task(view: &DeviceServer, nexus: &Nexus, task: &iscsi_proto::ScsiTask) -> TaskOutcome {
+fn run_task(
+    view: &DeviceServer,
+    nexus: &Nexus,
+    task: &iscsi_proto::ScsiTask,
+    cancel: Option<&AtomicBool>,
+) -> TaskOutcome {
     let req = ScsiRequest {
         nexus,
         lun: task.lun,
@@ -457,6 +466,7 @@ fn run_task(view: &DeviceServer, nexus: &Nexus, task: &iscsi_proto::ScsiTask) ->
         data_out: &task.data_out,
         expected_data_in: if task.read { task.expected_len } else { 0 },
         attr: task_attr(task.attr),
+        cancel,
     };
     let r = view.execute(&req);
     TaskOutcome {
@@ -509,6 +519,8 @@ async fn run_connection(
     });
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(iscsi_proto::TaskId, TaskOutcome)>();
     let (abort_tx, mut abort_rx) = mpsc::unbounded_channel::<u64>();
+    // Cancel flags of the tasks running on the blocking pool (ABORT TASK of a SANITIZE).
+    let mut cancels: HashMap<iscsi_proto::TaskId, Arc<AtomicBool>> = HashMap::new();
     let mut att = Attached {
         key: None,
         tsih: 0,
@@ -581,15 +593,22 @@ async fn run_connection(
                     if t.is_quick(task.lun, &task.cdb) {
                         // Microseconds of work: a hand-off to the blocking pool (two thread
                         // wake-ups) would cost more than the command itself.
-                        let o = run_task(&t, &nexus, &task);
+                        let o = run_task(&t, &nexus, &task, None);
                         conn.complete_task(task.id, o);
                         continue;
                     }
                     let tx = done_tx.clone();
+                    let cancel = Arc::new(AtomicBool::new(false));
+                    cancels.insert(task.id, cancel.clone());
                     tokio::task::spawn_blocking(move || {
-                        let o = run_task(&t, &nexus, &task);
+                        let o = run_task(&t, &nexus, &task, Some(&cancel));
                         let _ = tx.send((task.id, o));
                     });
+                }
+                ConnEvent::Cancel(id) => {
+                    if let Some(c) = cancels.get(&id) {
+                        c.store(true, Ordering::Release);
+                    }
                 }
                 ConnEvent::Tmf(a) => {
                     if let (TmfAction::TargetColdReset, Some(n)) = (&a, &att.nexus) {
@@ -660,9 +679,11 @@ async fn run_connection(
                 }
             }
             Some((id, outcome)) = done_rx.recv() => {
+                cancels.remove(&id);
                 conn.complete_task(id, outcome);
                 // Batch every completion already waiting.
                 while let Ok((id, outcome)) = done_rx.try_recv() {
+                    cancels.remove(&id);
                     conn.complete_task(id, outcome);
                 }
             }
@@ -681,6 +702,10 @@ async fn run_connection(
     }
     if let Some(reason) = closing {
         info!(%peer, reason, "closing connection");
+    }
+    // Tasks still running have nobody to answer to: let those that wait give up.
+    for c in cancels.values() {
+        c.store(true, Ordering::Release);
     }
     // Let the writer drain what is queued, then release the session and the I_T nexus.
     drop(out_tx);

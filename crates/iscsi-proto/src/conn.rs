@@ -88,6 +88,10 @@ pub enum ConnEvent {
         max_recv: u32,
     },
     Execute(ScsiTask),
+    /// A task handed out by `Execute` was aborted while the device server runs it: tell it to
+    /// stop waiting, if it can (its result is dropped either way, and the TMF that aborted it
+    /// is answered once `complete_task` brings it back).
+    Cancel(TaskId),
     Tmf(TmfAction),
     /// Close the connection once every queued PDU is sent.
     Close {
@@ -1277,6 +1281,7 @@ impl Connection {
                 waiting.insert(task.id);
                 // Keep the ITT reserved until the device server returns.
                 f.executing.insert(task.id, itt);
+                self.events.push_back(ConnEvent::Cancel(task.id));
             }
             TaskPhase::Receiving(_) => {}
         }

@@ -11,6 +11,7 @@
 //! its configuration and state; `pr` holds persistent reservations (rules, wire formats, state
 //! stores).
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 mod cdb;
@@ -99,6 +100,9 @@ pub struct ScsiRequest<'a> {
     /// The initiator's Expected Data Transfer Length for data-in (0 when no data-in is expected).
     pub expected_data_in: u32,
     pub attr: TaskAttr,
+    /// Set by the transport when the task is aborted (ABORT TASK and the like) while it runs:
+    /// a command that waits long (SANITIZE with IMMED = 0) gives up and returns.
+    pub cancel: Option<&'a AtomicBool>,
 }
 
 /// The device server's answer.

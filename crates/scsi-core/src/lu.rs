@@ -2,10 +2,10 @@
 //! it (mode pages, unit attentions per I_T nexus, SPC-2 reservation, LBA range locks, removable
 //! medium, sanitize and copy-manager state).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use backstore::Backstore;
 
@@ -100,6 +100,10 @@ pub struct LuConfig {
     /// (for initiators, like open-iscsi, that pick a new ISID on every login). SPC-4 keys
     /// registrations by I_T nexus, so this is off by default.
     pub pr_match_initiator_name_only: bool,
+    /// Most bytes per second a sanitize OVERWRITE writes, so that a background sanitize of one
+    /// LU leaves the disk it shares with others some bandwidth (0: as fast as the backstore
+    /// takes them).
+    pub sanitize_rate: u64,
 }
 
 impl Default for LuConfig {
@@ -117,6 +121,7 @@ impl Default for LuConfig {
             physical_block_size: 0,
             report_power_on_ua: true,
             pr_match_initiator_name_only: false,
+            sanitize_rate: 0,
         }
     }
 }
@@ -181,15 +186,42 @@ pub(crate) struct LuState {
 struct Media {
     /// A medium is loaded. Always true for a fixed-medium LU.
     loaded: AtomicBool,
-    /// A SANITIZE is running: every command but INQUIRY, REPORT LUNS and REQUEST SENSE is
-    /// refused with SANITIZE IN PROGRESS (SBC-4 §4.11.2).
+    /// A sanitize operation is running: every command but INQUIRY, REPORT LUNS and REQUEST
+    /// SENSE is refused with SANITIZE IN PROGRESS (SBC-4 §4.11.2).
     sanitizing: AtomicBool,
+    /// How much of the running sanitize is done, in 1/65536ths (the progress indication).
+    sanitize_progress: AtomicU32,
     /// The last sanitize failed; media access fails until it is redone or EXIT FAILURE MODE
     /// (SBC-4 §4.11.5).
     sanitize_failed: AtomicBool,
+    /// Sanitize operations started and finished, for the SANITIZE commands (IMMED = 0) that
+    /// wait for theirs.
+    sanitize_jobs: Mutex<SanitizeJobs>,
+    sanitize_ended: Condvar,
     /// I_T nexuses whose PREVENT ALLOW MEDIUM REMOVAL holds the medium in (SBC-4 §5.13: the
     /// medium may be removed only when no nexus prevents it).
     prevent: Mutex<HashSet<Nexus>>,
+}
+
+/// How a sanitize operation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SanitizeOutcome {
+    Done,
+    /// It failed; `ause` is the AUSE bit of the SANITIZE command that started it.
+    Failed { ause: bool },
+    /// It could not be started: nothing changed, a failure before it still stands.
+    NotStarted,
+}
+
+/// Bookkeeping of sanitize operations (job numbers count from 1).
+#[derive(Debug, Default)]
+struct SanitizeJobs {
+    started: u64,
+    finished: u64,
+    /// Outcomes of the last few jobs.
+    recent: VecDeque<(u64, SanitizeOutcome)>,
+    /// The last sanitize failed: with the AUSE bit it was started with.
+    failure: Option<bool>,
 }
 
 /// One disk logical unit.
@@ -260,7 +292,10 @@ impl LogicalUnit {
             media: Media {
                 loaded: AtomicBool::new(true),
                 sanitizing: AtomicBool::new(false),
+                sanitize_progress: AtomicU32::new(0),
                 sanitize_failed: AtomicBool::new(false),
+                sanitize_jobs: Mutex::new(SanitizeJobs::default()),
+                sanitize_ended: Condvar::new(),
                 prevent: Mutex::new(HashSet::new()),
             },
             copy_results: Mutex::new(HashMap::new()),
@@ -354,17 +389,86 @@ impl LogicalUnit {
         self.ranges.lock_all()
     }
 
-    /// Mark a sanitize as running (`true`) or finished (`false`, with its outcome).
-    pub(crate) fn set_sanitizing(&self, running: bool, failed: bool) {
-        self.media.sanitizing.store(running, Ordering::SeqCst);
-        if !running {
-            self.media.sanitize_failed.store(failed, Ordering::SeqCst);
+    /// Progress of the running sanitize, in 1/65536ths of the whole operation.
+    pub fn sanitize_progress(&self) -> u16 {
+        self.media.sanitize_progress.load(Ordering::Relaxed) as u16
+    }
+
+    /// Claim the LU for a new sanitize operation: `None` if one is already running, else its
+    /// job number. From here on new commands are refused with SANITIZE IN PROGRESS.
+    pub(crate) fn begin_sanitize(&self) -> Option<u64> {
+        let mut jobs = lock(&self.media.sanitize_jobs);
+        if self.media.sanitizing.swap(true, Ordering::SeqCst) {
+            return None;
+        }
+        self.media.sanitize_progress.store(0, Ordering::Relaxed);
+        jobs.started += 1;
+        Some(jobs.started)
+    }
+
+    /// Record how far the running sanitize has got (`done` of `total` units of work).
+    pub(crate) fn set_sanitize_progress(&self, done: u64, total: u64) {
+        let p = (u128::from(done) * 65536 / u128::from(total.max(1))).min(65535);
+        self.media
+            .sanitize_progress
+            .store(p as u32, Ordering::Relaxed);
+    }
+
+    /// The sanitize operation `job` ended. A failure with AUSE = 0 can only be left by a
+    /// sanitize that succeeds (SBC-4 §4.11.5 restricted completion mode); with AUSE = 1 also
+    /// by EXIT FAILURE MODE.
+    pub(crate) fn end_sanitize(&self, job: u64, outcome: SanitizeOutcome) {
+        let mut jobs = lock(&self.media.sanitize_jobs);
+        jobs.finished = job;
+        jobs.recent.push_back((job, outcome));
+        if jobs.recent.len() > 8 {
+            jobs.recent.pop_front();
+        }
+        match outcome {
+            SanitizeOutcome::Done => jobs.failure = None,
+            SanitizeOutcome::Failed { ause } => jobs.failure = Some(ause),
+            SanitizeOutcome::NotStarted => {}
+        }
+        self.media
+            .sanitize_failed
+            .store(jobs.failure.is_some(), Ordering::SeqCst);
+        self.media.sanitizing.store(false, Ordering::SeqCst);
+        drop(jobs);
+        self.media.sanitize_ended.notify_all();
+    }
+
+    /// Wait for sanitize `job` to end, checking `stop` between short waits; `None` if `stop`
+    /// said to give up first (the operation itself carries on).
+    pub(crate) fn wait_sanitize(&self, job: u64, stop: impl Fn() -> bool) -> Option<SanitizeOutcome> {
+        let mut jobs = lock(&self.media.sanitize_jobs);
+        loop {
+            if jobs.finished >= job {
+                let outcome = jobs.recent.iter().find(|(j, _)| *j == job).map(|&(_, o)| o);
+                // Only evicted from `recent` after eight later jobs: report what we can.
+                return Some(outcome.unwrap_or(SanitizeOutcome::Done));
+            }
+            if stop() {
+                return None;
+            }
+            jobs = self
+                .media
+                .sanitize_ended
+                .wait_timeout(jobs, std::time::Duration::from_millis(20))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 
-    /// SANITIZE EXIT FAILURE MODE (SBC-4 §5.30.2.5).
-    pub(crate) fn exit_sanitize_failure(&self) {
+    /// SANITIZE EXIT FAILURE MODE (SBC-4 §5.30.2.5): `false` if the failed sanitize was
+    /// started with AUSE = 0, which EXIT FAILURE MODE may not end.
+    pub(crate) fn exit_sanitize_failure(&self) -> bool {
+        let mut jobs = lock(&self.media.sanitize_jobs);
+        if jobs.failure == Some(false) {
+            return false;
+        }
+        jobs.failure = None;
         self.media.sanitize_failed.store(false, Ordering::SeqCst);
+        true
     }
 
     /// Record PREVENT (`true`) or ALLOW for `nexus` (SBC-4 §5.13).

@@ -11,18 +11,31 @@
 //! * CRYPTO ERASE (03h) is not offered: no backstore encrypts its data, so there is no key to
 //!   change (SBC-4 §4.11.4); it is an unknown service action (INVALID FIELD IN CDB).
 //!
-//! IMMED = 1 is refused by the opcode table: the command returns when the sanitize is done.
-//! While it runs every other command but INQUIRY, REPORT LUNS and REQUEST SENSE ends in NOT
-//! READY, SANITIZE IN PROGRESS (checked in dispatch, SBC-4 §4.11.2); commands already running
-//! finish first (the sanitize takes every block's range lock). A sanitize that fails leaves the
-//! LU refusing media access with SANITIZE COMMAND FAILED until a sanitize succeeds or EXIT
-//! FAILURE MODE (SBC-4 §4.11.5).
+//! The operation runs on a thread of its own, detached from the command that started it: with
+//! IMMED = 1 the command returns as soon as the CDB and parameter list are validated, with
+//! IMMED = 0 when the operation ends (SBC-4 §5.30.1). Either way the operation outlives the
+//! command — ABORT TASK, LUN and target resets and I_T nexus loss end the command, not the
+//! sanitize (SBC-4 §4.11.2). While it runs every command but INQUIRY, REPORT LUNS and REQUEST
+//! SENSE ends in NOT READY, SANITIZE IN PROGRESS with a progress indication (checked in
+//! dispatch); commands already running finish first (the sanitize takes every block's range
+//! lock). An OVERWRITE writes at most `LuConfig::sanitize_rate` bytes per second.
+//!
+//! A sanitize that fails leaves the LU refusing media access with SANITIZE COMMAND FAILED until
+//! a sanitize succeeds, or, if it was started with AUSE = 1, EXIT FAILURE MODE (SBC-4 §4.11.5).
+//! The operation is not resumed when the daemon restarts: a real drive's is, Ferrite's running
+//! state is not persisted (yet).
+
+use std::time::{Duration, Instant};
 
 use crate::cdb::{bad_cdb, bad_param, Bytes, CmdResult, Fail};
-use crate::lu::LogicalUnit;
+use crate::lu::{LogicalUnit, SanitizeOutcome};
 use crate::sbc::{check_writable, deallocate, write_pattern};
 use crate::sense::SenseReason;
-use crate::server::{io_fail, Cmd};
+use crate::server::{io_fail, lun_from_wire, Cmd};
+use crate::ScsiStatus;
+
+/// Bytes an OVERWRITE writes between two progress updates.
+const STEP_BYTES: u64 = 1 << 20;
 
 /// SANITIZE service actions (SBC-4 §5.30.1 table).
 pub mod sa {
@@ -81,6 +94,8 @@ fn parse_overwrite(list: Bytes, len: usize, bs: usize) -> Result<Overwrite, Fail
 /// SANITIZE. Service actions are split in the opcode table; one handler serves them all.
 pub fn sanitize(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
     let c = cmd.cdb;
+    let immed = c.bit(1, 7);
+    let ause = c.bit(1, 5);
     let action = c.u8(1) & 0x1F;
     let len = usize::from(c.be16(7));
     cmd.expect_out(len as u64);
@@ -95,7 +110,11 @@ pub fn sanitize(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
             if len != 0 {
                 return Err(bad_cdb(7, None));
             }
-            lu.exit_sanitize_failure();
+            // SBC-4 §5.30.1: a sanitize that failed with AUSE = 0 is only left by another
+            // sanitize; EXIT FAILURE MODE then is an invalid field.
+            if !lu.exit_sanitize_failure() {
+                return Err(bad_cdb(1, Some(4)));
+            }
             return Ok(Vec::new());
         }
         sa::BLOCK_ERASE => {
@@ -117,43 +136,108 @@ pub fn sanitize(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
         None
     };
     check_writable(cmd, lu)?;
-
-    lu.set_sanitizing(true, false);
-    let result = {
-        // Wait for every command already running on the LU; new ones are turned away.
-        let _all = lu.lock_all();
-        run(lu, overwrite.as_ref())
+    // The operation needs the LU after this command is gone.
+    let Some(owned) = lun_from_wire(cmd.req.lun).and_then(|l| cmd.server.lu(l)) else {
+        return Err(SenseReason::LunNotSupported.into());
     };
-    lu.set_sanitizing(false, result.is_err());
-    result.map(|()| Vec::new())
+    let Some(job) = lu.begin_sanitize() else {
+        return Err(SenseReason::SanitizeInProgress.into());
+    };
+    let spawned = std::thread::Builder::new()
+        .name("sanitize".into())
+        .spawn(move || {
+            let result = {
+                // Wait for every command already running on the LU; new ones are turned away.
+                let _all = owned.lock_all();
+                run(&owned, overwrite.as_ref())
+            };
+            if let Err(e) = &result {
+                tracing::warn!(error = ?e, "sanitize failed");
+            }
+            let outcome = match result {
+                Ok(()) => SanitizeOutcome::Done,
+                Err(_) => SanitizeOutcome::Failed { ause },
+            };
+            owned.end_sanitize(job, outcome);
+        });
+    if let Err(e) = spawned {
+        // Nothing was touched: the LU stays as it was before this command.
+        lu.end_sanitize(job, SanitizeOutcome::NotStarted);
+        return Err(io_fail("sanitize thread", SenseReason::InternalTargetFailure, &e));
+    }
+    if immed {
+        return Ok(Vec::new());
+    }
+    match lu.wait_sanitize(job, || cmd.cancelled()) {
+        Some(SanitizeOutcome::Failed { .. }) => Err(SenseReason::SanitizeFailed.into()),
+        Some(_) => Ok(Vec::new()),
+        // The task was aborted; the sanitize carries on.
+        None => Err(Fail::Status(ScsiStatus::TASK_ABORTED)),
+    }
+}
+
+/// Keeps a writer at or under `rate` bytes per second (0: no limit).
+struct Pace {
+    start: Instant,
+    rate: u64,
+}
+
+impl Pace {
+    fn new(rate: u64) -> Self {
+        Self {
+            start: Instant::now(),
+            rate,
+        }
+    }
+
+    /// `bytes` have been written since the start: sleep until that is within the rate.
+    fn wait(&self, bytes: u64) {
+        if self.rate == 0 {
+            return;
+        }
+        let due = Duration::from_secs_f64(bytes as f64 / self.rate as f64);
+        if let Some(ahead) = due.checked_sub(self.start.elapsed()) {
+            std::thread::sleep(ahead);
+        }
+    }
 }
 
 fn run(lu: &LogicalUnit, overwrite: Option<&Overwrite>) -> Result<(), Fail> {
     let num = lu.num_blocks();
-    match overwrite {
-        Some(o) => {
-            let inverted: Vec<u8> = o.block.iter().map(|b| !b).collect();
-            for pass in 0..o.passes {
-                // SBC-4 §5.30.2.2: INVERT inverts the pattern between consecutive passes.
-                let block = if o.invert && pass % 2 == 1 {
-                    &inverted
-                } else {
-                    &o.block
-                };
-                write_pattern(lu, 0, num, block)?;
-                lu.backstore()
-                    .flush()
-                    .map_err(|e| io_fail("sanitize flush", SenseReason::WriteError, &e))?;
-            }
-            Ok(())
+    let flush = || {
+        lu.backstore()
+            .flush()
+            .map_err(|e| io_fail("sanitize flush", SenseReason::WriteError, &e))
+    };
+    let Some(o) = overwrite else {
+        deallocate(lu, 0, num)?;
+        lu.set_sanitize_progress(1, 1);
+        return flush();
+    };
+    let bs = o.block.len() as u64;
+    let step = (STEP_BYTES / bs).max(1);
+    let total = num * u64::from(o.passes);
+    let inverted: Vec<u8> = o.block.iter().map(|b| !b).collect();
+    let pace = Pace::new(lu.config().sanitize_rate);
+    for pass in 0..u64::from(o.passes) {
+        // SBC-4 §5.30.2.2: INVERT inverts the pattern between consecutive passes.
+        let block = if o.invert && pass % 2 == 1 {
+            &inverted
+        } else {
+            &o.block
+        };
+        let mut lba = 0;
+        while lba < num {
+            let n = step.min(num - lba);
+            write_pattern(lu, lba, n, block)?;
+            lba += n;
+            let done = pass * num + lba;
+            lu.set_sanitize_progress(done, total);
+            pace.wait(done * bs);
         }
-        None => {
-            deallocate(lu, 0, num)?;
-            lu.backstore()
-                .flush()
-                .map_err(|e| io_fail("sanitize flush", SenseReason::WriteError, &e))
-        }
+        flush()?;
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -198,6 +198,9 @@ pub struct Sense {
     /// INFORMATION field (e.g. miscompare offset); sets VALID when it fits.
     pub information: Option<u64>,
     pub field: Option<FieldPointer>,
+    /// PROGRESS INDICATION (SPC-4 §4.5.2.4.4): how much of a long operation is done, in
+    /// 1/65536ths. Sense-key specific, so only when `field` is `None`.
+    pub progress: Option<u16>,
 }
 
 /// Length of the fixed-format sense data we produce (additional sense length 10).
@@ -209,6 +212,7 @@ impl Sense {
             reason,
             information: None,
             field: None,
+            progress: None,
         }
     }
 
@@ -222,6 +226,7 @@ impl Sense {
                 byte,
                 bit,
             }),
+            progress: None,
         }
     }
 
@@ -235,6 +240,25 @@ impl Sense {
                 byte,
                 bit,
             }),
+            progress: None,
+        }
+    }
+
+    /// Add a progress indication (`done` of 65536) in the sense-key specific field.
+    pub const fn with_progress(mut self, done: u16) -> Self {
+        self.progress = Some(done);
+        self
+    }
+
+    /// The 3 sense-key specific bytes (SPC-4 §4.5.2.4), SKSV set, if any.
+    fn key_specific(&self) -> Option<[u8; 3]> {
+        match (self.field, self.progress) {
+            (Some(fp), _) => Some(fp.bytes()),
+            (None, Some(p)) => {
+                let [hi, lo] = p.to_be_bytes();
+                Some([0x80, hi, lo])
+            }
+            (None, None) => None,
         }
     }
 
@@ -260,8 +284,8 @@ impl Sense {
         s[7] = (FIXED_SENSE_LEN - 8) as u8;
         s[12] = asc;
         s[13] = ascq;
-        if let Some(fp) = self.field {
-            s[15..18].copy_from_slice(&fp.bytes());
+        if let Some(sks) = self.key_specific() {
+            s[15..18].copy_from_slice(&sks);
         }
         s
     }
@@ -275,10 +299,10 @@ impl Sense {
             s.extend_from_slice(&[0x00, 0x0A, 0x80, 0x00]);
             s.extend_from_slice(&info.to_be_bytes());
         }
-        if let Some(fp) = self.field {
+        if let Some(sks) = self.key_specific() {
             // SPC-4 §4.5.2.3 sense key specific sense data descriptor.
             s.extend_from_slice(&[0x02, 0x06, 0x00, 0x00]);
-            s.extend_from_slice(&fp.bytes());
+            s.extend_from_slice(&sks);
             s.push(0);
         }
         s[7] = (s.len() - 8) as u8;

@@ -101,6 +101,13 @@ impl Cmd<'_> {
     pub fn nexus(&self) -> &Nexus {
         self.req.nexus
     }
+
+    /// The transport has aborted this task.
+    pub fn cancelled(&self) -> bool {
+        self.req
+            .cancel
+            .is_some_and(|c| c.load(std::sync::atomic::Ordering::Acquire))
+    }
 }
 
 /// The device server of one target: a set of logical units addressed by LUN.
@@ -310,7 +317,10 @@ impl DeviceServer {
             // SBC-4 §4.11.2: while a sanitize runs, only INQUIRY, REPORT LUNS and REQUEST SENSE
             // (exactly the UA-exempt commands) are processed.
             if !exempt && lu.sanitizing() {
-                return Err(SenseReason::SanitizeInProgress.into());
+                return Err(Fail::Check(
+                    Sense::new(SenseReason::SanitizeInProgress)
+                        .with_progress(lu.sanitize_progress()),
+                ));
             }
         } else if !exempt {
             return Err(SenseReason::LunNotSupported.into());

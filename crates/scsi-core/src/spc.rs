@@ -45,7 +45,9 @@ pub fn request_sense(cmd: &Cmd) -> CmdResult {
     let sense = match cmd.lu {
         None => Sense::new(SenseReason::LunNotSupported),
         // SBC-4 §4.11.2: during a sanitize REQUEST SENSE reports SANITIZE IN PROGRESS.
-        Some(lu) if lu.sanitizing() => Sense::new(SenseReason::SanitizeInProgress),
+        Some(lu) if lu.sanitizing() => {
+            Sense::new(SenseReason::SanitizeInProgress).with_progress(lu.sanitize_progress())
+        }
         Some(lu) => {
             let power_on = lu.config().report_power_on_ua;
             let ua = lu.state().ua.take(cmd.nexus(), power_on);

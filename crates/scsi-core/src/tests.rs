@@ -201,6 +201,7 @@ fn exec(srv: &DeviceServer, n: &Nexus, lun: u64, cdb: &[u8], data: &[u8]) -> Scs
         data_out: data,
         expected_data_in: 0,
         attr: TaskAttr::Simple,
+        cancel: None,
     })
 }
 
@@ -407,6 +408,7 @@ fn missing_lun() {
         data_out: &[],
         expected_data_in: 0,
         attr: TaskAttr::Simple,
+        cancel: None,
     });
     assert_sense(&r, 0x05, 0x25, 0x00);
 }

@@ -647,6 +647,8 @@ fn abort_task_waits_for_the_running_task_and_suppresses_its_response() {
         outputs(&mut h.c).is_empty(),
         "TMF answered only after the task stopped"
     );
+    // The driver is asked to stop it, if it can.
+    assert_eq!(events(&mut h.c), vec![ConnEvent::Cancel(t.id)]);
     h.c.complete_task(t.id, TaskOutcome::default());
     let out = outputs(&mut h.c);
     assert_eq!(out.len(), 1);
@@ -684,7 +686,10 @@ fn lun_reset_aborts_and_reports_action() {
     assert!(matches!(&out[0].header, Header::TaskMgmtResponse(r) if r.response == 0));
     assert_eq!(
         events(&mut h.c),
-        vec![ConnEvent::Tmf(TmfAction::LunReset { lun: 0 })]
+        vec![
+            ConnEvent::Cancel(t.id),
+            ConnEvent::Tmf(TmfAction::LunReset { lun: 0 })
+        ]
     );
 }
 
@@ -1101,6 +1106,8 @@ fn abort_tasks_for_a_lun_drops_their_responses() {
     assert!(events(&mut h.c).is_empty());
     outputs(&mut h.c); // its R2T
     h.c.abort_tasks_for(|lun| lun == 0);
+    // Only the running one needs telling: the other never reached the device server.
+    assert_eq!(events(&mut h.c), vec![ConnEvent::Cancel(t.id)]);
     h.c.complete_task(
         t.id,
         TaskOutcome {

@@ -80,6 +80,7 @@ pub(super) fn exec(h: &H, n: &Nexus, cdb: &[u8], data: &[u8]) -> ScsiResponse {
         data_out: data,
         expected_data_in: 0,
         attr: TaskAttr::Simple,
+        cancel: None,
     })
 }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use backstore::{Backstore, RamBackstore};
 
 use super::*;
+use crate::lu::SanitizeOutcome;
 
 const MIB: usize = 1 << 20;
 
@@ -456,11 +457,19 @@ fn sanitize_overwrite_and_block_erase() {
     t.ok(&sanitize(0x02, 0), &[]);
     assert_eq!(ram.allocated_bytes(), 0);
     assert_invalid_cdb(&t.run(&sanitize(0x02, 8), &[0; 8]), 7, None);
-    // Unknown service actions, IMMED, and a bad pattern list.
+    // Unknown service actions and a bad pattern list.
     assert_invalid_cdb(&t.run(&sanitize(0x03, 0), &[]), 1, Some(4));
-    assert_invalid_cdb(&t.run(&sanitize(0x81, 5), &list), 1, Some(7));
     assert_invalid_cdb(&t.run(&sanitize(0x01, 4), &list[..4]), 7, None);
     t.ok(&sanitize(0x1F, 0), &[]);
+    // IMMED = 1 returns at once; the overwrite goes on in the background.
+    let lu = t.srv.lu(0).unwrap();
+    let mut list = vec![0x01, 0, 0, 1];
+    list.push(0x5C);
+    t.ok(&sanitize(0x81, list.len() as u16), &list);
+    lu.wait_sanitize(3, || false);
+    assert!(!lu.sanitizing());
+    let back = t.ok(&cdb10(0x28, 0, 0, 4), &[]);
+    assert!(back.iter().all(|&b| b == 0x5C));
 }
 
 #[test]
@@ -479,21 +488,119 @@ fn sanitize_block_erase_needs_thin_provisioning() {
     assert_sense(&ro.run(&sanitize(0x01, 5), &list), 0x07, 0x27, 0x00);
 }
 
+/// Start an IMMED = 1 OVERWRITE that cannot get going while `t`'s test holds a range lock.
+fn held_sanitize(t: &T) -> Arc<LogicalUnit> {
+    let lu = t.srv.lu(0).unwrap();
+    let list = [0x01, 0, 0, 1, 0xA5];
+    t.ok(&sanitize(0x81, 5), &list);
+    assert!(lu.sanitizing());
+    lu
+}
+
 #[test]
 fn sanitizing_lu_refuses_other_commands() {
     let t = setup();
     let lu = t.srv.lu(0).unwrap();
-    lu.set_sanitizing(true, false);
-    assert_sense(&t.run(&[0u8; 6], &[]), 0x02, 0x04, 0x1B);
+    // A read in flight: the sanitize waits for it (SBC-4 §4.11.2), so it stays "in progress".
+    let read = lu.lock_range(0, 1, false);
+    held_sanitize(&t);
+    // TEST UNIT READY and media access: NOT READY, SANITIZE IN PROGRESS, with SKSV and a
+    // progress indication (SPC-4 §4.5.2.4.4); nothing written yet, so 0.
+    let r = t.run(&[0u8; 6], &[]);
+    assert_sense(&r, 0x02, 0x04, 0x1B);
+    assert_eq!(r.sense[15..18], [0x80, 0, 0]);
     assert_sense(&t.run(&cdb16(0x88, 0, 0, 1), &[]), 0x02, 0x04, 0x1B);
+    // A second SANITIZE is refused the same way.
+    assert_sense(&t.run(&sanitize(0x81, 5), &[0x01, 0, 0, 1, 0]), 0x02, 0x04, 0x1B);
     t.ok(&inquiry(false, 0, 96), &[]);
     let rs = t.ok(&[0x03, 0, 0, 0, 18, 0], &[]);
-    assert_eq!((rs[2] & 0x0F, rs[12], rs[13]), (0x02, 0x04, 0x1B));
-    // A failed sanitize leaves media access refused until EXIT FAILURE MODE.
-    lu.set_sanitizing(false, true);
+    assert_eq!((rs[2] & 0x0F, rs[12], rs[13], rs[15]), (0x02, 0x04, 0x1B, 0x80));
+    // LUN and target resets do not stop it (SBC-4 §4.11.2).
+    t.srv.lun_reset(lun_to_wire(0));
+    t.srv.target_reset();
+    t.srv.nexus_lost(&t.n);
+    assert!(lu.sanitizing());
+    drop(read);
+    assert_eq!(lu.wait_sanitize(1, || false), Some(SanitizeOutcome::Done));
+    assert_eq!(lu.sanitize_progress(), 65535);
+    // Ready again (the nexus was lost, so the resets' unit attentions went with it).
+    t.ok(&[0u8; 6], &[]);
+    assert!(t.ok(&cdb16(0x88, 0, 0, 8), &[]).iter().all(|&b| b == 0xA5));
+}
+
+#[test]
+fn an_aborted_sanitize_command_leaves_the_operation_running() {
+    let t = setup();
+    let lu = t.srv.lu(0).unwrap();
+    let read = lu.lock_range(0, 1, false);
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        // IMMED = 0: the command waits for the operation...
+        let waiter = s.spawn(|| {
+            t.srv.execute(&ScsiRequest {
+                nexus: &t.n,
+                lun: lun_to_wire(0),
+                cdb: &sanitize(0x01, 5),
+                data_out: &[0x01, 0, 0, 1, 0x3C],
+                expected_data_in: 0,
+                attr: TaskAttr::Simple,
+                cancel: Some(&cancel),
+            })
+        });
+        while !lu.sanitizing() {
+            std::thread::yield_now();
+        }
+        // ...until the transport aborts the task (ABORT TASK): it ends, the operation does not.
+        cancel.store(true, std::sync::atomic::Ordering::Release);
+        let r = waiter.join().unwrap();
+        assert_eq!(r.status, ScsiStatus::TASK_ABORTED);
+    });
+    assert!(lu.sanitizing());
+    drop(read);
+    assert_eq!(lu.wait_sanitize(1, || false), Some(SanitizeOutcome::Done));
+    assert!(t.ok(&cdb16(0x88, 0, 0, 8), &[]).iter().all(|&b| b == 0x3C));
+}
+
+#[test]
+fn a_failed_sanitize_is_left_as_its_ause_bit_allows() {
+    let t = setup();
+    let lu = t.srv.lu(0).unwrap();
+    // Restricted completion mode (AUSE = 0): only a sanitize that succeeds ends the failure
+    // (SBC-4 §4.11.5); EXIT FAILURE MODE is an invalid field (SBC-4 §5.30.1).
+    let job = lu.begin_sanitize().unwrap();
+    lu.end_sanitize(job, SanitizeOutcome::Failed { ause: false });
+    assert_sense(&t.run(&cdb16(0x88, 0, 0, 1), &[]), 0x03, 0x31, 0x03);
+    assert_sense(&t.run(&[0u8; 6], &[]), 0x03, 0x31, 0x03);
+    assert_invalid_cdb(&t.run(&sanitize(0x1F, 0), &[]), 1, Some(4));
+    t.ok(&sanitize(0x01, 5), &[0x01, 0, 0, 1, 0]);
+    t.ok(&cdb16(0x88, 0, 0, 1), &[]);
+    // Unrestricted (AUSE = 1): EXIT FAILURE MODE ends it.
+    let job = lu.begin_sanitize().unwrap();
+    lu.end_sanitize(job, SanitizeOutcome::Failed { ause: true });
     assert_sense(&t.run(&cdb16(0x88, 0, 0, 1), &[]), 0x03, 0x31, 0x03);
     t.ok(&sanitize(0x1F, 0), &[]);
     t.ok(&cdb16(0x88, 0, 0, 1), &[]);
+    // A thread that cannot be started changes nothing.
+    let job = lu.begin_sanitize().unwrap();
+    lu.end_sanitize(job, SanitizeOutcome::Failed { ause: false });
+    let job = lu.begin_sanitize().unwrap();
+    lu.end_sanitize(job, SanitizeOutcome::NotStarted);
+    assert_sense(&t.run(&cdb16(0x88, 0, 0, 1), &[]), 0x03, 0x31, 0x03);
+}
+
+#[test]
+fn a_paced_overwrite_keeps_to_its_rate() {
+    // 1 MiB at 4 MiB/s: no sooner than 250 ms (a lower bound only, so not a timing test).
+    let (t, _ram) = setup_ram(
+        LuConfig {
+            sanitize_rate: 4 << 20,
+            ..cfg_quiet()
+        },
+        MIB,
+    );
+    let start = std::time::Instant::now();
+    t.ok(&sanitize(0x01, 5), &[0x01, 0, 0, 1, 0x11]);
+    assert!(start.elapsed() >= std::time::Duration::from_millis(250));
 }
 
 #[test]
