@@ -472,6 +472,10 @@ impl Driver {
                         });
                     }
                     ConnEvent::Tmf(_) => assert!(self.logged_in),
+                    ConnEvent::Cancel(id) => {
+                        // Only a task the device server holds can be cancelled.
+                        assert!(self.executing.iter().any(|x| x.id == id), "cancel {id:?}");
+                    }
                     ConnEvent::Close { .. } => {
                         assert!(self.c.is_closed());
                         assert!(!self.c.is_full_feature());

@@ -5,6 +5,10 @@
 //! makes GET LBA STATUS answer from the starting LBA, which `GetLBAStatus.UnmapSingle` does not
 //! expect with LBPPB > 1, so that family stays on the thin file LUN).
 //!
+//! A fourth kind, `sanitize-reset`, runs the one test the full run cannot (`Sanitize.Reset`)
+//! against a thin file LUN whose sanitize is paced (`sanitize_rate`), so that it is still running
+//! when the test looks.
+//!
 //! Every kind is held to `conformance/known-failures.txt` (a failure not listed fails the test)
 //! and to its floor in `conformance/kinds-min-passed.txt` (`kind passed`, one per line).
 //! `FERRITE_CONFORMANCE_KINDS=thick,removable` runs only some kinds (and skips their floors).
@@ -50,6 +54,15 @@ const KINDS: &[Kind] = &[
         lun: "backstore = \"ram:128M\"\nremovable = true\nphysical_block_size = 4096",
         tests: "ALL.PreventAllow.*,ALL.StartStopUnit.*,ALL.NoMedia.*,ALL.CompareAndWrite.*,\
                 ALL.WriteSame10.*,ALL.WriteSame16.*,ALL.Unmap.*,ALL.ReadCapacity16.*",
+    },
+    Kind {
+        // SBC-4 §4.11.2: a sanitize outlives ABORT TASK, resets and a re-login. The test expects
+        // it still running some 4 s after it began; at 16 MiB/s the 128 MiB overwrite takes 8 s.
+        // Its own LUN and sessions, since in the full run the test before it leaves a RESERVE(6)
+        // behind (see conformance.rs).
+        name: "sanitize-reset",
+        lun: "backstore = \"file:{dir}/sanitize.img:128M\"\nsanitize_rate = \"16M\"",
+        tests: "ALL.Sanitize.Reset",
     },
 ];
 

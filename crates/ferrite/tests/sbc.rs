@@ -147,3 +147,62 @@ fn unmap_punches_holes_in_the_backing_file() {
     );
     eprintln!("thin: file used {before} -> {written} after writing -> {after} after UNMAP");
 }
+
+/// SBC-4 §4.11.2, §5.30: a sanitize is an operation of the LU, not of the command that started
+/// it. ABORT TASK ends a SANITIZE (IMMED = 0) that waits for its operation — at once, not when
+/// the overwrite is done — and the overwrite carries on; meanwhile TEST UNIT READY and
+/// REQUEST SENSE report NOT READY, SANITIZE IN PROGRESS with a progress indication. A
+/// 16 MiB LUN paced at 8 MiB/s keeps the overwrite busy for 2 s.
+#[test]
+fn sanitize_outlives_abort_task_and_reports_progress() {
+    let d = Daemon::start(Opts {
+        config: Some(format!(
+            "[settings]\nnop_interval_secs = 0\n\n[[target]]\nname = \"{}\"\n\n\
+             [[target.portal_group]]\ntag = 1\nportals = [\"127.0.0.1:{{port}}\"]\n\n\
+             [[target.lun]]\nid = 0\nbackstore = \"ram:16M\"\nsanitize_rate = \"8M\"\n",
+            common::IQN
+        )),
+        ..Opts::default()
+    });
+    let mut s = session(&d, "iqn.2026-11.io.ferrite:sanitizer", 1);
+    // OVERWRITE, one pass, pattern 0x6B; IMMED = 0.
+    let cdb = [0x48, 0x01, 0, 0, 0, 0, 0, 0, 5, 0];
+    let sn = s.cmd_sn();
+    let itt = s.start_write_command(&cdb, &[0x01, 0, 0, 1, 0x6B]).unwrap();
+    // The TMF answers FUNCTION COMPLETE (0) without waiting 2 s for the overwrite; the
+    // aborted SANITIZE gets no response (the next PDU is the TMF response itself).
+    assert_eq!(s.abort_task(itt, sn).unwrap(), 0);
+    let tur = s.command(&[0u8; 6], 0).unwrap();
+    assert_eq!(tur.status, 2, "TEST UNIT READY during the sanitize");
+    assert_eq!(tur.sense_key(), Some(0x02));
+    assert_eq!(tur.asc(), Some((0x04, 0x1B)));
+    assert_eq!(tur.sense[15] & 0x80, 0x80, "SKSV: a progress indication");
+    let rs = s.command(&[0x03, 0, 0, 0, 18, 0], 18).unwrap();
+    assert_eq!(rs.status, 0);
+    assert_eq!(
+        (rs.data[2] & 0x0F, rs.data[12], rs.data[13]),
+        (0x02, 0x04, 0x1B)
+    );
+    // A second sanitize is turned away while the first runs.
+    let again = s.write_command(&cdb, &[0x01, 0, 0, 1, 0]).unwrap();
+    assert_eq!(
+        (again.sense_key(), again.asc()),
+        (Some(0x02), Some((0x04, 0x1B)))
+    );
+    // Wait for the end (TEST UNIT READY turns GOOD), then every block holds the pattern.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let r = s.command(&[0u8; 6], 0).unwrap();
+        if r.status == 0 {
+            break;
+        }
+        assert_eq!(r.asc(), Some((0x04, 0x1B)), "{:02x?}", r.sense);
+        assert!(std::time::Instant::now() < deadline, "sanitize never ended");
+        thread::sleep(std::time::Duration::from_millis(100));
+    }
+    for lba in [0u32, 16_000, 32_767] {
+        let b = s.read10(lba, 1, BLOCK).unwrap();
+        assert!(b.iter().all(|&x| x == 0x6B), "LBA {lba}");
+    }
+    s.logout().unwrap();
+}

@@ -208,7 +208,9 @@ struct Media {
 pub(crate) enum SanitizeOutcome {
     Done,
     /// It failed; `ause` is the AUSE bit of the SANITIZE command that started it.
-    Failed { ause: bool },
+    Failed {
+        ause: bool,
+    },
     /// It could not be started: nothing changed, a failure before it still stands.
     NotStarted,
 }
@@ -439,7 +441,11 @@ impl LogicalUnit {
 
     /// Wait for sanitize `job` to end, checking `stop` between short waits; `None` if `stop`
     /// said to give up first (the operation itself carries on).
-    pub(crate) fn wait_sanitize(&self, job: u64, stop: impl Fn() -> bool) -> Option<SanitizeOutcome> {
+    pub(crate) fn wait_sanitize(
+        &self,
+        job: u64,
+        stop: impl Fn() -> bool,
+    ) -> Option<SanitizeOutcome> {
         let mut jobs = lock(&self.media.sanitize_jobs);
         loop {
             if jobs.finished >= job {

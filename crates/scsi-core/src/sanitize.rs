@@ -163,7 +163,11 @@ pub fn sanitize(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
     if let Err(e) = spawned {
         // Nothing was touched: the LU stays as it was before this command.
         lu.end_sanitize(job, SanitizeOutcome::NotStarted);
-        return Err(io_fail("sanitize thread", SenseReason::InternalTargetFailure, &e));
+        return Err(io_fail(
+            "sanitize thread",
+            SenseReason::InternalTargetFailure,
+            &e,
+        ));
     }
     if immed {
         return Ok(Vec::new());

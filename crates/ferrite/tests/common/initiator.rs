@@ -713,46 +713,105 @@ impl Session {
         cdb[0] = 0x2a;
         cdb[2..6].copy_from_slice(&lba.to_be_bytes());
         cdb[7..9].copy_from_slice(&blocks.to_be_bytes());
-        let (b, itt) = self.scsi_cmd_bhs(&cdb, false, true, data.len() as u32);
-        self.send(&b, &[])
-            .map_err(|e| format!("send WRITE(10): {e}"))?;
-        loop {
-            let p = self.recv().map_err(|e| format!("WRITE(10): {e}"))?;
-            match p.opcode() {
-                OP_R2T => {
-                    let ttt = be32(&p.bhs, 20);
-                    let off = be32(&p.bhs, 40) as usize;
-                    let len = be32(&p.bhs, 44) as usize;
-                    if off + len > data.len() {
-                        return Err(format!("R2T for {off}+{len} beyond {} bytes", data.len()));
-                    }
-                    let mut sent = 0;
-                    let mut data_sn = 0u32;
-                    while sent < len {
-                        let n = (len - sent).min(self.max_send);
-                        let mut d = [0u8; 48];
-                        d[0] = OP_DATA_OUT;
-                        d[1] = if sent + n == len { 0x80 } else { 0 };
-                        put32(&mut d, 16, itt);
-                        put32(&mut d, 20, ttt);
-                        put32(&mut d, 28, self.exp_statsn);
-                        put32(&mut d, 36, data_sn);
-                        put32(&mut d, 40, (off + sent) as u32);
-                        self.send(&d, &data[off + sent..off + sent + n])
-                            .map_err(|e| format!("Data-Out: {e}"))?;
-                        sent += n;
-                        data_sn += 1;
-                    }
-                }
-                OP_SCSI_RSP => return self.scsi_result(&p, itt, Vec::new()),
-                op => {
-                    return Err(format!(
-                        "WRITE(10): unexpected opcode {op:#04x}: {:02x?}",
-                        &p.bhs[..8]
-                    ))
-                }
-            }
+        self.write_command(&cdb, data)
+    }
+
+    /// A command with data-out (`cdb` up to 16 bytes), all data through R2T; its status.
+    pub fn write_command(&mut self, cdb: &[u8], data: &[u8]) -> Result<ScsiResult, String> {
+        let itt = self.start_write_command(cdb, data)?;
+        let p = self
+            .recv()
+            .map_err(|e| format!("command {:#04x}: {e}", cdb[0]))?;
+        match p.opcode() {
+            OP_SCSI_RSP => self.scsi_result(&p, itt, Vec::new()),
+            op => Err(format!(
+                "command {:#04x}: unexpected opcode {op:#04x}: {:02x?}",
+                cdb[0],
+                &p.bhs[..8]
+            )),
         }
+    }
+
+    /// Send a command with data-out and answer its R2Ts until every byte is sent; returns its
+    /// ITT without waiting for the response (the target answers only after the last byte).
+    pub fn start_write_command(&mut self, cdb: &[u8], data: &[u8]) -> Result<u32, String> {
+        let (b, itt) = self.scsi_cmd_bhs(cdb, false, true, data.len() as u32);
+        self.send(&b, &[])
+            .map_err(|e| format!("send command {:#04x}: {e}", cdb[0]))?;
+        let mut total = 0;
+        while total < data.len() {
+            let p = self
+                .recv()
+                .map_err(|e| format!("command {:#04x}: {e}", cdb[0]))?;
+            if p.opcode() != OP_R2T {
+                return Err(format!(
+                    "command {:#04x}: expected R2T, got opcode {:#04x}: {:02x?} {:02x?}",
+                    cdb[0],
+                    p.opcode(),
+                    &p.bhs[..8],
+                    p.data
+                ));
+            }
+            let ttt = be32(&p.bhs, 20);
+            let off = be32(&p.bhs, 40) as usize;
+            let len = be32(&p.bhs, 44) as usize;
+            if off + len > data.len() {
+                return Err(format!("R2T for {off}+{len} beyond {} bytes", data.len()));
+            }
+            let mut sent = 0;
+            let mut data_sn = 0u32;
+            while sent < len {
+                let n = (len - sent).min(self.max_send);
+                let mut d = [0u8; 48];
+                d[0] = OP_DATA_OUT;
+                d[1] = if sent + n == len { 0x80 } else { 0 };
+                put32(&mut d, 16, itt);
+                put32(&mut d, 20, ttt);
+                put32(&mut d, 28, self.exp_statsn);
+                put32(&mut d, 36, data_sn);
+                put32(&mut d, 40, (off + sent) as u32);
+                self.send(&d, &data[off + sent..off + sent + n])
+                    .map_err(|e| format!("Data-Out: {e}"))?;
+                sent += n;
+                data_sn += 1;
+            }
+            total += len;
+        }
+        Ok(itt)
+    }
+
+    /// ABORT TASK (RFC 7143 §11.5) for the task `itt`, sent as an immediate command; returns
+    /// the Task Management Function response code. Other PDUs arriving first are an error.
+    pub fn abort_task(&mut self, itt: u32, ref_cmd_sn: u32) -> Result<u8, String> {
+        let mut b = [0u8; 48];
+        b[0] = 0x40 | 0x02; // immediate Task Management Function Request
+        b[1] = 0x80 | 0x01; // F, ABORT TASK
+        b[8..16].copy_from_slice(&lun_field(self.lun));
+        let tmf_itt = self.next_itt;
+        self.next_itt += 1;
+        put32(&mut b, 16, tmf_itt);
+        put32(&mut b, 20, itt);
+        put32(&mut b, 24, self.cmdsn);
+        put32(&mut b, 28, self.exp_statsn);
+        put32(&mut b, 32, ref_cmd_sn);
+        self.send(&b, &[])
+            .map_err(|e| format!("send ABORT TASK: {e}"))?;
+        let p = self.recv().map_err(|e| format!("ABORT TASK: {e}"))?;
+        if p.opcode() != 0x22 || p.itt() != tmf_itt {
+            return Err(format!(
+                "ABORT TASK: got opcode {:#04x} ITT {:#x}: {:02x?}",
+                p.opcode(),
+                p.itt(),
+                &p.bhs[..8]
+            ));
+        }
+        self.exp_statsn = be32(&p.bhs, 24).wrapping_add(1);
+        Ok(p.bhs[2])
+    }
+
+    /// The CmdSN the next command will carry.
+    pub fn cmd_sn(&self) -> u32 {
+        self.cmdsn
     }
 
     /// READ(10) `blocks` blocks at `lba`.

@@ -511,10 +511,18 @@ fn sanitizing_lu_refuses_other_commands() {
     assert_eq!(r.sense[15..18], [0x80, 0, 0]);
     assert_sense(&t.run(&cdb16(0x88, 0, 0, 1), &[]), 0x02, 0x04, 0x1B);
     // A second SANITIZE is refused the same way.
-    assert_sense(&t.run(&sanitize(0x81, 5), &[0x01, 0, 0, 1, 0]), 0x02, 0x04, 0x1B);
+    assert_sense(
+        &t.run(&sanitize(0x81, 5), &[0x01, 0, 0, 1, 0]),
+        0x02,
+        0x04,
+        0x1B,
+    );
     t.ok(&inquiry(false, 0, 96), &[]);
     let rs = t.ok(&[0x03, 0, 0, 0, 18, 0], &[]);
-    assert_eq!((rs[2] & 0x0F, rs[12], rs[13], rs[15]), (0x02, 0x04, 0x1B, 0x80));
+    assert_eq!(
+        (rs[2] & 0x0F, rs[12], rs[13], rs[15]),
+        (0x02, 0x04, 0x1B, 0x80)
+    );
     // LUN and target resets do not stop it (SBC-4 §4.11.2).
     t.srv.lun_reset(lun_to_wire(0));
     t.srv.target_reset();
