@@ -142,6 +142,14 @@ impl Backstore for FileBackstore {
         self.can_punch
     }
 
+    fn anchor(&self, offset: u64, len: u64) -> io::Result<()> {
+        check_range(self.size, offset, len)?;
+        if len == 0 || sys::try_zero_range(&self.file, offset, len)? {
+            return Ok(());
+        }
+        sys::write_zeroes(&self.file, offset, len)
+    }
+
     fn extent_at(&self, offset: u64) -> io::Result<Option<Extent>> {
         FileBackstore::extent_at(self, offset).map(Some)
     }

@@ -57,6 +57,21 @@ pub trait Backstore: Send + Sync + std::fmt::Debug {
     fn unmap(&self, offset: u64, len: u64) -> io::Result<bool>;
     /// Whether `unmap` can really deallocate space (thin provisioning).
     fn supports_unmap(&self) -> bool;
+    /// Make a byte range read back as zeroes while keeping storage allocated for it (an
+    /// anchored range, SBC-4 §4.7.2: later writes to it cannot fail for lack of space). The
+    /// default writes the zeroes. A range past `size()` is an error (`InvalidInput`).
+    fn anchor(&self, offset: u64, len: u64) -> io::Result<()> {
+        check_range(self.size(), offset, len)?;
+        const STEP: u64 = 1 << 20;
+        let zeroes = vec![0u8; STEP.min(len) as usize];
+        let mut done = 0;
+        while done < len {
+            let n = STEP.min(len - done);
+            self.write_at(&zeroes[..n as usize], offset + done)?;
+            done += n;
+        }
+        Ok(())
+    }
     /// The run of bytes from `offset` that share its allocation status, for GET LBA STATUS.
     /// `Ok(None)` means the backstore cannot tell (the device server then reports the range as
     /// "mapped or unknown", which is always true). `offset` past the end is `InvalidInput`.

@@ -234,6 +234,19 @@ impl Backstore for RamBackstore {
         true
     }
 
+    fn anchor(&self, offset: u64, len: u64) -> io::Result<()> {
+        check_range(self.size, offset, len)?;
+        Self::for_each_piece(offset, len, |i, within, n, _| {
+            let mut chunk = self.write_chunk(i);
+            match chunk.as_mut() {
+                Some(data) => data[within..][..n].fill(0),
+                // A new chunk is all zeroes already.
+                None => *chunk = Some(self.alloc_chunk(i)?),
+            }
+            Ok(())
+        })
+    }
+
     fn extent_at(&self, offset: u64) -> io::Result<Option<Extent>> {
         RamBackstore::extent_at(self, offset).map(Some)
     }

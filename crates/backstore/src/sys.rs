@@ -114,6 +114,20 @@ pub(crate) fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
     syscall(|| unsafe { libc::fallocate(file.as_raw_fd(), mode, offset, len) }).map(drop)
 }
 
+/// `fallocate(ZERO_RANGE)`: the range reads back as zeroes and keeps (or gets) its blocks.
+/// `Ok(false)` when the file system cannot (nothing changed; the caller writes the zeroes).
+pub(crate) fn try_zero_range(file: &File, offset: u64, len: u64) -> io::Result<bool> {
+    let (offset, len) = (to_off(offset)?, to_off(len)?);
+    // SAFETY: plain syscall on an open descriptor; no pointers are passed.
+    match syscall(|| unsafe {
+        libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_ZERO_RANGE, offset, len)
+    }) {
+        Ok(_) => Ok(true),
+        Err(e) if is_unsupported(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Punches a hole when `can_punch`; `Ok(false)` when the file system or device cannot, in which
 /// case nothing was changed and the caller must write the zeroes itself.
 pub(crate) fn try_punch_hole(

@@ -221,6 +221,24 @@ fn check_unmap(b: &dyn Backstore) {
     assert_eq!(read(b, c + 9, 5), [&[0][..], &pattern(3, 5), &[0]].concat());
 }
 
+/// An anchored range reads as zeroes and stays (or becomes) allocated: never a hole.
+fn check_anchor(b: &dyn Backstore) {
+    let c = RamBackstore::CHUNK_SIZE as u64;
+    b.write_at(&pattern(4096, 9), 0).unwrap();
+    // Over written data (unaligned), and over a range that was never written.
+    b.anchor(100, 1000).unwrap();
+    b.anchor(2 * c, c).unwrap();
+    b.anchor(5, 0).unwrap();
+    assert_eq!(read(b, 0, 100), pattern(4096, 9)[..100]);
+    assert_zero(b, 100, 1000);
+    assert_eq!(read(b, 1100, 10), pattern(4096, 9)[1100..1110]);
+    assert_zero(b, 2 * c, c);
+    if let Some(e) = b.extent_at(2 * c).unwrap() {
+        assert!(e.mapped, "{}: an anchored range reported as a hole: {e:?}", b.kind());
+    }
+    assert_invalid(b.anchor(SIZE - 1, 2), "anchor past the end");
+}
+
 fn check_flush(b: &dyn Backstore) {
     b.write_at(&[1, 2, 3], 77).unwrap();
     b.flush().unwrap();
@@ -340,6 +358,7 @@ conformance!(
         check_overwrite,
         check_out_of_range,
         check_unmap,
+        check_anchor,
         check_flush,
         check_concurrent_writers,
         check_concurrent_unmap_and_write,

@@ -179,6 +179,16 @@ pub(crate) fn deallocate(lu: &LogicalUnit, lba: u64, count: u64) -> Result<(), F
     }
 }
 
+/// Anchor `count` blocks from `lba` (SBC-4 §4.7.2: anchored LBAs keep their physical
+/// resources and read back as zeroes, LBPRZ = 1). GET LBA STATUS then reports them "mapped or
+/// unknown" (provisioning status 0h), which SBC-4 §5.8.2 allows for any LBA.
+pub(crate) fn anchor(lu: &LogicalUnit, lba: u64, count: u64) -> Result<(), Fail> {
+    let bs = u64::from(lu.block_size());
+    lu.backstore()
+        .anchor(lba * bs, count * bs)
+        .map_err(|e| io_fail("anchor", SenseReason::WriteError, &e))
+}
+
 /// First differing byte, as the INFORMATION field of a miscompare wants it.
 fn first_mismatch(a: &[u8], b: &[u8]) -> Option<usize> {
     a.iter().zip(b).position(|(x, y)| x != y)
@@ -462,8 +472,9 @@ pub fn read_defect_data(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
 /// WRITE SAME(10/16) (SBC-4 §5.47, §5.48). With UNMAP on a thin LU the range is deallocated
 /// whatever the data block holds (it then reads back as zeroes, LBPRZ = 1): SBC-4 §4.7.3.3 lets
 /// the device server deallocate instead of writing, and initiators (libiscsi's
-/// `test_writesame10_unmap_until_end` sends an FFh block with UNMAP = 1) expect it to. ANCHOR,
-/// PBDATA and LBDATA are refused by the opcode table.
+/// `test_writesame10_unmap_until_end` sends an FFh block with UNMAP = 1) expect it to. With
+/// ANCHOR as well the range is anchored instead (ANC_SUP = 1 on thin LUs). PBDATA and LBDATA
+/// are refused by the opcode table.
 pub fn write_same(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
     let c = cmd.cdb;
     let sixteen = c.u8(0) == 0x93;
@@ -473,6 +484,7 @@ pub fn write_same(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
         (u64::from(c.be32(2)), u64::from(c.be16(7)), 7)
     };
     let unmap = c.bit(1, 3);
+    let anchor_bit = c.bit(1, 4);
     let ndob = sixteen && c.bit(1, 0);
     let bs = u64::from(lu.block_size());
     cmd.expect_out(if ndob { 0 } else { bs });
@@ -498,6 +510,10 @@ pub fn write_same(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
     if unmap && !lu.thin() {
         return Err(bad_cdb(1, Some(3)));
     }
+    // SBC-4 §5.48: ANCHOR needs ANC_SUP = 1 (thin LUs here) and UNMAP = 1.
+    if anchor_bit && (!lu.thin() || !unmap) {
+        return Err(bad_cdb(1, Some(4)));
+    }
     // SBC-4 §5.47: the Data-Out Buffer holds exactly one logical block (none with NDOB). With
     // any other amount the initiator and the CDB disagree on the layout: refuse rather than
     // guess.
@@ -514,7 +530,9 @@ pub fn write_same(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
         cmd.data_out.slice(0, bs as usize).to_vec()
     };
     let _w = lu.lock_range(lba, count, true);
-    if unmap {
+    if anchor_bit {
+        anchor(lu, lba, count)?;
+    } else if unmap {
         deallocate(lu, lba, count)?;
     } else {
         write_pattern(lu, lba, count, &block)?;
@@ -526,6 +544,8 @@ pub fn write_same(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
 /// UNMAP (SBC-4 §5.32). Every descriptor is validated before anything is deallocated.
 pub fn unmap(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
     let len = usize::from(cmd.cdb.be16(7));
+    // SBC-4 §5.32.1: ANCHOR anchors the ranges instead of deallocating them (ANC_SUP = 1).
+    let anchored = cmd.cdb.bit(1, 0);
     cmd.expect_out(len as u64);
     lu.check_ready()?;
     check_writable(cmd, lu)?;
@@ -566,7 +586,11 @@ pub fn unmap(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
     }
     for (lba, count) in ranges {
         let _w = lu.lock_range(lba, count, true);
-        deallocate(lu, lba, count)?;
+        if anchored {
+            anchor(lu, lba, count)?;
+        } else {
+            deallocate(lu, lba, count)?;
+        }
     }
     Ok(Vec::new())
 }

@@ -608,7 +608,7 @@ fn thin_provisioning_pages() {
     let sup = t.ok(&inquiry(true, 0x00, 255), &[]);
     assert_eq!(sup.last(), Some(&0xB2));
     let b2 = t.ok(&inquiry(true, 0xB2, 255), &[]);
-    assert_eq!(b2, vec![0, 0xB2, 0, 4, 0, 0xE4, 0x02, 0]);
+    assert_eq!(b2, vec![0, 0xB2, 0, 4, 0, 0xE6, 0x02, 0]);
     let b0 = t.ok(&inquiry(true, 0xB0, 255), &[]);
     assert_eq!(u32::from_be_bytes(b0[20..24].try_into().unwrap()), 1 << 20);
     assert_eq!(u32::from_be_bytes(b0[24..28].try_into().unwrap()), 256);
@@ -1054,9 +1054,10 @@ fn write_same_flags() {
     let t = setup();
     // UNMAP without thin provisioning.
     assert_invalid_cdb(&t.run(&cdb10(0x41, 0x08, 0, 1), &[0; BS]), 1, Some(3));
-    // ANCHOR (with or without UNMAP); PBDATA; LBDATA; WRPROTECT.
+    // ANCHOR without thin provisioning (ANC_SUP = 0), alone or with UNMAP; PBDATA; LBDATA;
+    // WRPROTECT.
     assert_invalid_cdb(&t.run(&cdb10(0x41, 0x10, 0, 1), &[0; BS]), 1, Some(4));
-    assert_invalid_cdb(&t.run(&cdb16(0x93, 0x18, 0, 1), &[0; BS]), 1, Some(4));
+    assert_invalid_cdb(&t.run(&cdb16(0x93, 0x18, 0, 1), &[0; BS]), 1, Some(3));
     assert_invalid_cdb(&t.run(&cdb10(0x41, 0x04, 0, 1), &[0; BS]), 1, Some(2));
     assert_invalid_cdb(&t.run(&cdb10(0x41, 0x02, 0, 1), &[0; BS]), 1, Some(1));
     assert_invalid_cdb(&t.run(&cdb10(0x41, 0x40, 0, 1), &[0; BS]), 1, Some(6));
@@ -1153,8 +1154,34 @@ fn unmap_parameter_list_errors() {
     let r = t.run(&unmap_cdb(p.len()), &p);
     assert_sense(&r, 0x05, 0x26, 0x00);
     assert_eq!(field_pointer(&r), (false, 2, None));
-    // ANCHOR.
-    assert_invalid_cdb(&t.run(&[0x42, 1, 0, 0, 0, 0, 0, 0, 0, 0], &[]), 1, Some(0));
+    // ANCHOR (ANC_SUP = 1): the ranges read as zeroes but are not deallocated.
+    t.store.fill(0, 4 * BS, 0x77);
+    let before = t.store.unmaps.load(Ordering::SeqCst);
+    let p = unmap_list(&[(1, 2)]);
+    let mut cdb = unmap_cdb(p.len());
+    cdb[1] = 0x01;
+    t.ok(&cdb, &p);
+    assert_eq!(t.store.unmaps.load(Ordering::SeqCst), before);
+    assert_eq!(t.store.bytes(0, BS), vec![0x77; BS]);
+    assert_eq!(t.store.bytes(BS, 2 * BS), vec![0; 2 * BS]);
+    assert_eq!(t.store.bytes(3 * BS, BS), vec![0x77; BS]);
+}
+
+#[test]
+fn write_same_anchor_on_thin_lu() {
+    let t = setup_thin();
+    t.store.fill(0, 8 * BS, 0x55);
+    // ANCHOR needs UNMAP (SBC-4 §5.48).
+    assert_invalid_cdb(&t.run(&cdb10(0x41, 0x10, 0, 4), &[0; BS]), 1, Some(4));
+    t.ok(&cdb10(0x41, 0x18, 2, 4), &[0xEE; BS]);
+    t.ok(&cdb16(0x93, 0x19, 6, 1), &[]);
+    assert_eq!(t.store.unmaps.load(Ordering::SeqCst), 0, "anchored, not deallocated");
+    assert_eq!(t.store.bytes(0, 2 * BS), vec![0x55; 2 * BS]);
+    assert_eq!(t.store.bytes(2 * BS, 5 * BS), vec![0; 5 * BS]);
+    assert_eq!(t.store.bytes(7 * BS, BS), vec![0x55; BS]);
+    // The Logical Block Provisioning VPD page says so: ANC_SUP.
+    let d = t.ok(&inquiry(true, 0xB2, 64), &[]);
+    assert_eq!(d[5] & 0x02, 0x02);
 }
 
 #[test]

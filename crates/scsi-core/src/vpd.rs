@@ -177,8 +177,9 @@ fn block_device_characteristics(lu: &LogicalUnit) -> Vec<u8> {
 /// Logical Block Provisioning page body (SBC-4 §6.6.5), 4 bytes. Only offered when thin.
 fn logical_block_provisioning() -> Vec<u8> {
     // THRESHOLD EXPONENT 0; LBPU, LBPWS, LBPWS10, LBPRZ = 001b (deallocated blocks read as
-    // zero), ANC_SUP = 0, DP = 0; PROVISIONING TYPE 010b: thin.
-    vec![0x00, 0x80 | 0x40 | 0x20 | 0x04, 0x02, 0x00]
+    // zero), ANC_SUP = 1 (UNMAP and WRITE SAME take ANCHOR), DP = 0; PROVISIONING TYPE 010b:
+    // thin.
+    vec![0x00, 0x80 | 0x40 | 0x20 | 0x04 | 0x02, 0x02, 0x00]
 }
 
 /// The full VPD page `code` (header included), or INVALID FIELD IN CDB for a page we lack.
