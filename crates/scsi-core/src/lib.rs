@@ -15,6 +15,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 mod cdb;
+mod durable;
 mod locks;
 mod lu;
 mod media;

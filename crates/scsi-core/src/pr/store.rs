@@ -30,12 +30,13 @@
 //! registrations silently would unfence a fenced node.
 
 use std::fmt::Write as _;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write as _};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use super::state::{PrState, PrType, Registration, Reservation, Who};
+use crate::durable::{remove_durably, write_durably};
 
 /// Where the persistent reservation state of one logical unit lives.
 pub trait PrStore: Send + Sync {
@@ -68,24 +69,6 @@ impl FilePrStore {
     pub fn path(&self) -> &Path {
         &self.path
     }
-
-    fn dir(&self) -> &Path {
-        match self.path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        }
-    }
-
-    fn tmp_path(&self) -> PathBuf {
-        let mut name = self.path.file_name().unwrap_or_default().to_os_string();
-        name.push(".tmp");
-        self.path.with_file_name(name)
-    }
-}
-
-/// fsync a directory, so a rename or unlink inside it is durable.
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 fn invalid(path: &Path, msg: impl std::fmt::Display) -> io::Error {
@@ -115,39 +98,11 @@ impl PrStore for FilePrStore {
     }
 
     fn save(&self, st: &PrState) -> io::Result<()> {
-        let ctx = |what: &str, e: io::Error| {
-            io::Error::new(e.kind(), format!("{} ({what}): {e}", self.path.display()))
-        };
-        let dir = self.dir();
         if !st.aptpl {
             // SPC-4 §5.13.5: APTPL = 0 — a power loss leaves no registrations behind.
-            match fs::remove_file(&self.path) {
-                Ok(()) => sync_dir(dir).map_err(|e| ctx("sync directory", e))?,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(ctx("remove", e)),
-            }
-            return Ok(());
+            return remove_durably(&self.path);
         }
-        if !dir.exists() {
-            fs::create_dir_all(dir).map_err(|e| ctx("create directory", e))?;
-            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-                sync_dir(parent).map_err(|e| ctx("sync directory", e))?;
-            }
-        }
-        let tmp = self.tmp_path();
-        let text = encode(st);
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(|e| ctx("create temporary file", e))?;
-        f.write_all(text.as_bytes())
-            .map_err(|e| ctx("write temporary file", e))?;
-        f.sync_all().map_err(|e| ctx("sync temporary file", e))?;
-        drop(f);
-        fs::rename(&tmp, &self.path).map_err(|e| ctx("rename", e))?;
-        sync_dir(dir).map_err(|e| ctx("sync directory", e))
+        write_durably(&self.path, encode(st).as_bytes())
     }
 
     fn describe(&self) -> String {

@@ -1,0 +1,64 @@
+//! Small state files written so that a crash at any point leaves the old or the new content:
+//! persistent reservations (APTPL) and running sanitize operations.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write as _};
+use std::path::Path;
+
+/// The directory `path` is in (`.` for a bare file name).
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// fsync a directory, so a rename or unlink inside it is durable.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Replace `path` with `bytes` atomically and durably: a temporary file in the same directory,
+/// fsync, rename over the old file, fsync the directory (created if missing). A crash at any
+/// point leaves the old or the new content, never a mix.
+pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let ctx = |what: &str, e: io::Error| {
+        io::Error::new(e.kind(), format!("{} ({what}): {e}", path.display()))
+    };
+    let dir = parent_dir(path);
+    if !dir.exists() {
+        fs::create_dir_all(dir).map_err(|e| ctx("create directory", e))?;
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent).map_err(|e| ctx("sync directory", e))?;
+        }
+    }
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(|e| ctx("create temporary file", e))?;
+    f.write_all(bytes)
+        .map_err(|e| ctx("write temporary file", e))?;
+    f.sync_all().map_err(|e| ctx("sync temporary file", e))?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(|e| ctx("rename", e))?;
+    sync_dir(dir).map_err(|e| ctx("sync directory", e))
+}
+
+/// Remove `path` durably (fsync the directory); a missing file is fine.
+pub(crate) fn remove_durably(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => sync_dir(parent_dir(path))
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: sync directory: {e}", path.display()))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("{} (remove): {e}", path.display()),
+        )),
+    }
+}
+
