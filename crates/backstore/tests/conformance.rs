@@ -234,7 +234,11 @@ fn check_anchor(b: &dyn Backstore) {
     assert_eq!(read(b, 1100, 10), pattern(4096, 9)[1100..1110]);
     assert_zero(b, 2 * c, c);
     if let Some(e) = b.extent_at(2 * c).unwrap() {
-        assert!(e.mapped, "{}: an anchored range reported as a hole: {e:?}", b.kind());
+        assert!(
+            e.mapped,
+            "{}: an anchored range reported as a hole: {e:?}",
+            b.kind()
+        );
     }
     assert_invalid(b.anchor(SIZE - 1, 2), "anchor past the end");
 }

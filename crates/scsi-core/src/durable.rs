@@ -13,6 +13,13 @@ fn parent_dir(path: &Path) -> &Path {
     }
 }
 
+/// Where `write_durably` stages the new content of `path`.
+pub(crate) fn tmp_path(path: &Path) -> std::path::PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
 /// fsync a directory, so a rename or unlink inside it is durable.
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -32,9 +39,7 @@ pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
             sync_dir(parent).map_err(|e| ctx("sync directory", e))?;
         }
     }
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    let tmp = path.with_file_name(name);
+    let tmp = tmp_path(path);
     let mut f = OpenOptions::new()
         .write(true)
         .create(true)
@@ -52,8 +57,9 @@ pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// Remove `path` durably (fsync the directory); a missing file is fine.
 pub(crate) fn remove_durably(path: &Path) -> io::Result<()> {
     match fs::remove_file(path) {
-        Ok(()) => sync_dir(parent_dir(path))
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: sync directory: {e}", path.display()))),
+        Ok(()) => sync_dir(parent_dir(path)).map_err(|e| {
+            io::Error::new(e.kind(), format!("{}: sync directory: {e}", path.display()))
+        }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io::Error::new(
             e.kind(),
@@ -61,4 +67,3 @@ pub(crate) fn remove_durably(path: &Path) -> io::Result<()> {
         )),
     }
 }
-

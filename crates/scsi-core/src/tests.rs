@@ -1175,7 +1175,11 @@ fn write_same_anchor_on_thin_lu() {
     assert_invalid_cdb(&t.run(&cdb10(0x41, 0x10, 0, 4), &[0; BS]), 1, Some(4));
     t.ok(&cdb10(0x41, 0x18, 2, 4), &[0xEE; BS]);
     t.ok(&cdb16(0x93, 0x19, 6, 1), &[]);
-    assert_eq!(t.store.unmaps.load(Ordering::SeqCst), 0, "anchored, not deallocated");
+    assert_eq!(
+        t.store.unmaps.load(Ordering::SeqCst),
+        0,
+        "anchored, not deallocated"
+    );
     assert_eq!(t.store.bytes(0, 2 * BS), vec![0x55; 2 * BS]);
     assert_eq!(t.store.bytes(2 * BS, 5 * BS), vec![0; 5 * BS]);
     assert_eq!(t.store.bytes(7 * BS, BS), vec![0x55; BS]);

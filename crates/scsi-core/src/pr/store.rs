@@ -466,9 +466,9 @@ mod tests {
                 ..st.clone()
             })
         );
-        assert!(!s.tmp_path().exists());
+        assert!(!crate::durable::tmp_path(&path).exists());
         // A stale temporary file (a crash before the rename) does not matter.
-        fs::write(s.tmp_path(), b"garbage").unwrap();
+        fs::write(crate::durable::tmp_path(&path), b"garbage").unwrap();
         assert_eq!(s.load().unwrap().unwrap().registrations, st.registrations);
         s.save(&st).unwrap();
         // APTPL = 0: the file goes.
