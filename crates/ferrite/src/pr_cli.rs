@@ -90,6 +90,43 @@ pub fn attach(
         .map_err(|e| anyhow::anyhow!("target {target} LUN {lun}: persistent reservations: {e}"))
 }
 
+/// Give `lu` its sanitize journal (beside its reservation file, `.sanitize` for `.pr`) and act
+/// on it: a sanitize a stop cut short starts again, a failed one keeps the LU refusing media
+/// access (SBC-4 §4.11). Same rule as [`attach`]: RAM LUNs only with a configured state dir.
+pub fn attach_sanitize_journal(
+    lu: &Arc<LogicalUnit>,
+    configured: Option<&Path>,
+    target: &str,
+    lun: u64,
+    ram: bool,
+) -> anyhow::Result<()> {
+    let (dir, explicit) = state_dir(configured);
+    if ram && !explicit {
+        return Ok(());
+    }
+    let name = file_name(target, lun).replace(".pr", ".sanitize");
+    let journal = scsi_core::FileSanitizeJournal::new(dir.join(name));
+    match lu
+        .set_sanitize_journal(Arc::new(journal))
+        .map_err(|e| anyhow::anyhow!("target {target} LUN {lun}: sanitize journal: {e}"))?
+    {
+        scsi_core::SanitizeResume::Nothing => {}
+        scsi_core::SanitizeResume::Restarted => {
+            tracing::warn!(
+                target,
+                lun,
+                "a sanitize was running at the last stop: started again"
+            )
+        }
+        scsi_core::SanitizeResume::Failed => tracing::warn!(
+            target,
+            lun,
+            "the last sanitize failed: media access stays refused until a sanitize succeeds"
+        ),
+    }
+    Ok(())
+}
+
 fn who(w: &Who) -> String {
     let isid = w
         .isid

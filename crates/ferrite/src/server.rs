@@ -132,8 +132,10 @@ pub fn build_lu(
     // Restores APTPL persistent reservations before anyone can log in.
     let ram = matches!(spec, BackstoreSpec::Ram { .. });
     crate::pr_cli::attach(&lu, state_dir, &t.name, l.id, ram)?;
+    let lu = Arc::new(lu);
+    crate::pr_cli::attach_sanitize_journal(&lu, state_dir, &t.name, l.id, ram)?;
     info!(target = %t.name, lun = l.id, backstore = %l.backstore, "LUN ready");
-    Ok(Arc::new(lu))
+    Ok(lu)
 }
 
 /// The transport side of PREEMPT AND ABORT: routes the device server's request to the sessions

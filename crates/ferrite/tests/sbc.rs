@@ -206,3 +206,73 @@ fn sanitize_outlives_abort_task_and_reports_progress() {
     }
     s.logout().unwrap();
 }
+
+/// A drive's sanitize survives a power cycle (SBC-4 §4.11); Ferrite's survives kill -9: the
+/// journal in the state directory records it before the first block changes, and the restarted
+/// daemon runs it again before any initiator can log in — so no block of the old data is ever
+/// served after the initiator asked for it to be destroyed.
+#[test]
+fn a_sanitize_survives_kill_9() {
+    let mut d = Daemon::start(Opts {
+        config: Some(format!(
+            "[settings]\nnop_interval_secs = 0\n\n[[target]]\nname = \"{}\"\n\n\
+             [[target.portal_group]]\ntag = 1\nportals = [\"127.0.0.1:{{port}}\"]\n\n\
+             [[target.lun]]\nid = 0\nbackstore = \"file:{{dir}}/lun0.img:16M\"\n\
+             sanitize_rate = \"4M\"\n",
+            common::IQN
+        )),
+        ..Opts::default()
+    });
+    let mut s = session(&d, "iqn.2026-11.io.ferrite:sanitizer", 2);
+    s.write10(100, &[0x33; 4 * BLOCK], BLOCK).unwrap();
+    // OVERWRITE with IMMED = 1: GOOD at once, then NOT READY, SANITIZE IN PROGRESS.
+    let r = s
+        .write_command(
+            &[0x48, 0x81, 0, 0, 0, 0, 0, 0, 5, 0],
+            &[0x01, 0, 0, 1, 0xC4],
+        )
+        .unwrap();
+    assert_eq!(r.status, 0, "{:02x?}", r.sense);
+    let tur = s.command(&[0u8; 6], 0).unwrap();
+    assert_eq!(tur.asc(), Some((0x04, 0x1B)));
+    drop(s);
+    let cfg = d.config_path();
+    common::pr::kill9_and_restart(&mut d, &cfg);
+    assert!(d.log_text().contains("started again"), "{}", d.log_text());
+    let mut s = Session::connect(
+        d.addr(),
+        &LoginOpts {
+            initiator: "iqn.2026-11.io.ferrite:sanitizer",
+            isid: [0x80, 0x12, 0x34, 0x56, 0x78, 3],
+            ..LoginOpts::default()
+        },
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut saw_progress = false;
+    loop {
+        let r = s.command(&[0u8; 6], 0).unwrap();
+        if r.status == 0 {
+            break;
+        }
+        match r.asc() {
+            Some((0x04, 0x1B)) => saw_progress = true,
+            Some((0x29, _)) => {} // the new I_T nexus's unit attention
+            other => panic!(
+                "TEST UNIT READY after the restart: {other:02x?} {:02x?}",
+                r.sense
+            ),
+        }
+        assert!(std::time::Instant::now() < deadline, "sanitize never ended");
+        thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        saw_progress,
+        "the restarted daemon did not resume the sanitize"
+    );
+    for lba in [0u32, 100, 103, 20_000, 32_767] {
+        let b = s.read10(lba, 1, BLOCK).unwrap();
+        assert!(b.iter().all(|&x| x == 0xC4), "LBA {lba}: {:02x?}", &b[..8]);
+    }
+    s.logout().unwrap();
+}

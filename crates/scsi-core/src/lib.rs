@@ -39,6 +39,7 @@ pub use pr::{
     FilePrStore, MemPrStore, PrState, PrStore, PrType, Registration, Reservation, TaskAborter, Who,
     MAX_REGISTRATIONS,
 };
+pub use sanitize::{FileSanitizeJournal, SanitizeJournal, SanitizeResume};
 pub use sense::{Sense, SenseReason};
 pub use server::{lun_from_wire, lun_to_wire, AddLunError, DeviceServer, MAX_FLAT_LUN, MAX_LUN};
 pub use vpd::target_port_name;

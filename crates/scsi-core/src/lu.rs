@@ -238,6 +238,8 @@ pub struct LogicalUnit {
     media: Media,
     /// EXTENDED COPY results held for RECEIVE COPY RESULTS, per (I_T nexus, list identifier).
     copy_results: Mutex<HashMap<(Nexus, u8), CopyStatus>>,
+    /// Where a running or failed sanitize is recorded across restarts (none: not recorded).
+    sanitize_journal: Mutex<Option<Arc<dyn crate::sanitize::SanitizeJournal>>>,
 }
 
 impl fmt::Debug for LogicalUnit {
@@ -301,6 +303,7 @@ impl LogicalUnit {
                 prevent: Mutex::new(HashSet::new()),
             },
             copy_results: Mutex::new(HashMap::new()),
+            sanitize_journal: Mutex::new(None),
         })
     }
 
@@ -463,6 +466,27 @@ impl LogicalUnit {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+    }
+
+    /// The sanitize journal, if the LU has one.
+    pub(crate) fn sanitize_journal(&self) -> Option<Arc<dyn crate::sanitize::SanitizeJournal>> {
+        lock(&self.sanitize_journal).clone()
+    }
+
+    pub(crate) fn put_sanitize_journal(&self, j: Arc<dyn crate::sanitize::SanitizeJournal>) {
+        *lock(&self.sanitize_journal) = Some(j);
+    }
+
+    /// The last sanitize failed: `Some(ause)`, its AUSE bit.
+    pub(crate) fn sanitize_failure(&self) -> Option<bool> {
+        lock(&self.media.sanitize_jobs).failure
+    }
+
+    /// Restore the state a failed sanitize left (from the journal, at start).
+    pub(crate) fn restore_sanitize_failure(&self, ause: bool) {
+        let mut jobs = lock(&self.media.sanitize_jobs);
+        jobs.failure = Some(ause);
+        self.media.sanitize_failed.store(true, Ordering::SeqCst);
     }
 
     /// SANITIZE EXIT FAILURE MODE (SBC-4 §5.30.2.5): `false` if the failed sanitize was

@@ -147,6 +147,9 @@ impl Daemon {
             ];
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferrite"));
             cmd.args(&base_args);
+            // Default state directory (reservation files, sanitize journals of file LUNs) in
+            // this daemon's own scratch space, not the user's: no test sees another's state.
+            cmd.env("XDG_STATE_HOME", dir.path().join("state"));
             if let Some(cfg) = &opts.config {
                 let p = dir.path().join("ferrite.toml");
                 fs::write(&p, subst(cfg)).unwrap();
@@ -279,6 +282,7 @@ impl Daemon {
         let logf = fs::OpenOptions::new().append(true).open(&self.log).unwrap();
         self.child = Command::new(env!("CARGO_BIN_EXE_ferrite"))
             .args(&self.base_args)
+            .env("XDG_STATE_HOME", self.dir.path().join("state"))
             .arg("--config")
             .arg(config)
             .stdin(Stdio::null())

@@ -635,3 +635,93 @@ fn new_commands_are_reported_with_usage_data() {
     // Standard INQUIRY says there is a copy manager (3PC).
     assert_eq!(t.ok(&inquiry(false, 0, 96), &[])[5] & 0x08, 0x08);
 }
+
+/// A sanitize journal in memory: what a restart would find.
+#[derive(Debug, Default)]
+struct MemJournal(std::sync::Mutex<Option<String>>);
+
+impl crate::SanitizeJournal for MemJournal {
+    fn load(&self) -> std::io::Result<Option<String>> {
+        Ok(self.0.lock().unwrap().clone())
+    }
+    fn save(&self, rec: Option<&str>) -> std::io::Result<()> {
+        *self.0.lock().unwrap() = rec.map(str::to_string);
+        Ok(())
+    }
+    fn describe(&self) -> String {
+        "memory".into()
+    }
+}
+
+/// A new LU over `ram` with `journal` attached, as after a restart.
+fn restarted(ram: &Arc<RamBackstore>, journal: &Arc<MemJournal>) -> (T, crate::SanitizeResume) {
+    let lu = Arc::new(LogicalUnit::new(cfg_quiet(), ram.clone()).unwrap());
+    let resumed = lu.set_sanitize_journal(journal.clone()).unwrap();
+    let srv = DeviceServer::new();
+    srv.add_lun(0, lu).unwrap();
+    let p = port();
+    let t = T {
+        srv,
+        store: MemStore::new(0, false),
+        n: nexus_on(&p, 1),
+        n2: nexus_on(&p, 2),
+    };
+    (t, resumed)
+}
+
+#[test]
+fn a_sanitize_cut_short_by_a_restart_runs_again() {
+    let ram = Arc::new(RamBackstore::new(MIB as u64));
+    ram.write_at(&[0x42; 4096], 0).unwrap();
+    let journal = Arc::new(MemJournal::default());
+    let (t, r) = restarted(&ram, &journal);
+    assert_eq!(r, crate::SanitizeResume::Nothing);
+    let lu = t.srv.lu(0).unwrap();
+    // Held before it writes anything; the journal already knows.
+    let read = lu.lock_range(0, 1, false);
+    t.ok(&sanitize(0x81, 5), &[0x01, 0, 0, 1, 0x99]);
+    let rec = journal
+        .0
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("recorded while running");
+    assert!(rec.contains("running overwrite"), "{rec}");
+    // "Power loss": this LU never finishes (its thread waits on the lock we hold); a new
+    // one over the same medium finds the record and runs the overwrite again.
+    let (t2, r) = restarted(&ram, &journal);
+    assert_eq!(r, crate::SanitizeResume::Restarted);
+    let lu2 = t2.srv.lu(0).unwrap();
+    assert_eq!(lu2.wait_sanitize(1, || false), Some(SanitizeOutcome::Done));
+    assert_eq!(
+        *journal.0.lock().unwrap(),
+        None,
+        "a finished sanitize leaves no record"
+    );
+    assert!(t2.ok(&cdb10(0x28, 0, 0, 8), &[]).iter().all(|&b| b == 0x99));
+    drop(read);
+    lu.wait_sanitize(1, || false);
+}
+
+#[test]
+fn a_failed_sanitize_is_still_failed_after_a_restart() {
+    let ram = Arc::new(RamBackstore::new(MIB as u64));
+    let journal = Arc::new(MemJournal::default());
+    let (t, _) = restarted(&ram, &journal);
+    let lu = t.srv.lu(0).unwrap();
+    let job = lu.begin_sanitize().unwrap();
+    // As the sanitize thread records a failure.
+    super::super::sanitize::tests_support::record_failure(&lu, true);
+    lu.end_sanitize(job, SanitizeOutcome::Failed { ause: true });
+    let (t2, r) = restarted(&ram, &journal);
+    assert_eq!(r, crate::SanitizeResume::Failed);
+    assert_sense(&t2.run(&cdb16(0x88, 0, 0, 1), &[]), 0x03, 0x31, 0x03);
+    // EXIT FAILURE MODE (AUSE was 1) ends it, and the record with it.
+    t2.ok(&sanitize(0x1F, 0), &[]);
+    assert_eq!(*journal.0.lock().unwrap(), None);
+    t2.ok(&cdb16(0x88, 0, 0, 1), &[]);
+    // A damaged journal stops the LU from starting.
+    *journal.0.lock().unwrap() = Some("ferrite-sanitize 1\nrunning\n".into());
+    let lu = Arc::new(LogicalUnit::new(cfg_quiet(), ram.clone()).unwrap());
+    assert!(lu.set_sanitize_journal(journal.clone()).is_err());
+}
