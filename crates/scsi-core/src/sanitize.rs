@@ -497,8 +497,11 @@ fn run(lu: &LogicalUnit, overwrite: Option<&Overwrite>) -> Result<(), Fail> {
     let inverted: Vec<u8> = o.block.iter().map(|b| !b).collect();
     let pace = Pace::new(lu.config().sanitize_rate);
     for pass in 0..u64::from(o.passes) {
-        // SBC-4 §5.30.2.2: INVERT inverts the pattern between consecutive passes.
-        let block = if o.invert && pass % 2 == 1 {
+        // SBC-4 §5.30.2.2: INVERT inverts the pattern between consecutive passes, starting
+        // inverted when OVERWRITE COUNT is even, so the last pass always writes the pattern
+        // itself.
+        let passes_left = u64::from(o.passes) - 1 - pass;
+        let block = if o.invert && passes_left % 2 == 1 {
             &inverted
         } else {
             &o.block

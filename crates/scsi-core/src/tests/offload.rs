@@ -725,3 +725,15 @@ fn a_failed_sanitize_is_still_failed_after_a_restart() {
     let lu = Arc::new(LogicalUnit::new(cfg_quiet(), ram.clone()).unwrap());
     assert!(lu.set_sanitize_journal(journal.clone()).is_err());
 }
+
+#[test]
+fn an_inverting_overwrite_ends_with_the_pattern_itself() {
+    // SBC-4 §5.30.2.2: with INVERT, an even OVERWRITE COUNT starts inverted, an odd one starts
+    // plain; either way the last pass leaves the initialization pattern on the medium.
+    for passes in [1u8, 2, 3, 4] {
+        let (t, _ram) = setup_ram(cfg_quiet(), MIB);
+        t.ok(&sanitize(0x01, 5), &[0x80 | passes, 0, 0, 1, 0x0F]);
+        let back = t.ok(&cdb10(0x28, 0, 0, 8), &[]);
+        assert!(back.iter().all(|&b| b == 0x0F), "{passes} passes");
+    }
+}
