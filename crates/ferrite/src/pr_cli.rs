@@ -90,10 +90,11 @@ pub fn attach(
         .map_err(|e| anyhow::anyhow!("target {target} LUN {lun}: persistent reservations: {e}"))
 }
 
-/// Give `lu` its sanitize journal (beside its reservation file, `.sanitize` for `.pr`) and act
-/// on it: a sanitize a stop cut short starts again, a failed one keeps the LU refusing media
-/// access (SBC-4 §4.11). Same rule as [`attach`]: RAM LUNs only with a configured state dir.
-pub fn attach_sanitize_journal(
+/// Give `lu` its journal of long medium operations (beside its reservation file, `.medium`
+/// for `.pr`) and act on it: a sanitize or format a stop cut short starts again, a failed one
+/// keeps the LU refusing media access (SBC-4 §4.11). Same rule as [`attach`]: RAM LUNs only
+/// with a configured state directory.
+pub fn attach_op_journal(
     lu: &Arc<LogicalUnit>,
     configured: Option<&Path>,
     target: &str,
@@ -104,24 +105,22 @@ pub fn attach_sanitize_journal(
     if ram && !explicit {
         return Ok(());
     }
-    let name = file_name(target, lun).replace(".pr", ".sanitize");
-    let journal = scsi_core::FileSanitizeJournal::new(dir.join(name));
+    let name = file_name(target, lun).replace(".pr", ".medium");
+    let journal = scsi_core::FileOpJournal::new(dir.join(name));
     match lu
-        .set_sanitize_journal(Arc::new(journal))
-        .map_err(|e| anyhow::anyhow!("target {target} LUN {lun}: sanitize journal: {e}"))?
+        .set_journal(Arc::new(journal))
+        .map_err(|e| anyhow::anyhow!("target {target} LUN {lun}: operation journal: {e}"))?
     {
-        scsi_core::SanitizeResume::Nothing => {}
-        scsi_core::SanitizeResume::Restarted => {
-            tracing::warn!(
-                target,
-                lun,
-                "a sanitize was running at the last stop: started again"
-            )
-        }
-        scsi_core::SanitizeResume::Failed => tracing::warn!(
+        scsi_core::Resume::Nothing => {}
+        scsi_core::Resume::Restarted => tracing::warn!(
             target,
             lun,
-            "the last sanitize failed: media access stays refused until a sanitize succeeds"
+            "a sanitize or format was running at the last stop: started again"
+        ),
+        scsi_core::Resume::Failed => tracing::warn!(
+            target,
+            lun,
+            "the last sanitize or format failed: media access stays refused until one succeeds"
         ),
     }
     Ok(())

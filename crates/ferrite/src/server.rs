@@ -133,7 +133,7 @@ pub fn build_lu(
     let ram = matches!(spec, BackstoreSpec::Ram { .. });
     crate::pr_cli::attach(&lu, state_dir, &t.name, l.id, ram)?;
     let lu = Arc::new(lu);
-    crate::pr_cli::attach_sanitize_journal(&lu, state_dir, &t.name, l.id, ram)?;
+    crate::pr_cli::attach_op_journal(&lu, state_dir, &t.name, l.id, ram)?;
     info!(target = %t.name, lun = l.id, backstore = %l.backstore, "LUN ready");
     Ok(lu)
 }

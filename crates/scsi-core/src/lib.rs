@@ -19,6 +19,7 @@ mod durable;
 mod locks;
 mod lu;
 mod media;
+mod medium;
 mod mode;
 mod opcodes;
 mod pr;
@@ -35,11 +36,11 @@ mod xcopy;
 mod tests;
 
 pub use lu::{fnv1a64, limits, naa_from_name, ConfigError, LogicalUnit, LuConfig, NAA_COMPANY_ID};
+pub use medium::{FileOpJournal, OpJournal, Resume};
 pub use pr::{
     FilePrStore, MemPrStore, PrState, PrStore, PrType, Registration, Reservation, TaskAborter, Who,
     MAX_REGISTRATIONS,
 };
-pub use sanitize::{FileSanitizeJournal, SanitizeJournal, SanitizeResume};
 pub use sense::{Sense, SenseReason};
 pub use server::{lun_from_wire, lun_to_wire, AddLunError, DeviceServer, MAX_FLAT_LUN, MAX_LUN};
 pub use vpd::target_port_name;

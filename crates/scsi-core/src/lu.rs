@@ -1,10 +1,10 @@
 //! A logical unit: its configuration, its backstore, and the state the device server keeps for
 //! it (mode pages, unit attentions per I_T nexus, SPC-2 reservation, LBA range locks, removable
-//! medium, sanitize and copy-manager state).
+//! medium, sanitize/format and copy-manager state).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use backstore::Backstore;
@@ -180,50 +180,83 @@ pub(crate) struct LuState {
     pub pr: crate::pr::PrLu,
 }
 
-/// Removable-medium and sanitize state (kept apart from `LuState` so the checks every media
-/// command makes are a couple of atomic loads).
+/// Removable-medium state and the long operations on the whole medium (kept apart from
+/// `LuState` so the checks every media command makes are a couple of atomic loads).
 #[derive(Debug)]
 struct Media {
     /// A medium is loaded. Always true for a fixed-medium LU.
     loaded: AtomicBool,
-    /// A sanitize operation is running: every command but INQUIRY, REPORT LUNS and REQUEST
-    /// SENSE is refused with SANITIZE IN PROGRESS (SBC-4 §4.11.2).
-    sanitizing: AtomicBool,
-    /// How much of the running sanitize is done, in 1/65536ths (the progress indication).
-    sanitize_progress: AtomicU32,
-    /// The last sanitize failed; media access fails until it is redone or EXIT FAILURE MODE
-    /// (SBC-4 §4.11.5).
-    sanitize_failed: AtomicBool,
-    /// Sanitize operations started and finished, for the SANITIZE commands (IMMED = 0) that
-    /// wait for theirs.
-    sanitize_jobs: Mutex<SanitizeJobs>,
-    sanitize_ended: Condvar,
+    /// The operation running on the whole medium ([`OpKind`] as a number, 0: none): every
+    /// command but INQUIRY, REPORT LUNS and REQUEST SENSE is refused with SANITIZE IN PROGRESS
+    /// (SBC-4 §4.11.2) or FORMAT IN PROGRESS (SBC-4 §5.4.1).
+    running: AtomicU8,
+    /// How much of it is done, in 1/65536ths (the progress indication).
+    progress: AtomicU32,
+    /// The last operation failed ([`Failure`] as a number, 0: none): media access fails with
+    /// SANITIZE COMMAND FAILED (SBC-4 §4.11.5) or MEDIUM FORMAT CORRUPTED (SBC-4 §4.x) until
+    /// it is redone (or, for a sanitize started with AUSE = 1, EXIT FAILURE MODE).
+    failed: AtomicU8,
+    /// Operations started and finished, for the commands (IMMED = 0) that wait for theirs.
+    jobs: Mutex<Jobs>,
+    ended: Condvar,
     /// I_T nexuses whose PREVENT ALLOW MEDIUM REMOVAL holds the medium in (SBC-4 §5.13: the
     /// medium may be removed only when no nexus prevents it).
     prevent: Mutex<HashSet<Nexus>>,
 }
 
-/// How a sanitize operation ended.
+/// A long operation on the whole medium.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum SanitizeOutcome {
+pub(crate) enum OpKind {
+    /// SANITIZE (SBC-4 §4.11).
+    Sanitize,
+    /// FORMAT UNIT (SBC-4 §5.4).
+    Format,
+}
+
+impl OpKind {
+    fn code(self) -> u8 {
+        match self {
+            OpKind::Sanitize => 1,
+            OpKind::Format => 2,
+        }
+    }
+}
+
+/// What a failed operation left behind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// A sanitize failed; `ause` is the AUSE bit of the SANITIZE command that asked for it.
+    Sanitize { ause: bool },
+    /// A format failed: the medium is format corrupt.
+    Format,
+}
+
+impl Failure {
+    fn code(self) -> u8 {
+        match self {
+            Failure::Sanitize { .. } => 1,
+            Failure::Format => 2,
+        }
+    }
+}
+
+/// How an operation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OpOutcome {
     Done,
-    /// It failed; `ause` is the AUSE bit of the SANITIZE command that started it.
-    Failed {
-        ause: bool,
-    },
+    Failed(Failure),
     /// It could not be started: nothing changed, a failure before it still stands.
     NotStarted,
 }
 
-/// Bookkeeping of sanitize operations (job numbers count from 1).
+/// Bookkeeping of operations (job numbers count from 1).
 #[derive(Debug, Default)]
-struct SanitizeJobs {
+struct Jobs {
     started: u64,
     finished: u64,
     /// Outcomes of the last few jobs.
-    recent: VecDeque<(u64, SanitizeOutcome)>,
-    /// The last sanitize failed: with the AUSE bit it was started with.
-    failure: Option<bool>,
+    recent: VecDeque<(u64, OpOutcome)>,
+    failure: Option<Failure>,
 }
 
 /// One disk logical unit.
@@ -238,8 +271,8 @@ pub struct LogicalUnit {
     media: Media,
     /// EXTENDED COPY results held for RECEIVE COPY RESULTS, per (I_T nexus, list identifier).
     copy_results: Mutex<HashMap<(Nexus, u8), CopyStatus>>,
-    /// Where a running or failed sanitize is recorded across restarts (none: not recorded).
-    sanitize_journal: Mutex<Option<Arc<dyn crate::sanitize::SanitizeJournal>>>,
+    /// Where a running or failed operation is recorded across restarts (none: not recorded).
+    journal: Mutex<Option<Arc<dyn crate::medium::OpJournal>>>,
 }
 
 impl fmt::Debug for LogicalUnit {
@@ -295,15 +328,15 @@ impl LogicalUnit {
             ranges: RangeLocks::default(),
             media: Media {
                 loaded: AtomicBool::new(true),
-                sanitizing: AtomicBool::new(false),
-                sanitize_progress: AtomicU32::new(0),
-                sanitize_failed: AtomicBool::new(false),
-                sanitize_jobs: Mutex::new(SanitizeJobs::default()),
-                sanitize_ended: Condvar::new(),
+                running: AtomicU8::new(0),
+                progress: AtomicU32::new(0),
+                failed: AtomicU8::new(0),
+                jobs: Mutex::new(Jobs::default()),
+                ended: Condvar::new(),
                 prevent: Mutex::new(HashSet::new()),
             },
             copy_results: Mutex::new(HashMap::new()),
-            sanitize_journal: Mutex::new(None),
+            journal: Mutex::new(None),
         })
     }
 
@@ -366,22 +399,30 @@ impl LogicalUnit {
         self.media.loaded.load(Ordering::SeqCst)
     }
 
-    /// Whether a SANITIZE is running on this LU.
-    pub fn sanitizing(&self) -> bool {
-        self.media.sanitizing.load(Ordering::SeqCst)
+    /// What a command meets while an operation runs on the whole medium: NOT READY, SANITIZE
+    /// IN PROGRESS or FORMAT IN PROGRESS, with a progress indication; `None` when idle.
+    pub fn busy(&self) -> Option<crate::Sense> {
+        let reason = match self.media.running.load(Ordering::SeqCst) {
+            0 => return None,
+            1 => SenseReason::SanitizeInProgress,
+            _ => SenseReason::FormatInProgress,
+        };
+        Some(crate::Sense::new(reason).with_progress(self.progress()))
     }
 
     /// The readiness check of every command that needs the medium (SBC-4 §4.x): MEDIUM NOT
     /// PRESENT when a removable medium is out; SANITIZE COMMAND FAILED while a failed sanitize
-    /// has not been redone or exited (SBC-4 §4.11.5).
+    /// has not been redone or exited (SBC-4 §4.11.5); MEDIUM FORMAT CORRUPTED after a failed
+    /// format, until a format succeeds.
     pub(crate) fn check_ready(&self) -> Result<(), Fail> {
         if !self.medium_loaded() {
             return Err(SenseReason::MediumNotPresent.into());
         }
-        if self.media.sanitize_failed.load(Ordering::SeqCst) {
-            return Err(SenseReason::SanitizeFailed.into());
+        match self.media.failed.load(Ordering::SeqCst) {
+            0 => Ok(()),
+            1 => Err(SenseReason::SanitizeFailed.into()),
+            _ => Err(SenseReason::MediumFormatCorrupted.into()),
         }
-        Ok(())
     }
 
     /// Lock blocks `[lba, lba + count)` shared (reads) or exclusive (anything that writes).
@@ -394,111 +435,109 @@ impl LogicalUnit {
         self.ranges.lock_all()
     }
 
-    /// Progress of the running sanitize, in 1/65536ths of the whole operation.
-    pub fn sanitize_progress(&self) -> u16 {
-        self.media.sanitize_progress.load(Ordering::Relaxed) as u16
+    /// Progress of the running operation, in 1/65536ths of the whole.
+    pub fn progress(&self) -> u16 {
+        self.media.progress.load(Ordering::Relaxed) as u16
     }
 
-    /// Claim the LU for a new sanitize operation: `None` if one is already running, else its
-    /// job number. From here on new commands are refused with SANITIZE IN PROGRESS.
-    pub(crate) fn begin_sanitize(&self) -> Option<u64> {
-        let mut jobs = lock(&self.media.sanitize_jobs);
-        if self.media.sanitizing.swap(true, Ordering::SeqCst) {
+    /// Claim the LU for a new operation: `None` if one is already running, else its job
+    /// number. From here on new commands are refused (see [`LogicalUnit::busy`]).
+    pub(crate) fn begin_operation(&self, kind: OpKind) -> Option<u64> {
+        let mut jobs = lock(&self.media.jobs);
+        if self.media.running.load(Ordering::SeqCst) != 0 {
             return None;
         }
-        self.media.sanitize_progress.store(0, Ordering::Relaxed);
+        self.media.progress.store(0, Ordering::Relaxed);
+        self.media.running.store(kind.code(), Ordering::SeqCst);
         jobs.started += 1;
         Some(jobs.started)
     }
 
-    /// Record how far the running sanitize has got (`done` of `total` units of work).
-    pub(crate) fn set_sanitize_progress(&self, done: u64, total: u64) {
+    /// Record how far the running operation has got (`done` of `total` units of work).
+    pub(crate) fn set_progress(&self, done: u64, total: u64) {
         let p = (u128::from(done) * 65536 / u128::from(total.max(1))).min(65535);
-        self.media
-            .sanitize_progress
-            .store(p as u32, Ordering::Relaxed);
+        self.media.progress.store(p as u32, Ordering::Relaxed);
     }
 
-    /// The sanitize operation `job` ended. A failure with AUSE = 0 can only be left by a
-    /// sanitize that succeeds (SBC-4 §4.11.5 restricted completion mode); with AUSE = 1 also
-    /// by EXIT FAILURE MODE.
-    pub(crate) fn end_sanitize(&self, job: u64, outcome: SanitizeOutcome) {
-        let mut jobs = lock(&self.media.sanitize_jobs);
+    /// Operation `job` ended: a success clears any earlier failure (SBC-4 §4.11.5: a sanitize
+    /// that succeeds ends a failed one; a format that succeeds ends format corruption).
+    pub(crate) fn end_operation(&self, job: u64, outcome: OpOutcome) {
+        let mut jobs = lock(&self.media.jobs);
         jobs.finished = job;
         jobs.recent.push_back((job, outcome));
         if jobs.recent.len() > 8 {
             jobs.recent.pop_front();
         }
         match outcome {
-            SanitizeOutcome::Done => jobs.failure = None,
-            SanitizeOutcome::Failed { ause } => jobs.failure = Some(ause),
-            SanitizeOutcome::NotStarted => {}
+            OpOutcome::Done => jobs.failure = None,
+            OpOutcome::Failed(f) => jobs.failure = Some(f),
+            OpOutcome::NotStarted => {}
         }
         self.media
-            .sanitize_failed
-            .store(jobs.failure.is_some(), Ordering::SeqCst);
-        self.media.sanitizing.store(false, Ordering::SeqCst);
+            .failed
+            .store(jobs.failure.map_or(0, Failure::code), Ordering::SeqCst);
+        self.media.running.store(0, Ordering::SeqCst);
         drop(jobs);
-        self.media.sanitize_ended.notify_all();
+        self.media.ended.notify_all();
     }
 
-    /// Wait for sanitize `job` to end, checking `stop` between short waits; `None` if `stop`
+    /// Wait for operation `job` to end, checking `stop` between short waits; `None` if `stop`
     /// said to give up first (the operation itself carries on).
-    pub(crate) fn wait_sanitize(
-        &self,
-        job: u64,
-        stop: impl Fn() -> bool,
-    ) -> Option<SanitizeOutcome> {
-        let mut jobs = lock(&self.media.sanitize_jobs);
+    pub(crate) fn wait_operation(&self, job: u64, stop: impl Fn() -> bool) -> Option<OpOutcome> {
+        let mut jobs = lock(&self.media.jobs);
         loop {
             if jobs.finished >= job {
                 let outcome = jobs.recent.iter().find(|(j, _)| *j == job).map(|&(_, o)| o);
                 // Only evicted from `recent` after eight later jobs: report what we can.
-                return Some(outcome.unwrap_or(SanitizeOutcome::Done));
+                return Some(outcome.unwrap_or(OpOutcome::Done));
             }
             if stop() {
                 return None;
             }
             jobs = self
                 .media
-                .sanitize_ended
+                .ended
                 .wait_timeout(jobs, std::time::Duration::from_millis(20))
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
     }
 
-    /// The sanitize journal, if the LU has one.
-    pub(crate) fn sanitize_journal(&self) -> Option<Arc<dyn crate::sanitize::SanitizeJournal>> {
-        lock(&self.sanitize_journal).clone()
+    /// The operation journal, if the LU has one.
+    pub(crate) fn journal(&self) -> Option<Arc<dyn crate::medium::OpJournal>> {
+        lock(&self.journal).clone()
     }
 
-    pub(crate) fn put_sanitize_journal(&self, j: Arc<dyn crate::sanitize::SanitizeJournal>) {
-        *lock(&self.sanitize_journal) = Some(j);
+    pub(crate) fn put_journal(&self, j: Arc<dyn crate::medium::OpJournal>) {
+        *lock(&self.journal) = Some(j);
     }
 
-    /// The last sanitize failed: `Some(ause)`, its AUSE bit.
-    pub(crate) fn sanitize_failure(&self) -> Option<bool> {
-        lock(&self.media.sanitize_jobs).failure
+    /// What the last failed operation left behind, if it has not been cleared.
+    pub(crate) fn failure(&self) -> Option<Failure> {
+        lock(&self.media.jobs).failure
     }
 
-    /// Restore the state a failed sanitize left (from the journal, at start).
-    pub(crate) fn restore_sanitize_failure(&self, ause: bool) {
-        let mut jobs = lock(&self.media.sanitize_jobs);
-        jobs.failure = Some(ause);
-        self.media.sanitize_failed.store(true, Ordering::SeqCst);
+    /// Restore the state a failed operation left (from the journal, at start).
+    pub(crate) fn restore_failure(&self, f: Failure) {
+        let mut jobs = lock(&self.media.jobs);
+        jobs.failure = Some(f);
+        self.media.failed.store(f.code(), Ordering::SeqCst);
     }
 
     /// SANITIZE EXIT FAILURE MODE (SBC-4 §5.30.2.5): `false` if the failed sanitize was
-    /// started with AUSE = 0, which EXIT FAILURE MODE may not end.
+    /// started with AUSE = 0, which EXIT FAILURE MODE may not end. Format corruption is not a
+    /// sanitize failure and stays.
     pub(crate) fn exit_sanitize_failure(&self) -> bool {
-        let mut jobs = lock(&self.media.sanitize_jobs);
-        if jobs.failure == Some(false) {
-            return false;
+        let mut jobs = lock(&self.media.jobs);
+        match jobs.failure {
+            Some(Failure::Sanitize { ause: false }) => false,
+            Some(Failure::Sanitize { ause: true }) => {
+                jobs.failure = None;
+                self.media.failed.store(0, Ordering::SeqCst);
+                true
+            }
+            _ => true,
         }
-        jobs.failure = None;
-        self.media.sanitize_failed.store(false, Ordering::SeqCst);
-        true
     }
 
     /// Record PREVENT (`true`) or ALLOW for `nexus` (SBC-4 §5.13).

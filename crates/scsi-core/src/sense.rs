@@ -90,6 +90,12 @@ pub enum SenseReason {
     SanitizeInProgress,
     /// 03/31/03 SANITIZE COMMAND FAILED.
     SanitizeFailed,
+    /// 02/04/04 LOGICAL UNIT NOT READY, FORMAT IN PROGRESS.
+    FormatInProgress,
+    /// 03/31/00 MEDIUM FORMAT CORRUPTED.
+    MediumFormatCorrupted,
+    /// 04/3E/03 LOGICAL UNIT FAILED SELF-TEST.
+    SelfTestFailed,
     /// 05/26/06 TOO MANY TARGET DESCRIPTORS (EXTENDED COPY).
     TooManyTargetDescriptors,
     /// 05/26/07 UNSUPPORTED TARGET DESCRIPTOR TYPE CODE.
@@ -146,6 +152,9 @@ impl SenseReason {
             MediumRemovalPrevented => (ILLEGAL_REQUEST, 0x53, 0x02),
             SanitizeInProgress => (NOT_READY, 0x04, 0x1B),
             SanitizeFailed => (MEDIUM_ERROR, 0x31, 0x03),
+            FormatInProgress => (NOT_READY, 0x04, 0x04),
+            MediumFormatCorrupted => (MEDIUM_ERROR, 0x31, 0x00),
+            SelfTestFailed => (HARDWARE_ERROR, 0x3E, 0x03),
             TooManyTargetDescriptors => (ILLEGAL_REQUEST, 0x26, 0x06),
             UnsupportedTargetDescriptorType => (ILLEGAL_REQUEST, 0x26, 0x07),
             TooManySegmentDescriptors => (ILLEGAL_REQUEST, 0x26, 0x08),
@@ -358,6 +367,12 @@ mod tests {
             (0x06, 0x29, 0x03)
         );
         assert_eq!(SenseReason::SanitizeInProgress.code(), (0x02, 0x04, 0x1B));
+        assert_eq!(SenseReason::FormatInProgress.code(), (0x02, 0x04, 0x04));
+        assert_eq!(
+            SenseReason::MediumFormatCorrupted.code(),
+            (0x03, 0x31, 0x00)
+        );
+        assert_eq!(SenseReason::SelfTestFailed.code(), (0x04, 0x3E, 0x03));
         assert_eq!(
             SenseReason::MediumRemovalPrevented.code(),
             (0x05, 0x53, 0x02)

@@ -314,13 +314,10 @@ impl DeviceServer {
                 // SPC-4 §5.13.1 and SBC-4: persistent reservation conflicts.
                 _inflight = crate::pr::admit(&mut st, lu, cmd.nexus(), d.pr, cmd.cdb)?;
             }
-            // SBC-4 §4.11.2: while a sanitize runs, only INQUIRY, REPORT LUNS and REQUEST SENSE
-            // (exactly the UA-exempt commands) are processed.
-            if !exempt && lu.sanitizing() {
-                return Err(Fail::Check(
-                    Sense::new(SenseReason::SanitizeInProgress)
-                        .with_progress(lu.sanitize_progress()),
-                ));
+            // SBC-4 §4.11.2, §5.4.1: while a sanitize or a format runs, only INQUIRY, REPORT
+            // LUNS and REQUEST SENSE (exactly the UA-exempt commands) are processed.
+            if let Some(busy) = lu.busy().filter(|_| !exempt) {
+                return Err(Fail::Check(busy));
             }
         } else if !exempt {
             return Err(SenseReason::LunNotSupported.into());

@@ -44,15 +44,13 @@ pub fn request_sense(cmd: &Cmd) -> CmdResult {
     let alloc = usize::from(cmd.cdb.u8(4));
     let sense = match cmd.lu {
         None => Sense::new(SenseReason::LunNotSupported),
-        // SBC-4 §4.11.2: during a sanitize REQUEST SENSE reports SANITIZE IN PROGRESS.
-        Some(lu) if lu.sanitizing() => {
-            Sense::new(SenseReason::SanitizeInProgress).with_progress(lu.sanitize_progress())
-        }
-        Some(lu) => {
+        // SBC-4 §4.11.2, §5.4.1: during a sanitize or a format REQUEST SENSE reports it, with
+        // its progress.
+        Some(lu) => lu.busy().unwrap_or_else(|| {
             let power_on = lu.config().report_power_on_ua;
             let ua = lu.state().ua.take(cmd.nexus(), power_on);
             Sense::new(ua.unwrap_or(SenseReason::NoSense))
-        }
+        }),
     };
     let data = if desc {
         sense.to_descriptor()

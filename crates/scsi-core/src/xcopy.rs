@@ -138,7 +138,7 @@ fn resolve_target(cmd: &Cmd, d: Bytes, off: usize) -> Result<Arc<LogicalUnit>, F
     }
     // The copy target must be able to take the copy (SPC-4 §6.4.1: errors of a copy target
     // are reported as COPY ABORTED).
-    if !lu.medium_loaded() || lu.sanitizing() {
+    if !lu.medium_loaded() || lu.busy().is_some() {
         return Err(copy_aborted(SenseReason::CopyTargetNotReachable));
     }
     Ok(lu)

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use backstore::{Backstore, RamBackstore};
 
 use super::*;
-use crate::lu::SanitizeOutcome;
+use crate::lu::{Failure, OpKind, OpOutcome};
 
 const MIB: usize = 1 << 20;
 
@@ -466,8 +466,8 @@ fn sanitize_overwrite_and_block_erase() {
     let mut list = vec![0x01, 0, 0, 1];
     list.push(0x5C);
     t.ok(&sanitize(0x81, list.len() as u16), &list);
-    lu.wait_sanitize(3, || false);
-    assert!(!lu.sanitizing());
+    lu.wait_operation(3, || false);
+    assert!(!lu.busy().is_some());
     let back = t.ok(&cdb10(0x28, 0, 0, 4), &[]);
     assert!(back.iter().all(|&b| b == 0x5C));
 }
@@ -493,7 +493,7 @@ fn held_sanitize(t: &T) -> Arc<LogicalUnit> {
     let lu = t.srv.lu(0).unwrap();
     let list = [0x01, 0, 0, 1, 0xA5];
     t.ok(&sanitize(0x81, 5), &list);
-    assert!(lu.sanitizing());
+    assert!(lu.busy().is_some());
     lu
 }
 
@@ -527,10 +527,10 @@ fn sanitizing_lu_refuses_other_commands() {
     t.srv.lun_reset(lun_to_wire(0));
     t.srv.target_reset();
     t.srv.nexus_lost(&t.n);
-    assert!(lu.sanitizing());
+    assert!(lu.busy().is_some());
     drop(read);
-    assert_eq!(lu.wait_sanitize(1, || false), Some(SanitizeOutcome::Done));
-    assert_eq!(lu.sanitize_progress(), 65535);
+    assert_eq!(lu.wait_operation(1, || false), Some(OpOutcome::Done));
+    assert_eq!(lu.progress(), 65535);
     // Ready again (the nexus was lost, so the resets' unit attentions went with it).
     t.ok(&[0u8; 6], &[]);
     assert!(t.ok(&cdb16(0x88, 0, 0, 8), &[]).iter().all(|&b| b == 0xA5));
@@ -555,7 +555,7 @@ fn an_aborted_sanitize_command_leaves_the_operation_running() {
                 cancel: Some(&cancel),
             })
         });
-        while !lu.sanitizing() {
+        while !lu.busy().is_some() {
             std::thread::yield_now();
         }
         // ...until the transport aborts the task (ABORT TASK): it ends, the operation does not.
@@ -563,9 +563,9 @@ fn an_aborted_sanitize_command_leaves_the_operation_running() {
         let r = waiter.join().unwrap();
         assert_eq!(r.status, ScsiStatus::TASK_ABORTED);
     });
-    assert!(lu.sanitizing());
+    assert!(lu.busy().is_some());
     drop(read);
-    assert_eq!(lu.wait_sanitize(1, || false), Some(SanitizeOutcome::Done));
+    assert_eq!(lu.wait_operation(1, || false), Some(OpOutcome::Done));
     assert!(t.ok(&cdb16(0x88, 0, 0, 8), &[]).iter().all(|&b| b == 0x3C));
 }
 
@@ -575,24 +575,24 @@ fn a_failed_sanitize_is_left_as_its_ause_bit_allows() {
     let lu = t.srv.lu(0).unwrap();
     // Restricted completion mode (AUSE = 0): only a sanitize that succeeds ends the failure
     // (SBC-4 §4.11.5); EXIT FAILURE MODE is an invalid field (SBC-4 §5.30.1).
-    let job = lu.begin_sanitize().unwrap();
-    lu.end_sanitize(job, SanitizeOutcome::Failed { ause: false });
+    let job = lu.begin_operation(OpKind::Sanitize).unwrap();
+    lu.end_operation(job, OpOutcome::Failed(Failure::Sanitize { ause: false }));
     assert_sense(&t.run(&cdb16(0x88, 0, 0, 1), &[]), 0x03, 0x31, 0x03);
     assert_sense(&t.run(&[0u8; 6], &[]), 0x03, 0x31, 0x03);
     assert_invalid_cdb(&t.run(&sanitize(0x1F, 0), &[]), 1, Some(4));
     t.ok(&sanitize(0x01, 5), &[0x01, 0, 0, 1, 0]);
     t.ok(&cdb16(0x88, 0, 0, 1), &[]);
     // Unrestricted (AUSE = 1): EXIT FAILURE MODE ends it.
-    let job = lu.begin_sanitize().unwrap();
-    lu.end_sanitize(job, SanitizeOutcome::Failed { ause: true });
+    let job = lu.begin_operation(OpKind::Sanitize).unwrap();
+    lu.end_operation(job, OpOutcome::Failed(Failure::Sanitize { ause: true }));
     assert_sense(&t.run(&cdb16(0x88, 0, 0, 1), &[]), 0x03, 0x31, 0x03);
     t.ok(&sanitize(0x1F, 0), &[]);
     t.ok(&cdb16(0x88, 0, 0, 1), &[]);
     // A thread that cannot be started changes nothing.
-    let job = lu.begin_sanitize().unwrap();
-    lu.end_sanitize(job, SanitizeOutcome::Failed { ause: false });
-    let job = lu.begin_sanitize().unwrap();
-    lu.end_sanitize(job, SanitizeOutcome::NotStarted);
+    let job = lu.begin_operation(OpKind::Sanitize).unwrap();
+    lu.end_operation(job, OpOutcome::Failed(Failure::Sanitize { ause: false }));
+    let job = lu.begin_operation(OpKind::Sanitize).unwrap();
+    lu.end_operation(job, OpOutcome::NotStarted);
     assert_sense(&t.run(&cdb16(0x88, 0, 0, 1), &[]), 0x03, 0x31, 0x03);
 }
 
@@ -640,7 +640,7 @@ fn new_commands_are_reported_with_usage_data() {
 #[derive(Debug, Default)]
 struct MemJournal(std::sync::Mutex<Option<String>>);
 
-impl crate::SanitizeJournal for MemJournal {
+impl crate::OpJournal for MemJournal {
     fn load(&self) -> std::io::Result<Option<String>> {
         Ok(self.0.lock().unwrap().clone())
     }
@@ -654,9 +654,9 @@ impl crate::SanitizeJournal for MemJournal {
 }
 
 /// A new LU over `ram` with `journal` attached, as after a restart.
-fn restarted(ram: &Arc<RamBackstore>, journal: &Arc<MemJournal>) -> (T, crate::SanitizeResume) {
+fn restarted(ram: &Arc<RamBackstore>, journal: &Arc<MemJournal>) -> (T, crate::Resume) {
     let lu = Arc::new(LogicalUnit::new(cfg_quiet(), ram.clone()).unwrap());
-    let resumed = lu.set_sanitize_journal(journal.clone()).unwrap();
+    let resumed = lu.set_journal(journal.clone()).unwrap();
     let srv = DeviceServer::new();
     srv.add_lun(0, lu).unwrap();
     let p = port();
@@ -675,7 +675,7 @@ fn a_sanitize_cut_short_by_a_restart_runs_again() {
     ram.write_at(&[0x42; 4096], 0).unwrap();
     let journal = Arc::new(MemJournal::default());
     let (t, r) = restarted(&ram, &journal);
-    assert_eq!(r, crate::SanitizeResume::Nothing);
+    assert_eq!(r, crate::Resume::Nothing);
     let lu = t.srv.lu(0).unwrap();
     // Held before it writes anything; the journal already knows.
     let read = lu.lock_range(0, 1, false);
@@ -686,13 +686,13 @@ fn a_sanitize_cut_short_by_a_restart_runs_again() {
         .unwrap()
         .clone()
         .expect("recorded while running");
-    assert!(rec.contains("running overwrite"), "{rec}");
+    assert!(rec.contains("running sanitize overwrite"), "{rec}");
     // "Power loss": this LU never finishes (its thread waits on the lock we hold); a new
     // one over the same medium finds the record and runs the overwrite again.
     let (t2, r) = restarted(&ram, &journal);
-    assert_eq!(r, crate::SanitizeResume::Restarted);
+    assert_eq!(r, crate::Resume::Restarted);
     let lu2 = t2.srv.lu(0).unwrap();
-    assert_eq!(lu2.wait_sanitize(1, || false), Some(SanitizeOutcome::Done));
+    assert_eq!(lu2.wait_operation(1, || false), Some(OpOutcome::Done));
     assert_eq!(
         *journal.0.lock().unwrap(),
         None,
@@ -700,7 +700,7 @@ fn a_sanitize_cut_short_by_a_restart_runs_again() {
     );
     assert!(t2.ok(&cdb10(0x28, 0, 0, 8), &[]).iter().all(|&b| b == 0x99));
     drop(read);
-    lu.wait_sanitize(1, || false);
+    lu.wait_operation(1, || false);
 }
 
 #[test]
@@ -709,21 +709,24 @@ fn a_failed_sanitize_is_still_failed_after_a_restart() {
     let journal = Arc::new(MemJournal::default());
     let (t, _) = restarted(&ram, &journal);
     let lu = t.srv.lu(0).unwrap();
-    let job = lu.begin_sanitize().unwrap();
+    let job = lu.begin_operation(OpKind::Sanitize).unwrap();
     // As the sanitize thread records a failure.
-    super::super::sanitize::tests_support::record_failure(&lu, true);
-    lu.end_sanitize(job, SanitizeOutcome::Failed { ause: true });
+    crate::medium::tests_support::record(
+        &lu,
+        &crate::medium::Record::Failed(Failure::Sanitize { ause: true }),
+    );
+    lu.end_operation(job, OpOutcome::Failed(Failure::Sanitize { ause: true }));
     let (t2, r) = restarted(&ram, &journal);
-    assert_eq!(r, crate::SanitizeResume::Failed);
+    assert_eq!(r, crate::Resume::Failed);
     assert_sense(&t2.run(&cdb16(0x88, 0, 0, 1), &[]), 0x03, 0x31, 0x03);
     // EXIT FAILURE MODE (AUSE was 1) ends it, and the record with it.
     t2.ok(&sanitize(0x1F, 0), &[]);
     assert_eq!(*journal.0.lock().unwrap(), None);
     t2.ok(&cdb16(0x88, 0, 0, 1), &[]);
     // A damaged journal stops the LU from starting.
-    *journal.0.lock().unwrap() = Some("ferrite-sanitize 1\nrunning\n".into());
+    *journal.0.lock().unwrap() = Some("ferrite-medium-op 1\nrunning\n".into());
     let lu = Arc::new(LogicalUnit::new(cfg_quiet(), ram.clone()).unwrap());
-    assert!(lu.set_sanitize_journal(journal.clone()).is_err());
+    assert!(lu.set_journal(journal.clone()).is_err());
 }
 
 #[test]
