@@ -467,7 +467,7 @@ fn sanitize_overwrite_and_block_erase() {
     list.push(0x5C);
     t.ok(&sanitize(0x81, list.len() as u16), &list);
     lu.wait_operation(3, || false);
-    assert!(!lu.busy().is_some());
+    assert!(lu.busy().is_none());
     let back = t.ok(&cdb10(0x28, 0, 0, 4), &[]);
     assert!(back.iter().all(|&b| b == 0x5C));
 }
@@ -555,7 +555,7 @@ fn an_aborted_sanitize_command_leaves_the_operation_running() {
                 cancel: Some(&cancel),
             })
         });
-        while !lu.busy().is_some() {
+        while lu.busy().is_none() {
             std::thread::yield_now();
         }
         // ...until the transport aborts the task (ABORT TASK): it ends, the operation does not.
