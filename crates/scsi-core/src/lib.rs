@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 mod cdb;
 mod durable;
+mod format;
 mod locks;
 mod lu;
 mod media;

@@ -14,7 +14,7 @@ use crate::cdb::CmdResult;
 use crate::lu::LogicalUnit;
 use crate::pr::{self, Class};
 use crate::server::Cmd;
-use crate::{media, mode, sanitize, sbc, spc, xcopy};
+use crate::{format, media, mode, sanitize, sbc, spc, xcopy};
 
 /// A handler that needs a configured logical unit.
 pub type LuHandler = fn(&Cmd, &LogicalUnit) -> CmdResult;
@@ -101,6 +101,7 @@ macro_rules! op {
 pub static TABLE: &[OpDesc] = &[
     op!(0x00, None, "TEST UNIT READY", [0x00, 0, 0, 0, 0, C], Lu(spc::test_unit_ready), 0, Class::Allowed),
     op!(0x03, None, "REQUEST SENSE", [0x03, 0x01, 0, 0, 0xFF, C], Target(spc::request_sense), UA_EXEMPT | RESV_OK, Class::Allowed),
+    op!(0x04, None, "FORMAT UNIT", [0x04, 0xFF, 0, 0, 0, C], Lu(format::format_unit), 0),
     op!(0x08, None, "READ(6)", [0x08, 0x1F, 0xFF, 0xFF, 0xFF, C], Lu(sbc::read), 0, Class::Read),
     op!(0x0A, None, "WRITE(6)", [0x0A, 0x1F, 0xFF, 0xFF, 0xFF, C], Lu(sbc::write), 0),
     op!(0x12, None, "INQUIRY", [0x12, 0x01, 0xFF, 0xFF, 0xFF, C], Target(spc::inquiry), UA_EXEMPT | RESV_OK, Class::Allowed),
@@ -109,6 +110,8 @@ pub static TABLE: &[OpDesc] = &[
     op!(0x17, None, "RELEASE(6)", [0x17, 0, 0, 0, 0, C], Lu(spc::release), RESV_OK, Class::Own),
     op!(0x1A, None, "MODE SENSE(6)", [0x1A, 0x08, 0xFF, 0xFF, 0xFF, C], Lu(|c, l| mode::mode_sense(c, l, false)), 0, Class::Read),
     op!(0x1B, None, "START STOP UNIT", [0x1B, 0x01, 0, 0x0F, 0xF7, C], Lu(media::start_stop_unit), 0, Class::StartStop),
+    op!(0x1C, None, "RECEIVE DIAGNOSTIC RESULTS", [0x1C, 0x01, 0xFF, 0xFF, 0xFF, C], Lu(spc::receive_diagnostic_results), 0),
+    op!(0x1D, None, "SEND DIAGNOSTIC", [0x1D, 0xF7, 0, 0xFF, 0xFF, C], Lu(spc::send_diagnostic), 0),
     op!(0x1E, None, "PREVENT ALLOW MEDIUM REMOVAL", [0x1E, 0, 0, 0, 0x03, C], Lu(media::prevent_allow), RESV_OK, Class::PreventAllow),
     op!(0x25, None, "READ CAPACITY(10)", [0x25, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0x01, C], Lu(sbc::read_capacity10), 0, Class::Allowed),
     op!(0x28, None, "READ(10)", [0x28, 0x1E, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, C], Lu(sbc::read), 0, Class::Read),

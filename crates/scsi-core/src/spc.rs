@@ -2,7 +2,7 @@
 //! SUPPORTED OPERATION CODES / TASK MANAGEMENT FUNCTIONS, RESERVE / RELEASE (SPC-2),
 //! START STOP UNIT and PREVENT ALLOW MEDIUM REMOVAL.
 
-use crate::cdb::{bad_cdb, clip, CmdResult, Fail};
+use crate::cdb::{bad_cdb, bad_param, clip, CmdResult, Fail};
 use crate::lu::{LogicalUnit, LuConfig};
 use crate::opcodes::{self, OpDesc, TABLE};
 use crate::sense::{Sense, SenseReason};
@@ -14,6 +14,77 @@ use crate::{pr, vpd, ScsiStatus};
 pub fn test_unit_ready(_cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
     lu.check_ready()?;
     Ok(Vec::new())
+}
+
+/// Diagnostic page codes (SPC-4 §7.2).
+const DIAG_SUPPORTED_PAGES: u8 = 0x00;
+
+/// SEND DIAGNOSTIC (SPC-4 §6.42). SELFTEST = 1 runs the default self-test: the backstore is
+/// read at the first and the last block, and an error there is HARDWARE ERROR, LOGICAL UNIT
+/// FAILED SELF-TEST. With PF = 1 the only diagnostic page accepted is Supported Diagnostic
+/// Pages (00h). The self-test codes (short and extended, background and foreground) need a
+/// self-test results log page, which Ferrite does not keep: INVALID FIELD IN CDB.
+pub fn send_diagnostic(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
+    let c = cmd.cdb;
+    let code = c.u8(1) >> 5;
+    let pf = c.bit(1, 4);
+    let selftest = c.bit(1, 2);
+    let len = usize::from(c.be16(3));
+    cmd.expect_out(len as u64);
+    if code != 0 {
+        return Err(bad_cdb(1, Some(7)));
+    }
+    if selftest {
+        // SPC-4 §6.42: with SELFTEST = 1 the PARAMETER LIST LENGTH shall be zero.
+        if len != 0 {
+            return Err(bad_cdb(3, None));
+        }
+        lu.check_ready()?;
+        let last = lu.num_blocks().saturating_sub(1);
+        for lba in [0, last] {
+            let _r = lu.lock_range(lba, 1, false);
+            if let Err(Fail::Check(s)) = crate::sbc::read_blocks(lu, lba, 1) {
+                tracing::warn!(lba, reason = ?s.reason, "self-test read failed");
+                return Err(SenseReason::SelfTestFailed.into());
+            }
+        }
+        return Ok(Vec::new());
+    }
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    // Vendor-specific parameter data (PF = 0): none is defined here.
+    if !pf {
+        return Err(bad_cdb(1, Some(4)));
+    }
+    let list = crate::cdb::Bytes(cmd.data_out.slice(0, len));
+    if list.len() < len || len < 4 {
+        return Err(SenseReason::ParameterListLengthError.into());
+    }
+    // One page: Supported Diagnostic Pages, which carries no parameters (SPC-4 §7.2.2).
+    if list.u8(0) != DIAG_SUPPORTED_PAGES {
+        return Err(bad_param(0, None));
+    }
+    if usize::from(list.be16(2)) != 0 || len != 4 {
+        return Err(bad_param(2, None));
+    }
+    Ok(Vec::new())
+}
+
+/// RECEIVE DIAGNOSTIC RESULTS (SPC-4 §6.32): the Supported Diagnostic Pages page, the one
+/// page there is (so also the answer with PCV = 0).
+pub fn receive_diagnostic_results(cmd: &Cmd, _lu: &LogicalUnit) -> CmdResult {
+    let c = cmd.cdb;
+    let pcv = c.bit(1, 0);
+    let alloc = usize::from(c.be16(3));
+    if pcv && c.u8(2) != DIAG_SUPPORTED_PAGES {
+        return Err(bad_cdb(2, None));
+    }
+    // PAGE CODE 00h, PAGE LENGTH 1, the list: 00h.
+    Ok(clip(
+        vec![DIAG_SUPPORTED_PAGES, 0, 0, 1, DIAG_SUPPORTED_PAGES],
+        alloc,
+    ))
 }
 
 /// INQUIRY (SPC-4 §6.6).

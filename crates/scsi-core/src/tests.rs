@@ -10,6 +10,7 @@ use backstore::Backstore;
 use crate::*;
 
 /// Thin provisioning from holes, offloads, removable media, sanitize (in `tests/offload.rs`).
+mod format;
 mod offload;
 
 // ---------------------------------------------------------------------------------------------
