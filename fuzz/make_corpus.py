@@ -252,6 +252,63 @@ def op_tick(secs):
     return op("Tick", b8(secs))
 
 
+# ---- scsi: byte 0 = LUN (3: none), byte 1 = CDB length index (6, 10, 12, 16, 32; bit 7:
+# 64 KiB of data-in allowed), then the CDB and the data-out ---------------------------------
+
+CDB_LEN = {6: 0, 10: 1, 12: 2, 16: 3}
+
+
+def scsi(lun, cdb, data=b"", big=False):
+    cdb = bytes(cdb)
+    return bytes([lun, CDB_LEN[len(cdb)] | (0x80 if big else 0)]) + cdb + data
+
+
+def scsi_seeds():
+    z = bytes
+    return {
+        "read10": scsi(0, [0x28, 0, 0, 0, 0, 0, 0, 0, 8, 0], big=True),
+        "write10": scsi(0, [0x2A, 0, 0, 0, 0, 1, 0, 0, 1, 0], b"\xab" * 512),
+        "inquiry-vpd83": scsi(0, [0x12, 1, 0x83, 0, 255, 0], big=True),
+        "inquiry-vpdb0": scsi(0, [0x12, 1, 0xB0, 0, 255, 0], big=True),
+        "mode-sense-all": scsi(1, [0x1A, 0, 0x3F, 0, 255, 0], big=True),
+        "mode-select-caching": scsi(
+            0, [0x15, 0x10, 0, 0, 24, 0], z([0, 0, 0, 0, 0x08, 0x12, 0x04]) + z(17)
+        ),
+        "unmap": scsi(
+            0,
+            [0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0],
+            struct.pack(">HH4x", 22, 16) + struct.pack(">QI4x", 0, 8),
+        ),
+        "write-same16-unmap": scsi(
+            0, [0x93, 0x08, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0], z(512)
+        ),
+        "compare-and-write": scsi(
+            0, [0x89, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0], z(1024)
+        ),
+        "sanitize-overwrite-immed": scsi(
+            0, [0x48, 0x81, 0, 0, 0, 0, 0, 0, 5, 0], z([1, 0, 0, 1, 0x5A])
+        ),
+        "format-unit-pattern": scsi(
+            0, [0x04, 0x10, 0, 0, 0, 0], z([0, 0x8A, 0, 0, 0, 1, 0, 2]) + b"AB"
+        ),
+        "prout-register": scsi(
+            0, [0x5F, 0, 0, 0, 0, 0, 0, 0, 24, 0], struct.pack(">QQ", 0, 0x1234) + z(8)
+        ),
+        "send-diagnostic": scsi(0, [0x1D, 0x04, 0, 0, 0, 0]),
+        "rsoc-all": scsi(0, [0xA3, 0x0C, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0], big=True),
+        "get-lba-status": scsi(
+            0, [0x9E, 0x12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0], big=True
+        ),
+        "eject": scsi(1, [0x1B, 0, 0, 0, 2, 0]),
+        "xcopy-one-segment": scsi(
+            0,
+            [0x83, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x40, 0, 0],
+            z([0, 0, 0, 0, 0, 0, 0, 32, 0, 0, 0, 28, 0, 0, 0, 0]) + z([0xE4]) + z(31),
+        ),
+        "report-luns-no-lun": scsi(3, [0xA0, 0, 0, 0, 0, 0, 0, 0, 0, 0x40, 0, 0], big=True),
+    }
+
+
 # ---- the seeds -----------------------------------------------------------------------------
 
 
@@ -353,6 +410,7 @@ def seeds():
         "raw-login-security": start(mode=0xF0) + security_pdu
         + op_pdu(login_request(b"", csg=1, nsg=3, cmd_sn=100)) + op_tick(40),
     }
+    c["scsi"] = scsi_seeds()
     return c
 
 

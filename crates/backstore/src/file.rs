@@ -142,6 +142,17 @@ impl Backstore for FileBackstore {
         self.can_punch
     }
 
+    fn space(&self) -> io::Result<Option<crate::Space>> {
+        use std::os::unix::fs::MetadataExt;
+        // st_blocks counts 512-byte units whatever the file system's block size.
+        let used = self.file.metadata()?.blocks() * 512;
+        Ok(Some(crate::Space {
+            used,
+            available: sys::free_bytes(&self.file)?,
+            shared: true,
+        }))
+    }
+
     fn anchor(&self, offset: u64, len: u64) -> io::Result<()> {
         check_range(self.size, offset, len)?;
         if len == 0 || sys::try_zero_range(&self.file, offset, len)? {

@@ -72,6 +72,10 @@ pub trait Backstore: Send + Sync + std::fmt::Debug {
         }
         Ok(())
     }
+    /// Allocated and still allocatable space, for stores that can tell (`Ok(None)`: cannot).
+    fn space(&self) -> io::Result<Option<Space>> {
+        Ok(None)
+    }
     /// The run of bytes from `offset` that share its allocation status, for GET LBA STATUS.
     /// `Ok(None)` means the backstore cannot tell (the device server then reports the range as
     /// "mapped or unknown", which is always true). `offset` past the end is `InvalidInput`.
@@ -79,6 +83,19 @@ pub trait Backstore: Send + Sync + std::fmt::Debug {
         check_range(self.size(), offset, 1)?;
         Ok(None)
     }
+}
+
+/// How much storage a thin backstore holds and could still get (the Logical Block
+/// Provisioning log page's resource counts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    /// Bytes allocated to this store.
+    pub used: u64,
+    /// Bytes that could still be allocated to it.
+    pub available: u64,
+    /// `available` is shared with others (a file system's free space), not set aside for this
+    /// store alone.
+    pub shared: bool,
 }
 
 /// A run of bytes that share one allocation status, as GET LBA STATUS reports them: `mapped`

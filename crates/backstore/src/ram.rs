@@ -234,6 +234,15 @@ impl Backstore for RamBackstore {
         true
     }
 
+    fn space(&self) -> io::Result<Option<crate::Space>> {
+        let used = self.allocated_bytes();
+        Ok(Some(crate::Space {
+            used,
+            available: self.size - used,
+            shared: false,
+        }))
+    }
+
     fn anchor(&self, offset: u64, len: u64) -> io::Result<()> {
         check_range(self.size, offset, len)?;
         Self::for_each_piece(offset, len, |i, within, n, _| {

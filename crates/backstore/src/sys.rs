@@ -128,6 +128,16 @@ pub(crate) fn try_zero_range(file: &File, offset: u64, len: u64) -> io::Result<b
     }
 }
 
+/// Bytes an unprivileged writer can still allocate on the file system holding `file`.
+pub(crate) fn free_bytes(file: &File) -> io::Result<u64> {
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: fstatvfs fills the struct it is given a pointer to; it is read only on success.
+    syscall(|| unsafe { libc::fstatvfs(file.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstatvfs succeeded, so every field is initialized.
+    let st = unsafe { st.assume_init() };
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
 /// Punches a hole when `can_punch`; `Ok(false)` when the file system or device cannot, in which
 /// case nothing was changed and the caller must write the zeroes itself.
 pub(crate) fn try_punch_hole(

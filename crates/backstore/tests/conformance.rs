@@ -243,6 +243,30 @@ fn check_anchor(b: &dyn Backstore) {
     assert_invalid(b.anchor(SIZE - 1, 2), "anchor past the end");
 }
 
+/// Stores that report their space count what writes allocate and unmaps give back.
+fn check_space(b: &dyn Backstore) {
+    let Some(before) = b.space().unwrap() else {
+        return;
+    };
+    b.write_at(&pattern(MIB as usize, 4), MIB).unwrap();
+    b.flush().unwrap();
+    let after = b.space().unwrap().unwrap();
+    assert!(
+        after.used >= before.used + MIB,
+        "{}: {before:?} -> {after:?}",
+        b.kind()
+    );
+    if b.supports_unmap() {
+        b.unmap(MIB, MIB).unwrap();
+        let freed = b.space().unwrap().unwrap();
+        assert!(
+            freed.used + MIB <= after.used,
+            "{}: {after:?} -> {freed:?}",
+            b.kind()
+        );
+    }
+}
+
 fn check_flush(b: &dyn Backstore) {
     b.write_at(&[1, 2, 3], 77).unwrap();
     b.flush().unwrap();
@@ -363,6 +387,7 @@ conformance!(
         check_out_of_range,
         check_unmap,
         check_anchor,
+        check_space,
         check_flush,
         check_concurrent_writers,
         check_concurrent_unmap_and_write,

@@ -18,6 +18,7 @@ mod cdb;
 mod durable;
 mod format;
 mod locks;
+mod log;
 mod lu;
 mod media;
 mod medium;

@@ -367,6 +367,14 @@ impl LogicalUnit {
         self.cfg.thin && self.store.supports_unmap()
     }
 
+    /// THRESHOLD EXPONENT (VPD B2h, SBC-4 §6.6.5): provisioning resources are counted in
+    /// units of 2^exponent blocks, chosen so that the whole LU fits the 4-byte counts of the
+    /// Logical Block Provisioning log page.
+    pub fn threshold_exponent(&self) -> u8 {
+        let bits = 64 - self.num_blocks().leading_zeros();
+        bits.saturating_sub(32) as u8
+    }
+
     /// Maximum transfer length in logical blocks (VPD B0h).
     pub fn max_transfer_blocks(&self) -> u32 {
         limits::MAX_TRANSFER_BYTES / self.cfg.block_size

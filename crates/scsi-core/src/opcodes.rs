@@ -14,7 +14,7 @@ use crate::cdb::CmdResult;
 use crate::lu::LogicalUnit;
 use crate::pr::{self, Class};
 use crate::server::Cmd;
-use crate::{format, media, mode, sanitize, sbc, spc, xcopy};
+use crate::{format, log, media, mode, sanitize, sbc, spc, xcopy};
 
 /// A handler that needs a configured logical unit.
 pub type LuHandler = fn(&Cmd, &LogicalUnit) -> CmdResult;
@@ -126,6 +126,7 @@ pub static TABLE: &[OpDesc] = &[
     op!(0x48, Some(0x01), "SANITIZE OVERWRITE", [0x48, 0xA1, 0, 0, 0, 0, 0, 0xFF, 0xFF, C], Lu(sanitize::sanitize), 0),
     op!(0x48, Some(0x02), "SANITIZE BLOCK ERASE", [0x48, 0xA2, 0, 0, 0, 0, 0, 0xFF, 0xFF, C], Lu(sanitize::sanitize), THIN),
     op!(0x48, Some(0x1F), "SANITIZE EXIT FAILURE MODE", [0x48, 0xBF, 0, 0, 0, 0, 0, 0xFF, 0xFF, C], Lu(sanitize::sanitize), 0),
+    op!(0x4D, None, "LOG SENSE", [0x4D, 0, 0xFF, 0xFF, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(log::log_sense), 0, Class::Allowed),
     op!(0x55, None, "MODE SELECT(10)", [0x55, 0x11, 0, 0, 0, 0, 0, 0xFF, 0xFF, C], Lu(|c, l| mode::mode_select(c, l, true)), 0),
     op!(0x56, None, "RESERVE(10)", [0x56, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, C], Lu(spc::reserve), 0, Class::Own),
     op!(0x57, None, "RELEASE(10)", [0x57, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, C], Lu(spc::release), RESV_OK, Class::Own),

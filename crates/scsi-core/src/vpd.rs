@@ -175,11 +175,16 @@ fn block_device_characteristics(lu: &LogicalUnit) -> Vec<u8> {
 }
 
 /// Logical Block Provisioning page body (SBC-4 §6.6.5), 4 bytes. Only offered when thin.
-fn logical_block_provisioning() -> Vec<u8> {
-    // THRESHOLD EXPONENT 0; LBPU, LBPWS, LBPWS10, LBPRZ = 001b (deallocated blocks read as
-    // zero), ANC_SUP = 1 (UNMAP and WRITE SAME take ANCHOR), DP = 0; PROVISIONING TYPE 010b:
-    // thin.
-    vec![0x00, 0x80 | 0x40 | 0x20 | 0x04 | 0x02, 0x02, 0x00]
+fn logical_block_provisioning(lu: &LogicalUnit) -> Vec<u8> {
+    // THRESHOLD EXPONENT (the log page's unit); LBPU, LBPWS, LBPWS10, LBPRZ = 001b
+    // (deallocated blocks read as zero), ANC_SUP = 1 (UNMAP and WRITE SAME take ANCHOR),
+    // DP = 0; PROVISIONING TYPE 010b: thin.
+    vec![
+        lu.threshold_exponent(),
+        0x80 | 0x40 | 0x20 | 0x04 | 0x02,
+        0x02,
+        0x00,
+    ]
 }
 
 /// The full VPD page `code` (header included), or INVALID FIELD IN CDB for a page we lack.
@@ -190,7 +195,7 @@ pub fn page(lu: &LogicalUnit, port: &TargetPort, code: u8) -> Result<Vec<u8>, Fa
         page::DEVICE_ID => device_id(lu, port),
         page::BLOCK_LIMITS => block_limits(lu),
         page::BLOCK_DEVICE_CHARACTERISTICS => block_device_characteristics(lu),
-        page::LOGICAL_BLOCK_PROVISIONING if lu.thin() => logical_block_provisioning(),
+        page::LOGICAL_BLOCK_PROVISIONING if lu.thin() => logical_block_provisioning(lu),
         // SPC-4 §6.6.1: a VPD page that is not supported is an invalid field (PAGE CODE).
         _ => return Err(bad_cdb(2, None)),
     };

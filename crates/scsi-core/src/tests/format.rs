@@ -218,3 +218,61 @@ fn a_format_that_hits_an_io_error_corrupts_the_medium_until_redone() {
     t.ok(&[0x48, 0x1F, 0, 0, 0, 0, 0, 0, 0, 0], &[]);
     t.ok(&cdb10(0x28, 0, 0, 1), &[]);
 }
+
+fn log_sense(page: u8, subpage: u8, pointer: u16, alloc: u16) -> [u8; 10] {
+    let [p0, p1] = pointer.to_be_bytes();
+    let [a0, a1] = alloc.to_be_bytes();
+    [0x4D, 0, 0x40 | page, subpage, 0, p0, p1, a0, a1, 0]
+}
+
+#[test]
+fn log_sense_pages() {
+    let (t, ram) = ram_lu(LuConfig {
+        thin: true,
+        ..cfg_quiet()
+    });
+    // Supported pages, and pages with subpages.
+    assert_eq!(
+        t.ok(&log_sense(0x00, 0, 0, 64), &[]),
+        [0, 0, 0, 3, 0x00, 0x0C, 0x2F]
+    );
+    assert_eq!(
+        t.ok(&log_sense(0x00, 0xFF, 0, 64), &[]),
+        [0x40, 0xFF, 0, 8, 0x00, 0x00, 0x00, 0xFF, 0x0C, 0x00, 0x2F, 0x00]
+    );
+    // Logical Block Provisioning: 1 MiB = 2048 blocks; 2 written chunks' worth used.
+    let lbp = t.ok(&log_sense(0x0C, 0, 0, 64), &[]);
+    assert_eq!(&lbp[..4], &[0x0C, 0, 0, 24]);
+    assert_eq!(&lbp[4..8], &[0, 1, 0x03, 8]);
+    assert_eq!(u32::from_be_bytes(lbp[8..12].try_into().unwrap()), 2048);
+    assert_eq!(lbp[12] & 0x03, 0b01, "RAM: dedicated");
+    assert_eq!(&lbp[16..20], &[0, 2, 0x03, 8]);
+    assert_eq!(u32::from_be_bytes(lbp[20..24].try_into().unwrap()), 0);
+    t.ok(&cdb10(0x2A, 0, 0, 1), &[1; BS]);
+    let lbp = t.ok(&log_sense(0x0C, 0, 0, 64), &[]);
+    assert_eq!(
+        u64::from(u32::from_be_bytes(lbp[20..24].try_into().unwrap())) * BS as u64,
+        ram.allocated_bytes()
+    );
+    // PARAMETER POINTER: from 0002h on; past the last code is an invalid field.
+    assert_eq!(t.ok(&log_sense(0x0C, 0, 2, 64), &[]).len(), 4 + 12);
+    assert_invalid_cdb(&t.run(&log_sense(0x0C, 0, 3, 64), &[]), 5, None);
+    // Informational Exceptions: nothing to report.
+    assert_eq!(
+        t.ok(&log_sense(0x2F, 0, 0, 64), &[]),
+        [0x2F, 0, 0, 7, 0, 0, 0x03, 3, 0, 0, 0xFF]
+    );
+    // Unknown page, unknown subpage, SP = 1; the allocation length cuts.
+    assert_invalid_cdb(&t.run(&log_sense(0x0D, 0, 0, 64), &[]), 2, Some(5));
+    assert_invalid_cdb(&t.run(&log_sense(0x2F, 1, 0, 64), &[]), 3, None);
+    let mut sp = log_sense(0x00, 0, 0, 64);
+    sp[1] = 1;
+    assert_invalid_cdb(&t.run(&sp, &[]), 1, Some(0));
+    assert_eq!(t.ok(&log_sense(0x00, 0, 0, 5), &[]).len(), 5);
+    // A thick LU has no provisioning page.
+    let (thick, _) = ram_lu(cfg_quiet());
+    assert_eq!(
+        thick.ok(&log_sense(0x00, 0, 0, 64), &[]),
+        [0, 0, 0, 2, 0x00, 0x2F]
+    );
+}
