@@ -87,7 +87,8 @@ fuzz_target!(|data: &[u8]| {
         }
         // No CDB allocation length reaches past 16 MiB (READ of the largest transfer).
         assert!(r.data_in.len() <= 16 << 20, "{} bytes of data-in", r.data_in.len());
-        // A sanitize or format started with IMMED = 1 runs in the background: it must end.
+        // A sanitize or format started with IMMED = 1 runs in the background: it must end
+        // (and its thread be gone before the leak check).
         let start = Instant::now();
         for l in &lus {
             while l.busy().is_some() {
@@ -97,6 +98,7 @@ fuzz_target!(|data: &[u8]| {
                 );
                 std::thread::sleep(Duration::from_millis(1));
             }
+            l.wait_idle();
         }
     }
 });

@@ -273,6 +273,8 @@ pub struct LogicalUnit {
     copy_results: Mutex<HashMap<(Nexus, u8), CopyStatus>>,
     /// Where a running or failed operation is recorded across restarts (none: not recorded).
     journal: Mutex<Option<Arc<dyn crate::medium::OpJournal>>>,
+    /// The thread of the last operation started (see [`LogicalUnit::wait_idle`]).
+    op_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl fmt::Debug for LogicalUnit {
@@ -337,6 +339,7 @@ impl LogicalUnit {
             },
             copy_results: Mutex::new(HashMap::new()),
             journal: Mutex::new(None),
+            op_thread: Mutex::new(None),
         })
     }
 
@@ -508,6 +511,21 @@ impl LogicalUnit {
                 .wait_timeout(jobs, std::time::Duration::from_millis(20))
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
+        }
+    }
+
+    pub(crate) fn set_op_thread(&self, h: std::thread::JoinHandle<()>) {
+        *lock(&self.op_thread) = Some(h);
+    }
+
+    /// Wait until the last sanitize or format started has ended and its thread is gone (for
+    /// shutdown and tests; commands never wait here).
+    pub fn wait_idle(&self) {
+        let handle = lock(&self.op_thread).take();
+        if let Some(h) = handle {
+            if h.thread().id() != std::thread::current().id() {
+                let _ = h.join();
+            }
         }
     }
 

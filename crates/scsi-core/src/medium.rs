@@ -138,7 +138,8 @@ fn start(lu: Arc<LogicalUnit>, job: u64, op: Operation) -> io::Result<()> {
         OpKind::Sanitize => "sanitize",
         OpKind::Format => "format",
     };
-    std::thread::Builder::new()
+    let owner = lu.clone();
+    let handle = std::thread::Builder::new()
         .name(name.into())
         .spawn(move || {
             let result = {
@@ -161,8 +162,9 @@ fn start(lu: Arc<LogicalUnit>, job: u64, op: Operation) -> io::Result<()> {
                 tracing::error!(error = %e, operation = name, "journal not updated");
             }
             lu.end_operation(job, outcome);
-        })
-        .map(drop)
+        })?;
+    owner.set_op_thread(handle);
+    Ok(())
 }
 
 /// Keeps a writer at or under `rate` bytes per second (0: no limit).
