@@ -24,6 +24,8 @@
 //!
 //! ```text
 //! ferrite-medium-op 1
+//! medium 262144 512            (logical blocks and their length: a record is only acted on
+//!                               for the medium it was written for)
 //! running sanitize overwrite   (or: running sanitize deallocate, running format overwrite,
 //!                               running format deallocate, failed sanitize, failed format)
 //! ause 0                       (sanitize only)
@@ -244,7 +246,7 @@ fn run(lu: &LogicalUnit, op: &Operation) -> Result<(), Fail> {
 /// Save `rec` in the LU's journal (remove the record with `None`); no journal, nothing to do.
 fn journal(lu: &LogicalUnit, rec: Option<&Record>) -> io::Result<()> {
     match lu.journal() {
-        Some(j) => j.save(rec.map(encode).as_deref()),
+        Some(j) => j.save(rec.map(|r| encode(r, Geometry::of(lu))).as_deref()),
         None => Ok(()),
     }
 }
@@ -277,8 +279,7 @@ impl LogicalUnit {
         let Some(text) = saved else {
             return Ok(Resume::Nothing);
         };
-        let bs = self.block_size() as usize;
-        let rec = decode(&text, bs).map_err(|m| {
+        let rec = decode(&text, Geometry::of(self)).map_err(|m| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!(
@@ -366,6 +367,22 @@ pub(crate) enum Record {
 
 const MAGIC: &str = "ferrite-medium-op 1";
 
+/// The medium a record belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Geometry {
+    pub blocks: u64,
+    pub block_size: u32,
+}
+
+impl Geometry {
+    fn of(lu: &LogicalUnit) -> Self {
+        Self {
+            blocks: lu.num_blocks(),
+            block_size: lu.block_size(),
+        }
+    }
+}
+
 fn kind_name(k: OpKind) -> &'static str {
     match k {
         OpKind::Sanitize => "sanitize",
@@ -373,8 +390,8 @@ fn kind_name(k: OpKind) -> &'static str {
     }
 }
 
-pub(crate) fn encode(r: &Record) -> String {
-    let mut t = format!("{MAGIC}\n");
+pub(crate) fn encode(r: &Record, g: Geometry) -> String {
+    let mut t = format!("{MAGIC}\nmedium {} {}\n", g.blocks, g.block_size);
     let bit = |b: bool| u8::from(b);
     match r {
         Record::Failed(Failure::Sanitize { ause }) => {
@@ -404,8 +421,9 @@ pub(crate) fn encode(r: &Record) -> String {
     t
 }
 
-/// Parse a record for a LU of `bs`-byte blocks.
-pub(crate) fn decode(text: &str, bs: usize) -> Result<Record, String> {
+/// Parse a record for a LU of geometry `g`; one written for another medium is refused.
+pub(crate) fn decode(text: &str, g: Geometry) -> Result<Record, String> {
+    let bs = g.block_size as usize;
     let body_end = text
         .trim_end_matches('\n')
         .rfind('\n')
@@ -436,6 +454,13 @@ pub(crate) fn decode(text: &str, bs: usize) -> Result<Record, String> {
         "1" => Ok(true),
         _ => Err(format!("bad flag {v:?}")),
     };
+    let medium = field("medium")?;
+    let want = format!("{} {}", g.blocks, g.block_size);
+    if medium != want {
+        return Err(format!(
+            "written for a medium of {medium} (blocks, block length), this LU is {want}"
+        ));
+    }
     let state = field("")?;
     let words: Vec<&str> = state.split(' ').collect();
     let (kind, work) = match words.as_slice() {
@@ -532,18 +557,30 @@ mod tests {
                 ause: false,
             }),
         ];
+        let g = Geometry {
+            blocks: 1000,
+            block_size: 8,
+        };
         for r in &records {
-            let t = encode(r);
-            assert!(t.starts_with("ferrite-medium-op 1\n"), "{t}");
-            assert_eq!(decode(&t, 8).as_ref(), Ok(r), "{t}");
+            let t = encode(r, g);
+            assert!(t.starts_with("ferrite-medium-op 1\nmedium 1000 8\n"), "{t}");
+            assert_eq!(decode(&t, g).as_ref(), Ok(r), "{t}");
         }
-        let good = encode(&records[6]);
-        // A changed byte, a truncation, a wrong block size, nothing at all.
+        let good = encode(&records[6], g);
+        // A changed byte, a truncation, another medium, nothing at all.
         let changed = good.replacen("passes 3", "passes 4", 1);
-        assert_eq!(decode(&changed, 8), Err("checksum mismatch".into()));
-        assert!(decode(&good[..good.len() - 12], 8).is_err());
-        assert!(decode(&good, 16).is_err());
-        assert!(decode("", 8).is_err());
-        assert!(decode("ferrite-medium-op 1\n", 8).is_err());
+        assert_eq!(decode(&changed, g), Err("checksum mismatch".into()));
+        assert!(decode(&good[..good.len() - 12], g).is_err());
+        let other = Geometry { blocks: 999, ..g };
+        assert!(decode(&good, other)
+            .unwrap_err()
+            .starts_with("written for a medium of 1000 8"));
+        let bigger_blocks = Geometry {
+            block_size: 16,
+            ..g
+        };
+        assert!(decode(&good, bigger_blocks).is_err());
+        assert!(decode("", g).is_err());
+        assert!(decode("ferrite-medium-op 1\n", g).is_err());
     }
 }
