@@ -60,6 +60,23 @@ impl RangeLocks {
     /// Lock blocks `[lba, lba + count)` (an empty range locks the single block `lba`, so that
     /// zero-length commands still order themselves).
     pub(crate) fn lock(&self, lba: u64, count: u64, exclusive: bool) -> RangeGuard<'_> {
+        match self.lock_unless(lba, count, exclusive, || false) {
+            Some(g) => g,
+            None => unreachable!("a request that never gives up is always granted"),
+        }
+    }
+
+    /// As [`RangeLocks::lock`], but give up (`None`) instead of waiting when `give_up` says so
+    /// at a moment the request is blocked. A command that found the LU idle and then queued
+    /// behind a whole-LU operation (a sanitize) that began meanwhile uses this not to wait
+    /// for the whole operation.
+    pub(crate) fn lock_unless(
+        &self,
+        lba: u64,
+        count: u64,
+        exclusive: bool,
+        give_up: impl Fn() -> bool,
+    ) -> Option<RangeGuard<'_>> {
         let mut t = self.table();
         let ticket = t.next_ticket;
         t.next_ticket += 1;
@@ -81,10 +98,16 @@ impl RangeLocks {
                 .iter()
                 .any(|e| e.conflicts(&t.entries[mine]));
             if !blocked {
-                return RangeGuard {
+                return Some(RangeGuard {
                     locks: self,
                     ticket,
-                };
+                });
+            }
+            if give_up() {
+                t.entries.retain(|e| e.ticket != ticket);
+                drop(t);
+                self.changed.notify_all();
+                return None;
             }
             t = self.changed.wait(t).unwrap_or_else(|e| e.into_inner());
         }
@@ -96,7 +119,7 @@ impl RangeLocks {
     }
 
     #[cfg(test)]
-    fn held(&self) -> usize {
+    pub(crate) fn held(&self) -> usize {
         self.table().entries.len()
     }
 }

@@ -437,8 +437,29 @@ impl LogicalUnit {
     }
 
     /// Lock blocks `[lba, lba + count)` shared (reads) or exclusive (anything that writes).
-    pub(crate) fn lock_range(&self, lba: u64, count: u64, exclusive: bool) -> RangeGuard<'_> {
-        self.ranges.lock(lba, count, exclusive)
+    /// A command that would have to wait for a sanitize or format (one that began after the
+    /// command was admitted) ends the way it would had it arrived a moment later: NOT READY,
+    /// SANITIZE / FORMAT IN PROGRESS — never waiting hours for the operation.
+    pub(crate) fn lock_range(
+        &self,
+        lba: u64,
+        count: u64,
+        exclusive: bool,
+    ) -> Result<RangeGuard<'_>, Fail> {
+        self.ranges
+            .lock_unless(lba, count, exclusive, || self.busy().is_some())
+            .ok_or_else(|| {
+                Fail::Check(
+                    self.busy()
+                        .unwrap_or(crate::Sense::new(SenseReason::NotReady)),
+                )
+            })
+    }
+
+    /// Range lock requests granted or waiting (tests).
+    #[cfg(test)]
+    pub(crate) fn range_requests(&self) -> usize {
+        self.ranges.held()
     }
 
     /// Lock every block (SANITIZE).

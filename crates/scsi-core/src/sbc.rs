@@ -209,7 +209,7 @@ pub fn read(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
         // SBC-4 §5.16: TRANSFER LENGTH 0 is not an error and transfers nothing.
         return Ok(Vec::new());
     }
-    let _r = lu.lock_range(x.lba, x.len, false);
+    let _r = lu.lock_range(x.lba, x.len, false)?;
     read_blocks(lu, x.lba, x.len)
 }
 
@@ -238,7 +238,7 @@ pub fn write(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
     if data.is_empty() {
         return Ok(Vec::new());
     }
-    let _w = lu.lock_range(x.lba, data.len() as u64 / bs, true);
+    let _w = lu.lock_range(x.lba, data.len() as u64 / bs, true)?;
     write_blocks(lu, x.lba, data)?;
     flush_if(lu, x.fua)?;
     Ok(Vec::new())
@@ -266,7 +266,7 @@ pub fn verify(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
     if x.len == 0 || bytchk == 0 {
         return Ok(Vec::new());
     }
-    let _r = lu.lock_range(x.lba, x.len, false);
+    let _r = lu.lock_range(x.lba, x.len, false)?;
     if bytchk == 1 {
         let data = data_blocks(cmd, x.len, bs)?;
         let medium = read_blocks(lu, x.lba, data.len() as u64 / bs)?;
@@ -303,7 +303,7 @@ pub fn write_and_verify(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
     if data.is_empty() {
         return Ok(Vec::new());
     }
-    let _w = lu.lock_range(x.lba, data.len() as u64 / bs, true);
+    let _w = lu.lock_range(x.lba, data.len() as u64 / bs, true)?;
     write_blocks(lu, x.lba, data)?;
     flush_if(lu, false)?;
     let back = read_blocks(lu, x.lba, data.len() as u64 / bs)?;
@@ -529,7 +529,7 @@ pub fn write_same(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
     } else {
         cmd.data_out.slice(0, bs as usize).to_vec()
     };
-    let _w = lu.lock_range(lba, count, true);
+    let _w = lu.lock_range(lba, count, true)?;
     if anchor_bit {
         anchor(lu, lba, count)?;
     } else if unmap {
@@ -585,7 +585,7 @@ pub fn unmap(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
         }
     }
     for (lba, count) in ranges {
-        let _w = lu.lock_range(lba, count, true);
+        let _w = lu.lock_range(lba, count, true)?;
         if anchored {
             anchor(lu, lba, count)?;
         } else {
@@ -628,7 +628,7 @@ pub fn compare_and_write(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
     let half = (nlb * bs) as usize;
     let verify = cmd.data_out.slice(0, half);
     let data = cmd.data_out.slice(half, half);
-    let _w = lu.lock_range(lba, nlb, true);
+    let _w = lu.lock_range(lba, nlb, true)?;
     let medium = read_blocks(lu, lba, nlb)?;
     if let Some(off) = first_mismatch(verify, &medium) {
         // SBC-4 §5.3: INFORMATION = offset of the first byte that did not match.
@@ -652,7 +652,7 @@ pub fn orwrite(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
         return Ok(Vec::new());
     }
     let blocks = data.len() as u64 / bs;
-    let _w = lu.lock_range(x.lba, blocks, true);
+    let _w = lu.lock_range(x.lba, blocks, true)?;
     let mut medium = read_blocks(lu, x.lba, blocks)?;
     for (m, d) in medium.iter_mut().zip(data) {
         *m |= d;
@@ -694,7 +694,7 @@ pub fn write_atomic(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
     if len == 0 {
         return Ok(Vec::new());
     }
-    let _w = lu.lock_range(lba, len, true);
+    let _w = lu.lock_range(lba, len, true)?;
     write_blocks(lu, lba, cmd.data_out.slice(0, need as usize))?;
     flush_if(lu, fua)?;
     Ok(Vec::new())

@@ -42,7 +42,7 @@ pub fn send_diagnostic(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
         lu.check_ready()?;
         let last = lu.num_blocks().saturating_sub(1);
         for lba in [0, last] {
-            let _r = lu.lock_range(lba, 1, false);
+            let _r = lu.lock_range(lba, 1, false)?;
             if let Err(Fail::Check(s)) = crate::sbc::read_blocks(lu, lba, 1) {
                 tracing::warn!(lba, reason = ?s.reason, "self-test read failed");
                 return Err(SenseReason::SelfTestFailed.into());

@@ -282,7 +282,7 @@ pub fn extended_copy(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
     };
     let mut result = Ok(());
     for s in &segments {
-        match copy_segment(&targets[s.src], &targets[s.dst], s) {
+        match copy_segment(&targets[s.src], &targets[s.dst], s, &|| cmd.cancelled()) {
             Ok(()) => {
                 status.segments_processed += 1;
                 status.bytes += s.bytes;
@@ -301,22 +301,32 @@ pub fn extended_copy(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
     result.map(|()| Vec::new())
 }
 
-/// Copy one segment, a chunk at a time.
-fn copy_segment(src: &LogicalUnit, dst: &LogicalUnit, s: &Segment) -> Result<(), Fail> {
+/// Copy one segment, a chunk at a time. An aborted task (ABORT TASK, LUN reset, a preempting
+/// PREEMPT AND ABORT) stops between chunks: a copy of gigabytes does not hold the task
+/// management function that ended it (SAM-5: an aborted command's writes may be partial).
+fn copy_segment(
+    src: &LogicalUnit,
+    dst: &LogicalUnit,
+    s: &Segment,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<(), Fail> {
     let (sbs, dbs) = (u64::from(src.block_size()), u64::from(dst.block_size()));
     // A chunk is a whole number of both block sizes (both are 512 or 4096).
     let chunk = CHUNK_BYTES - CHUNK_BYTES % sbs.max(dbs);
     let mut done = 0;
     while done < s.bytes {
+        if cancelled() {
+            return Err(Fail::Status(crate::ScsiStatus::TASK_ABORTED));
+        }
         let n = chunk.min(s.bytes - done);
         let data = {
             let lba = s.src_lba + done / sbs;
-            let _r = src.lock_range(lba, n / sbs, false);
+            let _r = src.lock_range(lba, n / sbs, false)?;
             read_blocks(src, lba, n / sbs)?
         };
         {
             let lba = s.dst_lba + done / dbs;
-            let _w = dst.lock_range(lba, n / dbs, true);
+            let _w = dst.lock_range(lba, n / dbs, true)?;
             write_blocks(dst, lba, &data)?;
         }
         done += n;

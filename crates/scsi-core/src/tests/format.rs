@@ -127,7 +127,7 @@ fn format_refuses_what_it_cannot_honour() {
 fn a_format_in_progress_is_reported_with_its_progress() {
     let (t, _ram) = ram_lu(cfg_quiet());
     let lu = t.srv.lu(0).unwrap();
-    let read = lu.lock_range(0, 1, false);
+    let read = lu.lock_range(0, 1, false).unwrap();
     // IMMED in the parameter list header: GOOD at once.
     t.ok(&format_cdb(0x10), &header(0x02));
     let r = t.run(&[0u8; 6], &[]);

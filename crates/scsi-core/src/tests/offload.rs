@@ -286,6 +286,34 @@ fn extended_copy_within_and_across_luns() {
 }
 
 #[test]
+fn an_aborted_extended_copy_stops_between_chunks() {
+    let t = setup();
+    let naa0 = cfg_quiet().naa_id;
+    t.ok(&cdb10(0x2A, 0, 0, 16), &pattern(16 * BS, 9));
+    let list = xcopy_list(
+        6,
+        &[target_descriptor(naa0, 512)],
+        &[b2b_segment(0, 0, 16, 0, 200)],
+    );
+    // The transport has aborted the task before the first chunk: nothing is copied.
+    let cancel = std::sync::atomic::AtomicBool::new(true);
+    let r = t.srv.execute(&ScsiRequest {
+        nexus: &t.n,
+        lun: lun_to_wire(0),
+        cdb: &xcopy_cdb(list.len() as u32),
+        data_out: &list,
+        expected_data_in: 0,
+        attr: TaskAttr::Simple,
+        cancel: Some(&cancel),
+    });
+    assert_eq!(r.status, ScsiStatus::TASK_ABORTED);
+    assert_eq!(t.store.bytes(200 * BS, 16 * BS), vec![0; 16 * BS]);
+    let st = t.ok(&copy_status(6), &[]);
+    assert_eq!(st[4], 0x02, "not completed without errors");
+    assert_eq!(u16::from_be_bytes([st[5], st[6]]), 0);
+}
+
+#[test]
 fn extended_copy_list_errors() {
     let t = setup();
     let naa0 = cfg_quiet().naa_id;
@@ -502,7 +530,7 @@ fn sanitizing_lu_refuses_other_commands() {
     let t = setup();
     let lu = t.srv.lu(0).unwrap();
     // A read in flight: the sanitize waits for it (SBC-4 §4.11.2), so it stays "in progress".
-    let read = lu.lock_range(0, 1, false);
+    let read = lu.lock_range(0, 1, false).unwrap();
     held_sanitize(&t);
     // TEST UNIT READY and media access: NOT READY, SANITIZE IN PROGRESS, with SKSV and a
     // progress indication (SPC-4 §4.5.2.4.4); nothing written yet, so 0.
@@ -523,6 +551,16 @@ fn sanitizing_lu_refuses_other_commands() {
         (rs[2] & 0x0F, rs[12], rs[13], rs[15]),
         (0x02, 0x04, 0x1B, 0x80)
     );
+    // A command admitted just before the sanitize began, now queued behind it, does not wait
+    // for the whole operation: it ends as if it had come a moment later.
+    while lu.range_requests() < 2 {
+        std::thread::yield_now(); // the sanitize thread queues its whole-LU lock
+    }
+    match lu.lock_range(100, 1, true) {
+        Err(crate::cdb::Fail::Check(s)) => assert_eq!(s.reason, SenseReason::SanitizeInProgress),
+        Err(e) => panic!("{e:?}"),
+        Ok(_) => panic!("a range behind the sanitize's whole-LU lock was granted"),
+    }
     // LUN and target resets do not stop it (SBC-4 §4.11.2).
     t.srv.lun_reset(lun_to_wire(0));
     t.srv.target_reset();
@@ -540,7 +578,7 @@ fn sanitizing_lu_refuses_other_commands() {
 fn an_aborted_sanitize_command_leaves_the_operation_running() {
     let t = setup();
     let lu = t.srv.lu(0).unwrap();
-    let read = lu.lock_range(0, 1, false);
+    let read = lu.lock_range(0, 1, false).unwrap();
     let cancel = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| {
         // IMMED = 0: the command waits for the operation...
@@ -678,7 +716,7 @@ fn a_sanitize_cut_short_by_a_restart_runs_again() {
     assert_eq!(r, crate::Resume::Nothing);
     let lu = t.srv.lu(0).unwrap();
     // Held before it writes anything; the journal already knows.
-    let read = lu.lock_range(0, 1, false);
+    let read = lu.lock_range(0, 1, false).unwrap();
     t.ok(&sanitize(0x81, 5), &[0x01, 0, 0, 1, 0x99]);
     let rec = journal
         .0
