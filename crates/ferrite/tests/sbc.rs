@@ -276,3 +276,58 @@ fn a_sanitize_survives_kill_9() {
     }
     s.logout().unwrap();
 }
+
+/// Over the wire on a thin file LUN: the Logical Block Provisioning log page (SBC-4 §6.4.4)
+/// counts what the file really holds; FORMAT UNIT (SBC-4 §5.4) deallocates it all, so the file
+/// gives its space back and every block reads as zero; SEND DIAGNOSTIC's default self-test
+/// passes.
+#[test]
+fn format_unit_and_the_provisioning_log_page_on_a_file_lun() {
+    const MIB: usize = 1 << 20;
+    let d = Daemon::start(Opts {
+        luns: vec!["file:{dir}/lun0.img:32M".into()],
+        ..Opts::default()
+    });
+    let file = d.dir.path().join("lun0.img");
+    let used = || std::fs::metadata(&file).unwrap().blocks() * 512;
+    let mut s = session(&d, "iqn.2026-11.io.ferrite:format-test", 4);
+    let mut data = vec![0u8; MIB];
+    Rng::new(11).fill(&mut data);
+    for i in 0..8u32 {
+        s.write10(i * (MIB / BLOCK) as u32, &data, BLOCK).unwrap();
+    }
+    // LOG SENSE, page 0Ch: USED LBA MAPPING RESOURCE COUNT (parameter 0002h) in blocks
+    // (THRESHOLD EXPONENT 0 for a LUN this small).
+    let log_used = |s: &mut Session| {
+        let r = s
+            .command(&[0x4D, 0, 0x40 | 0x0C, 0, 0, 0, 0, 0, 64, 0], 64)
+            .unwrap();
+        assert_eq!(r.status, 0, "LOG SENSE: {:02x?}", r.sense);
+        assert_eq!(&r.data[16..18], &[0, 2], "{:02x?}", r.data);
+        u64::from(u32::from_be_bytes(r.data[20..24].try_into().unwrap())) * BLOCK as u64
+    };
+    // The two agree (up to what a file system may preallocate or trim meanwhile).
+    let near = |a: u64, b: u64| a.abs_diff(b) <= MIB as u64;
+    let before = log_used(&mut s);
+    assert!(
+        near(before, used()),
+        "log page {before}, st_blocks {}",
+        used()
+    );
+    assert!(before >= 8 * MIB as u64);
+    // FORMAT UNIT, no parameter list: waits for the end (no IMMED).
+    let r = s.command(&[0x04, 0, 0, 0, 0, 0], 0).unwrap();
+    assert_eq!(r.status, 0, "FORMAT UNIT: {:02x?}", r.sense);
+    assert!(used() < MIB as u64, "the file still holds {} bytes", used());
+    let after = log_used(&mut s);
+    assert!(
+        near(after, used()),
+        "log page {after}, st_blocks {}",
+        used()
+    );
+    let back = s.read10(0, 64, BLOCK).unwrap();
+    assert!(back.iter().all(|&b| b == 0));
+    let r = s.command(&[0x1D, 0x04, 0, 0, 0, 0], 0).unwrap();
+    assert_eq!(r.status, 0, "SEND DIAGNOSTIC: {:02x?}", r.sense);
+    s.logout().unwrap();
+}
