@@ -676,7 +676,8 @@ impl LogicalUnit {
     }
 
     /// I_T nexus loss: release its reservation and its PREVENT (SBC-4 §5.13), drop its held
-    /// copy results and forget its unit attentions.
+    /// copy results, and set its unit attentions aside for its return (with I_T NEXUS LOSS
+    /// OCCURRED).
     pub(crate) fn nexus_lost(&self, nexus: &Nexus) {
         lock(&self.media.prevent).remove(nexus);
         lock(&self.copy_results).retain(|(n, _), _| n != nexus);
@@ -684,7 +685,8 @@ impl LogicalUnit {
         if st.reservation.as_ref() == Some(nexus) {
             st.reservation = None;
         }
-        st.ua.forget(nexus);
+        let report = self.cfg.report_power_on_ua;
+        st.ua.lose(nexus, report);
     }
 }
 

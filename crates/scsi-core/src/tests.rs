@@ -344,9 +344,10 @@ fn power_on_unit_attention_once_per_nexus() {
     t.ok(&[0, 0, 0, 0, 0, 0], &[]);
     // The other nexus has its own.
     assert_sense(&t.run2(&[0, 0, 0, 0, 0, 0], &[]), 0x06, 0x29, 0x00);
-    // I_T nexus loss: a new login sees it again.
+    // I_T nexus loss: the same initiator port, logging in again, is told so (SAM-5).
     t.srv.nexus_lost(&t.n);
-    assert_sense(&t.run(&[0, 0, 0, 0, 0, 0], &[]), 0x06, 0x29, 0x00);
+    assert_sense(&t.run(&[0, 0, 0, 0, 0, 0], &[]), 0x06, 0x29, 0x07);
+    t.ok(&[0, 0, 0, 0, 0, 0], &[]);
 }
 
 #[test]

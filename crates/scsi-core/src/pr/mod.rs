@@ -296,7 +296,7 @@ fn deliver(st: &mut LuState, ua: &[(Who, SenseReason)], from: &Nexus, name_only:
     }
     let targets: Vec<(Nexus, SenseReason)> = st
         .ua
-        .nexuses()
+        .every_nexus()
         .filter(|n| *n != from)
         .flat_map(|n| {
             ua.iter()

@@ -1249,6 +1249,29 @@ fn resets_and_nexus_loss_keep_persistent_reservations() {
     good(&read(&h, &a));
 }
 
+/// The fenced node is often the one that lost its connection: preempted while away, it learns
+/// it when it logs in again from the same initiator port (the same I_T nexus), SPC-4
+/// §5.13.11.2.4 — not just from the RESERVATION CONFLICT of its next write.
+#[test]
+fn a_registrant_preempted_while_away_is_told_when_it_returns() {
+    let h = setup();
+    let a = nx(IQN_A, 1, 1);
+    let b = nx(IQN_B, 2, 1);
+    good(&prout(&h, &a, REG_IGNORE, 0, 0, 0xA, 0));
+    good(&prout(&h, &b, REG_IGNORE, 0, 0, 0xB, 0));
+    good(&prout(&h, &a, RESERVE, WE_RO, 0xA, 0, 0));
+    drain_ua(&h, &a);
+    drain_ua(&h, &b);
+    h.srv.nexus_lost(&a);
+    good(&prout(&h, &b, PREEMPT, WE_RO, 0xB, 0xA, 0));
+    assert_eq!(
+        drain_ua(&h, &a),
+        vec![ASC_REGS_PREEMPTED],
+        "the returning nexus hears of the preemption"
+    );
+    assert!(is_conflict(&write(&h, &a)));
+}
+
 #[test]
 fn spc2_reservations_and_persistent_reservations() {
     let h = setup();

@@ -569,7 +569,9 @@ fn sanitizing_lu_refuses_other_commands() {
     drop(read);
     assert_eq!(lu.wait_operation(1, || false), Some(OpOutcome::Done));
     assert_eq!(lu.progress(), 65535);
-    // Ready again (the nexus was lost, so the resets' unit attentions went with it).
+    // Ready again, once the returning nexus has collected what the resets left for it.
+    let first = t.run(&[0u8; 6], &[]);
+    assert_sense(&first, 0x06, 0x29, 0x00);
     t.ok(&[0u8; 6], &[]);
     assert!(t.ok(&cdb16(0x88, 0, 0, 8), &[]).iter().all(|&b| b == 0xA5));
 }
