@@ -626,5 +626,14 @@ mod tests {
         assert!(c.validate().unwrap_err().contains("LUN 0 twice"));
         let bad: Result<Config, _> = toml::from_str("[[target]]\nname = \"iqn.x\"\nbogus = 1\n");
         assert!(bad.is_err());
+        // sanitize_rate: a size above zero.
+        for (rate, ok) in [("64M", true), ("1", true), ("0", false), ("fast", false)] {
+            let mut c = Config::demo();
+            c.targets[0].luns[0].sanitize_rate = Some(rate.into());
+            match c.validate() {
+                Ok(()) => assert!(ok, "{rate} accepted"),
+                Err(e) => assert!(!ok && e.contains("sanitize_rate"), "{rate}: {e}"),
+            }
+        }
     }
 }
