@@ -163,6 +163,7 @@ fn describe(rt: &crate::runtime::Runtime) -> Value {
                     "size": lu.backstore().size(),
                     "block_size": c.block_size,
                     "read_only": c.read_only,
+                    "medium": lu.medium_status(),
                 })).collect::<Vec<_>>(),
                 "acls": t.acls.iter().map(|a| json!({
                     "initiator": a.initiator,
@@ -695,8 +696,12 @@ pub fn render(cmd: &str, v: &Value) -> String {
                     ));
                 }
                 for l in t["luns"].as_array().into_iter().flatten() {
+                    let medium = match l["medium"].as_str() {
+                        Some("ready") | None => String::new(),
+                        Some(m) => format!(" [{m}]"),
+                    };
                     out.push_str(&format!(
-                        "  lun {} {} {} bytes{}\n",
+                        "  lun {} {} {} bytes{}{medium}\n",
                         l["id"],
                         l["backstore"].as_str().unwrap_or(""),
                         l["size"],

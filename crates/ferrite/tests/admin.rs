@@ -102,7 +102,7 @@ fn targets_sessions_and_drop_session() {
                   "portals": [p2], "relative_port_id": 2 },
             ],
             "luns": [{ "id": 0, "backstore": "ram:16M", "size": 16u64 << 20, "block_size": 512,
-                       "read_only": false }],
+                       "read_only": false, "medium": "ready" }],
             "acls": [],
         }]})
     );
@@ -358,8 +358,10 @@ fn targets_luns_and_acls_change_live() {
     assert_eq!(
         t["targets"][1]["luns"],
         json!([
-            { "id": 0, "backstore": "ram:8M", "size": 8u64 << 20, "block_size": 512, "read_only": false },
-            { "id": 3, "backstore": "ram:4M", "size": 4u64 << 20, "block_size": 512, "read_only": true },
+            { "id": 0, "backstore": "ram:8M", "size": 8u64 << 20, "block_size": 512, "read_only": false,
+              "medium": "ready" },
+            { "id": 3, "backstore": "ram:4M", "size": 4u64 << 20, "block_size": 512, "read_only": true,
+              "medium": "ready" },
         ])
     );
     admin_ok(&d, &["remove-lun", IQN2, "3"]);

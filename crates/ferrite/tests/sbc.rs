@@ -183,6 +183,10 @@ fn sanitize_outlives_abort_task_and_reports_progress() {
         (rs.data[2] & 0x0F, rs.data[12], rs.data[13]),
         (0x02, 0x04, 0x1B)
     );
+    // Operators see it: `ferrite admin targets` shows the LUN's medium state.
+    let t = common::tpg::admin_json(&d, &["targets"]);
+    let medium = t["targets"][0]["luns"][0]["medium"].as_str().unwrap().to_string();
+    assert!(medium.starts_with("sanitize "), "{medium}");
     // A second sanitize is turned away while the first runs.
     let again = s.write_command(&cdb, &[0x01, 0, 0, 1, 0]).unwrap();
     assert_eq!(

@@ -410,6 +410,25 @@ impl LogicalUnit {
         self.media.loaded.load(Ordering::SeqCst)
     }
 
+    /// The medium's state for operators: `ready`, `no medium`, `sanitize 42%`,
+    /// `format 42%`, `sanitize failed` or `format corrupt`.
+    pub fn medium_status(&self) -> String {
+        if !self.medium_loaded() {
+            return "no medium".into();
+        }
+        let pct = u32::from(self.progress()) * 100 / 65536;
+        match self.media.running.load(Ordering::SeqCst) {
+            1 => return format!("sanitize {pct}%"),
+            2 => return format!("format {pct}%"),
+            _ => {}
+        }
+        match self.media.failed.load(Ordering::SeqCst) {
+            1 => "sanitize failed".into(),
+            2 => "format corrupt".into(),
+            _ => "ready".into(),
+        }
+    }
+
     /// What a command meets while an operation runs on the whole medium: NOT READY, SANITIZE
     /// IN PROGRESS or FORMAT IN PROGRESS, with a progress indication; `None` when idle.
     pub fn busy(&self) -> Option<crate::Sense> {

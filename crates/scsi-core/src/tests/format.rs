@@ -128,8 +128,10 @@ fn a_format_in_progress_is_reported_with_its_progress() {
     let (t, _ram) = ram_lu(cfg_quiet());
     let lu = t.srv.lu(0).unwrap();
     let read = lu.lock_range(0, 1, false).unwrap();
+    assert_eq!(lu.medium_status(), "ready");
     // IMMED in the parameter list header: GOOD at once.
     t.ok(&format_cdb(0x10), &header(0x02));
+    assert_eq!(lu.medium_status(), "format 0%");
     let r = t.run(&[0u8; 6], &[]);
     assert_sense(&r, 0x02, 0x04, 0x04);
     assert_eq!(r.sense[15], 0x80, "a progress indication");
@@ -155,6 +157,7 @@ fn a_failed_format_leaves_the_medium_format_corrupt_until_a_format_succeeds() {
     let lu = t.srv.lu(0).unwrap();
     let job = lu.begin_operation(OpKind::Format).unwrap();
     lu.end_operation(job, OpOutcome::Failed(Failure::Format));
+    assert_eq!(lu.medium_status(), "format corrupt");
     assert_sense(&t.run(&cdb10(0x28, 0, 0, 1), &[]), 0x03, 0x31, 0x00);
     assert_sense(&t.run(&[0u8; 6], &[]), 0x03, 0x31, 0x00);
     // EXIT FAILURE MODE is about sanitize failures: the medium stays format corrupt.
