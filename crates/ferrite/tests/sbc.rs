@@ -185,7 +185,10 @@ fn sanitize_outlives_abort_task_and_reports_progress() {
     );
     // Operators see it: `ferrite admin targets` shows the LUN's medium state.
     let t = common::tpg::admin_json(&d, &["targets"]);
-    let medium = t["targets"][0]["luns"][0]["medium"].as_str().unwrap().to_string();
+    let medium = t["targets"][0]["luns"][0]["medium"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(medium.starts_with("sanitize "), "{medium}");
     // A second sanitize is turned away while the first runs.
     let again = s.write_command(&cdb, &[0x01, 0, 0, 1, 0]).unwrap();
