@@ -72,6 +72,25 @@ pub fn file_name(target: &str, lun: u64) -> String {
     format!("{t}_lun{lun}.pr")
 }
 
+/// Where a LUN keeps its state file with extension `ext` (`<target>_lun<N>.<ext>` in the state
+/// directory), or `None` for a RAM LUN without a configured state directory: its data does not
+/// survive a restart, so neither does its state.
+fn lun_state_file(
+    configured: Option<&Path>,
+    target: &str,
+    lun: u64,
+    ram: bool,
+    ext: &str,
+) -> Option<PathBuf> {
+    let (dir, explicit) = state_dir(configured);
+    if ram && !explicit {
+        return None;
+    }
+    let name = file_name(target, lun);
+    let base = name.strip_suffix(".pr").unwrap_or(&name);
+    Some(dir.join(format!("{base}.{ext}")))
+}
+
 /// Give `lu` its state file and restore what it holds. A damaged file is an error: the daemon
 /// must not start without the registrations it promised to keep.
 pub fn attach(
@@ -81,12 +100,10 @@ pub fn attach(
     lun: u64,
     ram: bool,
 ) -> anyhow::Result<()> {
-    let (dir, explicit) = state_dir(configured);
-    if ram && !explicit {
+    let Some(path) = lun_state_file(configured, target, lun, ram, "pr") else {
         return Ok(());
-    }
-    let store = FilePrStore::new(dir.join(file_name(target, lun)));
-    lu.set_pr_store(Arc::new(store))
+    };
+    lu.set_pr_store(Arc::new(FilePrStore::new(path)))
         .map_err(|e| anyhow::anyhow!("target {target} LUN {lun}: persistent reservations: {e}"))
 }
 
@@ -101,12 +118,10 @@ pub fn attach_op_journal(
     lun: u64,
     ram: bool,
 ) -> anyhow::Result<()> {
-    let (dir, explicit) = state_dir(configured);
-    if ram && !explicit {
+    let Some(path) = lun_state_file(configured, target, lun, ram, "medium") else {
         return Ok(());
-    }
-    let name = file_name(target, lun).replace(".pr", ".medium");
-    let journal = scsi_core::FileOpJournal::new(dir.join(name));
+    };
+    let journal = scsi_core::FileOpJournal::new(path);
     match lu
         .set_journal(Arc::new(journal))
         .map_err(|e| anyhow::anyhow!("target {target} LUN {lun}: operation journal: {e}"))?

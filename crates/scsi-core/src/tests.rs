@@ -180,6 +180,19 @@ fn setup_with(cfg: LuConfig, thin_store: bool) -> T {
     }
 }
 
+/// A device server with `lu` as LUN 0 (its `store` field unused), two nexuses on one port.
+fn serve_lu(lu: Arc<LogicalUnit>) -> T {
+    let srv = DeviceServer::new();
+    srv.add_lun(0, lu).unwrap();
+    let p = port();
+    T {
+        srv,
+        store: MemStore::new(0, false),
+        n: nexus_on(&p, 1),
+        n2: nexus_on(&p, 2),
+    }
+}
+
 fn setup() -> T {
     setup_with(cfg_quiet(), false)
 }

@@ -10,18 +10,7 @@ use crate::lu::{Failure, OpKind, OpOutcome};
 const MIB: usize = 1 << 20;
 
 fn ram_lu(cfg: LuConfig) -> (T, Arc<RamBackstore>) {
-    let ram = Arc::new(RamBackstore::new(MIB as u64));
-    let lu = LogicalUnit::new(cfg, ram.clone()).unwrap();
-    let srv = DeviceServer::new();
-    srv.add_lun(0, Arc::new(lu)).unwrap();
-    let p = port();
-    let t = T {
-        srv,
-        store: MemStore::new(0, false),
-        n: nexus_on(&p, 1),
-        n2: nexus_on(&p, 2),
-    };
-    (t, ram)
+    super::offload::setup_ram(cfg, MIB)
 }
 
 fn format_cdb(byte1: u8) -> [u8; 6] {

@@ -12,19 +12,10 @@ use crate::lu::{Failure, OpKind, OpOutcome};
 const MIB: usize = 1 << 20;
 
 /// A thin RAM-backed LU (the RAM backstore reports its 1 MiB chunks as extents).
-fn setup_ram(cfg: LuConfig, size: usize) -> (T, Arc<RamBackstore>) {
+pub(super) fn setup_ram(cfg: LuConfig, size: usize) -> (T, Arc<RamBackstore>) {
     let ram = Arc::new(RamBackstore::new(size as u64));
     let lu = LogicalUnit::new(cfg, ram.clone()).unwrap();
-    let srv = DeviceServer::new();
-    srv.add_lun(0, Arc::new(lu)).unwrap();
-    let p = port();
-    let t = T {
-        srv,
-        store: MemStore::new(0, false),
-        n: nexus_on(&p, 1),
-        n2: nexus_on(&p, 2),
-    };
-    (t, ram)
+    (serve_lu(Arc::new(lu)), ram)
 }
 
 fn thin_cfg() -> LuConfig {
@@ -697,16 +688,7 @@ impl crate::OpJournal for MemJournal {
 fn restarted(ram: &Arc<RamBackstore>, journal: &Arc<MemJournal>) -> (T, crate::Resume) {
     let lu = Arc::new(LogicalUnit::new(cfg_quiet(), ram.clone()).unwrap());
     let resumed = lu.set_journal(journal.clone()).unwrap();
-    let srv = DeviceServer::new();
-    srv.add_lun(0, lu).unwrap();
-    let p = port();
-    let t = T {
-        srv,
-        store: MemStore::new(0, false),
-        n: nexus_on(&p, 1),
-        n2: nexus_on(&p, 2),
-    };
-    (t, resumed)
+    (serve_lu(lu), resumed)
 }
 
 #[test]
