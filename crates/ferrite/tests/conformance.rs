@@ -28,7 +28,7 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::conformance::{read_list, repo_root, shared_dir};
+use common::conformance::{read_list, repo_root, shared_dir, verdicts};
 use common::{require_tool, run, Daemon, Opts};
 
 /// iscsi-test-cu `-t` patterns (fnmatch, comma separated) for family ALL without
@@ -108,32 +108,9 @@ fn libiscsi_conformance() {
         out.describe()
     );
 
-    // status<TAB>Suite.Test<TAB>why, one line per test.
-    let flat = run(
-        "python3",
-        &[
-            "-c",
-            "import json,sys\n\
-             for r in json.load(open(sys.argv[1]))['results']:\n\
-             \x20   print('%s\\t%s.%s\\t%s' % (r['status'], r['suite'], r['test'], ' '.join(r['why'].split())))",
-            &json_s,
-        ],
-        Duration::from_secs(60),
-    )
-    .ok();
     let mut results: BTreeMap<String, Verdict> = BTreeMap::new();
-    for line in flat.stdout.lines() {
-        let mut f = line.splitn(3, '\t');
-        let (Some(status), Some(name)) = (f.next(), f.next()) else {
-            continue;
-        };
-        results.insert(
-            name.to_string(),
-            Verdict {
-                status: status.to_string(),
-                why: f.next().unwrap_or("").to_string(),
-            },
-        );
+    for (status, name, why) in verdicts(&json) {
+        results.insert(name, Verdict { status, why });
     }
     let count = |s: &str| results.values().filter(|v| v.status == s).count();
     let (passed, failed, skipped) = (count("passed"), count("failed"), count("skipped"));

@@ -20,7 +20,7 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::conformance::{read_list, repo_root, shared_dir};
+use common::conformance::{read_list, repo_root, shared_dir, verdicts};
 use common::{require_tool, run, Daemon, Opts};
 
 struct Kind {
@@ -125,37 +125,20 @@ fn run_kind(script: &Path, kind: &Kind, known: &BTreeMap<String, String>) -> Out
         kind.name,
         out.describe()
     );
-    let flat = run(
-        "python3",
-        &[
-            "-c",
-            "import json,sys\n\
-             for r in json.load(open(sys.argv[1]))['results']:\n\
-             \x20   print('%s\\t%s.%s\\t%s' % (r['status'], r['suite'], r['test'], ' '.join(r['why'].split())))",
-            &json_s,
-        ],
-        Duration::from_secs(60),
-    )
-    .ok();
     let mut o = Outcome {
         passed: 0,
         failed: 0,
         skipped: 0,
         unexpected: Vec::new(),
     };
-    for line in flat.stdout.lines() {
-        let mut f = line.splitn(3, '\t');
-        let (Some(status), Some(name)) = (f.next(), f.next()) else {
-            continue;
-        };
-        match status {
+    for (status, name, why) in verdicts(&json) {
+        match status.as_str() {
             "passed" => o.passed += 1,
             "skipped" => o.skipped += 1,
             _ => {
                 o.failed += 1;
-                if !known.contains_key(name) {
-                    o.unexpected
-                        .push(format!("{name}  {}", f.next().unwrap_or("")));
+                if !known.contains_key(&name) {
+                    o.unexpected.push(format!("{name}  {why}"));
                 }
             }
         }

@@ -3,33 +3,11 @@
 
 mod common;
 
-use std::io::Read;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::initiator::{LoginOpts, Session};
+use common::tpg::closed_within;
 use common::{Daemon, Opts};
-
-/// Read until the daemon closes the stream (EOF or reset) or `limit` passes.
-fn closed_within(s: &mut Session, limit: Duration) -> bool {
-    s.stream
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let deadline = Instant::now() + limit;
-    let mut buf = [0u8; 4096];
-    while Instant::now() < deadline {
-        match s.stream.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => return true,
-        }
-    }
-    false
-}
 
 #[test]
 fn same_initiator_port_reinstates_the_old_session() {

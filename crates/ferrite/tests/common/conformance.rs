@@ -28,3 +28,24 @@ pub fn read_list(path: &Path) -> BTreeMap<String, String> {
         })
         .collect()
 }
+
+/// One scored test of the conformance script's JSON: `(status, "Suite.Test", why)`.
+pub fn verdicts(json: &Path) -> Vec<(String, String, String)> {
+    let text = fs::read_to_string(json).unwrap_or_else(|e| panic!("{}: {e}", json.display()));
+    let v: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: not JSON: {e}", json.display()));
+    let field = |r: &serde_json::Value, k: &str| r[k].as_str().unwrap_or("").to_string();
+    v["results"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            let why = field(r, "why")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            let name = format!("{}.{}", field(r, "suite"), field(r, "test"));
+            (field(r, "status"), name, why)
+        })
+        .collect()
+}
