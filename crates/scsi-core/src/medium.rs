@@ -88,7 +88,8 @@ impl Operation {
 }
 
 /// Start `op` for the command `cmd` on `lu` and answer as IMMED asks: at once, or when the
-/// operation ends. `failed` is the sense a failed operation ends a waiting command with.
+/// operation ends (a failed one ends the waiting command with SANITIZE COMMAND FAILED or
+/// MEDIUM FORMAT CORRUPTED).
 pub(crate) fn launch(cmd: &Cmd, lu: &LogicalUnit, op: Operation, immed: bool) -> CmdResult {
     // The operation needs the LU after this command is gone.
     let Some(owned) = lun_from_wire(cmd.req.lun).and_then(|l| cmd.server.lu(l)) else {
