@@ -349,6 +349,14 @@ impl Connection {
         t
     }
 
+    /// Hand the driver an event, unless the connection is already closed (`Close` is the last
+    /// event the driver ever sees).
+    fn emit(&mut self, ev: ConnEvent) {
+        if !self.closed {
+            self.events.push_back(ev);
+        }
+    }
+
     fn close(&mut self, reason: &'static str) {
         if !self.closed {
             self.closed = true;
@@ -414,7 +422,12 @@ impl Connection {
         }
     }
 
+    /// Queue a PDU. Nothing is queued once the connection is closed: a close is final, and
+    /// late calls (a completion, a queued request drained after a logout) must stay silent.
     fn push(&mut self, header: Header, data: Payload) {
+        if self.closed {
+            return;
+        }
         self.out.push_back(OutPdu {
             header,
             data,
@@ -460,7 +473,7 @@ impl Connection {
                 }
                 match step {
                     LoginStep::Continue => {}
-                    LoginStep::Complete(r) => self.events.push_back(ConnEvent::LoginComplete(r)),
+                    LoginStep::Complete(r) => self.emit(ConnEvent::LoginComplete(r)),
                     LoginStep::Failed(_) => self.close("login refused"),
                 }
             }
@@ -483,7 +496,7 @@ impl Connection {
         let p = result.params.clone();
         self.header_digest = p.header_digest;
         self.data_digest = p.data_digest;
-        self.events.push_back(ConnEvent::Framing {
+        self.emit(ConnEvent::Framing {
             header_digest: p.header_digest,
             data_digest: p.data_digest,
             max_recv: p.target_mrdsl,
@@ -636,7 +649,9 @@ impl Connection {
     }
 
     fn drain_queued(&mut self, dir: &dyn Directory) {
-        loop {
+        // A request dispatched just before (a Logout, a TARGET COLD RESET) may have closed the
+        // connection: nothing queued behind it runs then.
+        while !self.closed {
             let f = self.ffp();
             let Some(q) = f.queued.remove(&f.exp_cmd_sn) else {
                 break;
@@ -649,9 +664,6 @@ impl Connection {
                         self.dispatch(pdu, h, dir);
                     }
                 }
-            }
-            if self.is_closed() {
-                return;
             }
         }
     }
@@ -880,7 +892,7 @@ impl Connection {
         if let Some(task) = ready {
             let f = self.ffp();
             f.executing.insert(task.id, itt);
-            self.events.push_back(ConnEvent::Execute(task));
+            self.emit(ConnEvent::Execute(task));
             return;
         }
         for (offset, len, r2t_sn) in r2ts {
@@ -1281,7 +1293,7 @@ impl Connection {
                 waiting.insert(task.id);
                 // Keep the ITT reserved until the device server returns.
                 f.executing.insert(task.id, itt);
-                self.events.push_back(ConnEvent::Cancel(task.id));
+                self.emit(ConnEvent::Cancel(task.id));
             }
             TaskPhase::Receiving(_) => {}
         }
@@ -1304,7 +1316,7 @@ impl Connection {
             }
             let t = self.ffp().tmfs.remove(0);
             if let Some(a) = t.action {
-                self.events.push_back(ConnEvent::Tmf(a.clone()));
+                self.emit(ConnEvent::Tmf(a.clone()));
                 if a == TmfAction::TargetColdReset {
                     self.send_tmf_response(t.itt, t.response);
                     // RFC 7143 §11.5.1: after a cold reset the target drops all connections.

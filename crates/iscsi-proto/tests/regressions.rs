@@ -151,3 +151,44 @@ fn discovery_session_never_executes_scsi() {
         "discovery session executed a SCSI command: {ev:?}"
     );
 }
+
+/// fuzz/regressions/connection-event-after-close: a LOGICAL UNIT RESET queued behind a gap in
+/// CmdSN, then a TARGET COLD RESET that fills the gap. The cold reset closes the connection
+/// (RFC 7143 §11.5.1) and `drain_queued` went on to dispatch the queued LUN reset, handing the
+/// driver `Tmf(LunReset)` after `Close`. Nothing queued behind a closing request may run.
+#[test]
+fn nothing_queued_runs_after_a_cold_reset_closes() {
+    let now = Instant::now();
+    let mut c = Connection::new(ConnConfig::default(), now, 50);
+    let r = login(&mut c, now, false);
+    c.accept_login(&r, 1);
+    drain(&mut c);
+    let tmf = |function: u8, itt: u32, cmd_sn: u32| {
+        Header::TaskMgmtRequest(iscsi_wire::TaskMgmtRequest {
+            immediate: false,
+            function,
+            lun: 0,
+            itt,
+            referenced_tag: 0xffff_ffff,
+            cmd_sn,
+            exp_stat_sn: 0,
+            ref_cmd_sn: 0,
+            exp_data_sn: 0,
+        })
+    };
+    // LOGICAL UNIT RESET one ahead of ExpCmdSN (queued), then TARGET COLD RESET in order.
+    c.handle_pdu(now, raw(tmf(5, 10, r.exp_cmd_sn + 1), &[]), &Dir);
+    c.handle_pdu(now, raw(tmf(7, 11, r.exp_cmd_sn), &[]), &Dir);
+    let (pdus, ev) = drain(&mut c);
+    assert_eq!(pdus, 1, "only the cold reset's response goes out");
+    assert!(
+        matches!(
+            ev.as_slice(),
+            [
+                ConnEvent::Tmf(iscsi_proto::TmfAction::TargetColdReset),
+                ConnEvent::Close { .. }
+            ]
+        ),
+        "{ev:?}"
+    );
+}
