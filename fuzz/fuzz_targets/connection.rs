@@ -324,6 +324,8 @@ struct Driver {
     /// Set while `complete_task` runs: the task and what its Data-In must add up to.
     completing: Option<(Executing, usize)>,
     data_in: DataInTrack,
+    /// TMF actions handed out and not yet reported done (`tmf_done`).
+    tmf_owed: usize,
 }
 
 impl Driver {
@@ -471,7 +473,10 @@ impl Driver {
                             expected_len: t.expected_len,
                         });
                     }
-                    ConnEvent::Tmf(_) => assert!(self.logged_in),
+                    ConnEvent::Tmf(_) => {
+                        assert!(self.logged_in);
+                        self.tmf_owed += 1;
+                    }
                     ConnEvent::Cancel(id) => {
                         // Only a task the device server holds can be cancelled.
                         assert!(self.executing.iter().any(|x| x.id == id), "cancel {id:?}");
@@ -483,6 +488,12 @@ impl Driver {
                         self.close_seen = true;
                     }
                 }
+            }
+            // The daemon carries out a TMF's action and then says so.
+            if self.tmf_owed > 0 {
+                self.tmf_owed -= 1;
+                self.c.tmf_done();
+                progressed = true;
             }
             if !progressed {
                 break;
@@ -982,6 +993,7 @@ fuzz_target!(|input: Input| {
         text_ttt: None,
         completing: None,
         data_in: DataInTrack::default(),
+        tmf_owed: 0,
     };
     if s.mode < 224 {
         d.login(s);

@@ -7,12 +7,13 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use backstore::{Backstore, BlockBackstore, FileBackstore, RamBackstore};
+use iscsi_proto::budget::WriteBudget;
 use iscsi_proto::conn::ConnConfig;
 use iscsi_proto::{ConnEvent, Connection, LoginResult, SessionKind, TaskOutcome, TmfAction};
 use iscsi_wire::frame::{Decoder, FrameError};
@@ -20,7 +21,7 @@ use iscsi_wire::LoginStatus;
 use scsi_core::{DeviceServer, LogicalUnit, LuConfig, Nexus, ScsiRequest, TaskAttr};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, info, warn};
 
 use crate::config::{BackstoreSpec, Config, LunConfig, TargetConfig};
@@ -35,8 +36,9 @@ struct SessionEntry {
     view_key: String,
     /// Connection ID of the session's one connection.
     cid: u16,
-    /// Asks the connection to abort its tasks for a LUN of its view (PREEMPT AND ABORT).
-    abort: mpsc::UnboundedSender<u64>,
+    /// Asks the connection to abort tasks that another I_T nexus ended (PREEMPT AND ABORT,
+    /// LUN RESET, CLEAR TASK SET, target resets).
+    abort: mpsc::UnboundedSender<AbortRequest>,
     peer: SocketAddr,
     params: iscsi_proto::Negotiated,
     target: Arc<Target>,
@@ -77,6 +79,26 @@ pub struct Daemon {
     sessions: Mutex<HashMap<SessionKey, SessionEntry>>,
     next_tsih: AtomicU16,
     next_stat_sn: AtomicU32,
+    /// Write data buffered at once, over all sessions (see `iscsi_proto::budget`).
+    pub budget: Arc<WriteBudget>,
+    /// Connections per portal still logging in, at most.
+    max_login_connections: usize,
+    /// A heap trim is queued (see `trim_heap`).
+    trim_pending: AtomicBool,
+}
+
+/// The default write budget: the smaller of 1 GiB and an eighth of the machine's memory.
+fn default_write_budget() -> u64 {
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map(|kib| kib * 1024);
+    let gib = 1u64 << 30;
+    mem.map_or(gib, |m| (m / 8).min(gib))
 }
 
 fn open_backstore(spec: &BackstoreSpec) -> anyhow::Result<Arc<dyn Backstore>> {
@@ -138,24 +160,31 @@ pub fn build_lu(
     Ok(lu)
 }
 
+/// Tasks of one session that another I_T nexus ended (SAM-5 §5.6).
+#[derive(Debug)]
+pub struct AbortRequest {
+    /// A LUN of the session's own view, or every LUN (target reset).
+    lun: Option<u64>,
+    /// Told how many tasks were aborted once none of them runs any more (dropped unanswered
+    /// if the connection ends first).
+    done: Option<tokio::sync::oneshot::Sender<usize>>,
+}
+
+/// Which I_T nexuses an abort reaches.
+enum Whom<'a> {
+    Only(&'a [Nexus]),
+    AllBut(&'a Nexus),
+}
+
 /// The transport side of PREEMPT AND ABORT: routes the device server's request to the sessions
 /// of the preempted I_T nexuses, under whatever LUN number their view gives the logical unit.
+/// The device server waits for their commands itself (see `pr`), so nobody waits here.
 struct SessionAborter(std::sync::Weak<Daemon>);
 
 impl scsi_core::TaskAborter for SessionAborter {
     fn abort_tasks(&self, lu: &LogicalUnit, _lun: u64, nexuses: &[Nexus]) {
         let Some(d) = self.0.upgrade() else { return };
-        let sessions = d.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        for e in sessions.values().filter(|e| nexuses.contains(&e.nexus)) {
-            let Some(view) = e.target.views.get(&e.view_key) else {
-                continue;
-            };
-            for mapped in view.luns() {
-                if view.lu(mapped).is_some_and(|x| std::ptr::eq(&*x, lu)) {
-                    let _ = e.abort.send(mapped);
-                }
-            }
-        }
+        drop(d.abort_on_lu(lu, Whom::Only(nexuses), false));
     }
 }
 
@@ -188,12 +217,30 @@ impl Daemon {
                 ..Default::default()
             },
             cmd_window: s.queue_depth,
+            // SBC-4 §6.6.4: no command moves more than the LU's MAXIMUM TRANSFER LENGTH, so no
+            // write buffer needs to be larger.
+            max_write_len: scsi_core::limits::MAX_TRANSFER_BYTES,
             nop_interval: (s.nop_interval_secs > 0)
                 .then(|| Duration::from_secs(s.nop_interval_secs)),
             nop_timeout: Duration::from_secs(s.nop_timeout_secs.max(1)),
             login_timeout: Duration::from_secs(s.login_timeout_secs.max(1)),
-            ..ConnConfig::default()
         };
+        let limit = match &s.write_buffer_budget {
+            Some(b) => crate::config::parse_size(b).map_err(anyhow::Error::msg)?,
+            None => default_write_budget(),
+        };
+        // One session holds at most an eighth of the budget, so that a few sessions that
+        // never finish their writes leave the rest to everybody else.
+        let budget = WriteBudget::new(
+            limit,
+            limit / 8,
+            u64::from(scsi_core::limits::MAX_TRANSFER_BYTES),
+        );
+        info!(
+            limit_mib = budget.limit() >> 20,
+            per_session_mib = budget.per_session() >> 20,
+            "write buffer budget"
+        );
         let d = Arc::new(Daemon {
             rt: RwLock::new(Arc::new(rt)),
             conn_cfg,
@@ -203,6 +250,9 @@ impl Daemon {
             sessions: Mutex::new(HashMap::new()),
             next_tsih: AtomicU16::new(1),
             next_stat_sn: AtomicU32::new(0x1000),
+            budget,
+            max_login_connections: s.max_login_connections as usize,
+            trim_pending: AtomicBool::new(false),
         });
         d.wire_aborter(&d.runtime());
         Ok(d)
@@ -360,6 +410,66 @@ impl Daemon {
         v
     }
 
+    /// Ask every session whose I_T nexus `whom` names to abort its tasks on `lu`, under the LUN
+    /// its own view gives it. With `wait`, each returns a receiver that hears how many tasks
+    /// it aborted once none of them runs any more.
+    fn abort_on_lu(
+        &self,
+        lu: &LogicalUnit,
+        whom: Whom,
+        wait: bool,
+    ) -> Vec<(Arc<Nexus>, tokio::sync::oneshot::Receiver<usize>)> {
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let mut asked = Vec::new();
+        for e in sessions.values() {
+            let reached = match whom {
+                Whom::Only(list) => list.contains(&e.nexus),
+                Whom::AllBut(n) => *e.nexus != *n,
+            };
+            let Some(view) = e.target.views.get(&e.view_key).filter(|_| reached) else {
+                continue;
+            };
+            for mapped in view.luns() {
+                if view.lu(mapped).is_some_and(|x| std::ptr::eq(&*x, lu)) {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    let req = AbortRequest {
+                        lun: Some(mapped),
+                        done: wait.then_some(tx),
+                    };
+                    if e.abort.send(req).is_ok() && wait {
+                        asked.push((e.nexus.clone(), rx));
+                    }
+                }
+            }
+        }
+        asked
+    }
+
+    /// Ask every session with `target` but the one of nexus `except` to abort all its tasks
+    /// (TARGET WARM/COLD RESET, SAM-5 §6.3.2); as [`Daemon::abort_on_lu`] with `wait`.
+    fn abort_on_target(
+        &self,
+        target: &str,
+        except: &Nexus,
+    ) -> Vec<(Arc<Nexus>, tokio::sync::oneshot::Receiver<usize>)> {
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let mut asked = Vec::new();
+        for ((_, _, t, _), e) in sessions.iter() {
+            if t != target || *e.nexus == *except {
+                continue;
+            }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let req = AbortRequest {
+                lun: None,
+                done: Some(tx),
+            };
+            if e.abort.send(req).is_ok() {
+                asked.push((e.nexus.clone(), rx));
+            }
+        }
+        asked
+    }
+
     /// End every session with `target` except the one of nexus `except` (TARGET COLD RESET).
     pub fn end_target_sessions(&self, target: &str, except: &Nexus) {
         let s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
@@ -420,15 +530,47 @@ fn ser_params<S: serde::Serializer>(p: &iscsi_proto::Negotiated, s: S) -> Result
     m.end()
 }
 
+/// One connection of a portal that has not finished logging in; the slot is given back when
+/// the login completes or the connection ends.
+struct LoginSlot(Option<Arc<AtomicUsize>>);
+
+impl LoginSlot {
+    fn done(&mut self) {
+        if let Some(c) = self.0.take() {
+            c.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for LoginSlot {
+    fn drop(&mut self) {
+        self.done();
+    }
+}
+
 async fn accept_loop(l: TcpListener, daemon: Arc<Daemon>, shutdown: watch::Receiver<bool>) {
+    let logging_in = Arc::new(AtomicUsize::new(0));
+    let mut refused = 0u64;
     loop {
         match l.accept().await {
             Ok((sock, peer)) => {
+                // Connections that have not logged in yet cost a task and buffers each, and
+                // anybody can open them: at most `max_login_connections` per portal.
+                if logging_in.fetch_add(1, Ordering::AcqRel) >= daemon.max_login_connections {
+                    logging_in.fetch_sub(1, Ordering::AcqRel);
+                    refused += 1;
+                    if refused.is_power_of_two() {
+                        warn!(%peer, refused, "too many connections logging in on this portal; closed");
+                    }
+                    drop(sock);
+                    continue;
+                }
+                let slot = LoginSlot(Some(logging_in.clone()));
                 let _ = sock.set_nodelay(true);
                 let d = daemon.clone();
                 let sd = shutdown.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = run_connection(sock, peer, d, sd).await {
+                    if let Err(e) = run_connection(sock, peer, d, sd, slot).await {
                         debug!(%peer, "connection ended: {e:#}");
                     }
                 });
@@ -451,7 +593,96 @@ struct Attached {
     nexus: Option<Arc<Nexus>>,
     nexus_released: Arc<NexusRelease>,
     kill: Option<watch::Receiver<bool>>,
-    abort_tx: mpsc::UnboundedSender<u64>,
+    abort_tx: mpsc::UnboundedSender<AbortRequest>,
+}
+
+/// An abort another I_T nexus asked for, waiting for our running tasks: (those tasks, how many
+/// tasks were aborted in all, whom to tell).
+type AbortWait = (
+    std::collections::HashSet<iscsi_proto::TaskId>,
+    usize,
+    tokio::sync::oneshot::Sender<usize>,
+);
+
+/// A task came back from the device server: answer the aborts that waited only for it.
+fn settle_abort(waiting: &mut Vec<AbortWait>, id: iscsi_proto::TaskId) {
+    let mut i = 0;
+    while i < waiting.len() {
+        waiting[i].0.remove(&id);
+        if waiting[i].0.is_empty() {
+            let (_, n, done) = waiting.swap_remove(i);
+            let _ = done.send(n);
+        } else {
+            i += 1;
+        }
+    }
+}
+
+/// How long a task management function waits for other sessions to end their tasks. A
+/// session whose driver is stuck (its initiator stopped reading) must not hold the function
+/// for ever; past this the function completes anyway, and says so in the log.
+const TMF_ABORT_WAIT: Duration = Duration::from_secs(30);
+
+/// The parts of a task management function beyond the calling session (its own tasks are
+/// already ended by the connection engine): end the tasks of the other I_T nexuses the
+/// function covers, wait until they are gone, then reset the device server's state.
+async fn task_management(
+    daemon: &Arc<Daemon>,
+    a: TmfAction,
+    view: Arc<DeviceServer>,
+    nexus: Arc<Nexus>,
+    target: Arc<Target>,
+) {
+    let lu = match a {
+        TmfAction::ClearTaskSet { lun } | TmfAction::LunReset { lun } => {
+            match scsi_core::lun_from_wire(lun).and_then(|l| view.lu(l)) {
+                Some(lu) => Some(lu),
+                None => return, // the engine answered LUN DOES NOT EXIST
+            }
+        }
+        TmfAction::TargetWarmReset | TmfAction::TargetColdReset => None,
+    };
+    // SAM-5 §7.4 (CLEAR TASK SET), §7.7 (LOGICAL UNIT RESET), §6.3.2 (hard reset): with one
+    // task set per logical unit (TST = 000b), every I_T nexus's tasks end.
+    let asked = match &lu {
+        Some(lu) => daemon.abort_on_lu(lu, Whom::AllBut(&nexus), true),
+        None => daemon.abort_on_target(&target.name, &nexus),
+    };
+    let deadline = tokio::time::Instant::now() + TMF_ABORT_WAIT;
+    let mut cleared = Vec::new();
+    for (n, rx) in asked {
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(tasks)) if tasks > 0 => cleared.push(n),
+            // Nothing aborted there, or the session ended meanwhile (its tasks with it).
+            Ok(_) => {}
+            Err(_) => warn!(
+                initiator = %n.initiator_name,
+                "task management went on without waiting longer for another session's tasks"
+            ),
+        }
+    }
+    if a == TmfAction::TargetColdReset {
+        // RFC 7143 §11.5.1: a cold reset ends the target's connections to all initiators
+        // (this one closes itself after the response).
+        daemon.end_target_sessions(&target.name, &nexus);
+    }
+    // Device-server side effects (unit attentions, releases, mode pages): off the workers.
+    let _ = tokio::task::spawn_blocking(move || match (a, lu) {
+        (TmfAction::ClearTaskSet { .. }, Some(lu)) => {
+            for n in &cleared {
+                lu.commands_cleared(n);
+            }
+        }
+        (TmfAction::LunReset { .. }, Some(lu)) => lu.logical_unit_reset(),
+        (TmfAction::TargetWarmReset | TmfAction::TargetColdReset, _) => {
+            // The whole SCSI target device, whatever LUNs this initiator's view shows.
+            for (_, lu) in target.lus.values() {
+                lu.hard_reset();
+            }
+        }
+        _ => {}
+    })
+    .await;
 }
 
 /// Run one SCSI task on the device server (the view of the session).
@@ -494,6 +725,7 @@ async fn run_connection(
     peer: SocketAddr,
     daemon: Arc<Daemon>,
     mut shutdown: watch::Receiver<bool>,
+    mut login_slot: LoginSlot,
 ) -> anyhow::Result<()> {
     let local = sock.local_addr()?;
     info!(%peer, %local, "connection accepted");
@@ -506,6 +738,10 @@ async fn run_connection(
         stat_sn,
         random_bytes().context("reading /dev/urandom for the CHAP challenge")?,
     );
+    // The session's share of the write budget; the budget wakes us when room comes back.
+    let budget_room = Arc::new(Notify::new());
+    let waker = budget_room.clone();
+    conn.set_budget(daemon.budget.account(Arc::new(move || waker.notify_one())));
     let mut decoder = Decoder::new(8192);
     // The writer task owns the socket's write half so reads never wait on writes.
     // Bounded: an initiator that stops reading stops us reading its requests (backpressure)
@@ -520,7 +756,12 @@ async fn run_connection(
         let _ = wr.shutdown().await;
     });
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(iscsi_proto::TaskId, TaskOutcome)>();
-    let (abort_tx, mut abort_rx) = mpsc::unbounded_channel::<u64>();
+    let (abort_tx, mut abort_rx) = mpsc::unbounded_channel::<AbortRequest>();
+    // Aborts asked by other I_T nexuses that wait for our running tasks: (tasks still running,
+    // tasks aborted, whom to tell).
+    let mut aborts_waiting: Vec<AbortWait> = Vec::new();
+    // Task management actions carried out beside the loop (see `ConnEvent::Tmf`).
+    let (tmf_done_tx, mut tmf_done_rx) = mpsc::unbounded_channel::<()>();
     // Cancel flags of the tasks running on the blocking pool (ABORT TASK of a SANITIZE).
     let mut cancels: HashMap<iscsi_proto::TaskId, Arc<AtomicBool>> = HashMap::new();
     let mut att = Attached {
@@ -577,7 +818,8 @@ async fn run_connection(
         while let Some(ev) = conn.poll_event() {
             match ev {
                 ConnEvent::LoginComplete(r) => {
-                    login_complete(&daemon, &mut conn, &r, local, peer, &mut att)
+                    login_complete(&daemon, &mut conn, &r, local, peer, &mut att);
+                    login_slot.done();
                 }
                 ConnEvent::Framing {
                     header_digest,
@@ -613,23 +855,22 @@ async fn run_connection(
                     }
                 }
                 ConnEvent::Tmf(a) => {
-                    if let (TmfAction::TargetColdReset, Some(n)) = (&a, &att.nexus) {
-                        // RFC 7143 §11.5.1: a cold reset ends the target's connections to all
-                        // initiators (this one closes itself after the response).
-                        daemon.end_target_sessions(&n.target_port.target_name, n);
-                    }
-                    if let Some(d) = att.view.clone() {
-                        // Device-server side effects of the TMF (unit attentions, releases).
-                        let _ = tokio::task::spawn_blocking(move || match a {
-                            TmfAction::ClearTaskSet { .. } => {}
-                            TmfAction::LunReset { lun } => {
-                                d.lun_reset(lun);
-                            }
-                            TmfAction::TargetWarmReset | TmfAction::TargetColdReset => {
-                                d.target_reset()
-                            }
-                        })
-                        .await;
+                    // The engine answers the function once we say its action is carried out
+                    // (SAM-5 §7.1: it completes once every task it ends is gone). That may
+                    // wait for other sessions, so it runs beside this loop, which goes on
+                    // serving their requests to end our tasks (two sessions resetting the
+                    // same LUN at once wait for each other).
+                    if let (Some(view), Some(n), Some(t)) =
+                        (att.view.clone(), att.nexus.clone(), att.target.clone())
+                    {
+                        let d = daemon.clone();
+                        let done = tmf_done_tx.clone();
+                        tokio::spawn(async move {
+                            task_management(&d, a, view, n, t).await;
+                            let _ = done.send(());
+                        });
+                    } else {
+                        conn.tmf_done();
                     }
                 }
                 ConnEvent::Close { reason } => closing = Some(reason),
@@ -681,19 +922,37 @@ async fn run_connection(
                 }
             }
             Some((id, outcome)) = done_rx.recv() => {
-                cancels.remove(&id);
+                let mut finished = vec![id];
                 conn.complete_task(id, outcome);
                 // Batch every completion already waiting.
                 while let Ok((id, outcome)) = done_rx.try_recv() {
-                    cancels.remove(&id);
+                    finished.push(id);
                     conn.complete_task(id, outcome);
                 }
+                for id in finished {
+                    cancels.remove(&id);
+                    settle_abort(&mut aborts_waiting, id);
+                }
             }
-            Some(mapped) = abort_rx.recv() => {
-                // SPC-4 §5.13.11.2.5: another nexus's PREEMPT AND ABORT ends our tasks there.
-                info!(%peer, lun = mapped, "tasks aborted by PREEMPT AND ABORT");
-                conn.abort_tasks_for(|field| scsi_core::lun_from_wire(field) == Some(mapped));
+            Some(req) = abort_rx.recv() => {
+                // Another I_T nexus ended our tasks (SAM-5 §5.6: PREEMPT AND ABORT, CLEAR TASK
+                // SET, LUN RESET, target reset): no response for them.
+                let ended = conn.abort_tasks_for(|field| {
+                    req.lun.is_none_or(|l| scsi_core::lun_from_wire(field) == Some(l))
+                });
+                if ended.tasks > 0 {
+                    info!(%peer, lun = ?req.lun, tasks = ended.tasks, "tasks aborted through another I_T nexus");
+                }
+                if let Some(done) = req.done {
+                    if ended.running.is_empty() {
+                        let _ = done.send(ended.tasks);
+                    } else {
+                        aborts_waiting.push((ended.running, ended.tasks, done));
+                    }
+                }
             }
+            _ = budget_room.notified() => conn.budget_ready(),
+            Some(()) = tmf_done_rx.recv() => conn.tmf_done(),
             _ = sleep => conn.handle_timeout(Instant::now()),
             _ = kill => {
                 info!(%peer, "session reinstated by a new login");
@@ -725,8 +984,32 @@ async fn run_connection(
         if s.get(&key).is_some_and(|e| e.tsih == att.tsih) {
             s.remove(&key);
         }
+        drop(s);
+        // The session's buffers are free now (its budget account goes with `conn`).
+        drop(conn);
+        daemon.clone().trim_heap();
     }
     Ok(())
+}
+
+impl Daemon {
+    /// Give the memory freed by ended sessions back to the system. The allocator is tuned to
+    /// keep large buffers (`main::tune_allocator`), which is right while I/O runs but would
+    /// keep a burst of write buffers resident for good. One trim at a time, on the blocking
+    /// pool; sessions ending meanwhile are covered by the trim already queued.
+    fn trim_heap(self: Arc<Self>) {
+        if self.trim_pending.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tokio::task::spawn_blocking(move || {
+            self.trim_pending.store(false, Ordering::Release);
+            #[cfg(all(target_os = "linux", target_env = "gnu"))]
+            // SAFETY: malloc_trim only returns free heap memory to the kernel.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        });
+    }
 }
 
 fn login_complete(

@@ -24,6 +24,7 @@ use iscsi_wire::header::*;
 use iscsi_wire::{ahs, text, LoginStatus, LogoutReason, LogoutResponseCode, Opcode, RejectReason};
 use iscsi_wire::{TmfFunction, TmfResponse, RESERVED_TAG};
 
+use crate::budget::BudgetAccount;
 use crate::login::{Directory, Login, LoginResult, LoginStep, SessionKind};
 use crate::params::{Negotiated, TargetOffer};
 use crate::serial;
@@ -61,10 +62,22 @@ pub struct TaskOutcome {
     pub data_out_len: u32,
 }
 
-/// A task management function that needs the device server (or the session table).
+/// What [`Connection::abort_tasks_for`] ended.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AbortedTasks {
+    /// Tasks aborted, in any phase.
+    pub tasks: usize,
+    /// Those of them still with the device server.
+    pub running: HashSet<TaskId>,
+}
+
+/// A task management function that needs the device server (or the session table). The
+/// engine has already ended the tasks of its own session; the tasks of other I_T nexuses
+/// (LUN RESET, CLEAR TASK SET, target resets: SAM-5 §7) are the driver's to end, before it
+/// lets the response go.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TmfAction {
-    /// ABORT TASK SET / CLEAR TASK SET on a LUN (the engine already dropped its own tasks).
+    /// CLEAR TASK SET on a LUN.
     ClearTaskSet {
         lun: u64,
     },
@@ -171,6 +184,22 @@ struct Task {
     phase: TaskPhase,
     /// DataSN / R2TSN counter for the task (RFC 7143 §11.7.5, §11.8.4).
     data_sn: u32,
+    /// Write budget this task holds for its data-out buffer.
+    held: Held,
+}
+
+/// Write budget held by one task (see `budget`): granted for solicited data, charged for
+/// unsolicited data.
+#[derive(Clone, Copy, Debug, Default)]
+struct Held {
+    granted: u64,
+    charged: u64,
+}
+
+impl Held {
+    fn total(self) -> u64 {
+        self.granted + self.charged
+    }
 }
 
 /// A non-SCSI request waiting for its CmdSN turn.
@@ -186,6 +215,8 @@ struct PendingTmf {
     response: TmfResponse,
     waiting: HashSet<TaskId>,
     action: Option<TmfAction>,
+    /// Its action went to the driver, which calls `tmf_done` when it is carried out.
+    with_driver: bool,
 }
 
 #[derive(Debug)]
@@ -204,8 +235,11 @@ struct Ffp {
     max_cmd_sn: u32,
     stat_sn: u32,
     tasks: HashMap<u32, Task>,
-    /// ITTs of tasks with the device server, by id.
-    executing: HashMap<TaskId, u32>,
+    /// ITT and budget charge of the tasks with the device server, by id (the charge is
+    /// returned when the device server hands the task back, as it holds the data till then).
+    executing: HashMap<TaskId, (u32, Held)>,
+    /// Delivered writes waiting for write budget before their R2Ts go out, in order.
+    budget_wait: VecDeque<u32>,
     /// Results of aborted tasks are dropped when they come back.
     aborted: HashSet<TaskId>,
     /// ITTs recently aborted while receiving data: their late Data-Out is dropped silently.
@@ -243,6 +277,8 @@ pub struct Connection {
     closed: bool,
     /// Which LUN fields address a logical unit of this session (set by the driver).
     lun_exists: Option<LunFilter>,
+    /// This session's share of the target-wide write budget (none: unbounded, for tests).
+    budget: Option<BudgetAccount>,
 }
 
 /// The driver's answer to "does this LUN field reach a logical unit?".
@@ -301,6 +337,7 @@ impl Connection {
             data_digest: false,
             closed: false,
             lun_exists: None,
+            budget: None,
         }
     }
 
@@ -511,6 +548,7 @@ impl Connection {
             stat_sn: result.next_stat_sn,
             tasks: HashMap::new(),
             executing: HashMap::new(),
+            budget_wait: VecDeque::new(),
             aborted: HashSet::new(),
             aborted_itts: VecDeque::new(),
             queued: BTreeMap::new(),
@@ -568,6 +606,11 @@ impl Connection {
     /// Advance MaxCmdSN as tasks finish; never move it backwards (RFC 7143 §4.2.2.1).
     fn update_window(&mut self) {
         let window = self.cfg.cmd_window;
+        if self.budget.as_ref().is_some_and(|b| b.at_share()) {
+            // The session holds its whole share of the write budget: the window stays where
+            // it is, so it cannot send more unsolicited data until tasks finish.
+            return;
+        }
         let f = self.ffp();
         let busy = (f.tasks.len() as u32).min(window - 1);
         let candidate = f.exp_cmd_sn.wrapping_add(window - 1 - busy);
@@ -743,6 +786,7 @@ impl Connection {
         }
         let id = TaskId(self.next_task_id);
         self.next_task_id += 1;
+        let mut charged = 0u64;
         let phase = if c.write && c.expected_len > 0 {
             if c.expected_len > self.cfg.max_write_len {
                 // Too large to buffer: answer with an iSCSI-level target failure (RFC 7143
@@ -762,7 +806,13 @@ impl Connection {
                 p.first_burst_length.min(c.expected_len)
             };
             let unsolicited_done = p.initial_r2t || c.final_bit || imm_len >= unsolicited_end;
-            let mut buf = Vec::with_capacity(c.expected_len as usize);
+            // Data that arrives unasked cannot be refused: charge it now. The rest of the
+            // buffer is granted before its R2Ts go out (`advance_task`).
+            charged = u64::from(unsolicited_end.max(imm_len));
+            if let Some(b) = self.budget.as_mut() {
+                b.charge(charged);
+            }
+            let mut buf = Vec::with_capacity(unsolicited_end.max(imm_len) as usize);
             buf.extend_from_slice(&pdu.data);
             TaskPhase::Receiving(WriteState {
                 buf,
@@ -795,6 +845,10 @@ impl Connection {
             delivered: false,
             phase,
             data_sn: 0,
+            held: Held {
+                granted: 0,
+                charged,
+            },
         };
         self.ffp().tasks.insert(c.itt, task);
         true
@@ -805,6 +859,7 @@ impl Connection {
         let Some(task) = self.ffp().tasks.remove(&itt) else {
             return;
         };
+        self.release_budget(itt, task.held);
         self.remember_aborted_itt(itt);
         self.send_scsi_response(itt, &0x02, sense, (false, false, 0), task.data_sn);
     }
@@ -821,6 +876,49 @@ impl Connection {
         });
         f.stat_sn = f.stat_sn.wrapping_add(1);
         self.push(h, Payload::Empty);
+    }
+
+    /// A task is gone (or its buffer was handed back by the device server): return its write
+    /// budget and stop waiting for budget on its behalf.
+    fn release_budget(&mut self, itt: u32, held: Held) {
+        let Phase::Full(f) = &mut self.phase else {
+            return;
+        };
+        f.budget_wait.retain(|&i| i != itt);
+        let idle = f.budget_wait.is_empty();
+        if let Some(b) = self.budget.as_mut() {
+            b.release(held.granted, held.charged);
+            if idle {
+                b.leave_queue();
+            }
+        }
+    }
+
+    /// Give this connection its session's share of the target-wide write budget. Without one,
+    /// writes are never held back (tests, fuzzing).
+    pub fn set_budget(&mut self, account: BudgetAccount) {
+        self.budget = Some(account);
+    }
+
+    /// The write budget may have room again (the account's waker fired): send the R2Ts of the
+    /// writes waiting for it, in order, as far as the budget now allows.
+    pub fn budget_ready(&mut self) {
+        if self.closed || !matches!(self.phase, Phase::Full(_)) {
+            return;
+        }
+        while let Some(&itt) = self.ffp().budget_wait.front() {
+            if !self.ffp().tasks.contains_key(&itt) {
+                self.ffp().budget_wait.pop_front();
+                continue;
+            }
+            self.advance_task(itt);
+            if self.ffp().budget_wait.front() == Some(&itt) {
+                return; // still no room
+            }
+        }
+        if let Some(b) = self.budget.as_mut() {
+            b.leave_queue();
+        }
     }
 
     fn remember_aborted_itt(&mut self, itt: u32) {
@@ -845,7 +943,10 @@ impl Connection {
         let mut r2ts = Vec::new();
         let mut ready = None;
         {
-            let f = self.ffp();
+            let budget = &mut self.budget;
+            let Phase::Full(f) = &mut self.phase else {
+                return;
+            };
             let Some(t) = f.tasks.get_mut(&itt) else {
                 return;
             };
@@ -871,6 +972,23 @@ impl Connection {
                 });
                 t.phase = TaskPhase::Executing;
             } else if w.unsolicited_done {
+                // The whole rest of the buffer is granted before the first R2T (see `budget`),
+                // in delivery order within the session.
+                let need = u64::from(edtl).saturating_sub(t.held.total());
+                if need > 0 {
+                    let behind = f.budget_wait.front().is_some_and(|&i| i != itt);
+                    if behind || !budget.as_mut().is_none_or(|b| b.try_take(need)) {
+                        if !f.budget_wait.contains(&itt) {
+                            f.budget_wait.push_back(itt);
+                        }
+                        return;
+                    }
+                    t.held.granted += need;
+                    w.buf.reserve_exact(edtl as usize - w.buf.len());
+                    if f.budget_wait.front() == Some(&itt) {
+                        f.budget_wait.pop_front();
+                    }
+                }
                 // RFC 7143 §4.2.3: R2Ts for the rest, each at most MaxBurstLength, no more than
                 // MaxOutstandingR2T at once.
                 while (w.r2ts.len() as u32) < p.max_outstanding_r2t && w.next_r2t_offset < edtl {
@@ -891,7 +1009,8 @@ impl Connection {
         }
         if let Some(task) = ready {
             let f = self.ffp();
-            f.executing.insert(task.id, itt);
+            let held = f.tasks.get(&itt).map(|t| t.held).unwrap_or_default();
+            f.executing.insert(task.id, (itt, held));
             self.emit(ConnEvent::Execute(task));
             return;
         }
@@ -1011,21 +1130,20 @@ impl Connection {
         let Phase::Full(f) = &mut self.phase else {
             return;
         };
-        let Some(itt) = f.executing.remove(&id) else {
+        let Some((itt, held)) = f.executing.remove(&id) else {
             return;
         };
-        if f.aborted.remove(&id) {
+        let aborted = f.aborted.remove(&id);
+        // The device server is done with the data-out buffer.
+        self.release_budget(itt, held);
+        if aborted {
             // Aborted: no response (SAM-5 §7.3); the TMF may now be answered.
             self.finish_tmf_wait(id);
-            self.update_window();
-            self.maybe_finish_logout();
-            return;
+        } else if let Some(task) = self.ffp().tasks.remove(&itt) {
+            self.send_response(itt, &task, outcome);
         }
-        let Some(task) = f.tasks.remove(&itt) else {
-            return;
-        };
-        self.send_response(itt, &task, outcome);
         self.update_window();
+        self.budget_ready();
         self.maybe_finish_logout();
     }
 
@@ -1232,7 +1350,14 @@ impl Connection {
             {
                 TmfResponse::LUN_DOES_NOT_EXIST
             }
-            TmfFunction::ABORT_TASK_SET | TmfFunction::CLEAR_TASK_SET => {
+            // SAM-5 §7.2: ABORT TASK SET ends this I_T nexus's tasks only.
+            TmfFunction::ABORT_TASK_SET => {
+                self.abort_where(|task| task.lun == t.lun, &mut waiting);
+                TmfResponse::COMPLETE
+            }
+            // SAM-5 §7.4: CLEAR TASK SET ends every I_T nexus's tasks (the task set is shared,
+            // TST = 000b); the driver reaches the other sessions.
+            TmfFunction::CLEAR_TASK_SET => {
                 self.abort_where(|task| task.lun == t.lun, &mut waiting);
                 action = Some(TmfAction::ClearTaskSet { lun: t.lun });
                 TmfResponse::COMPLETE
@@ -1263,11 +1388,17 @@ impl Connection {
             response,
             waiting,
             action,
+            with_driver: false,
         });
         self.flush_tmfs();
     }
 
-    fn abort_where(&mut self, pred: impl Fn(&Task) -> bool, waiting: &mut HashSet<TaskId>) {
+    /// Abort the tasks `pred` selects; returns how many there were.
+    fn abort_where(
+        &mut self,
+        pred: impl Fn(&Task) -> bool,
+        waiting: &mut HashSet<TaskId>,
+    ) -> usize {
         let itts: Vec<u32> = self
             .ffp()
             .tasks
@@ -1275,9 +1406,11 @@ impl Connection {
             .filter(|(_, t)| pred(t))
             .map(|(i, _)| *i)
             .collect();
+        let n = itts.len();
         for itt in itts {
             self.abort_task(itt, waiting);
         }
+        n
     }
 
     fn abort_task(&mut self, itt: u32, waiting: &mut HashSet<TaskId>) {
@@ -1289,13 +1422,12 @@ impl Connection {
             .retain(|_, q| !matches!(q, Queued::Scsi { itt: i } if *i == itt));
         match task.phase {
             TaskPhase::Executing => {
+                // Its budget comes back with the device server's answer (`complete_task`).
                 f.aborted.insert(task.id);
                 waiting.insert(task.id);
-                // Keep the ITT reserved until the device server returns.
-                f.executing.insert(task.id, itt);
                 self.emit(ConnEvent::Cancel(task.id));
             }
-            TaskPhase::Receiving(_) => {}
+            TaskPhase::Receiving(_) => self.release_budget(itt, task.held),
         }
         self.remember_aborted_itt(itt);
     }
@@ -1309,23 +1441,42 @@ impl Connection {
 
     /// Answer TMFs in arrival order once the tasks they aborted have really stopped
     /// (SAM-5 §7.11: the function completes after the affected tasks are terminated).
+    /// A function with an action beyond this session (other I_T nexuses' tasks, device
+    /// server state) waits, and holds back the responses behind it, until the driver says the
+    /// action is carried out (`tmf_done`).
     fn flush_tmfs(&mut self) {
         while let Some(first) = self.ffp().tmfs.first() {
-            if !first.waiting.is_empty() {
+            if !first.waiting.is_empty() || first.with_driver {
                 break;
             }
-            let t = self.ffp().tmfs.remove(0);
-            if let Some(a) = t.action {
-                self.emit(ConnEvent::Tmf(a.clone()));
-                if a == TmfAction::TargetColdReset {
-                    self.send_tmf_response(t.itt, t.response);
-                    // RFC 7143 §11.5.1: after a cold reset the target drops all connections.
-                    self.close("target cold reset");
-                    return;
-                }
+            if let Some(a) = first.action.clone() {
+                self.ffp().tmfs[0].with_driver = true;
+                self.emit(ConnEvent::Tmf(a));
+                return;
             }
+            let t = self.ffp().tmfs.remove(0);
             self.send_tmf_response(t.itt, t.response);
         }
+    }
+
+    /// The driver carried out the action of the oldest task management function it was handed
+    /// (`ConnEvent::Tmf`): answer it, and the ones queued behind it.
+    pub fn tmf_done(&mut self) {
+        if self.closed {
+            return;
+        }
+        let Some(f) = self.ffp_or_none() else { return };
+        if !f.tmfs.first().is_some_and(|t| t.with_driver) {
+            return;
+        }
+        let t = f.tmfs.remove(0);
+        self.send_tmf_response(t.itt, t.response);
+        if t.action == Some(TmfAction::TargetColdReset) {
+            // RFC 7143 §11.5.1: after a cold reset the target drops all connections.
+            self.close("target cold reset");
+            return;
+        }
+        self.flush_tmfs();
     }
 
     fn send_tmf_response(&mut self, itt: u32, r: TmfResponse) {
@@ -1532,16 +1683,19 @@ impl Connection {
         self.lun_exists.as_ref().is_none_or(|f| (f.0)(lun))
     }
 
-    /// Abort, without any response, every task whose LUN field satisfies `lun` (SPC-4
-    /// §5.13.11.2.5: PREEMPT AND ABORT issued through another I_T nexus). Tasks already with the
-    /// device server have their results dropped.
-    pub fn abort_tasks_for(&mut self, lun: impl Fn(u64) -> bool) {
+    /// Abort, without any response, every task whose LUN field satisfies `lun`: a task
+    /// management function or PREEMPT AND ABORT that arrived through another I_T nexus (SAM-5
+    /// §5.6, §7.4, §7.7; SPC-4 §5.13.11.2.5). Tasks already with the device server have their
+    /// results dropped; they are the `running` ones the caller may wait for (each comes back
+    /// through `complete_task`).
+    pub fn abort_tasks_for(&mut self, lun: impl Fn(u64) -> bool) -> AbortedTasks {
         if self.closed || !matches!(self.phase, Phase::Full(_)) {
-            return;
+            return AbortedTasks::default();
         }
-        let mut ignored = HashSet::new();
-        self.abort_where(|t| lun(t.lun), &mut ignored);
+        let mut running = HashSet::new();
+        let tasks = self.abort_where(|t| lun(t.lun), &mut running);
         self.update_window();
+        AbortedTasks { tasks, running }
     }
 
     /// Session reinstatement or an operator closed this session: stop now.

@@ -7,6 +7,7 @@
 //! feeds their outcomes back, and sends whatever `poll_transmit` yields. Given the same inputs
 //! the engines produce the same outputs, so every rule here is testable byte for byte.
 
+pub mod budget;
 pub mod chap;
 pub mod conn;
 pub mod login;
@@ -17,7 +18,7 @@ use std::sync::Arc;
 
 use iscsi_wire::Header;
 
-pub use conn::{ConnEvent, Connection, ScsiTask, TaskId, TaskOutcome, TmfAction};
+pub use conn::{AbortedTasks, ConnEvent, Connection, ScsiTask, TaskId, TaskOutcome, TmfAction};
 pub use login::{Access, AuthPolicy, Directory, Login, LoginResult, LoginStep, SessionKind};
 pub use params::{Negotiated, TargetOffer};
 

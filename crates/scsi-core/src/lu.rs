@@ -685,6 +685,27 @@ impl LogicalUnit {
     /// SPC-2 reservation, restore mode parameters to their defaults, clear every PREVENT (SBC-4
     /// §5.13) and held copy result (SPC-4 §6.4.1), and establish `ua` for every known I_T nexus.
     /// A loaded or ejected medium stays as it is; a running sanitize carries on (SBC-4 §4.11.2).
+    /// LOGICAL UNIT RESET (SAM-5 §7.7): mode parameters back to their defaults, SPC-2
+    /// reservation and PREVENT released, BUS DEVICE RESET FUNCTION OCCURRED for every I_T
+    /// nexus. The transport has ended the tasks.
+    pub fn logical_unit_reset(&self) {
+        self.reset(SenseReason::BusDeviceResetFunction);
+    }
+
+    /// The hard reset of a TARGET WARM/COLD RESET (SAM-5 §6.3.2): as a logical unit reset, with
+    /// POWER ON, RESET, OR BUS DEVICE RESET OCCURRED.
+    pub fn hard_reset(&self) {
+        self.reset(SenseReason::PowerOnOrReset);
+    }
+
+    /// Another I_T nexus's CLEAR TASK SET aborted commands of `nexus`: with TAS = 0 in the
+    /// Control mode page (ours), it hears COMMANDS CLEARED BY ANOTHER INITIATOR (SAM-5 §5.6).
+    pub fn commands_cleared(&self, nexus: &Nexus) {
+        self.state()
+            .ua
+            .establish(nexus, SenseReason::CommandsClearedByAnotherInitiator);
+    }
+
     pub(crate) fn reset(&self, ua: SenseReason) {
         *self.mode_lock() = ModeState::default();
         lock(&self.media.prevent).clear();

@@ -66,6 +66,8 @@ pub enum SenseReason {
     BusDeviceResetFunction,
     /// 06/29/07 I_T NEXUS LOSS OCCURRED.
     ItNexusLoss,
+    /// 06/2F/00 COMMANDS CLEARED BY ANOTHER INITIATOR.
+    CommandsClearedByAnotherInitiator,
     /// 06/2A/01 MODE PARAMETERS CHANGED.
     ModeParametersChanged,
     /// 06/2A/03 RESERVATIONS PREEMPTED.
@@ -140,6 +142,7 @@ impl SenseReason {
             PowerOnOrReset => (UNIT_ATTENTION, 0x29, 0x00),
             BusDeviceResetFunction => (UNIT_ATTENTION, 0x29, 0x03),
             ItNexusLoss => (UNIT_ATTENTION, 0x29, 0x07),
+            CommandsClearedByAnotherInitiator => (UNIT_ATTENTION, 0x2F, 0x00),
             ModeParametersChanged => (UNIT_ATTENTION, 0x2A, 0x01),
             ReservationsPreempted => (UNIT_ATTENTION, 0x2A, 0x03),
             ReservationsReleased => (UNIT_ATTENTION, 0x2A, 0x04),

@@ -364,7 +364,7 @@ impl DeviceServer {
     pub fn lun_reset(&self, lun_wire: u64) -> bool {
         match lun_from_wire(lun_wire).and_then(|l| self.lu(l)) {
             Some(lu) => {
-                lu.reset(SenseReason::BusDeviceResetFunction);
+                lu.logical_unit_reset();
                 true
             }
             None => false,
@@ -375,7 +375,7 @@ impl DeviceServer {
     /// but with POWER ON, RESET, OR BUS DEVICE RESET OCCURRED.
     pub fn target_reset(&self) {
         for lu in self.map().values() {
-            lu.reset(SenseReason::PowerOnOrReset);
+            lu.hard_reset();
         }
     }
 

@@ -304,6 +304,26 @@ impl ScsiResult {
     }
 }
 
+/// The fields of an R2T PDU (RFC 7143 §11.8) an initiator answers.
+#[derive(Clone, Copy, Debug)]
+pub struct R2t {
+    pub itt: u32,
+    pub ttt: u32,
+    pub offset: u32,
+    pub len: u32,
+}
+
+impl R2t {
+    pub fn of(p: &Pdu) -> R2t {
+        R2t {
+            itt: p.itt(),
+            ttt: be32(&p.bhs, 20),
+            offset: be32(&p.bhs, 40),
+            len: be32(&p.bhs, 44),
+        }
+    }
+}
+
 /// A logged-in normal session on one connection.
 pub struct Session {
     pub stream: TcpStream,
@@ -752,40 +772,59 @@ impl Session {
                     p.data
                 ));
             }
-            let ttt = be32(&p.bhs, 20);
-            let off = be32(&p.bhs, 40) as usize;
-            let len = be32(&p.bhs, 44) as usize;
+            let r = R2t::of(&p);
+            let (off, len) = (r.offset as usize, r.len as usize);
             if off + len > data.len() {
                 return Err(format!("R2T for {off}+{len} beyond {} bytes", data.len()));
             }
-            let mut sent = 0;
-            let mut data_sn = 0u32;
-            while sent < len {
-                let n = (len - sent).min(self.max_send);
-                let mut d = [0u8; 48];
-                d[0] = OP_DATA_OUT;
-                d[1] = if sent + n == len { 0x80 } else { 0 };
-                put32(&mut d, 16, itt);
-                put32(&mut d, 20, ttt);
-                put32(&mut d, 28, self.exp_statsn);
-                put32(&mut d, 36, data_sn);
-                put32(&mut d, 40, (off + sent) as u32);
-                self.send(&d, &data[off + sent..off + sent + n])
-                    .map_err(|e| format!("Data-Out: {e}"))?;
-                sent += n;
-                data_sn += 1;
-            }
+            self.answer_r2t(&r, &data[off..off + len], false)
+                .map_err(|e| format!("Data-Out: {e}"))?;
             total += len;
         }
         Ok(itt)
     }
 
+    /// Send the Data-Out PDUs that answer `r2t` with `data` (its whole desired length), in
+    /// pieces of at most the target's MaxRecvDataSegmentLength. With `hold_last`, the last
+    /// piece is not sent (the task then waits for it forever).
+    pub fn answer_r2t(&mut self, r2t: &R2t, data: &[u8], hold_last: bool) -> io::Result<()> {
+        let len = data.len();
+        let mut sent = 0;
+        let mut data_sn = 0u32;
+        while sent < len {
+            let n = (len - sent).min(self.max_send);
+            if hold_last && sent + n == len {
+                break;
+            }
+            let mut d = [0u8; 48];
+            d[0] = OP_DATA_OUT;
+            d[1] = if sent + n == len { 0x80 } else { 0 };
+            put32(&mut d, 16, r2t.itt);
+            put32(&mut d, 20, r2t.ttt);
+            put32(&mut d, 28, self.exp_statsn);
+            put32(&mut d, 36, data_sn);
+            put32(&mut d, 40, r2t.offset + sent as u32);
+            self.send(&d, &data[sent..sent + n])?;
+            sent += n;
+            data_sn += 1;
+        }
+        Ok(())
+    }
+
     /// ABORT TASK (RFC 7143 §11.5) for the task `itt`, sent as an immediate command; returns
     /// the Task Management Function response code. Other PDUs arriving first are an error.
     pub fn abort_task(&mut self, itt: u32, ref_cmd_sn: u32) -> Result<u8, String> {
+        self.tmf(0x01, itt, ref_cmd_sn)
+    }
+
+    /// A Task Management Function Request (RFC 7143 §11.5) for LUN `self.lun`, sent as an
+    /// immediate command: `function` 1 ABORT TASK, 2 ABORT TASK SET, 3 CLEAR ACA, 4 CLEAR TASK
+    /// SET, 5 LOGICAL UNIT RESET, 6 TARGET WARM RESET, 7 TARGET COLD RESET. Returns the
+    /// response code; other PDUs arriving first are an error.
+    pub fn tmf(&mut self, function: u8, itt: u32, ref_cmd_sn: u32) -> Result<u8, String> {
         let mut b = [0u8; 48];
         b[0] = 0x40 | 0x02; // immediate Task Management Function Request
-        b[1] = 0x80 | 0x01; // F, ABORT TASK
+        b[1] = 0x80 | function;
         b[8..16].copy_from_slice(&lun_field(self.lun));
         let tmf_itt = self.next_itt;
         self.next_itt += 1;
@@ -795,11 +834,11 @@ impl Session {
         put32(&mut b, 28, self.exp_statsn);
         put32(&mut b, 32, ref_cmd_sn);
         self.send(&b, &[])
-            .map_err(|e| format!("send ABORT TASK: {e}"))?;
-        let p = self.recv().map_err(|e| format!("ABORT TASK: {e}"))?;
+            .map_err(|e| format!("send TMF {function}: {e}"))?;
+        let p = self.recv().map_err(|e| format!("TMF {function}: {e}"))?;
         if p.opcode() != 0x22 || p.itt() != tmf_itt {
             return Err(format!(
-                "ABORT TASK: got opcode {:#04x} ITT {:#x}: {:02x?}",
+                "TMF {function}: got opcode {:#04x} ITT {:#x}: {:02x?}",
                 p.opcode(),
                 p.itt(),
                 &p.bhs[..8]

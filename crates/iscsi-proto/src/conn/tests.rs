@@ -681,9 +681,10 @@ fn lun_reset_aborts_and_reports_action() {
             ..Default::default()
         },
     );
-    let out = outputs(&mut h.c);
-    assert_eq!(out.len(), 1, "no Data-In for the aborted read");
-    assert!(matches!(&out[0].header, Header::TaskMgmtResponse(r) if r.response == 0));
+    assert!(
+        outputs(&mut h.c).is_empty(),
+        "no Data-In for the aborted read, and no response before the driver is done"
+    );
     assert_eq!(
         events(&mut h.c),
         vec![
@@ -691,6 +692,13 @@ fn lun_reset_aborts_and_reports_action() {
             ConnEvent::Tmf(TmfAction::LunReset { lun: 0 })
         ]
     );
+    // A NOP-Out meanwhile is answered; the TMF waits for the driver (other sessions' tasks).
+    h.c.tmf_done();
+    let out = outputs(&mut h.c);
+    assert_eq!(out.len(), 1);
+    assert!(matches!(&out[0].header, Header::TaskMgmtResponse(r) if r.response == 0));
+    h.c.tmf_done(); // nothing more to answer
+    assert!(outputs(&mut h.c).is_empty());
 }
 
 #[test]
@@ -1150,6 +1158,133 @@ fn lun_scoped_tmf_on_an_unknown_lun() {
     t.lun = 0;
     t.itt = 0x91;
     h.c.handle_pdu(h.now, raw(Header::TaskMgmtRequest(t), &[]), &Dir);
+    assert_eq!(
+        events(&mut h.c),
+        vec![ConnEvent::Tmf(TmfAction::LunReset { lun: 0 })]
+    );
+    h.c.tmf_done();
     let out = outputs(&mut h.c);
     assert!(matches!(&out[0].header, Header::TaskMgmtResponse(r) if r.response == 0));
+}
+
+fn r2ts_of(out: &[OutPdu]) -> Vec<R2t> {
+    out.iter()
+        .filter_map(|o| match &o.header {
+            Header::R2t(r) => Some(r.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A waker that counts its calls.
+fn counting_waker() -> (crate::budget::Waker, Arc<std::sync::atomic::AtomicUsize>) {
+    let n = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let m = n.clone();
+    (
+        Arc::new(move || {
+            m.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }),
+        n,
+    )
+}
+
+/// Send the data one R2T asks for, in one Data-Out.
+fn answer(h: &mut Harness, r: &R2t) {
+    let data = vec![0xa5u8; r.desired_len as usize];
+    h.data_out(r.itt, r.ttt, 0, r.buffer_offset, true, &data);
+}
+
+#[test]
+fn r2ts_wait_for_write_budget_and_go_out_when_it_comes_back() {
+    use crate::budget::WriteBudget;
+    // Room for two 64 KiB writes in the whole target; each session may hold all of it.
+    let budget = WriteBudget::new(128 * 1024, 128 * 1024, 64 * 1024);
+    let mut a = Harness::new(&[("MaxBurstLength", "65536")]);
+    let mut b = Harness::new(&[("MaxBurstLength", "65536")]);
+    let (wa, _) = counting_waker();
+    let (wb, woken_b) = counting_waker();
+    a.c.set_budget(budget.account(wa));
+    b.c.set_budget(budget.account(wb));
+    a.cmd(1, 0x2a, false, true, 65536, true, &[]);
+    a.cmd(2, 0x2a, false, true, 65536, true, &[]);
+    assert_eq!(r2ts_of(&outputs(&mut a.c)).len(), 2);
+    assert_eq!(budget.used(), 128 * 1024);
+    // Session B's write gets no R2T while A holds everything...
+    b.cmd(7, 0x2a, false, true, 65536, true, &[]);
+    assert!(outputs(&mut b.c).is_empty(), "no R2T without budget");
+    // ...and B's reads are not held back.
+    b.cmd(8, 0x28, true, false, 512, true, &[]);
+    let t = b.executed();
+    assert_eq!(t.itt, 8);
+    // A's first write completes: its 64 KiB come back and B is woken.
+    let r = r2ts_of(&[]);
+    assert!(r.is_empty());
+    a.data_out(1, 0, 0, 0, true, &[]); // a bad Data-Out (wrong TTT) fails task 1...
+    let out = outputs(&mut a.c);
+    assert!(matches!(out.as_slice(), [o] if matches!(o.header, Header::ScsiResponse(_))));
+    // ...and returns its budget at once.
+    assert_eq!(woken_b.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(budget.used(), 64 * 1024);
+    b.c.budget_ready();
+    let r = r2ts_of(&outputs(&mut b.c));
+    assert_eq!((r.len(), r[0].itt, r[0].desired_len), (1, 7, 65536));
+    answer(&mut b, &r[0]);
+    let t = b.executed();
+    assert_eq!(t.data_out.len(), 65536);
+    assert_eq!(
+        budget.used(),
+        128 * 1024,
+        "held until the device server is done"
+    );
+    b.c.complete_task(
+        t.id,
+        TaskOutcome {
+            data_out_len: 65536,
+            ..Default::default()
+        },
+    );
+    assert_eq!(budget.used(), 64 * 1024);
+    // Logging out (dropping the connection) gives back the rest.
+    drop(a);
+    assert_eq!(budget.used(), 0);
+}
+
+#[test]
+fn a_session_at_its_share_stops_widening_its_window() {
+    use crate::budget::WriteBudget;
+    let budget = WriteBudget::new(1 << 30, 128 * 1024, 64 * 1024);
+    let mut h = Harness::new(&[("MaxBurstLength", "65536")]);
+    let (w, _) = counting_waker();
+    h.c.set_budget(budget.account(w));
+    h.cmd(1, 0x2a, false, true, 65536, true, &[]);
+    let max_before = r2ts_of(&outputs(&mut h.c))[0].max_cmd_sn;
+    h.cmd(2, 0x2a, false, true, 65536, true, &[]);
+    let r = r2ts_of(&outputs(&mut h.c));
+    assert_eq!(r.len(), 1, "the second write fits the share");
+    // At its share: a third write waits for the session's own writes, and MaxCmdSN stays.
+    h.cmd(3, 0x2a, false, true, 65536, true, &[]);
+    assert!(outputs(&mut h.c).is_empty());
+    h.cmd(4, 0x00, false, false, 0, true, &[]); // TEST UNIT READY
+    let t = h.executed();
+    h.c.complete_task(t.id, TaskOutcome::default());
+    let out = outputs(&mut h.c);
+    let Header::ScsiResponse(resp) = &out[0].header else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        resp.max_cmd_sn, max_before,
+        "window not widened at the share"
+    );
+    // Write 2 finishes: write 3 gets its R2T.
+    answer(&mut h, &r[0]);
+    let t = h.executed();
+    h.c.complete_task(
+        t.id,
+        TaskOutcome {
+            data_out_len: 65536,
+            ..Default::default()
+        },
+    );
+    let r3 = r2ts_of(&outputs(&mut h.c));
+    assert_eq!((r3.len(), r3[0].itt), (1, 3));
 }

@@ -1,0 +1,178 @@
+//! Memory a peer controls stays bounded: sessions that fill their command window with
+//! maximum-length writes and never send the last Data-Out of any of them hold at most their
+//! share of the write budget, another session's I/O goes on meanwhile, and the daemon's
+//! resident memory comes back near idle once they log out.
+
+mod common;
+
+use std::io::ErrorKind;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::initiator::{LoginOpts, R2t, Session, OP_R2T};
+use common::{Daemon, Opts, Rng};
+
+const MIB: u64 = 1 << 20;
+/// MAXIMUM TRANSFER LENGTH of a Ferrite LU (VPD B0h): 8 MiB.
+const MAX_WRITE: u32 = 8 << 20;
+const BLOCK: u32 = 512;
+const ATTACKERS: usize = 6;
+/// The command window the daemon grants by default (`settings.queue_depth`).
+const WINDOW: usize = 128;
+
+fn write10_cdb(lba: u32, blocks: u16) -> [u8; 10] {
+    let mut cdb = [0u8; 10];
+    cdb[0] = 0x2a;
+    cdb[2..6].copy_from_slice(&lba.to_be_bytes());
+    cdb[7..9].copy_from_slice(&blocks.to_be_bytes());
+    cdb
+}
+
+/// Fill the window with 8 MiB writes, answer every R2T the target sends but keep back the last
+/// Data-Out of each write, until the target asks for nothing more for a while. Returns how
+/// many bytes the target asked for.
+fn hog(s: &mut Session) -> u64 {
+    // WRITE(10) carries at most 65535 blocks; 8 MiB of 512-byte blocks is 16384.
+    let blocks = (MAX_WRITE / BLOCK) as u16;
+    for i in 0..WINDOW as u32 {
+        let cdb = write10_cdb((i % 16) * u32::from(blocks), blocks);
+        let (b, _) = s.scsi_cmd_bhs(&cdb, false, true, MAX_WRITE);
+        s.send(&b, &[]).expect("send WRITE(10)");
+    }
+    let data = vec![0x5au8; MAX_WRITE as usize];
+    s.stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let mut asked = 0u64;
+    loop {
+        let p = match s.recv() {
+            Ok(p) => p,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
+            Err(e) => panic!("hog: {e}"),
+        };
+        assert_eq!(
+            p.opcode(),
+            OP_R2T,
+            "hog expected only R2Ts: {:02x?}",
+            &p.bhs[..8]
+        );
+        let r = R2t::of(&p);
+        asked += u64::from(r.len);
+        let last = r.offset + r.len == MAX_WRITE;
+        let range = r.offset as usize..(r.offset + r.len) as usize;
+        s.answer_r2t(&r, &data[range], last).expect("Data-Out");
+    }
+    s.stream.set_read_timeout(None).unwrap();
+    asked
+}
+
+#[test]
+fn stalled_writes_stay_within_the_budget_and_memory_returns_after_logout() {
+    let d = Daemon::start(Opts {
+        // A file LUN: its data lives in the page cache, not in the daemon's resident memory.
+        luns: vec!["file:{dir}/lun0.img:256M".into()],
+        ..Opts::default()
+    });
+    let addr = d.addr();
+    let mut good = Session::login(
+        addr,
+        &LoginOpts {
+            initiator: "iqn.2026-11.io.ferrite:good",
+            ..LoginOpts::default()
+        },
+    )
+    .unwrap();
+    // Warm up the allocator the way normal I/O does before taking the idle figure.
+    let mut rng = Rng::new(14);
+    let mut data = vec![0u8; 4 << 20];
+    rng.fill(&mut data);
+    good.write10(0, &data, BLOCK as usize).unwrap();
+    assert_eq!(good.read10(0, 8192, BLOCK as usize).unwrap(), data);
+    let idle = d.rss();
+
+    // Six sessions that never finish a write.
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let mut quit = Vec::new();
+    let mut hogs = Vec::new();
+    for i in 0..ATTACKERS {
+        let (quit_tx, quit_rx) = mpsc::channel::<()>();
+        quit.push(quit_tx);
+        let ready = ready_tx.clone();
+        hogs.push(thread::spawn(move || {
+            let name = format!("iqn.2026-11.io.ferrite:hog{i}");
+            let mut s = Session::login(
+                addr,
+                &LoginOpts {
+                    initiator: &name,
+                    ..LoginOpts::default()
+                },
+            )
+            .unwrap();
+            let asked = hog(&mut s);
+            ready.send(asked).unwrap();
+            let _ = quit_rx.recv();
+            s.logout().unwrap();
+        }));
+    }
+    let asked: Vec<u64> = (0..ATTACKERS)
+        .map(|_| ready_rx.recv_timeout(Duration::from_secs(120)).unwrap())
+        .collect();
+    let held = d.rss();
+    let growth = held.saturating_sub(idle);
+    eprintln!(
+        "RSS idle {} MiB, with {ATTACKERS} stalled sessions {} MiB (+{} MiB); asked per session (MiB): {:?}",
+        idle / MIB,
+        held / MIB,
+        growth / MIB,
+        asked.iter().map(|a| a / MIB).collect::<Vec<_>>()
+    );
+    // The default budget is the smaller of 1 GiB and an eighth of memory; one session holds at
+    // most an eighth of it.
+    let share = 128 * MIB;
+    for a in &asked {
+        assert!(
+            *a <= share,
+            "a session was asked for {a} bytes, above its share"
+        );
+    }
+    assert!(
+        growth < 1024 * MIB,
+        "RSS grew by {} MiB with stalled writes",
+        growth / MIB
+    );
+
+    // Meanwhile another session's reads and writes go on.
+    let t = Instant::now();
+    rng.fill(&mut data);
+    good.write10(16384, &data, BLOCK as usize).unwrap();
+    assert_eq!(good.read10(16384, 8192, BLOCK as usize).unwrap(), data);
+    eprintln!("a 4 MiB write and read beside them took {:?}", t.elapsed());
+
+    for q in quit {
+        q.send(()).unwrap();
+    }
+    for h in hogs {
+        h.join().unwrap();
+    }
+    // The freed buffers go back to the system (the daemon trims its heap as sessions end).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        let now = d.rss();
+        if now <= idle + 64 * MIB || Instant::now() > deadline {
+            break now;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!(
+        "RSS after the stalled sessions logged out: {} MiB",
+        after / MIB
+    );
+    assert!(
+        after <= idle + 64 * MIB,
+        "RSS {} MiB after logout, idle was {} MiB",
+        after / MIB,
+        idle / MIB
+    );
+    good.logout().unwrap();
+}
