@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,7 @@ use anyhow::Context;
 use backstore::{Backstore, BlockBackstore, FileBackstore, RamBackstore};
 use iscsi_proto::budget::WriteBudget;
 use iscsi_proto::conn::ConnConfig;
+use iscsi_proto::table::{Joined, SessionKey, SessionTable};
 use iscsi_proto::{ConnEvent, Connection, LoginResult, SessionKind, TaskOutcome, TmfAction};
 use iscsi_wire::frame::{Decoder, FrameError};
 use iscsi_wire::LoginStatus;
@@ -30,12 +31,9 @@ use crate::writer::Frames;
 
 #[derive(Debug)]
 struct SessionEntry {
-    tsih: u16,
     kill: watch::Sender<bool>,
     /// The LUN view the session uses (initiator name, or the demo view).
     view_key: String,
-    /// Connection ID of the session's one connection.
-    cid: u16,
     /// Asks the connection to abort tasks that another I_T nexus ended (PREEMPT AND ABORT,
     /// LUN RESET, CLEAR TASK SET, target resets).
     abort: mpsc::UnboundedSender<AbortRequest>,
@@ -63,10 +61,6 @@ impl NexusRelease {
     }
 }
 
-/// Key of the session table: RFC 7143 §4.4.3 — initiator name + ISID (the initiator port)
-/// with the target portal group (the target port).
-type SessionKey = (String, u64, String, u16);
-
 /// Shared daemon state.
 pub struct Daemon {
     rt: RwLock<Arc<Runtime>>,
@@ -76,8 +70,8 @@ pub struct Daemon {
     /// Listener tasks by address.
     listeners: Mutex<HashMap<SocketAddr, tokio::task::JoinHandle<()>>>,
     shutdown: watch::Sender<bool>,
-    sessions: Mutex<HashMap<SessionKey, SessionEntry>>,
-    next_tsih: AtomicU16,
+    /// Normal sessions by TSIH and by initiator port + target port (`iscsi_proto::table`).
+    sessions: Mutex<SessionTable<SessionEntry>>,
     next_stat_sn: AtomicU32,
     /// Write data buffered at once, over all sessions (see `iscsi_proto::budget`).
     pub budget: Arc<WriteBudget>,
@@ -247,8 +241,7 @@ impl Daemon {
             config_path,
             listeners: Mutex::new(HashMap::new()),
             shutdown: watch::channel(false).0,
-            sessions: Mutex::new(HashMap::new()),
-            next_tsih: AtomicU16::new(1),
+            sessions: Mutex::new(SessionTable::new()),
             next_stat_sn: AtomicU32::new(0x1000),
             budget,
             max_login_connections: s.max_login_connections as usize,
@@ -261,16 +254,6 @@ impl Daemon {
     /// The runtime in force now.
     pub fn runtime(&self) -> Arc<Runtime> {
         self.rt.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn alloc_tsih(&self) -> u16 {
-        loop {
-            let t = self.next_tsih.fetch_add(1, Ordering::Relaxed);
-            // RFC 7143 §11.12.6: TSIH 0 is reserved for "new session".
-            if t != 0 {
-                return t;
-            }
-        }
     }
 
     /// Flush every LUN (clean shutdown).
@@ -368,17 +351,17 @@ impl Daemon {
         *self.rt.write().unwrap_or_else(|e| e.into_inner()) = new.clone();
         self.sync_listeners().await?;
         let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        for ((initiator, _isid, target, tag), e) in sessions.iter() {
+        for (tsih, k, e) in sessions.iter() {
             let still = new
-                .target(target)
+                .target(&k.target)
                 .and_then(|t| {
-                    t.group(*tag)
+                    t.group(k.tpgt)
                         .filter(|g| g.enabled)
-                        .and_then(|g| t.view_for(g, initiator))
+                        .and_then(|g| t.view_for(g, &k.initiator))
                 })
                 .is_some_and(|(key, _)| key == e.view_key);
             if !still {
-                info!(initiator = %initiator, target = %target, tsih = e.tsih, "configuration change ends session");
+                info!(initiator = %k.initiator, target = %k.target, tsih, "configuration change ends session");
                 let _ = e.kill.send(true);
             }
         }
@@ -390,12 +373,12 @@ impl Daemon {
         let s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         let mut v: Vec<SessionInfo> = s
             .iter()
-            .map(|((initiator, isid, target, tag), e)| SessionInfo {
-                tsih: e.tsih,
-                initiator: initiator.clone(),
-                isid: format!("{isid:012x}"),
-                target: target.clone(),
-                tpg_tag: *tag,
+            .map(|(tsih, k, e)| SessionInfo {
+                tsih,
+                initiator: k.initiator.clone(),
+                isid: format!("{:012x}", k.isid),
+                target: k.target.clone(),
+                tpg_tag: k.tpgt,
                 peer: e.peer.to_string(),
                 luns: e
                     .target
@@ -421,7 +404,7 @@ impl Daemon {
     ) -> Vec<(Arc<Nexus>, tokio::sync::oneshot::Receiver<usize>)> {
         let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         let mut asked = Vec::new();
-        for e in sessions.values() {
+        for (_, _, e) in sessions.iter() {
             let reached = match whom {
                 Whom::Only(list) => list.contains(&e.nexus),
                 Whom::AllBut(n) => *e.nexus != *n,
@@ -454,8 +437,8 @@ impl Daemon {
     ) -> Vec<(Arc<Nexus>, tokio::sync::oneshot::Receiver<usize>)> {
         let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         let mut asked = Vec::new();
-        for ((_, _, t, _), e) in sessions.iter() {
-            if t != target || *e.nexus == *except {
+        for (_, k, e) in sessions.iter() {
+            if k.target != target || *e.nexus == *except {
                 continue;
             }
             let (tx, rx) = tokio::sync::oneshot::channel();
@@ -473,9 +456,9 @@ impl Daemon {
     /// End every session with `target` except the one of nexus `except` (TARGET COLD RESET).
     pub fn end_target_sessions(&self, target: &str, except: &Nexus) {
         let s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        for ((_, _, t, _), e) in s.iter() {
-            if t == target && *e.nexus != *except {
-                info!(target = %t, tsih = e.tsih, "target cold reset ends session");
+        for (tsih, k, e) in s.iter() {
+            if k.target == target && *e.nexus != *except {
+                info!(target = %k.target, tsih, "target cold reset ends session");
                 let _ = e.kill.send(true);
             }
         }
@@ -484,7 +467,7 @@ impl Daemon {
     /// End a session by TSIH. Returns whether it existed.
     pub fn drop_session(&self, tsih: u16) -> bool {
         let s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        match s.values().find(|e| e.tsih == tsih) {
+        match s.get(tsih) {
             Some(e) => {
                 let _ = e.kill.send(true);
                 true
@@ -585,8 +568,10 @@ async fn accept_loop(l: TcpListener, daemon: Arc<Daemon>, shutdown: watch::Recei
 
 /// The session a connection belongs to once logged in.
 struct Attached {
-    key: Option<SessionKey>,
-    tsih: u16,
+    /// TSIH and CID in the session table.
+    session: Option<(u16, u16)>,
+    /// TSIH of a discovery session.
+    discovery: Option<u16>,
     target: Option<Arc<Target>>,
     /// The session's LUN view (mapped LUN numbers → logical units).
     view: Option<Arc<DeviceServer>>,
@@ -765,8 +750,8 @@ async fn run_connection(
     // Cancel flags of the tasks running on the blocking pool (ABORT TASK of a SANITIZE).
     let mut cancels: HashMap<iscsi_proto::TaskId, Arc<AtomicBool>> = HashMap::new();
     let mut att = Attached {
-        key: None,
-        tsih: 0,
+        session: None,
+        discovery: None,
         target: None,
         view: None,
         nexus: None,
@@ -979,10 +964,21 @@ async fn run_connection(
         let release = att.nexus_released.clone();
         let _ = tokio::task::spawn_blocking(move || release.release(&d, &n)).await;
     }
-    if let Some(key) = att.key.take() {
+    if let Some(tsih) = att.discovery.take() {
+        daemon
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .close_discovery(tsih);
+    }
+    if let Some((tsih, cid)) = att.session.take() {
         let mut s = daemon.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        if s.get(&key).is_some_and(|e| e.tsih == att.tsih) {
-            s.remove(&key);
+        // Unless a reinstating login already put another connection in our place.
+        let ours = s
+            .get(tsih)
+            .is_some_and(|e| Arc::ptr_eq(&e.nexus_released, &att.nexus_released));
+        if ours {
+            s.leave(tsih, cid);
         }
         drop(s);
         // The session's buffers are free now (its budget account goes with `conn`).
@@ -1023,8 +1019,17 @@ fn login_complete(
     let rt = daemon.runtime();
     let portal = PortalView { rt: &rt, local };
     if r.kind == SessionKind::Discovery {
-        let tsih = daemon.alloc_tsih();
+        let tsih = daemon
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .open_discovery();
+        let Some(tsih) = tsih else {
+            conn.refuse_login(LoginStatus::OUT_OF_RESOURCES);
+            return;
+        };
         info!(%peer, initiator = %r.initiator_name, tsih, "discovery session");
+        att.discovery = Some(tsih);
         conn.accept_login(r, tsih);
         return;
     }
@@ -1045,44 +1050,11 @@ fn login_complete(
         conn.refuse_login(LoginStatus::AUTHORIZATION_FAILURE);
         return;
     };
-    let key: SessionKey = (
-        r.initiator_name.clone(),
-        r.isid,
-        r.target_name.clone(),
-        group.tag,
-    );
-    let mut sessions = daemon.sessions.lock().unwrap_or_else(|e| e.into_inner());
-    if r.tsih != 0 {
-        let status = match sessions.get(&key) {
-            // RFC 7143 §11.13.5: joining a session that does not exist.
-            Some(e) if e.tsih != r.tsih => Some(LoginStatus::SESSION_DOES_NOT_EXIST),
-            None => Some(LoginStatus::SESSION_DOES_NOT_EXIST),
-            // MaxConnections is 1: another connection cannot join (0206). Reinstating the
-            // same connection (same CID) replaces it, RFC 7143 §6.3.4.
-            Some(e) if e.cid != r.cid => Some(LoginStatus::TOO_MANY_CONNECTIONS),
-            Some(_) => None,
-        };
-        if let Some(status) = status {
-            drop(sessions);
-            conn.refuse_login(status);
-            return;
-        }
-    }
-    if let Some(old) = sessions.remove(&key) {
-        // RFC 7143 §6.3.5 (session reinstatement): a new leading login from the same
-        // initiator port to the same portal group closes the old session.
-        info!(%peer, initiator = %r.initiator_name, isid = format_args!("{:012x}", r.isid), old_tsih = old.tsih, "reinstating session");
-        let _ = old.kill.send(true);
-        // The old nexus is the same I_T nexus as the new one: release it now, so that the
-        // old connection's exit cannot release what the new session acquires.
-        if let Some(v) = old.target.views.get(&old.view_key) {
-            old.nexus_released.release(v, &old.nexus);
-        }
-    }
-    let tsih = if r.tsih != 0 {
-        r.tsih
-    } else {
-        daemon.alloc_tsih()
+    let key = SessionKey {
+        initiator: r.initiator_name.clone(),
+        isid: r.isid,
+        target: r.target_name.clone(),
+        tpgt: group.tag,
     };
     let (kill_tx, kill_rx) = watch::channel(false);
     let nexus = Arc::new(Nexus {
@@ -1090,21 +1062,65 @@ fn login_complete(
         isid: r.isid,
         target_port: group.port.clone(),
     });
-    sessions.insert(
-        key.clone(),
-        SessionEntry {
-            tsih,
-            kill: kill_tx,
-            view_key,
-            cid: r.cid,
-            abort: att.abort_tx.clone(),
-            peer,
-            params: r.params.clone(),
-            target: target.clone(),
-            nexus: nexus.clone(),
-            nexus_released: att.nexus_released.clone(),
-        },
-    );
+    let entry = SessionEntry {
+        kill: kill_tx,
+        view_key,
+        abort: att.abort_tx.clone(),
+        peer,
+        params: r.params.clone(),
+        target: target.clone(),
+        nexus: nexus.clone(),
+        nexus_released: att.nexus_released.clone(),
+    };
+    // The old session or connection this login replaces (the same I_T nexus): told to stop,
+    // and its nexus released now, so that its exit cannot release what the new one acquires.
+    let end_old = |old: &SessionEntry, what: &str| {
+        info!(%peer, initiator = %r.initiator_name, isid = format_args!("{:012x}", r.isid), "reinstating {what}");
+        let _ = old.kill.send(true);
+        if let Some(v) = old.target.views.get(&old.view_key) {
+            old.nexus_released.release(v, &old.nexus);
+        }
+    };
+    let mut sessions = daemon.sessions.lock().unwrap_or_else(|e| e.into_inner());
+    let admitted = if r.tsih == 0 {
+        // RFC 7143 §6.3.5: a leading login from the same initiator port to the same portal
+        // group reinstates (closes) the old session.
+        sessions
+            .open(key, r.cid, r.params.max_connections, entry)
+            .map(|o| {
+                if let Some((_, old)) = &o.reinstated {
+                    end_old(old, "session");
+                }
+                o.tsih
+            })
+    } else {
+        // RFC 7143 §6.3.4, §11.12.6: join the session named by the TSIH, within
+        // MaxConnections, or replace its connection with the same CID.
+        match sessions.join(&key, r.tsih, r.cid) {
+            Ok(Joined::Replaces) => {
+                if let Some(slot) = sessions.get_mut(r.tsih) {
+                    let old = std::mem::replace(slot, entry);
+                    end_old(&old, "connection");
+                }
+                Ok(r.tsih)
+            }
+            // Sessions have one connection until the engine runs MC/S (MaxConnections is
+            // negotiated to 1, so the table never adds one).
+            Ok(Joined::Added) => {
+                sessions.leave(r.tsih, r.cid);
+                Err(LoginStatus::TOO_MANY_CONNECTIONS)
+            }
+            Err(status) => Err(status),
+        }
+    };
+    let tsih = match admitted {
+        Ok(t) => t,
+        Err(status) => {
+            drop(sessions);
+            conn.refuse_login(status);
+            return;
+        }
+    };
     drop(sessions);
     let p = &r.params;
     info!(
@@ -1125,8 +1141,7 @@ fn login_complete(
         max_r2t = p.max_outstanding_r2t,
         "login complete"
     );
-    att.key = Some(key);
-    att.tsih = tsih;
+    att.session = Some((tsih, r.cid));
     att.target = Some(target);
     let filter_view = view.clone();
     conn.set_lun_filter(move |field| {

@@ -13,6 +13,7 @@ pub mod conn;
 pub mod login;
 pub mod params;
 pub mod serial;
+pub mod table;
 
 use std::sync::Arc;
 
