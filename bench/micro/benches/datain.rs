@@ -160,7 +160,7 @@ impl Session {
         }
         // Every other Data-In is gone, so the last one holds the only reference to the buffer.
         if let Some(Payload::Shared { buf, .. }) = last.map(|p| p.data) {
-            self.spare = Arc::try_unwrap(buf).ok();
+            self.spare = Arc::try_unwrap(buf).ok().map(iscsi_proto::budget::SharedBuf::into_inner);
         }
         pdus
     }

@@ -50,9 +50,10 @@ pub struct Settings {
     /// Where persistent reservations saved with APTPL live, one file per LUN (default: see
     /// `pr_cli::state_dir`).
     pub state_dir: Option<PathBuf>,
-    /// Bytes of write data the target buffers at once over all sessions (a size such as
-    /// "512M"; default the smaller of 1 GiB and an eighth of the machine's memory).
-    pub write_buffer_budget: Option<String>,
+    /// Bytes of command data (write data-out, read data-in) the target buffers at once over
+    /// all sessions (a size such as "512M"; default the smaller of 1 GiB and an eighth of the
+    /// machine's memory).
+    pub buffer_budget: Option<String>,
     /// Connections per portal that may be logging in at once; more are closed at accept.
     pub max_login_connections: u32,
 }
@@ -76,7 +77,7 @@ impl Default for Settings {
             discovery_chap: None,
             admin_socket: None,
             state_dir: None,
-            write_buffer_budget: None,
+            buffer_budget: None,
             max_login_connections: 256,
         }
     }
@@ -394,14 +395,14 @@ impl Config {
         if s.max_outstanding_r2t == 0 {
             return Err("settings.max_outstanding_r2t must be at least 1".into());
         }
-        if let Some(b) = &s.write_buffer_budget {
+        if let Some(b) = &s.buffer_budget {
             let min = u64::from(scsi_core::limits::MAX_TRANSFER_BYTES);
             match parse_size(b) {
                 Ok(n) if n >= min => {}
                 _ => {
                     return Err(format!(
-                        "settings.write_buffer_budget must be a size of at least {}M \
-                         (one largest write)",
+                        "settings.buffer_budget must be a size of at least {}M \
+                         (one largest transfer)",
                         min >> 20
                     ))
                 }

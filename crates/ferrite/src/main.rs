@@ -183,12 +183,18 @@ fn admin_main(mut args: Vec<String>) -> ExitCode {
 /// Keep large buffers (data segments of 128 KiB and up) in the heap instead of a fresh mmap
 /// per allocation: glibc's default threshold makes every large read or write fault in and
 /// zero new pages, which profiled as the largest cost of 128 KiB transfers.
+///
+/// The trim threshold is what a heap keeps free at its top before giving memory back. It
+/// matters most for the per-thread arenas (the blocking pool's threads allocate every read's
+/// data-in there): `malloc_trim` (see `server::Daemon::trim_heap`) returns free chunks inside a
+/// heap but never shrinks a per-thread heap's top, which only `free` does past this threshold.
+/// 4 MiB keeps the hot path's 128 KiB buffers in place and lets a burst of 8 MiB buffers go.
 fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only adjusts allocator parameters; called before any thread starts.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 4 << 20);
     }
 }
 

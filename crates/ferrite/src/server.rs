@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use backstore::{Backstore, BlockBackstore, FileBackstore, RamBackstore};
-use iscsi_proto::budget::WriteBudget;
+use iscsi_proto::budget::BufferBudget;
 use iscsi_proto::conn::ConnConfig;
 use iscsi_proto::table::{Joined, SessionKey, SessionTable};
 use iscsi_proto::{ConnEvent, Connection, LoginResult, SessionKind, TaskOutcome, TmfAction};
@@ -73,16 +73,16 @@ pub struct Daemon {
     /// Normal sessions by TSIH and by initiator port + target port (`iscsi_proto::table`).
     sessions: Mutex<SessionTable<SessionEntry>>,
     next_stat_sn: AtomicU32,
-    /// Write data buffered at once, over all sessions (see `iscsi_proto::budget`).
-    pub budget: Arc<WriteBudget>,
+    /// Command data buffered at once, over all sessions (see `iscsi_proto::budget`).
+    pub budget: Arc<BufferBudget>,
     /// Connections per portal still logging in, at most.
     max_login_connections: usize,
     /// A heap trim is queued (see `trim_heap`).
     trim_pending: AtomicBool,
 }
 
-/// The default write budget: the smaller of 1 GiB and an eighth of the machine's memory.
-fn default_write_budget() -> u64 {
+/// The default buffer budget: the smaller of 1 GiB and an eighth of the machine's memory.
+fn default_buffer_budget() -> u64 {
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {
@@ -219,13 +219,13 @@ impl Daemon {
             nop_timeout: Duration::from_secs(s.nop_timeout_secs.max(1)),
             login_timeout: Duration::from_secs(s.login_timeout_secs.max(1)),
         };
-        let limit = match &s.write_buffer_budget {
+        let limit = match &s.buffer_budget {
             Some(b) => crate::config::parse_size(b).map_err(anyhow::Error::msg)?,
-            None => default_write_budget(),
+            None => default_buffer_budget(),
         };
         // One session holds at most an eighth of the budget, so that a few sessions that
         // never finish their writes leave the rest to everybody else.
-        let budget = WriteBudget::new(
+        let budget = BufferBudget::new(
             limit,
             limit / 8,
             u64::from(scsi_core::limits::MAX_TRANSFER_BYTES),
@@ -233,7 +233,7 @@ impl Daemon {
         info!(
             limit_mib = budget.limit() >> 20,
             per_session_mib = budget.per_session() >> 20,
-            "write buffer budget"
+            "buffer budget"
         );
         let d = Arc::new(Daemon {
             rt: RwLock::new(Arc::new(rt)),
@@ -723,7 +723,7 @@ async fn run_connection(
         stat_sn,
         random_bytes().context("reading /dev/urandom for the CHAP challenge")?,
     );
-    // The session's share of the write budget; the budget wakes us when room comes back.
+    // The session's share of the buffer budget; the budget wakes us when room comes back.
     let budget_room = Arc::new(Notify::new());
     let waker = budget_room.clone();
     conn.set_budget(daemon.budget.account(Arc::new(move || waker.notify_one())));
@@ -991,19 +991,25 @@ async fn run_connection(
 impl Daemon {
     /// Give the memory freed by ended sessions back to the system. The allocator is tuned to
     /// keep large buffers (`main::tune_allocator`), which is right while I/O runs but would
-    /// keep a burst of write buffers resident for good. One trim at a time, on the blocking
-    /// pool; sessions ending meanwhile are covered by the trim already queued.
+    /// keep a burst of buffers resident for good. The trim runs a moment after the session
+    /// ended, when the last of its buffers (tasks finishing on the blocking pool, frames the
+    /// writer held) are free too; sessions ending meanwhile share it.
     fn trim_heap(self: Arc<Self>) {
+        const SETTLE: Duration = Duration::from_millis(500);
         if self.trim_pending.swap(true, Ordering::AcqRel) {
             return;
         }
-        tokio::task::spawn_blocking(move || {
+        tokio::spawn(async move {
+            tokio::time::sleep(SETTLE).await;
             self.trim_pending.store(false, Ordering::Release);
-            #[cfg(all(target_os = "linux", target_env = "gnu"))]
-            // SAFETY: malloc_trim only returns free heap memory to the kernel.
-            unsafe {
-                libc::malloc_trim(0);
-            }
+            let _ = tokio::task::spawn_blocking(|| {
+                #[cfg(all(target_os = "linux", target_env = "gnu"))]
+                // SAFETY: malloc_trim only returns free heap memory to the kernel.
+                unsafe {
+                    libc::malloc_trim(0);
+                }
+            })
+            .await;
         });
     }
 }

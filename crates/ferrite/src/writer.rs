@@ -158,7 +158,8 @@ mod tests {
 
     #[test]
     fn vectored_frames_equal_the_reference_encoding() {
-        let buf = Arc::new((0..200_000u32).map(|i| i as u8).collect::<Vec<u8>>());
+        let data = (0..200_000u32).map(|i| i as u8).collect::<Vec<u8>>();
+        let buf = Arc::new(iscsi_proto::budget::SharedBuf::new(data, None));
         let mut pdus = Vec::new();
         for (i, (start, len)) in [(0usize, 100_001usize), (100_001, 7), (100_008, 99_992)]
             .into_iter()

@@ -1,14 +1,18 @@
-//! The target-wide budget for buffered write data.
+//! The target-wide budget for buffered command data.
 //!
 //! A SCSI write's data-out is held in memory from its first Data-Out PDU until the device
-//! server has written it. Nothing in RFC 7143 bounds that across sessions: every session may
-//! keep `cmd_window` writes of up to MaxBurstLength × MaxOutstandingR2T in flight, and a peer
-//! that sends all but the last Data-Out of each keeps the memory forever. So the target decides
-//! how much data-out it asks for (RFC 7143 §4.2.3: the target solicits data with R2T when it is
-//! ready for it) and asks only for what fits the budget:
+//! server has written it, and a read's data-in from the device server until its last Data-In
+//! PDU is on the socket. Nothing in RFC 7143 bounds that across sessions: every session may
+//! keep `cmd_window` commands of up to 8 MiB in flight, and a peer that sends all but the last
+//! Data-Out of each write, or stops reading, keeps the memory for ever. So the target decides
+//! how much data it takes on (RFC 7143 §4.2.3: the target solicits data with R2T when it is
+//! ready for it; a read starts when the target gets to it) and takes only what fits the budget:
 //!
 //! * a write's solicited data is requested (its R2Ts sent) only once the whole of its buffer is
-//!   granted; the grant is returned when the task ends;
+//!   granted; the grant is returned when the device server is done with the data;
+//! * a read is handed to the device server only once its Expected Data Transfer Length is
+//!   granted; the grant travels with the data-in buffer ([`SharedBuf`]) and is returned when
+//!   the last PDU that points into it is gone (written to the socket, or dropped);
 //! * unsolicited data (immediate data and Data-Out under InitialR2T=No) cannot be refused, so it
 //!   is charged as it is admitted, and a session holding its share stops widening its command
 //!   window (MaxCmdSN stays put), which bounds what it can send unasked to its window times
@@ -25,13 +29,14 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Called (from any thread) when an account at the head of the queue may find room now.
 pub type Waker = Arc<dyn Fn() + Send + Sync>;
 
 /// The shared budget; every session takes from it through its own [`BudgetAccount`].
-pub struct WriteBudget {
+pub struct BufferBudget {
     limit: u64,
     per_session: u64,
     inner: Mutex<Inner>,
@@ -49,9 +54,9 @@ struct Inner {
     wakers: HashMap<u64, Waker>,
 }
 
-impl fmt::Debug for WriteBudget {
+impl fmt::Debug for BufferBudget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WriteBudget")
+        f.debug_struct("BufferBudget")
             .field("limit", &self.limit)
             .field("per_session", &self.per_session)
             .field("used", &self.used())
@@ -59,13 +64,13 @@ impl fmt::Debug for WriteBudget {
     }
 }
 
-impl WriteBudget {
+impl BufferBudget {
     /// A budget of `limit` bytes of which one account may hold `per_session`. `per_session`
     /// is raised to at least `largest_request` and `limit` to at least `per_session`, so that
     /// every request the engine can make fits (a request that never fits would wait forever).
     pub fn new(limit: u64, per_session: u64, largest_request: u64) -> Arc<Self> {
         let per_session = per_session.max(largest_request);
-        Arc::new(WriteBudget {
+        Arc::new(BufferBudget {
             limit: limit.max(per_session),
             per_session,
             inner: Mutex::new(Inner::default()),
@@ -101,6 +106,7 @@ impl WriteBudget {
             id,
             granted: 0,
             charged: 0,
+            lent: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -108,14 +114,91 @@ impl WriteBudget {
     fn head_waker(g: &Inner) -> Option<Waker> {
         g.queue.front().and_then(|id| g.wakers.get(id)).cloned()
     }
+
+    /// Return granted and charged bytes and wake the head of the queue.
+    fn give_back(&self, granted: u64, charged: u64) {
+        let mut g = self.lock();
+        g.granted = g.granted.saturating_sub(granted);
+        g.charged = g.charged.saturating_sub(charged);
+        let next = BufferBudget::head_waker(&g);
+        drop(g);
+        if let Some(w) = next {
+            w();
+        }
+    }
 }
+
+/// Granted bytes that left their account with a buffer (a read's data-in on its way to the
+/// socket); they go back to the budget when this is dropped, from whatever thread drops it.
+pub struct Grant {
+    budget: Arc<BufferBudget>,
+    lent: Arc<AtomicU64>,
+    bytes: u64,
+}
+
+impl fmt::Debug for Grant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Grant({})", self.bytes)
+    }
+}
+
+impl Drop for Grant {
+    fn drop(&mut self) {
+        self.lent.fetch_sub(self.bytes, Ordering::AcqRel);
+        self.budget.give_back(self.bytes, 0);
+    }
+}
+
+/// A device server's data-in buffer, shared by the Data-In PDUs cut from it, with the budget
+/// grant it holds until the last of them is gone.
+pub struct SharedBuf {
+    data: Vec<u8>,
+    _grant: Option<Grant>,
+}
+
+impl SharedBuf {
+    pub fn new(data: Vec<u8>, grant: Option<Grant>) -> Self {
+        SharedBuf {
+            data,
+            _grant: grant,
+        }
+    }
+
+    /// The buffer back (its grant is returned).
+    pub fn into_inner(self) -> Vec<u8> {
+        self.data
+    }
+}
+
+impl std::ops::Deref for SharedBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl fmt::Debug for SharedBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SharedBuf({} bytes)", self.data.len())
+    }
+}
+
+impl PartialEq for SharedBuf {
+    fn eq(&self, other: &Self) -> bool {
+        self.data == other.data
+    }
+}
+
+impl Eq for SharedBuf {}
 
 /// One session's share of the budget. Dropping it returns everything it holds.
 pub struct BudgetAccount {
-    budget: Arc<WriteBudget>,
+    budget: Arc<BufferBudget>,
     id: u64,
     granted: u64,
     charged: u64,
+    /// Granted bytes handed out as [`Grant`]s and not yet returned.
+    lent: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for BudgetAccount {
@@ -131,7 +214,7 @@ impl fmt::Debug for BudgetAccount {
 impl BudgetAccount {
     /// Bytes this account holds.
     pub fn held(&self) -> u64 {
-        self.granted + self.charged
+        self.granted + self.charged + self.lent.load(Ordering::Acquire)
     }
 
     /// Whether the account holds its whole share (its session should not widen its window).
@@ -145,11 +228,12 @@ impl BudgetAccount {
     pub fn try_take(&mut self, bytes: u64) -> bool {
         let b = self.budget.clone();
         let mut g = b.lock();
-        if self.granted > 0 && self.held() + bytes > b.per_session {
+        let has_grant = self.granted > 0 || self.lent.load(Ordering::Acquire) > 0;
+        if has_grant && self.held() + bytes > b.per_session {
             // Over its share: step out of the queue so others are not held up behind it.
             let was_head = g.queue.front() == Some(&self.id);
             g.queue.retain(|&i| i != self.id);
-            let next = was_head.then(|| WriteBudget::head_waker(&g)).flatten();
+            let next = was_head.then(|| BufferBudget::head_waker(&g)).flatten();
             drop(g);
             if let Some(w) = next {
                 w();
@@ -164,7 +248,7 @@ impl BudgetAccount {
                 g.queue.pop_front();
             }
             // What is left may serve the next in line.
-            let next = WriteBudget::head_waker(&g);
+            let next = BufferBudget::head_waker(&g);
             drop(g);
             if let Some(w) = next {
                 w();
@@ -197,15 +281,23 @@ impl BudgetAccount {
         }
         self.granted -= granted;
         self.charged -= charged;
-        let b = self.budget.clone();
-        let mut g = b.lock();
-        g.granted = g.granted.saturating_sub(granted);
-        g.charged = g.charged.saturating_sub(charged);
-        let next = WriteBudget::head_waker(&g);
-        drop(g);
-        if let Some(w) = next {
-            w();
+        self.budget.give_back(granted, charged);
+    }
+
+    /// Hand `bytes` of this account's grant over to a buffer: they stay counted against the
+    /// account (and the budget) until the returned [`Grant`] is dropped.
+    pub fn lend(&mut self, bytes: u64) -> Option<Grant> {
+        let bytes = bytes.min(self.granted);
+        if bytes == 0 {
+            return None;
         }
+        self.granted -= bytes;
+        self.lent.fetch_add(bytes, Ordering::AcqRel);
+        Some(Grant {
+            budget: self.budget.clone(),
+            lent: self.lent.clone(),
+            bytes,
+        })
     }
 
     /// Stop waiting (nothing of this session needs room any more).
@@ -214,7 +306,7 @@ impl BudgetAccount {
         let mut g = b.lock();
         let was_head = g.queue.front() == Some(&self.id);
         g.queue.retain(|&i| i != self.id);
-        let next = was_head.then(|| WriteBudget::head_waker(&g)).flatten();
+        let next = was_head.then(|| BufferBudget::head_waker(&g)).flatten();
         drop(g);
         if let Some(w) = next {
             w();
@@ -232,7 +324,7 @@ impl Drop for BudgetAccount {
         self.charged = 0;
         g.queue.retain(|&i| i != self.id);
         g.wakers.remove(&self.id);
-        let next = WriteBudget::head_waker(&g);
+        let next = BufferBudget::head_waker(&g);
         drop(g);
         if let Some(w) = next {
             w();
@@ -258,7 +350,7 @@ mod tests {
 
     #[test]
     fn grants_up_to_the_limit_then_queues_first_come_first_served() {
-        let b = WriteBudget::new(100, 60, 10);
+        let b = BufferBudget::new(100, 60, 10);
         let (wa, _) = counting();
         let (wb, woken_b) = counting();
         let (wc, woken_c) = counting();
@@ -287,7 +379,7 @@ mod tests {
 
     #[test]
     fn a_session_never_holds_more_than_its_share_and_does_not_block_others() {
-        let b = WriteBudget::new(100, 40, 10);
+        let b = BufferBudget::new(100, 40, 10);
         let (wa, _) = counting();
         let (wb, _) = counting();
         let mut a = b.account(wa);
@@ -305,7 +397,7 @@ mod tests {
     #[test]
     fn charges_never_keep_a_write_from_its_grant() {
         // Unsolicited charges above the limit: a session without a grant still gets one.
-        let b = WriteBudget::new(20, 20, 10);
+        let b = BufferBudget::new(20, 20, 10);
         let (wa, _) = counting();
         let (wb, _) = counting();
         let mut a = b.account(wa);
@@ -324,7 +416,7 @@ mod tests {
     #[test]
     fn one_request_always_fits_an_idle_budget() {
         // A limit below the largest request is raised to it.
-        let b = WriteBudget::new(4, 1, 16);
+        let b = BufferBudget::new(4, 1, 16);
         assert_eq!((b.limit(), b.per_session()), (16, 16));
         let (w, _) = counting();
         let mut a = b.account(w);
@@ -333,7 +425,7 @@ mod tests {
 
     #[test]
     fn dropping_an_account_returns_everything_and_wakes_the_next() {
-        let b = WriteBudget::new(50, 50, 10);
+        let b = BufferBudget::new(50, 50, 10);
         let (wa, _) = counting();
         let (wb, woken_b) = counting();
         let mut a = b.account(wa);
@@ -348,8 +440,34 @@ mod tests {
     }
 
     #[test]
+    fn a_lent_grant_counts_until_its_buffer_is_gone() {
+        let b = BufferBudget::new(64, 48, 16);
+        let (wa, _) = counting();
+        let (wb, woken_b) = counting();
+        let mut a = b.account(wa);
+        let mut other = b.account(wb);
+        assert!(a.try_take(32));
+        let buf = SharedBuf::new(vec![7; 4], a.lend(32));
+        assert_eq!(
+            (a.held(), b.used()),
+            (32, 32),
+            "still held while the buffer lives"
+        );
+        assert!(!a.try_take(17), "the share counts lent bytes");
+        drop(a); // the session ends; its data is still on the way out
+        assert_eq!(b.used(), 32);
+        assert!(other.try_take(32));
+        assert!(!other.try_take(16), "the budget is full");
+        // The last PDU pointing into the buffer goes: the grant comes back, from any thread.
+        std::thread::spawn(move || drop(buf)).join().unwrap();
+        assert_eq!(b.used(), 32);
+        assert_eq!(woken_b.load(Ordering::SeqCst), 1);
+        assert!(other.try_take(16));
+    }
+
+    #[test]
     fn leaving_the_queue_lets_the_next_go_first() {
-        let b = WriteBudget::new(30, 30, 10);
+        let b = BufferBudget::new(30, 30, 10);
         let (wa, _) = counting();
         let (wb, _) = counting();
         let (wc, woken_c) = counting();

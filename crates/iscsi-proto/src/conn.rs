@@ -24,7 +24,7 @@ use iscsi_wire::header::*;
 use iscsi_wire::{ahs, text, LoginStatus, LogoutReason, LogoutResponseCode, Opcode, RejectReason};
 use iscsi_wire::{TmfFunction, TmfResponse, RESERVED_TAG};
 
-use crate::budget::BudgetAccount;
+use crate::budget::{BudgetAccount, Grant, SharedBuf};
 use crate::login::{Directory, Login, LoginResult, LoginStep, SessionKind};
 use crate::params::{Negotiated, TargetOffer};
 use crate::serial;
@@ -188,15 +188,17 @@ struct Task {
     held: Held,
 }
 
-/// Write budget held by one task (see `budget`): granted for solicited data, charged for
-/// unsolicited data.
+/// Buffer budget held by one task (see `budget`): granted for solicited data-out, charged for
+/// unsolicited data-out, granted for data-in (`read`).
 #[derive(Clone, Copy, Debug, Default)]
 struct Held {
     granted: u64,
     charged: u64,
+    read: u64,
 }
 
 impl Held {
+    /// What the data-out buffer holds.
     fn total(self) -> u64 {
         self.granted + self.charged
     }
@@ -238,7 +240,8 @@ struct Ffp {
     /// ITT and budget charge of the tasks with the device server, by id (the charge is
     /// returned when the device server hands the task back, as it holds the data till then).
     executing: HashMap<TaskId, (u32, Held)>,
-    /// Delivered writes waiting for write budget before their R2Ts go out, in order.
+    /// Delivered commands waiting for buffer budget (writes before their R2Ts go out, reads
+    /// before they run), in order.
     budget_wait: VecDeque<u32>,
     /// Results of aborted tasks are dropped when they come back.
     aborted: HashSet<TaskId>,
@@ -277,7 +280,7 @@ pub struct Connection {
     closed: bool,
     /// Which LUN fields address a logical unit of this session (set by the driver).
     lun_exists: Option<LunFilter>,
-    /// This session's share of the target-wide write budget (none: unbounded, for tests).
+    /// This session's share of the target-wide buffer budget (none: unbounded, for tests).
     budget: Option<BudgetAccount>,
 }
 
@@ -607,7 +610,7 @@ impl Connection {
     fn update_window(&mut self) {
         let window = self.cfg.cmd_window;
         if self.budget.as_ref().is_some_and(|b| b.at_share()) {
-            // The session holds its whole share of the write budget: the window stays where
+            // The session holds its whole share of the buffer budget: the window stays where
             // it is, so it cannot send more unsolicited data until tasks finish.
             return;
         }
@@ -846,8 +849,8 @@ impl Connection {
             phase,
             data_sn: 0,
             held: Held {
-                granted: 0,
                 charged,
+                ..Held::default()
             },
         };
         self.ffp().tasks.insert(c.itt, task);
@@ -887,21 +890,21 @@ impl Connection {
         f.budget_wait.retain(|&i| i != itt);
         let idle = f.budget_wait.is_empty();
         if let Some(b) = self.budget.as_mut() {
-            b.release(held.granted, held.charged);
+            b.release(held.granted + held.read, held.charged);
             if idle {
                 b.leave_queue();
             }
         }
     }
 
-    /// Give this connection its session's share of the target-wide write budget. Without one,
+    /// Give this connection its session's share of the target-wide buffer budget. Without one,
     /// writes are never held back (tests, fuzzing).
     pub fn set_budget(&mut self, account: BudgetAccount) {
         self.budget = Some(account);
     }
 
-    /// The write budget may have room again (the account's waker fired): send the R2Ts of the
-    /// writes waiting for it, in order, as far as the budget now allows.
+    /// The buffer budget may have room again (the account's waker fired): move the commands
+    /// waiting for it on (R2Ts, execution), in order, as far as the budget now allows.
     pub fn budget_ready(&mut self) {
         if self.closed || !matches!(self.phase, Phase::Full(_)) {
             return;
@@ -958,6 +961,22 @@ impl Connection {
             };
             let edtl = if t.write { t.expected_len } else { 0 };
             if w.buf.len() as u32 >= edtl && w.r2ts.is_empty() {
+                // A read's data-in buffer is granted before the device server fills it (see
+                // `budget`), in delivery order within the session.
+                if t.read && t.expected_len > 0 && t.held.read == 0 {
+                    let need = u64::from(t.expected_len);
+                    let behind = f.budget_wait.front().is_some_and(|&i| i != itt);
+                    if behind || !budget.as_mut().is_none_or(|b| b.try_take(need)) {
+                        if !f.budget_wait.contains(&itt) {
+                            f.budget_wait.push_back(itt);
+                        }
+                        return;
+                    }
+                    t.held.read = need;
+                    if f.budget_wait.front() == Some(&itt) {
+                        f.budget_wait.pop_front();
+                    }
+                }
                 let data_out = std::mem::take(&mut w.buf);
                 ready = Some(ScsiTask {
                     id: t.id,
@@ -1134,20 +1153,24 @@ impl Connection {
             return;
         };
         let aborted = f.aborted.remove(&id);
-        // The device server is done with the data-out buffer.
-        self.release_budget(itt, held);
+        // The device server is done with the data-out buffer; the data-in grant goes with the
+        // Data-In PDUs.
+        self.release_budget(itt, Held { read: 0, ..held });
+        let read_grant = self.budget.as_mut().and_then(|b| b.lend(held.read));
         if aborted {
             // Aborted: no response (SAM-5 §7.3); the TMF may now be answered.
             self.finish_tmf_wait(id);
         } else if let Some(task) = self.ffp().tasks.remove(&itt) {
-            self.send_response(itt, &task, outcome);
+            self.send_response(itt, &task, outcome, read_grant);
         }
         self.update_window();
         self.budget_ready();
         self.maybe_finish_logout();
     }
 
-    fn send_response(&mut self, itt: u32, task: &Task, o: TaskOutcome) {
+    /// Answer a task: Data-In (pointing into the device server's buffer, which keeps `grant`
+    /// until the last of them is gone) and status.
+    fn send_response(&mut self, itt: u32, task: &Task, o: TaskOutcome, grant: Option<Grant>) {
         let p = self.ffp().params.clone();
         let edtl = task.expected_len;
         // Residuals (RFC 7143 §11.4.5): compare what the command transferred (or wanted to)
@@ -1177,7 +1200,7 @@ impl Connection {
         };
         let good = o.status == 0 && o.sense.is_empty();
         if send_len > 0 {
-            let buf = Arc::new(o.data_in);
+            let buf = Arc::new(SharedBuf::new(o.data_in, grant));
             let mrdsl = p.initiator_mrdsl.max(512) as usize;
             let burst = p.max_burst_length.max(512) as usize;
             let mut off = 0usize;

@@ -30,7 +30,7 @@ pub enum Payload {
     Empty,
     Owned(Vec<u8>),
     Shared {
-        buf: Arc<Vec<u8>>,
+        buf: Arc<budget::SharedBuf>,
         start: usize,
         len: usize,
     },

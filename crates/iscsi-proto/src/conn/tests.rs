@@ -1196,9 +1196,10 @@ fn answer(h: &mut Harness, r: &R2t) {
 
 #[test]
 fn r2ts_wait_for_write_budget_and_go_out_when_it_comes_back() {
-    use crate::budget::WriteBudget;
-    // Room for two 64 KiB writes in the whole target; each session may hold all of it.
-    let budget = WriteBudget::new(128 * 1024, 128 * 1024, 64 * 1024);
+    use crate::budget::BufferBudget;
+    // Room for two 64 KiB writes and a small read in the whole target; each session may hold
+    // all of it.
+    let budget = BufferBudget::new(132 * 1024, 132 * 1024, 64 * 1024);
     let mut a = Harness::new(&[("MaxBurstLength", "65536")]);
     let mut b = Harness::new(&[("MaxBurstLength", "65536")]);
     let (wa, _) = counting_waker();
@@ -1209,16 +1210,32 @@ fn r2ts_wait_for_write_budget_and_go_out_when_it_comes_back() {
     a.cmd(2, 0x2a, false, true, 65536, true, &[]);
     assert_eq!(r2ts_of(&outputs(&mut a.c)).len(), 2);
     assert_eq!(budget.used(), 128 * 1024);
-    // Session B's write gets no R2T while A holds everything...
-    b.cmd(7, 0x2a, false, true, 65536, true, &[]);
-    assert!(outputs(&mut b.c).is_empty(), "no R2T without budget");
-    // ...and B's reads are not held back.
+    // Session B's small read fits the 4 KiB left: it runs, and its grant stays with the
+    // data-in buffer until the Data-In PDU pointing into it is gone.
     b.cmd(8, 0x28, true, false, 512, true, &[]);
     let t = b.executed();
     assert_eq!(t.itt, 8);
-    // A's first write completes: its 64 KiB come back and B is woken.
-    let r = r2ts_of(&[]);
-    assert!(r.is_empty());
+    assert_eq!(budget.used(), 128 * 1024 + 512);
+    b.c.complete_task(
+        t.id,
+        TaskOutcome {
+            data_in: vec![0; 512],
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        budget.used(),
+        128 * 1024 + 512,
+        "the Data-In is not sent yet"
+    );
+    let out = outputs(&mut b.c);
+    assert!(matches!(out[0].header, Header::DataIn(_)));
+    drop(out);
+    assert_eq!(budget.used(), 128 * 1024);
+    // B's write gets no R2T while A holds everything.
+    b.cmd(7, 0x2a, false, true, 65536, true, &[]);
+    assert!(outputs(&mut b.c).is_empty(), "no R2T without budget");
+    // A's first write fails: its 64 KiB come back and B is woken.
     a.data_out(1, 0, 0, 0, true, &[]); // a bad Data-Out (wrong TTT) fails task 1...
     let out = outputs(&mut a.c);
     assert!(matches!(out.as_slice(), [o] if matches!(o.header, Header::ScsiResponse(_))));
@@ -1251,8 +1268,8 @@ fn r2ts_wait_for_write_budget_and_go_out_when_it_comes_back() {
 
 #[test]
 fn a_session_at_its_share_stops_widening_its_window() {
-    use crate::budget::WriteBudget;
-    let budget = WriteBudget::new(1 << 30, 128 * 1024, 64 * 1024);
+    use crate::budget::BufferBudget;
+    let budget = BufferBudget::new(1 << 30, 128 * 1024, 64 * 1024);
     let mut h = Harness::new(&[("MaxBurstLength", "65536")]);
     let (w, _) = counting_waker();
     h.c.set_budget(budget.account(w));
@@ -1287,4 +1304,44 @@ fn a_session_at_its_share_stops_widening_its_window() {
     );
     let r3 = r2ts_of(&outputs(&mut h.c));
     assert_eq!((r3.len(), r3[0].itt), (1, 3));
+}
+
+#[test]
+fn reads_wait_for_buffer_budget_in_order() {
+    use crate::budget::BufferBudget;
+    let budget = BufferBudget::new(64 * 1024, 64 * 1024, 64 * 1024);
+    let mut h = Harness::new(&[]);
+    let (w, _) = counting_waker();
+    h.c.set_budget(budget.account(w));
+    h.cmd(1, 0x28, true, false, 48 * 1024, true, &[]);
+    let first = h.executed();
+    // 32 KiB more do not fit: the read waits, and so does a small one behind it (in order).
+    h.cmd(2, 0x28, true, false, 32 * 1024, true, &[]);
+    h.cmd(3, 0x28, true, false, 512, true, &[]);
+    assert!(events(&mut h.c).is_empty());
+    // Commands without data are not held back.
+    h.cmd(4, 0x00, false, false, 0, true, &[]);
+    assert_eq!(h.executed().itt, 4);
+    h.c.complete_task(
+        first.id,
+        TaskOutcome {
+            data_in: vec![1; 48 * 1024],
+            ..Default::default()
+        },
+    );
+    // Still held by the Data-In waiting to be sent.
+    assert!(events(&mut h.c).is_empty());
+    let out = outputs(&mut h.c);
+    assert!(out.iter().any(|o| matches!(o.header, Header::DataIn(_))));
+    drop(out);
+    h.c.budget_ready();
+    let ev = events(&mut h.c);
+    let itts: Vec<u32> = ev
+        .iter()
+        .filter_map(|e| match e {
+            ConnEvent::Execute(t) => Some(t.itt),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(itts, vec![2, 3]);
 }
