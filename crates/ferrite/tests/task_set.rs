@@ -147,3 +147,50 @@ fn two_sessions_resetting_the_same_lun_at_once_both_complete() {
         vec![0u8; 2 * LEN]
     );
 }
+
+#[test]
+fn a_read_behind_an_ordered_write_sees_the_new_data() {
+    // SAM-5 §8.6.3: a SIMPLE task does not start before an older ORDERED task has completed.
+    // The read is sent before the write's data; it must still return what the write stores.
+    let d = Daemon::start(Opts::default());
+    let mut s = login(&d, "iqn.2026-11.io.ferrite:node-a");
+    let lba = 700u32;
+    let blocks = (LEN / BLOCK) as u16;
+    let mut cdb = [0u8; 10];
+    cdb[0] = 0x2a;
+    cdb[2..6].copy_from_slice(&lba.to_be_bytes());
+    cdb[7..9].copy_from_slice(&blocks.to_be_bytes());
+    let (mut w, write_itt) = s.scsi_cmd_bhs(&cdb, false, true, LEN as u32);
+    w[1] = (w[1] & !0x07) | 2; // ORDERED
+    s.send(&w, &[]).unwrap();
+    cdb[0] = 0x28;
+    let (r, read_itt) = s.scsi_cmd_bhs(&cdb, true, false, LEN as u32);
+    s.send(&r, &[]).unwrap();
+    let p = s.recv().unwrap();
+    assert_eq!(p.opcode(), OP_R2T, "{:02x?}", &p.bhs[..8]);
+    let r2t = R2t::of(&p);
+    assert_eq!(r2t.itt, write_itt);
+    // Give the read every chance to run early, had it not been held back.
+    std::thread::sleep(Duration::from_millis(200));
+    s.answer_r2t(&r2t, &[0x3c; LEN], false).unwrap();
+    let mut got = Vec::new();
+    let mut write_done = false;
+    loop {
+        let p = s.recv().unwrap();
+        match (p.opcode(), p.itt()) {
+            (OP_SCSI_RSP, i) if i == write_itt => {
+                assert_eq!(p.bhs[3], 0, "the write ends GOOD");
+                write_done = true;
+            }
+            (0x25, i) if i == read_itt => {
+                assert!(write_done, "read data before the ORDERED write completed");
+                got.extend_from_slice(&p.data);
+                if p.bhs[1] & 0x01 != 0 {
+                    break; // status in the last Data-In
+                }
+            }
+            (op, i) => panic!("unexpected opcode {op:#04x} ITT {i:#x}"),
+        }
+    }
+    assert_eq!(got, vec![0x3c; LEN]);
+}

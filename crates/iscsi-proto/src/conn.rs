@@ -186,7 +186,13 @@ struct Task {
     data_sn: u32,
     /// Write budget this task holds for its data-out buffer.
     held: Held,
+    /// Place in the task set (delivery order), for task attributes.
+    seq: u64,
 }
+
+/// Task attributes (RFC 7143 §11.3.1 ATTR field, SAM-5 §8.6).
+const ATTR_ORDERED: u8 = 2;
+const ATTR_HEAD_OF_QUEUE: u8 = 3;
 
 /// Buffer budget held by one task (see `budget`): granted for solicited data-out, charged for
 /// unsolicited data-out, granted for data-in (`read`).
@@ -240,6 +246,14 @@ struct Ffp {
     /// ITT and budget charge of the tasks with the device server, by id (the charge is
     /// returned when the device server hands the task back, as it holds the data till then).
     executing: HashMap<TaskId, (u32, Held)>,
+    /// Delivery counter (`Task::seq`).
+    next_seq: u64,
+    /// Delivered ORDERED and HEAD OF QUEUE tasks still in the task set: while both are zero
+    /// every task may run at once.
+    ordered: usize,
+    head_of_queue: usize,
+    /// Tasks whose data is in but whose attribute keeps them dormant, by `seq`.
+    dormant: BTreeMap<u64, u32>,
     /// Delivered commands waiting for buffer budget (writes before their R2Ts go out, reads
     /// before they run), in order.
     budget_wait: VecDeque<u32>,
@@ -551,6 +565,10 @@ impl Connection {
             stat_sn: result.next_stat_sn,
             tasks: HashMap::new(),
             executing: HashMap::new(),
+            next_seq: 0,
+            ordered: 0,
+            head_of_queue: 0,
+            dormant: BTreeMap::new(),
             budget_wait: VecDeque::new(),
             aborted: HashSet::new(),
             aborted_itts: VecDeque::new(),
@@ -852,6 +870,7 @@ impl Connection {
                 charged,
                 ..Held::default()
             },
+            seq: 0,
         };
         self.ffp().tasks.insert(c.itt, task);
         true
@@ -862,9 +881,11 @@ impl Connection {
         let Some(task) = self.ffp().tasks.remove(&itt) else {
             return;
         };
+        self.task_gone(&task);
         self.release_budget(itt, task.held);
         self.remember_aborted_itt(itt);
         self.send_scsi_response(itt, &0x02, sense, (false, false, 0), task.data_sn);
+        self.wake_dormant();
     }
 
     fn send_target_failure(&mut self, itt: u32) {
@@ -933,16 +954,73 @@ impl Connection {
     }
 
     fn deliver_scsi(&mut self, itt: u32) {
-        let Some(t) = self.ffp().tasks.get_mut(&itt) else {
+        let f = self.ffp();
+        let Some(t) = f.tasks.get_mut(&itt) else {
             return;
         };
+        // The task enters the task set (SAM-5 §8.6), in CmdSN order.
         t.delivered = true;
+        t.seq = f.next_seq;
+        f.next_seq += 1;
+        match t.attr {
+            ATTR_ORDERED => f.ordered += 1,
+            ATTR_HEAD_OF_QUEUE => f.head_of_queue += 1,
+            _ => {}
+        }
         self.advance_task(itt);
+    }
+
+    /// SAM-5 §8.6: whether a delivered task must stay dormant because of the attributes of the
+    /// others in its task set (this session's tasks on the same LUN). A HEAD OF QUEUE task runs
+    /// at once; an ORDERED one after every older task and every HEAD OF QUEUE task; a SIMPLE
+    /// (or untagged) one after every older ORDERED task and every HEAD OF QUEUE task.
+    fn dormant(f: &Ffp, itt: u32) -> bool {
+        if f.ordered == 0 && f.head_of_queue == 0 {
+            return false;
+        }
+        let Some(t) = f.tasks.get(&itt) else {
+            return false;
+        };
+        if t.attr == ATTR_HEAD_OF_QUEUE {
+            return false;
+        }
+        f.tasks.iter().any(|(&i, o)| {
+            i != itt
+                && o.delivered
+                && o.lun == t.lun
+                && (o.attr == ATTR_HEAD_OF_QUEUE
+                    || (o.seq < t.seq && (t.attr == ATTR_ORDERED || o.attr == ATTR_ORDERED)))
+        })
+    }
+
+    /// A task left the task set: its attribute no longer holds others back.
+    fn task_gone(&mut self, task: &Task) {
+        let f = self.ffp();
+        f.dormant.remove(&task.seq);
+        if task.delivered {
+            match task.attr {
+                ATTR_ORDERED => f.ordered -= 1,
+                ATTR_HEAD_OF_QUEUE => f.head_of_queue -= 1,
+                _ => {}
+            }
+        }
+    }
+
+    /// Let dormant tasks run that may now (oldest first).
+    fn wake_dormant(&mut self) {
+        let waiting: Vec<u32> = self.ffp().dormant.values().copied().collect();
+        for itt in waiting {
+            if self.closed {
+                return;
+            }
+            self.advance_task(itt);
+        }
     }
 
     /// Move a delivered task on: solicit more data, or hand it to the device server.
     fn advance_task(&mut self, itt: u32) {
         let p = self.ffp().params.clone();
+        let dormant = Self::dormant(self.ffp(), itt);
         let mut r2ts = Vec::new();
         let mut ready = None;
         {
@@ -961,6 +1039,11 @@ impl Connection {
             };
             let edtl = if t.write { t.expected_len } else { 0 };
             if w.buf.len() as u32 >= edtl && w.r2ts.is_empty() {
+                if dormant {
+                    f.dormant.insert(t.seq, itt);
+                    return;
+                }
+                f.dormant.remove(&t.seq);
                 // A read's data-in buffer is granted before the device server fills it (see
                 // `budget`), in delivery order within the session.
                 if t.read && t.expected_len > 0 && t.held.read == 0 {
@@ -1161,9 +1244,11 @@ impl Connection {
             // Aborted: no response (SAM-5 §7.3); the TMF may now be answered.
             self.finish_tmf_wait(id);
         } else if let Some(task) = self.ffp().tasks.remove(&itt) {
+            self.task_gone(&task);
             self.send_response(itt, &task, outcome, read_grant);
         }
         self.update_window();
+        self.wake_dormant();
         self.budget_ready();
         self.maybe_finish_logout();
     }
@@ -1414,6 +1499,8 @@ impl Connection {
             with_driver: false,
         });
         self.flush_tmfs();
+        // ABORT TASK may have ended what held a dormant task back.
+        self.wake_dormant();
     }
 
     /// Abort the tasks `pred` selects; returns how many there were.
@@ -1433,6 +1520,8 @@ impl Connection {
         for itt in itts {
             self.abort_task(itt, waiting);
         }
+        // Only once every task the function ends is gone: none of them may start meanwhile.
+        self.wake_dormant();
         n
     }
 
@@ -1443,6 +1532,8 @@ impl Connection {
         };
         f.queued
             .retain(|_, q| !matches!(q, Queued::Scsi { itt: i } if *i == itt));
+        self.task_gone(&task);
+        let f = self.ffp();
         match task.phase {
             TaskPhase::Executing => {
                 // Its budget comes back with the device server's answer (`complete_task`).
@@ -1665,6 +1756,7 @@ impl Connection {
             for itt in receiving {
                 self.abort_task(itt, &mut w);
             }
+            self.wake_dormant();
         }
         self.ffp().logout = Some((l.itt, code));
         self.maybe_finish_logout();

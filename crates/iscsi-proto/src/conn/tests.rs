@@ -144,6 +144,34 @@ impl Harness {
         self.c.handle_pdu(self.now, raw(h, data), &Dir);
     }
 
+    /// A command without data: `cdb0` on `lun` (the raw LUN field) with task attribute `attr`.
+    fn cmd_attr(&mut self, itt: u32, cdb0: u8, lun: u64, attr: u8) {
+        let mut cdb = [0u8; 16];
+        cdb[0] = cdb0;
+        let h = Header::ScsiCommand(ScsiCommand {
+            final_bit: true,
+            attr,
+            lun,
+            itt,
+            cmd_sn: self.cmd_sn,
+            cdb,
+            ..Default::default()
+        });
+        self.cmd_sn += 1;
+        self.c.handle_pdu(self.now, raw(h, &[]), &Dir);
+    }
+
+    /// ITTs of the tasks handed to the device server since the last look.
+    fn executed_itts(&mut self) -> Vec<u32> {
+        events(&mut self.c)
+            .into_iter()
+            .filter_map(|e| match e {
+                ConnEvent::Execute(t) => Some(t.itt),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn data_out(
         &mut self,
         itt: u32,
@@ -1344,4 +1372,55 @@ fn reads_wait_for_buffer_budget_in_order() {
         })
         .collect();
     assert_eq!(itts, vec![2, 3]);
+}
+
+/// SAM-5 §8.6: task attributes decide when a task may run.
+#[test]
+fn ordered_and_head_of_queue_tasks_run_in_the_order_sam_5_gives() {
+    const SIMPLE: u8 = 1;
+    const ORDERED: u8 = 2;
+    const HEAD_OF_QUEUE: u8 = 3;
+    let lun1 = 0x0001_0000_0000_0000;
+    let mut h = Harness::new(&[]);
+    let done = |h: &mut Harness, id: TaskId| h.c.complete_task(id, TaskOutcome::default());
+    let mut ids = HashMap::new();
+    let mut run = |h: &mut Harness| {
+        let ev = events(&mut h.c);
+        let mut itts = Vec::new();
+        for e in ev {
+            if let ConnEvent::Execute(t) = e {
+                ids.insert(t.itt, t.id);
+                itts.push(t.itt);
+            }
+        }
+        (itts, ids.clone())
+    };
+    h.cmd_attr(1, 0x00, 0, SIMPLE);
+    h.cmd_attr(2, 0x00, 0, ORDERED);
+    h.cmd_attr(3, 0x00, 0, SIMPLE);
+    h.cmd_attr(5, 0x00, lun1, SIMPLE);
+    // 1 runs; the ORDERED task waits for it, the SIMPLE behind waits for the ORDERED; another
+    // LUN's task set is not held back.
+    assert_eq!(run(&mut h).0, vec![1, 5]);
+    h.cmd_attr(4, 0x00, 0, HEAD_OF_QUEUE);
+    assert_eq!(run(&mut h).0, vec![4], "HEAD OF QUEUE runs at once");
+    let (_, ids) = run(&mut h);
+    done(&mut h, ids[&1]);
+    assert_eq!(
+        run(&mut h).0,
+        Vec::<u32>::new(),
+        "the ORDERED task waits for HEAD OF QUEUE too"
+    );
+    done(&mut h, ids[&4]);
+    assert_eq!(run(&mut h).0, vec![2]);
+    let (_, ids) = run(&mut h);
+    done(&mut h, ids[&2]);
+    assert_eq!(run(&mut h).0, vec![3]);
+    // ABORT TASK of an ORDERED task that waits lets what is behind it run.
+    h.cmd_attr(6, 0x00, 0, ORDERED);
+    h.cmd_attr(7, 0x00, 0, SIMPLE);
+    assert!(run(&mut h).0.is_empty(), "6 waits for 3, 7 for 6");
+    let sn = h.cmd_sn;
+    tmf(&mut h, TmfFunction::ABORT_TASK, 6, sn - 2);
+    assert_eq!(run(&mut h).0, vec![7]);
 }
