@@ -1363,15 +1363,7 @@ fn reads_wait_for_buffer_budget_in_order() {
     assert!(out.iter().any(|o| matches!(o.header, Header::DataIn(_))));
     drop(out);
     h.c.budget_ready();
-    let ev = events(&mut h.c);
-    let itts: Vec<u32> = ev
-        .iter()
-        .filter_map(|e| match e {
-            ConnEvent::Execute(t) => Some(t.itt),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(itts, vec![2, 3]);
+    assert_eq!(h.executed_itts(), vec![2, 3]);
 }
 
 /// SAM-5 §8.6: task attributes decide when a task may run.
