@@ -199,17 +199,21 @@ pub async fn execute(daemon: &Arc<Daemon>, req: &Value) -> anyhow::Result<Value>
                 .ok_or_else(|| anyhow::anyhow!("no target {name:?}"))?;
             let only = req.get("lun").and_then(Value::as_u64);
             let mut out = Vec::new();
-            for (id, (_, lu)) in t
-                .lus
-                .iter()
-                .filter(|(id, _)| only.is_none_or(|l| l == **id))
-            {
-                if op == "pr-clear" {
-                    lu.pr_clear()?;
-                    info!(target = %name, lun = id, "persistent reservations cleared by the operator");
+            // A LU's reservation lock may be held across an APTPL fsync: wait off the workers.
+            tokio::task::block_in_place(|| -> anyhow::Result<()> {
+                for (id, (_, lu)) in t
+                    .lus
+                    .iter()
+                    .filter(|(id, _)| only.is_none_or(|l| l == **id))
+                {
+                    if op == "pr-clear" {
+                        lu.pr_clear()?;
+                        info!(target = %name, lun = id, "persistent reservations cleared by the operator");
+                    }
+                    out.push(json!({ "lun": id, "state": serde_json::to_value(lu.pr_state())? }));
                 }
-                out.push(json!({ "lun": id, "state": serde_json::to_value(lu.pr_state())? }));
-            }
+                Ok(())
+            })?;
             anyhow::ensure!(!out.is_empty() || only.is_none(), "no LUN {:?}", only);
             return Ok(json!({ "luns": out }));
         }
@@ -220,7 +224,8 @@ pub async fn execute(daemon: &Arc<Daemon>, req: &Value) -> anyhow::Result<Value>
                     anyhow::anyhow!("the daemon was started without --config: give a path")
                 })?,
             };
-            write_atomic(&path, toml::to_string(&rt.config)?.as_bytes())?;
+            let text = toml::to_string(&rt.config)?;
+            tokio::task::block_in_place(|| write_atomic(&path, text.as_bytes()))?;
             return Ok(json!({ "saved": path }));
         }
         _ => {}
@@ -401,8 +406,10 @@ pub async fn execute(daemon: &Arc<Daemon>, req: &Value) -> anyhow::Result<Value>
     daemon.apply(c).await?;
     let rt = daemon.runtime();
     if let Some(path) = &daemon.config_path {
-        // Run-time changes persist in the file the daemon was started from.
-        write_atomic(path, toml::to_string(&rt.config)?.as_bytes())?;
+        // Run-time changes persist in the file the daemon was started from (fsyncs: off the
+        // workers).
+        let text = toml::to_string(&rt.config)?;
+        tokio::task::block_in_place(|| write_atomic(path, text.as_bytes()))?;
     }
     Ok(describe(&rt))
 }

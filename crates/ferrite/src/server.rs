@@ -803,7 +803,7 @@ async fn run_connection(
         while let Some(ev) = conn.poll_event() {
             match ev {
                 ConnEvent::LoginComplete(r) => {
-                    login_complete(&daemon, &mut conn, &r, local, peer, &mut att);
+                    login_complete(&daemon, &mut conn, &r, local, peer, &mut att).await;
                     login_slot.done();
                 }
                 ConnEvent::Framing {
@@ -1014,7 +1014,7 @@ impl Daemon {
     }
 }
 
-fn login_complete(
+async fn login_complete(
     daemon: &Arc<Daemon>,
     conn: &mut Connection,
     r: &LoginResult,
@@ -1078,56 +1078,66 @@ fn login_complete(
         nexus: nexus.clone(),
         nexus_released: att.nexus_released.clone(),
     };
-    // The old session or connection this login replaces (the same I_T nexus): told to stop,
-    // and its nexus released now, so that its exit cannot release what the new one acquires.
-    let end_old = |old: &SessionEntry, what: &str| {
+    // The old session or connection this login replaces (the same I_T nexus) is told to stop
+    // at once, and its nexus released below, before this login completes, so that neither
+    // its exit nor its state can reach what the new one acquires.
+    let mut replaced = None;
+    let mut end_old = |old: SessionEntry, what: &str| {
         info!(%peer, initiator = %r.initiator_name, isid = format_args!("{:012x}", r.isid), "reinstating {what}");
         let _ = old.kill.send(true);
-        if let Some(v) = old.target.views.get(&old.view_key) {
-            old.nexus_released.release(v, &old.nexus);
-        }
+        replaced = Some(old);
     };
-    let mut sessions = daemon.sessions.lock().unwrap_or_else(|e| e.into_inner());
-    let admitted = if r.tsih == 0 {
-        // RFC 7143 §6.3.5: a leading login from the same initiator port to the same portal
-        // group reinstates (closes) the old session.
-        sessions
-            .open(key, r.cid, r.params.max_connections, entry)
-            .map(|o| {
-                if let Some((_, old)) = &o.reinstated {
-                    end_old(old, "session");
+    let admitted = {
+        let mut sessions = daemon.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if r.tsih == 0 {
+            // RFC 7143 §6.3.5: a leading login from the same initiator port to the same portal
+            // group reinstates (closes) the old session.
+            sessions
+                .open(key, r.cid, r.params.max_connections, entry)
+                .map(|o| {
+                    if let Some((_, old)) = o.reinstated {
+                        end_old(old, "session");
+                    }
+                    o.tsih
+                })
+        } else {
+            // RFC 7143 §6.3.4, §11.12.6: join the session named by the TSIH, within
+            // MaxConnections, or replace its connection with the same CID.
+            match sessions.join(&key, r.tsih, r.cid) {
+                Ok(Joined::Replaces) => {
+                    if let Some(slot) = sessions.get_mut(r.tsih) {
+                        let old = std::mem::replace(slot, entry);
+                        end_old(old, "connection");
+                    }
+                    Ok(r.tsih)
                 }
-                o.tsih
-            })
-    } else {
-        // RFC 7143 §6.3.4, §11.12.6: join the session named by the TSIH, within
-        // MaxConnections, or replace its connection with the same CID.
-        match sessions.join(&key, r.tsih, r.cid) {
-            Ok(Joined::Replaces) => {
-                if let Some(slot) = sessions.get_mut(r.tsih) {
-                    let old = std::mem::replace(slot, entry);
-                    end_old(&old, "connection");
+                // Sessions have one connection until the engine runs MC/S (MaxConnections is
+                // negotiated to 1, so the table never adds one).
+                Ok(Joined::Added) => {
+                    sessions.leave(r.tsih, r.cid);
+                    Err(LoginStatus::TOO_MANY_CONNECTIONS)
                 }
-                Ok(r.tsih)
+                Err(status) => Err(status),
             }
-            // Sessions have one connection until the engine runs MC/S (MaxConnections is
-            // negotiated to 1, so the table never adds one).
-            Ok(Joined::Added) => {
-                sessions.leave(r.tsih, r.cid);
-                Err(LoginStatus::TOO_MANY_CONNECTIONS)
-            }
-            Err(status) => Err(status),
         }
     };
     let tsih = match admitted {
         Ok(t) => t,
         Err(status) => {
-            drop(sessions);
             conn.refuse_login(status);
             return;
         }
     };
-    drop(sessions);
+    if let Some(old) = replaced {
+        // Taking the LU's locks may wait for an APTPL fsync: off the session table's lock and
+        // off the async workers, and done before the login response lets commands come.
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(v) = old.target.views.get(&old.view_key) {
+                old.nexus_released.release(v, &old.nexus);
+            }
+        })
+        .await;
+    }
     let p = &r.params;
     info!(
         %peer,
