@@ -30,6 +30,9 @@ pub struct Settings {
     pub nop_timeout_secs: u64,
     /// Seconds a login may take.
     pub login_timeout_secs: u64,
+    /// Seconds R2Ts may stay unanswered (no Data-Out at all) before the connection is dropped
+    /// (0: never).
+    pub data_out_timeout_secs: u64,
     /// Commands in flight per session (MaxCmdSN window).
     pub queue_depth: u32,
     /// Our MaxRecvDataSegmentLength.
@@ -65,6 +68,7 @@ impl Default for Settings {
             nop_interval_secs: 30,
             nop_timeout_secs: 30,
             login_timeout_secs: 30,
+            data_out_timeout_secs: 30,
             queue_depth: 128,
             max_recv_data_segment_length: o.max_recv_data_segment_length,
             max_burst_length: o.max_burst_length,

@@ -218,6 +218,8 @@ impl Daemon {
                 .then(|| Duration::from_secs(s.nop_interval_secs)),
             nop_timeout: Duration::from_secs(s.nop_timeout_secs.max(1)),
             login_timeout: Duration::from_secs(s.login_timeout_secs.max(1)),
+            data_out_timeout: (s.data_out_timeout_secs > 0)
+                .then(|| Duration::from_secs(s.data_out_timeout_secs)),
         };
         let limit = match &s.buffer_budget {
             Some(b) => crate::config::parse_size(b).map_err(anyhow::Error::msg)?,

@@ -253,3 +253,74 @@ fn sessions_that_stop_reading_stay_within_the_budget() {
     rss_returns(&d, idle);
     good.logout().unwrap();
 }
+
+#[test]
+fn more_stalled_sessions_than_the_budget_holds_cannot_starve_a_writer() {
+    // A 64 MiB budget: one session holds at most 8 MiB (one largest write), so nine sessions
+    // that never finish a write want more than there is. The Data-Out timeout (2 s here) ends
+    // their connections; the writer waiting first in line is served then.
+    let d = Daemon::start(Opts {
+        config: Some(
+            r#"
+            [settings]
+            buffer_budget = "64M"
+            data_out_timeout_secs = 2
+            [[target]]
+            name = "iqn.2026-11.io.ferrite:itest"
+            [[target.portal_group]]
+            tag = 1
+            portals = ["127.0.0.1:{port}"]
+            [[target.lun]]
+            id = 0
+            backstore = "file:{dir}/lun0.img:256M"
+            "#
+            .into(),
+        ),
+        ..Opts::default()
+    });
+    let blocks = (MAX_WRITE / BLOCK) as u16;
+    let mut hogs = Vec::new();
+    for i in 0..9u32 {
+        let name = format!("iqn.2026-11.io.ferrite:staller{i}");
+        let mut s = Session::login(
+            d.addr(),
+            &LoginOpts {
+                initiator: &name,
+                ..LoginOpts::default()
+            },
+        )
+        .unwrap();
+        let (b, _) = s.scsi_cmd_bhs(
+            &write10_cdb(i * u32::from(blocks), blocks),
+            false,
+            true,
+            MAX_WRITE,
+        );
+        s.send(&b, &[]).unwrap();
+        hogs.push(s);
+    }
+    let mut good = Session::login(
+        d.addr(),
+        &LoginOpts {
+            initiator: "iqn.2026-11.io.ferrite:good",
+            ..LoginOpts::default()
+        },
+    )
+    .unwrap();
+    let t = Instant::now();
+    let data = vec![0x6bu8; 1 << 20];
+    good.write10(200_000, &data, BLOCK as usize).unwrap();
+    eprintln!(
+        "the write waited {:?} behind nine stalled sessions",
+        t.elapsed()
+    );
+    assert_eq!(good.read10(200_000, 2048, BLOCK as usize).unwrap(), data);
+    // The stalled sessions were dropped by the target.
+    let log = d.log_text();
+    assert!(
+        log.matches("no Data-Out within data_out_timeout").count() >= 1,
+        "no connection was dropped for unanswered R2Ts:\n{log}"
+    );
+    drop(hogs);
+    good.logout().unwrap();
+}

@@ -126,6 +126,10 @@ pub struct ConnConfig {
     pub nop_timeout: Duration,
     /// How long login may take in all.
     pub login_timeout: Duration,
+    /// How long R2Ts may stay unanswered (no Data-Out at all) before the connection is
+    /// dropped; `None` never. At ErrorRecoveryLevel 0 there is no recovery R2T, and a peer
+    /// that never sends the data it was granted would keep its share of the buffer budget.
+    pub data_out_timeout: Option<Duration>,
 }
 
 impl Default for ConnConfig {
@@ -137,6 +141,7 @@ impl Default for ConnConfig {
             nop_interval: Some(Duration::from_secs(30)),
             nop_timeout: Duration::from_secs(30),
             login_timeout: Duration::from_secs(30),
+            data_out_timeout: Some(Duration::from_secs(30)),
         }
     }
 }
@@ -246,6 +251,11 @@ struct Ffp {
     /// ITT and budget charge of the tasks with the device server, by id (the charge is
     /// returned when the device server hands the task back, as it holds the data till then).
     executing: HashMap<TaskId, (u32, Held)>,
+    /// R2Ts sent and not yet answered in full, over all tasks.
+    r2ts_out: usize,
+    /// While R2Ts are out: since when no Data-Out has arrived (`None` until the next call that
+    /// knows the time).
+    data_clock: Option<Instant>,
     /// Delivery counter (`Task::seq`).
     next_seq: u64,
     /// Delivered ORDERED and HEAD OF QUEUE tasks still in the task set: while both are zero
@@ -425,10 +435,21 @@ impl Connection {
         }
         match &self.phase {
             Phase::Login(_) => Some(self.started + self.cfg.login_timeout),
-            Phase::Full(f) => match f.ping {
-                Some((_, sent)) => Some(sent + self.cfg.nop_timeout),
-                None => self.cfg.nop_interval.map(|i| self.last_rx + i),
-            },
+            Phase::Full(f) => {
+                let nop = match f.ping {
+                    Some((_, sent)) => Some(sent + self.cfg.nop_timeout),
+                    None => self.cfg.nop_interval.map(|i| self.last_rx + i),
+                };
+                // With R2Ts out, the Data-Out deadline; an unstarted clock wants a call now.
+                let data = match (self.cfg.data_out_timeout, f.r2ts_out) {
+                    (Some(d), 1..) => Some(f.data_clock.map_or(self.last_rx, |t| t + d)),
+                    _ => None,
+                };
+                match (nop, data) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
         }
     }
 
@@ -443,6 +464,18 @@ impl Connection {
                 }
             }
             Phase::Full(f) => {
+                if f.r2ts_out == 0 {
+                    f.data_clock = None;
+                } else if let Some(d) = self.cfg.data_out_timeout {
+                    match f.data_clock {
+                        None => f.data_clock = Some(now),
+                        Some(t) if now >= t + d => {
+                            self.close("R2Ts unanswered: no Data-Out within data_out_timeout");
+                            return;
+                        }
+                        Some(_) => {}
+                    }
+                }
                 if let Some((_, sent)) = f.ping {
                     if now >= sent + self.cfg.nop_timeout {
                         self.close("NOP-In ping not answered");
@@ -531,7 +564,18 @@ impl Connection {
                     LoginStep::Failed(_) => self.close("login refused"),
                 }
             }
-            Phase::Full(_) => self.handle_ffp(pdu, dir),
+            Phase::Full(_) => {
+                let data_out = pdu.bhs[0] & 0x3f == Opcode::DATA_OUT.0;
+                self.handle_ffp(pdu, dir);
+                // The Data-Out clock: restarted by any Data-Out, started when R2Ts go out.
+                if let Phase::Full(f) = &mut self.phase {
+                    if f.r2ts_out == 0 {
+                        f.data_clock = None;
+                    } else if data_out || f.data_clock.is_none() {
+                        f.data_clock = Some(now);
+                    }
+                }
+            }
         }
     }
 
@@ -565,6 +609,8 @@ impl Connection {
             stat_sn: result.next_stat_sn,
             tasks: HashMap::new(),
             executing: HashMap::new(),
+            r2ts_out: 0,
+            data_clock: None,
             next_seq: 0,
             ordered: 0,
             head_of_queue: 0,
@@ -993,9 +1039,14 @@ impl Connection {
         })
     }
 
-    /// A task left the task set: its attribute no longer holds others back.
+    /// A task left the task set: its attribute no longer holds others back, and nobody waits
+    /// for its data any more.
     fn task_gone(&mut self, task: &Task) {
         let f = self.ffp();
+        if let TaskPhase::Receiving(w) = &task.phase {
+            debug_assert!(f.r2ts_out >= w.r2ts.len(), "R2T count");
+            f.r2ts_out = f.r2ts_out.saturating_sub(w.r2ts.len());
+        }
         f.dormant.remove(&task.seq);
         if task.delivered {
             match task.attr {
@@ -1107,6 +1158,7 @@ impl Connection {
                     w.r2t_sn += 1;
                 }
                 t.data_sn = w.r2t_sn;
+                f.r2ts_out += r2ts.len();
             }
         }
         if let Some(task) = ready {
@@ -1197,6 +1249,8 @@ impl Connection {
                         w.buf.extend_from_slice(&pdu.data);
                         if r.received == r.len {
                             w.r2ts.remove(i);
+                            debug_assert!(f.r2ts_out > 0, "R2T count");
+                            f.r2ts_out = f.r2ts_out.saturating_sub(1);
                         } else if d.final_bit {
                             ok = false; // sequence ended short of the R2T's length
                         }

@@ -1416,3 +1416,75 @@ fn ordered_and_head_of_queue_tasks_run_in_the_order_sam_5_gives() {
     tmf(&mut h, TmfFunction::ABORT_TASK, 6, sn - 2);
     assert_eq!(run(&mut h).0, vec![7]);
 }
+
+#[test]
+fn unanswered_r2ts_end_the_connection_after_the_data_out_timeout() {
+    let cfg = ConnConfig {
+        nop_interval: None,
+        data_out_timeout: Some(Duration::from_secs(10)),
+        ..ConnConfig::default()
+    };
+    let mut h = Harness::with(cfg, &[("MaxBurstLength", "65536")]);
+    assert_eq!(h.c.poll_timeout(), None, "nothing to wait for");
+    h.cmd(1, 0x2a, false, true, 2 * 65536, true, &[]);
+    let r = r2ts_of(&outputs(&mut h.c));
+    assert_eq!(r.len(), 1, "MaxOutstandingR2T 1");
+    let t0 = h.now;
+    assert_eq!(h.c.poll_timeout(), Some(t0 + Duration::from_secs(10)));
+    // Data for the first R2T 8 s later restarts the clock, and the second R2T goes out...
+    h.now = t0 + Duration::from_secs(8);
+    answer(&mut h, &r[0]);
+    assert_eq!(r2ts_of(&outputs(&mut h.c)).len(), 1);
+    assert_eq!(h.c.poll_timeout(), Some(h.now + Duration::from_secs(10)));
+    h.c.handle_timeout(t0 + Duration::from_secs(17));
+    assert!(!h.c.is_closed());
+    // ...and 10 s without any closes the connection (ERL 0: no recovery R2T).
+    h.c.handle_timeout(t0 + Duration::from_secs(18));
+    assert!(h.c.is_closed());
+    assert!(matches!(
+        events(&mut h.c).last(),
+        Some(ConnEvent::Close { .. })
+    ));
+}
+
+#[test]
+fn the_data_out_clock_stops_when_no_r2t_is_out() {
+    let cfg = ConnConfig {
+        nop_interval: None,
+        data_out_timeout: Some(Duration::from_secs(10)),
+        ..ConnConfig::default()
+    };
+    let mut h = Harness::with(cfg, &[("MaxBurstLength", "65536")]);
+    h.cmd(1, 0x2a, false, true, 65536, true, &[]);
+    let r = r2ts_of(&outputs(&mut h.c));
+    answer(&mut h, &r[0]);
+    let t = h.executed();
+    assert_eq!(h.c.poll_timeout(), None, "all data in: no deadline");
+    h.c.handle_timeout(h.now + Duration::from_secs(60));
+    assert!(!h.c.is_closed());
+    h.c.complete_task(
+        t.id,
+        TaskOutcome {
+            data_out_len: 65536,
+            ..Default::default()
+        },
+    );
+    outputs(&mut h.c);
+    // An R2T that goes out without a clock reading (after budget came back, say) asks for a
+    // call at once to start its clock.
+    let (w, _) = counting_waker();
+    let budget = crate::budget::BufferBudget::new(65536, 65536, 65536);
+    let mut hog = budget.account(Arc::new(|| {}));
+    assert!(hog.try_take(65536));
+    h.c.set_budget(budget.account(w));
+    h.cmd(2, 0x2a, false, true, 65536, true, &[]);
+    assert!(outputs(&mut h.c).is_empty());
+    drop(hog);
+    h.c.budget_ready();
+    assert_eq!(r2ts_of(&outputs(&mut h.c)).len(), 1);
+    let due = h.c.poll_timeout().unwrap();
+    assert!(due <= h.now, "an unstarted clock is due at once");
+    let later = h.now + Duration::from_secs(5);
+    h.c.handle_timeout(later);
+    assert_eq!(h.c.poll_timeout(), Some(later + Duration::from_secs(10)));
+}
