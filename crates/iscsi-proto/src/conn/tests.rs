@@ -1,7 +1,12 @@
 //! Scripted-initiator tests of the connection engine: PDUs in, PDUs and events out.
 
 use super::*;
-use iscsi_wire::{Stage, BHS_LEN};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use iscsi_wire::{text, LogoutReason, LogoutResponseCode, RejectReason, Stage, BHS_LEN};
+use iscsi_wire::{TmfFunction, TmfResponse, RESERVED_TAG};
 
 struct Dir;
 impl Directory for Dir {
