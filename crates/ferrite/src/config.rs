@@ -35,6 +35,8 @@ pub struct Settings {
     pub data_out_timeout_secs: u64,
     /// Commands in flight per session (MaxCmdSN window).
     pub queue_depth: u32,
+    /// Connections one session may have (MaxConnections offered, RFC 7143 §13.2).
+    pub max_connections: u32,
     /// Our MaxRecvDataSegmentLength.
     pub max_recv_data_segment_length: u32,
     pub max_burst_length: u32,
@@ -70,6 +72,7 @@ impl Default for Settings {
             login_timeout_secs: 30,
             data_out_timeout_secs: 30,
             queue_depth: 128,
+            max_connections: 8,
             max_recv_data_segment_length: o.max_recv_data_segment_length,
             max_burst_length: o.max_burst_length,
             first_burst_length: o.first_burst_length,
@@ -395,6 +398,9 @@ impl Config {
         }
         if s.queue_depth == 0 || s.queue_depth > 4096 {
             return Err("settings.queue_depth must be 1..4096".into());
+        }
+        if !(1..=65535).contains(&s.max_connections) {
+            return Err("settings.max_connections must be 1..65535".into());
         }
         if s.max_outstanding_r2t == 0 {
             return Err("settings.max_outstanding_r2t must be at least 1".into());

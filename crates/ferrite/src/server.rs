@@ -34,9 +34,10 @@ struct SessionEntry {
     kill: watch::Sender<bool>,
     /// The LUN view the session uses (initiator name, or the demo view).
     view_key: String,
-    /// Asks the connection to abort tasks that another I_T nexus ended (PREEMPT AND ABORT,
-    /// LUN RESET, CLEAR TASK SET, target resets).
-    abort: mpsc::UnboundedSender<AbortRequest>,
+    /// The session's engine (set once the leading login is accepted): other I_T nexuses'
+    /// task management and PREEMPT AND ABORT end its tasks through it.
+    session: Option<iscsi_proto::SessionHandle>,
+    /// Where the leading connection came from.
     peer: SocketAddr,
     params: iscsi_proto::Negotiated,
     target: Arc<Target>,
@@ -154,14 +155,25 @@ pub fn build_lu(
     Ok(lu)
 }
 
-/// Tasks of one session that another I_T nexus ended (SAM-5 §5.6).
-#[derive(Debug)]
-pub struct AbortRequest {
-    /// A LUN of the session's own view, or every LUN (target reset).
-    lun: Option<u64>,
-    /// Told how many tasks were aborted once none of them runs any more (dropped unanswered
-    /// if the connection ends first).
-    done: Option<tokio::sync::oneshot::Sender<usize>>,
+/// End a session's tasks whose LUN field `on_lun` selects; with `wait`, a receiver that hears
+/// how many there were once none of them is with the device server any more.
+fn abort_in(
+    session: &iscsi_proto::SessionHandle,
+    nexus: &Arc<Nexus>,
+    on_lun: impl Fn(u64) -> bool,
+    wait: bool,
+) -> Option<(Arc<Nexus>, tokio::sync::oneshot::Receiver<usize>)> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let done: Option<Box<dyn FnOnce(usize) + Send>> = wait.then(|| {
+        Box::new(move |n| {
+            let _ = tx.send(n);
+        }) as Box<dyn FnOnce(usize) + Send>
+    });
+    let n = session.abort_tasks_for(on_lun, done);
+    if n > 0 {
+        info!(initiator = %nexus.initiator_name, tasks = n, "tasks aborted through another I_T nexus");
+    }
+    wait.then(|| (nexus.clone(), rx))
 }
 
 /// Which I_T nexuses an abort reaches.
@@ -206,6 +218,7 @@ impl Daemon {
                 initial_r2t: s.initial_r2t,
                 immediate_data: s.immediate_data,
                 max_outstanding_r2t: s.max_outstanding_r2t,
+                max_connections: s.max_connections,
                 allow_header_digest: s.digests,
                 allow_data_digest: s.digests,
                 ..Default::default()
@@ -396,8 +409,8 @@ impl Daemon {
     }
 
     /// Ask every session whose I_T nexus `whom` names to abort its tasks on `lu`, under the LUN
-    /// its own view gives it. With `wait`, each returns a receiver that hears how many tasks
-    /// it aborted once none of them runs any more.
+    /// its own view gives it (SAM-5 §5.6). With `wait`, each returns a receiver that hears how
+    /// many tasks it aborted once none of them is with the device server any more.
     fn abort_on_lu(
         &self,
         lu: &LogicalUnit,
@@ -411,19 +424,16 @@ impl Daemon {
                 Whom::Only(list) => list.contains(&e.nexus),
                 Whom::AllBut(n) => *e.nexus != *n,
             };
-            let Some(view) = e.target.views.get(&e.view_key).filter(|_| reached) else {
+            let (Some(view), Some(session)) = (
+                e.target.views.get(&e.view_key).filter(|_| reached),
+                &e.session,
+            ) else {
                 continue;
             };
             for mapped in view.luns() {
                 if view.lu(mapped).is_some_and(|x| std::ptr::eq(&*x, lu)) {
-                    let (tx, rx) = tokio::sync::oneshot::channel();
-                    let req = AbortRequest {
-                        lun: Some(mapped),
-                        done: wait.then_some(tx),
-                    };
-                    if e.abort.send(req).is_ok() && wait {
-                        asked.push((e.nexus.clone(), rx));
-                    }
+                    let on_lun = move |field| scsi_core::lun_from_wire(field) == Some(mapped);
+                    asked.extend(abort_in(session, &e.nexus, on_lun, wait));
                 }
             }
         }
@@ -443,13 +453,8 @@ impl Daemon {
             if k.target != target || *e.nexus == *except {
                 continue;
             }
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            let req = AbortRequest {
-                lun: None,
-                done: Some(tx),
-            };
-            if e.abort.send(req).is_ok() {
-                asked.push((e.nexus.clone(), rx));
+            if let Some(session) = &e.session {
+                asked.extend(abort_in(session, &e.nexus, |_| true, true));
             }
         }
         asked
@@ -580,29 +585,6 @@ struct Attached {
     nexus: Option<Arc<Nexus>>,
     nexus_released: Arc<NexusRelease>,
     kill: Option<watch::Receiver<bool>>,
-    abort_tx: mpsc::UnboundedSender<AbortRequest>,
-}
-
-/// An abort another I_T nexus asked for, waiting for our running tasks: (those tasks, how many
-/// tasks were aborted in all, whom to tell).
-type AbortWait = (
-    std::collections::HashSet<iscsi_proto::TaskId>,
-    usize,
-    tokio::sync::oneshot::Sender<usize>,
-);
-
-/// A task came back from the device server: answer the aborts that waited only for it.
-fn settle_abort(waiting: &mut Vec<AbortWait>, id: iscsi_proto::TaskId) {
-    let mut i = 0;
-    while i < waiting.len() {
-        waiting[i].0.remove(&id);
-        if waiting[i].0.is_empty() {
-            let (_, n, done) = waiting.swap_remove(i);
-            let _ = done.send(n);
-        } else {
-            i += 1;
-        }
-    }
 }
 
 /// How long a task management function waits for other sessions to end their tasks. A
@@ -729,6 +711,8 @@ async fn run_connection(
     let budget_room = Arc::new(Notify::new());
     let waker = budget_room.clone();
     conn.set_budget(daemon.budget.account(Arc::new(move || waker.notify_one())));
+    // Another connection of the session queued output or events for this one.
+    let link_woken = Arc::new(Notify::new());
     let mut decoder = Decoder::new(8192);
     // The writer task owns the socket's write half so reads never wait on writes.
     // Bounded: an initiator that stops reading stops us reading its requests (backpressure)
@@ -743,10 +727,6 @@ async fn run_connection(
         let _ = wr.shutdown().await;
     });
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(iscsi_proto::TaskId, TaskOutcome)>();
-    let (abort_tx, mut abort_rx) = mpsc::unbounded_channel::<AbortRequest>();
-    // Aborts asked by other I_T nexuses that wait for our running tasks: (tasks still running,
-    // tasks aborted, whom to tell).
-    let mut aborts_waiting: Vec<AbortWait> = Vec::new();
     // Task management actions carried out beside the loop (see `ConnEvent::Tmf`).
     let (tmf_done_tx, mut tmf_done_rx) = mpsc::unbounded_channel::<()>();
     // Cancel flags of the tasks running on the blocking pool (ABORT TASK of a SANITIZE).
@@ -759,7 +739,6 @@ async fn run_connection(
         nexus: None,
         nexus_released: Arc::default(),
         kill: None,
-        abort_tx,
     };
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut start = 0usize;
@@ -807,6 +786,8 @@ async fn run_connection(
                 ConnEvent::LoginComplete(r) => {
                     login_complete(&daemon, &mut conn, &r, local, peer, &mut att).await;
                     login_slot.done();
+                    let w = link_woken.clone();
+                    conn.set_waker(Arc::new(move || w.notify_one()));
                 }
                 ConnEvent::Framing {
                     header_digest,
@@ -918,27 +899,10 @@ async fn run_connection(
                 }
                 for id in finished {
                     cancels.remove(&id);
-                    settle_abort(&mut aborts_waiting, id);
-                }
-            }
-            Some(req) = abort_rx.recv() => {
-                // Another I_T nexus ended our tasks (SAM-5 §5.6: PREEMPT AND ABORT, CLEAR TASK
-                // SET, LUN RESET, target reset): no response for them.
-                let ended = conn.abort_tasks_for(|field| {
-                    req.lun.is_none_or(|l| scsi_core::lun_from_wire(field) == Some(l))
-                });
-                if ended.tasks > 0 {
-                    info!(%peer, lun = ?req.lun, tasks = ended.tasks, "tasks aborted through another I_T nexus");
-                }
-                if let Some(done) = req.done {
-                    if ended.running.is_empty() {
-                        let _ = done.send(ended.tasks);
-                    } else {
-                        aborts_waiting.push((ended.running, ended.tasks, done));
-                    }
                 }
             }
             _ = budget_room.notified() => conn.budget_ready(),
+            _ = link_woken.notified() => {}
             Some(()) = tmf_done_rx.recv() => conn.tmf_done(),
             _ = sleep => conn.handle_timeout(Instant::now()),
             _ = kill => {
@@ -951,21 +915,18 @@ async fn run_connection(
     if let Some(reason) = closing {
         info!(%peer, reason, "closing connection");
     }
+    // ErrorRecoveryLevel 0: a connection that ends without a logout (peer gone, protocol or
+    // framing error) ends its session, every other connection of it too (RFC 7143 §7.1.5).
+    if conn.is_current() && !conn.is_closed() {
+        conn.shutdown("connection lost at ErrorRecoveryLevel 0");
+    }
     // Tasks still running have nobody to answer to: let those that wait give up.
     for c in cancels.values() {
         c.store(true, Ordering::Release);
     }
-    // Let the writer drain what is queued, then release the session and the I_T nexus.
+    // Let the writer drain what is queued, then leave the session.
     drop(out_tx);
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
-    if let (Some(d), Some(n)) = (att.view.take(), att.nexus.take()) {
-        // SAM-5: the I_T nexus is gone (releases SPC-2 reservations it held). This happens
-        // while the session is still in the table: a new login from the same initiator port
-        // finds it there and waits for the release (or has done it itself, reinstating), so
-        // the release can never land after that new session's first commands.
-        let release = att.nexus_released.clone();
-        let _ = tokio::task::spawn_blocking(move || release.release(&d, &n)).await;
-    }
     if let Some(tsih) = att.discovery.take() {
         daemon
             .sessions
@@ -974,16 +935,36 @@ async fn run_connection(
             .close_discovery(tsih);
     }
     if let Some((tsih, cid)) = att.session.take() {
-        let mut s = daemon.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        // Unless a reinstating login already put another connection in our place.
-        let ours = s
-            .get(tsih)
-            .is_some_and(|e| Arc::ptr_eq(&e.nexus_released, &att.nexus_released));
-        if ours {
-            s.leave(tsih, cid);
+        // A connection another login replaced (same CID) is not in the table any more; nor is
+        // one whose session a new leading login reinstated (that login released the nexus).
+        let last = {
+            let mut s = daemon.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            let ours = conn.is_current()
+                && s.get(tsih)
+                    .is_some_and(|e| Arc::ptr_eq(&e.nexus_released, &att.nexus_released));
+            if ours && s.connections(tsih) > 1 {
+                s.leave(tsih, cid);
+            }
+            ours && s.connections(tsih) == 1
+        };
+        if last {
+            if let (Some(d), Some(n)) = (att.view.take(), att.nexus.take()) {
+                // SAM-5: the I_T nexus is gone (releases SPC-2 reservations it held). This
+                // happens while the session is still in the table: a new login from the same
+                // initiator port finds it there and waits for the release (or has done it
+                // itself, reinstating), so the release can never land after that new
+                // session's first commands.
+                let release = att.nexus_released.clone();
+                let _ = tokio::task::spawn_blocking(move || release.release(&d, &n)).await;
+            }
+            daemon
+                .sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .leave(tsih, cid);
         }
-        drop(s);
-        // The session's buffers are free now (its budget account goes with `conn`).
+        // The session's buffers are free now (its budget account goes with the last
+        // connection's handle).
         drop(conn);
         daemon.clone().trim_heap();
     }
@@ -1064,6 +1045,10 @@ async fn login_complete(
         target: r.target_name.clone(),
         tpgt: group.tag,
     };
+    if r.tsih != 0 {
+        join_session(daemon, conn, r, &key, peer, att);
+        return;
+    }
     let (kill_tx, kill_rx) = watch::channel(false);
     let nexus = Arc::new(Nexus {
         initiator_name: r.initiator_name.clone(),
@@ -1073,64 +1058,33 @@ async fn login_complete(
     let entry = SessionEntry {
         kill: kill_tx,
         view_key,
-        abort: att.abort_tx.clone(),
+        session: None,
         peer,
         params: r.params.clone(),
         target: target.clone(),
         nexus: nexus.clone(),
         nexus_released: att.nexus_released.clone(),
     };
-    // The old session or connection this login replaces (the same I_T nexus) is told to stop
-    // at once, and its nexus released below, before this login completes, so that neither
-    // its exit nor its state can reach what the new one acquires.
-    let mut replaced = None;
-    let mut end_old = |old: SessionEntry, what: &str| {
-        info!(%peer, initiator = %r.initiator_name, isid = format_args!("{:012x}", r.isid), "reinstating {what}");
-        let _ = old.kill.send(true);
-        replaced = Some(old);
-    };
-    let admitted = {
-        let mut sessions = daemon.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        if r.tsih == 0 {
-            // RFC 7143 §6.3.5: a leading login from the same initiator port to the same portal
-            // group reinstates (closes) the old session.
-            sessions
-                .open(key, r.cid, r.params.max_connections, entry)
-                .map(|o| {
-                    if let Some((_, old)) = o.reinstated {
-                        end_old(old, "session");
-                    }
-                    o.tsih
-                })
-        } else {
-            // RFC 7143 §6.3.4, §11.12.6: join the session named by the TSIH, within
-            // MaxConnections, or replace its connection with the same CID.
-            match sessions.join(&key, r.tsih, r.cid) {
-                Ok(Joined::Replaces) => {
-                    if let Some(slot) = sessions.get_mut(r.tsih) {
-                        let old = std::mem::replace(slot, entry);
-                        end_old(old, "connection");
-                    }
-                    Ok(r.tsih)
-                }
-                // Sessions have one connection until the engine runs MC/S (MaxConnections is
-                // negotiated to 1, so the table never adds one).
-                Ok(Joined::Added) => {
-                    sessions.leave(r.tsih, r.cid);
-                    Err(LoginStatus::TOO_MANY_CONNECTIONS)
-                }
-                Err(status) => Err(status),
-            }
-        }
-    };
-    let tsih = match admitted {
-        Ok(t) => t,
+    // RFC 7143 §6.3.5: a leading login from the same initiator port to the same portal group
+    // reinstates (closes) the old session. The old one is told to stop at once, and its nexus
+    // released below, before this login completes, so that neither its exit nor its state can
+    // reach what the new one acquires.
+    let opened = daemon
+        .sessions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .open(key, r.cid, r.params.max_connections, entry);
+    let opened = match opened {
+        Ok(o) => o,
         Err(status) => {
             conn.refuse_login(status);
             return;
         }
     };
-    if let Some(old) = replaced {
+    let tsih = opened.tsih;
+    if let Some((_, old)) = opened.reinstated {
+        info!(%peer, initiator = %r.initiator_name, isid = format_args!("{:012x}", r.isid), "reinstating session");
+        let _ = old.kill.send(true);
         // Taking the LU's locks may wait for an APTPL fsync: off the session table's lock and
         // off the async workers, and done before the login response lets commands come.
         let _ = tokio::task::spawn_blocking(move || {
@@ -1146,6 +1100,7 @@ async fn login_complete(
         initiator = %r.initiator_name,
         target = %r.target_name,
         tsih,
+        cid = r.cid,
         tpgt = group.tag,
         luns = ?view.luns(),
         header_digest = p.header_digest,
@@ -1157,18 +1112,89 @@ async fn login_complete(
         max_burst = p.max_burst_length,
         first_burst = p.first_burst_length,
         max_r2t = p.max_outstanding_r2t,
+        max_connections = p.max_connections,
         "login complete"
     );
     att.session = Some((tsih, r.cid));
     att.target = Some(target);
-    let filter_view = view.clone();
-    conn.set_lun_filter(move |field| {
-        scsi_core::lun_from_wire(field).is_some_and(|l| filter_view.lu(l).is_some())
-    });
-    att.view = Some(view);
+    att.view = Some(view.clone());
     att.nexus = Some(nexus);
     att.kill = Some(kill_rx);
     conn.accept_login(r, tsih);
+    let filter_view = view;
+    conn.set_lun_filter(move |field| {
+        scsi_core::lun_from_wire(field).is_some_and(|l| filter_view.lu(l).is_some())
+    });
+    // Other I_T nexuses reach the session's tasks through its engine.
+    if let Some(e) = daemon
+        .sessions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_mut(tsih)
+    {
+        e.session = conn.session();
+    }
+}
+
+/// A login naming a session (TSIH ≠ 0): a connection joins it (MC/S, RFC 7143 §6.3.4), or
+/// replaces its connection with the same CID (connection reinstatement: the old connection's
+/// tasks end, ErrorRecoveryLevel 0 and 1 having no task reassignment). The session's I_T nexus,
+/// view and parameters are the session's; the connection negotiated only its own keys.
+fn join_session(
+    daemon: &Arc<Daemon>,
+    conn: &mut Connection,
+    r: &LoginResult,
+    key: &SessionKey,
+    peer: SocketAddr,
+    att: &mut Attached,
+) {
+    let mut sessions = daemon.sessions.lock().unwrap_or_else(|e| e.into_inner());
+    // What the connection takes from its session (the session's leading login may not have
+    // finished yet: no engine to join then).
+    let found = sessions.get(r.tsih).map(|e| {
+        (
+            e.session.clone(),
+            e.target.clone(),
+            e.target.views.get(&e.view_key).cloned(),
+            e.nexus.clone(),
+            e.nexus_released.clone(),
+            e.kill.subscribe(),
+        )
+    });
+    let joined = match found {
+        Some((Some(_), ..)) => sessions.join(key, r.tsih, r.cid),
+        Some((None, ..)) => Err(LoginStatus::SERVICE_UNAVAILABLE),
+        None => Err(LoginStatus::SESSION_DOES_NOT_EXIST),
+    };
+    drop(sessions);
+    let joined = match joined {
+        Ok(j) => j,
+        Err(status) => {
+            conn.refuse_login(status);
+            return;
+        }
+    };
+    let Some((Some(session), target, view, nexus, released, kill)) = found else {
+        conn.refuse_login(LoginStatus::SESSION_DOES_NOT_EXIST);
+        return;
+    };
+    att.session = Some((r.tsih, r.cid));
+    att.target = Some(target);
+    att.view = view;
+    att.nexus = Some(nexus);
+    att.nexus_released = released;
+    att.kill = Some(kill);
+    info!(
+        %peer,
+        initiator = %r.initiator_name,
+        tsih = r.tsih,
+        cid = r.cid,
+        reinstates = joined == Joined::Replaces,
+        header_digest = r.params.header_digest,
+        data_digest = r.params.data_digest,
+        "connection joins session"
+    );
+    conn.accept_join(r, r.tsih, &session);
 }
 
 /// Random bytes for the CHAP challenge (RFC 7143 §12.1.3: challenges must be unpredictable).

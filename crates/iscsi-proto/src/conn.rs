@@ -156,8 +156,9 @@ enum Phase {
 pub struct Connection {
     cfg: ConnConfig,
     phase: Phase,
-    /// The connection's CID (known once login completes).
+    /// The connection's CID (known once login completes) and its link in the session.
     cid: u16,
+    link: u64,
     /// Login-phase output (full feature phase output lives in the session, per connection).
     out: VecDeque<OutPdu>,
     events: VecDeque<ConnEvent>,
@@ -192,6 +193,7 @@ impl Connection {
             cfg,
             phase: Phase::Login(Box::new(login)),
             cid: 0,
+            link: 0,
             out: VecDeque::new(),
             events: VecDeque::new(),
             started: now,
@@ -200,10 +202,12 @@ impl Connection {
         }
     }
 
-    /// Run `f` on the session on behalf of this connection (full feature phase only).
+    /// Run `f` on the session on behalf of this connection (full feature phase only, and
+    /// only while this connection is the session's: a connection another one replaced is
+    /// closed).
     fn full<R>(&self, f: impl FnOnce(&mut SessionCore) -> R) -> Option<R> {
         match &self.phase {
-            Phase::Full(s) => Some(s.with(self.cid, f)),
+            Phase::Full(s) => s.with(self.cid, self.link, f),
             Phase::Login(_) => None,
         }
     }
@@ -231,7 +235,10 @@ impl Connection {
     }
 
     pub fn is_closed(&self) -> bool {
-        self.full(|c| c.link.closed).unwrap_or(self.closed)
+        match &self.phase {
+            Phase::Login(_) => self.closed,
+            Phase::Full(_) => self.full(|c| c.link.closed).unwrap_or(true),
+        }
     }
 
     /// Negotiated parameters of this connection once in full feature phase.
@@ -255,6 +262,12 @@ impl Connection {
     /// The connection's CID (0 before login completes).
     pub fn cid(&self) -> u16 {
         self.cid
+    }
+
+    /// Whether this connection is still its session's (open or closed), and not replaced by
+    /// a login with its CID (connection reinstatement).
+    pub fn is_current(&self) -> bool {
+        self.full(|_| ()).is_some()
     }
 
     fn emit(&mut self, ev: ConnEvent) {
@@ -374,6 +387,7 @@ impl Connection {
         if let Some(b) = self.budget.take() {
             core.set_budget(b);
         }
+        self.link = 1;
         self.phase = Phase::Full(SessionHandle(std::sync::Arc::new(std::sync::Mutex::new(
             core,
         ))));
@@ -396,7 +410,7 @@ impl Connection {
         p.initiator_mrdsl = c.initiator_mrdsl;
         p.target_mrdsl = c.target_mrdsl;
         link.params = p;
-        g.add_link(cid, link);
+        self.link = g.add_link(cid, link);
         drop(g);
         self.phase = Phase::Full(session.clone());
     }

@@ -139,6 +139,9 @@ struct TextExchange {
 /// What one connection of the session owns (RFC 7143 §4.2.2.2: StatSN is per connection).
 #[derive(Debug)]
 pub(crate) struct Link {
+    /// Unique within the session: a connection replaced by another with its CID keeps a
+    /// handle on an id that is no longer there.
+    pub(crate) id: u64,
     pub(crate) params: Negotiated,
     pub(crate) stat_sn: u32,
     pub(crate) out: VecDeque<OutPdu>,
@@ -182,6 +185,7 @@ enum LogoutScope {
 impl Link {
     pub(crate) fn new(params: Negotiated, stat_sn: u32, now: Instant) -> Link {
         Link {
+            id: 0,
             header_digest: params.header_digest,
             data_digest: params.data_digest,
             params,
@@ -255,6 +259,9 @@ pub(crate) struct SessionCore {
     parked: BTreeMap<u16, Link>,
     /// Links other than the caller's that got output during the current call.
     woken: BTreeSet<u16>,
+    /// Wakers of replaced links, to be called once (their drivers then find them gone).
+    lost_wakers: NoDebug<Vec<Waker>>,
+    next_link_id: u64,
 }
 
 type AbortWait = (HashSet<TaskId>, usize, Box<dyn FnOnce(usize) + Send>);
@@ -278,18 +285,39 @@ impl SessionHandle {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Run `f` on the core on behalf of connection `cid`, then wake the other connections
-    /// that got output.
-    pub(crate) fn with<R>(&self, cid: u16, f: impl FnOnce(&mut SessionCore) -> R) -> R {
+    /// Run `f` on the core on behalf of connection `cid` (link `link`), then wake the other
+    /// connections that got output. `None` if that link is no longer the session's (another
+    /// connection replaced it).
+    pub(crate) fn with<R>(
+        &self,
+        cid: u16,
+        link: u64,
+        f: impl FnOnce(&mut SessionCore) -> R,
+    ) -> Option<R> {
         let mut g = self.lock();
         g.switch_to(cid);
+        if g.link.id != link {
+            return None;
+        }
         let r = f(&mut g);
         let wakers = g.take_wakers();
         drop(g);
         for w in wakers {
             w();
         }
-        r
+        Some(r)
+    }
+
+    /// Run `f` on the core from outside any connection.
+    fn outside<R>(&self, f: impl FnOnce(&mut SessionCore) -> R) -> R {
+        let (cur, id) = {
+            let g = self.lock();
+            (g.cur, g.link.id)
+        };
+        match self.with(cur, id, f) {
+            Some(r) => r,
+            None => unreachable!("the current link is the session's"),
+        }
     }
 
     /// Abort, without any response, every task whose LUN field satisfies `lun` (another I_T
@@ -300,8 +328,7 @@ impl SessionHandle {
         lun: impl Fn(u64) -> bool,
         done: Option<Box<dyn FnOnce(usize) + Send>>,
     ) -> usize {
-        let cur = self.lock().cur;
-        let ended = self.with(cur, |c| c.abort_tasks_for(lun));
+        let ended = self.outside(|c| c.abort_tasks_for(lun));
         let n = ended.tasks;
         if let Some(done) = done {
             if ended.running.is_empty() {
@@ -317,8 +344,7 @@ impl SessionHandle {
 
     /// End the session: every connection closes (reinstatement, an operator, a cold reset).
     pub fn shutdown(&self, reason: &'static str) {
-        let cur = self.lock().cur;
-        self.with(cur, |c| c.close_all(reason));
+        self.outside(|c| c.close_all(reason));
     }
 
     /// Connections of the session that are still open.
@@ -363,6 +389,8 @@ impl SessionCore {
         link: Link,
     ) -> SessionCore {
         let window = cfg.cmd_window;
+        let mut link = link;
+        link.id = 1;
         SessionCore {
             cfg,
             kind,
@@ -390,6 +418,8 @@ impl SessionCore {
             link,
             parked: BTreeMap::new(),
             woken: BTreeSet::new(),
+            lost_wakers: NoDebug(Vec::new()),
+            next_link_id: 2,
         }
     }
 
@@ -421,34 +451,43 @@ impl SessionCore {
     fn take_wakers(&mut self) -> Vec<Waker> {
         let cur = self.cur;
         let woken = std::mem::take(&mut self.woken);
-        woken
+        let mut v: Vec<Waker> = woken
             .into_iter()
             .filter(|&c| c != cur)
             .filter_map(|c| self.parked.get(&c).and_then(|l| l.waker.as_ref()))
             .map(|w| w.0.clone())
-            .collect()
+            .collect();
+        v.append(&mut self.lost_wakers.0);
+        v
     }
 
     /// A connection joins the session (MC/S, RFC 7143 §6.3.4 with the TSIH given). A CID
     /// in use is connection reinstatement: the old link closes first (its tasks are ended, as
     /// ErrorRecoveryLevel 0 has no task reassignment).
-    pub(crate) fn add_link(&mut self, cid: u16, link: Link) {
+    pub(crate) fn add_link(&mut self, cid: u16, mut link: Link) -> u64 {
+        link.id = self.next_link_id;
+        self.next_link_id += 1;
+        let id = link.id;
         if self.cur == cid || self.parked.contains_key(&cid) {
             self.on(cid, |c| {
                 c.end_link_tasks();
                 c.close("connection reinstated");
             });
-            self.parked.remove(&cid);
-            if self.cur == cid {
-                // The old link is current: park a fresh one in its place below.
-                self.link = Link::gone(self.link.last_rx);
+            let old = if self.cur == cid {
+                std::mem::replace(&mut self.link, link)
+            } else {
+                self.parked
+                    .insert(cid, link)
+                    .unwrap_or_else(|| Link::gone(self.link.last_rx))
+            };
+            // Its driver finds its link gone and stops.
+            if let Some(w) = old.waker {
+                self.lost_wakers.0.push(w.0);
             }
-        }
-        if self.cur == cid {
-            self.link = link;
         } else {
             self.parked.insert(cid, link);
         }
+        id
     }
 
     pub(crate) fn set_waker(&mut self, waker: Waker) {

@@ -145,6 +145,11 @@ impl<S> SessionTable<S> {
         }
     }
 
+    /// Connections session `tsih` has (0: no such session).
+    pub fn connections(&self, tsih: u16) -> usize {
+        self.sessions.get(&tsih).map_or(0, |s| s.cids.len())
+    }
+
     /// Take session `tsih` out of the table.
     pub fn remove(&mut self, tsih: u16) -> Option<S> {
         let slot = self.sessions.remove(&tsih)?;
