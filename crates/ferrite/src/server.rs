@@ -944,8 +944,10 @@ async fn run_connection(
                     .is_some_and(|e| Arc::ptr_eq(&e.nexus_released, &att.nexus_released));
             if ours && s.connections(tsih) > 1 {
                 s.leave(tsih, cid);
+                false
+            } else {
+                ours
             }
-            ours && s.connections(tsih) == 1
         };
         if last {
             if let (Some(d), Some(n)) = (att.view.take(), att.nexus.take()) {
@@ -1195,6 +1197,14 @@ fn join_session(
         "connection joins session"
     );
     conn.accept_join(r, r.tsih, &session);
+    if conn.session().is_none() {
+        // The session ended meanwhile: the login was refused.
+        att.session = None;
+        let mut s = daemon.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if joined == Joined::Added {
+            s.leave(r.tsih, r.cid);
+        }
+    }
 }
 
 /// Random bytes for the CHAP challenge (RFC 7143 §12.1.3: challenges must be unpredictable).

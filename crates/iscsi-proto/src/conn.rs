@@ -397,12 +397,22 @@ impl Connection {
     /// §6.3.4; a CID in use replaces that connection). The session's own parameters hold;
     /// this connection keeps the connection-scoped keys it negotiated (digests, data segment
     /// lengths: RFC 7143 §13).
+    /// A session that has ended meanwhile (every connection closed: at ErrorRecoveryLevel 0
+    /// a failed session is not continued) refuses the login with "session does not exist".
     pub fn accept_join(&mut self, result: &LoginResult, tsih: u16, session: &SessionHandle) {
+        if self.closed || !matches!(self.phase, Phase::Login(_)) {
+            return;
+        }
+        let mut g = session.lock();
+        if g.session_closed() {
+            drop(g);
+            self.refuse_login(LoginStatus::SESSION_DOES_NOT_EXIST);
+            return;
+        }
         let Some(mut link) = self.finish_login(result, tsih) else {
             return;
         };
         let cid = result.cid;
-        let mut g = session.lock();
         let mut p = g.params().clone();
         let c = &result.params;
         p.header_digest = c.header_digest;

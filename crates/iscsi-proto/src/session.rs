@@ -495,7 +495,7 @@ impl SessionCore {
     }
 
     /// Every connection of the session is closed.
-    fn session_closed(&self) -> bool {
+    pub(crate) fn session_closed(&self) -> bool {
         self.link.closed && self.parked.values().all(|l| l.closed)
     }
 

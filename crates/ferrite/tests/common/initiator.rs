@@ -210,6 +210,8 @@ pub struct LoginOpts<'a> {
     /// TSIH of the session to join; 0 (the default) asks for a new session.
     pub tsih: u16,
     pub cid: u16,
+    /// MaxConnections offered by a leading login (default 1).
+    pub max_connections: u32,
 }
 
 impl Default for LoginOpts<'_> {
@@ -224,6 +226,7 @@ impl Default for LoginOpts<'_> {
             discovery: false,
             tsih: 0,
             cid: 0,
+            max_connections: 1,
         }
     }
 }
@@ -410,6 +413,7 @@ impl Session {
         }
         let hd = if o.header_digest { "CRC32C" } else { "None" };
         let dd = if o.data_digest { "CRC32C" } else { "None" };
+        let max_connections = o.max_connections.to_string();
         let op = [
             ("HeaderDigest", hd),
             ("DataDigest", dd),
@@ -424,9 +428,11 @@ impl Session {
             ("DataSequenceInOrder", "Yes"),
             ("DefaultTime2Wait", "0"),
             ("DefaultTime2Retain", "0"),
-            ("MaxConnections", "1"),
+            ("MaxConnections", max_connections.as_str()),
         ];
-        let mut keys: &[(&str, &str)] = &op;
+        // A connection joining a session negotiates only its own keys (RFC 7143 §13: the
+        // others are leading-only).
+        let mut keys: &[(&str, &str)] = if o.tsih != 0 { &op[..3] } else { &op };
         for _ in 0..4 {
             let r = s.login_step(1, 3, true, keys)?;
             s.negotiated.extend(parse_text(&r.data));
@@ -851,6 +857,37 @@ impl Session {
     /// The CmdSN the next command will carry.
     pub fn cmd_sn(&self) -> u32 {
         self.cmdsn
+    }
+
+    /// Set the ITT the next task gets (a session's connections share one ITT space,
+    /// RFC 7143 §11.2.1.8).
+    pub fn set_next_itt(&mut self, itt: u32) {
+        self.next_itt = itt;
+    }
+
+    /// Set the CmdSN the next command carries (a session's connections share one order).
+    pub fn set_cmd_sn(&mut self, sn: u32) {
+        self.cmdsn = sn;
+    }
+
+    /// Logout request (RFC 7143 §11.14) with `reason` (0 session, 1 connection `cid`) sent as
+    /// an immediate command; returns the Logout Response's response code.
+    pub fn logout_request(&mut self, reason: u8, cid: u16) -> Result<u8, String> {
+        let mut b = [0u8; 48];
+        b[0] = 0x40 | OP_LOGOUT_REQ;
+        b[1] = 0x80 | reason;
+        put32(&mut b, 16, 0x7ffe_0000 | u32::from(cid));
+        b[20..22].copy_from_slice(&cid.to_be_bytes());
+        put32(&mut b, 24, self.cmdsn);
+        put32(&mut b, 28, self.exp_statsn);
+        self.send(&b, &[])
+            .map_err(|e| format!("send logout: {e}"))?;
+        let p = self.recv().map_err(|e| format!("logout: {e}"))?;
+        if p.opcode() != OP_LOGOUT_RSP {
+            return Err(format!("logout answered with {:02x?}", &p.bhs[..4]));
+        }
+        self.exp_statsn = be32(&p.bhs, 24).wrapping_add(1);
+        Ok(p.bhs[2])
     }
 
     /// READ(10) `blocks` blocks at `lba`.
