@@ -781,72 +781,76 @@ async fn run_connection(
         }
         // Act on what the engine produced.
         let mut batch = Frames::default();
-        while let Some(ev) = conn.poll_event() {
-            match ev {
-                ConnEvent::LoginComplete(r) => {
-                    login_complete(&daemon, &mut conn, &r, local, peer, &mut att).await;
-                    login_slot.done();
-                    let w = link_woken.clone();
-                    conn.set_waker(Arc::new(move || w.notify_one()));
-                }
-                ConnEvent::Framing {
-                    header_digest,
-                    data_digest,
-                    max_recv,
-                } => {
-                    decoder.header_digest = header_digest;
-                    decoder.data_digest = data_digest;
-                    decoder.max_data = max_recv;
-                }
-                ConnEvent::Execute(task) => {
-                    let (Some(t), Some(nexus)) = (att.view.clone(), att.nexus.clone()) else {
-                        continue;
-                    };
-                    if t.is_quick(task.lun, &task.cdb) {
-                        // Microseconds of work: a hand-off to the blocking pool (two thread
-                        // wake-ups) would cost more than the command itself.
-                        let o = run_task(&t, &nexus, &task, None);
-                        conn.complete_task(task.id, o);
-                        continue;
+        loop {
+            let events = conn.take_events();
+            if events.is_empty() {
+                break;
+            }
+            for ev in events {
+                match ev {
+                    ConnEvent::LoginComplete(r) => {
+                        login_complete(&daemon, &mut conn, &r, local, peer, &mut att).await;
+                        login_slot.done();
+                        let w = link_woken.clone();
+                        conn.set_waker(Arc::new(move || w.notify_one()));
                     }
-                    let tx = done_tx.clone();
-                    let cancel = Arc::new(AtomicBool::new(false));
-                    cancels.insert(task.id, cancel.clone());
-                    tokio::task::spawn_blocking(move || {
-                        let o = run_task(&t, &nexus, &task, Some(&cancel));
-                        let _ = tx.send((task.id, o));
-                    });
-                }
-                ConnEvent::Cancel(id) => {
-                    if let Some(c) = cancels.get(&id) {
-                        c.store(true, Ordering::Release);
+                    ConnEvent::Framing {
+                        header_digest,
+                        data_digest,
+                        max_recv,
+                    } => {
+                        decoder.header_digest = header_digest;
+                        decoder.data_digest = data_digest;
+                        decoder.max_data = max_recv;
                     }
-                }
-                ConnEvent::Tmf(a) => {
-                    // The engine answers the function once we say its action is carried out
-                    // (SAM-5 §7.1: it completes once every task it ends is gone). That may
-                    // wait for other sessions, so it runs beside this loop, which goes on
-                    // serving their requests to end our tasks (two sessions resetting the
-                    // same LUN at once wait for each other).
-                    if let (Some(view), Some(n), Some(t)) =
-                        (att.view.clone(), att.nexus.clone(), att.target.clone())
-                    {
-                        let d = daemon.clone();
-                        let done = tmf_done_tx.clone();
-                        tokio::spawn(async move {
-                            task_management(&d, a, view, n, t).await;
-                            let _ = done.send(());
+                    ConnEvent::Execute(task) => {
+                        let (Some(t), Some(nexus)) = (att.view.clone(), att.nexus.clone()) else {
+                            continue;
+                        };
+                        if t.is_quick(task.lun, &task.cdb) {
+                            // Microseconds of work: a hand-off to the blocking pool (two thread
+                            // wake-ups) would cost more than the command itself.
+                            let o = run_task(&t, &nexus, &task, None);
+                            conn.complete_task(task.id, o);
+                            continue;
+                        }
+                        let tx = done_tx.clone();
+                        let cancel = Arc::new(AtomicBool::new(false));
+                        cancels.insert(task.id, cancel.clone());
+                        tokio::task::spawn_blocking(move || {
+                            let o = run_task(&t, &nexus, &task, Some(&cancel));
+                            let _ = tx.send((task.id, o));
                         });
-                    } else {
-                        conn.tmf_done();
                     }
+                    ConnEvent::Cancel(id) => {
+                        if let Some(c) = cancels.get(&id) {
+                            c.store(true, Ordering::Release);
+                        }
+                    }
+                    ConnEvent::Tmf(a) => {
+                        // The engine answers the function once we say its action is carried out
+                        // (SAM-5 §7.1: it completes once every task it ends is gone). That may
+                        // wait for other sessions, so it runs beside this loop, which goes on
+                        // serving their requests to end our tasks (two sessions resetting the
+                        // same LUN at once wait for each other).
+                        if let (Some(view), Some(n), Some(t)) =
+                            (att.view.clone(), att.nexus.clone(), att.target.clone())
+                        {
+                            let d = daemon.clone();
+                            let done = tmf_done_tx.clone();
+                            tokio::spawn(async move {
+                                task_management(&d, a, view, n, t).await;
+                                let _ = done.send(());
+                            });
+                        } else {
+                            conn.tmf_done();
+                        }
+                    }
+                    ConnEvent::Close { reason } => closing = Some(reason),
                 }
-                ConnEvent::Close { reason } => closing = Some(reason),
             }
         }
-        while let Some(pdu) = conn.poll_transmit() {
-            batch.push(&pdu);
-        }
+        conn.transmit_all(|pdu| batch.push(&pdu));
         if !batch.is_empty() && out_tx.send(batch).await.is_err() {
             break;
         }

@@ -221,6 +221,26 @@ impl Connection {
         self.full(|c| c.link.out.pop_front()).flatten()
     }
 
+    /// Every PDU queued to send, in order (one lock of the session for all of them).
+    pub fn transmit_all(&mut self, mut each: impl FnMut(OutPdu)) {
+        self.out.drain(..).for_each(&mut each);
+        let queued = self.full(|c| std::mem::take(&mut c.link.out));
+        for o in queued.into_iter().flatten() {
+            each(o);
+        }
+    }
+
+    /// Every event waiting, in order (one lock of the session for all of them); handling
+    /// them may queue more, which the next call returns.
+    #[must_use]
+    pub fn take_events(&mut self) -> VecDeque<ConnEvent> {
+        let mut v: VecDeque<ConnEvent> = self.events.drain(..).collect();
+        if let Some(more) = self.full(|c| std::mem::take(&mut c.link.events)) {
+            v.extend(more);
+        }
+        v
+    }
+
     /// Next thing the driver must do.
     #[must_use]
     pub fn poll_event(&mut self) -> Option<ConnEvent> {

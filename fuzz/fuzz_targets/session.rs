@@ -1,0 +1,501 @@
+//! Operation-sequence fuzzing of a session of several connections (MC/S): `Connection`s that
+//! share one `SessionHandle`, joined and dropped, with commands, Data-Out, task management,
+//! logouts by CID, completions and aborts from outside, in any order.
+//!
+//! Invariants checked (beyond "never panics"):
+//! - every `OutPdu` frames and decodes back to the same BHS and data;
+//! - each connection's StatSN advances by exactly one per status-carrying PDU (RFC 7143
+//!   §4.2.2.2: StatSN is per connection), R2Ts and pings carry it unchanged;
+//! - ExpCmdSN never goes back, on any connection (one command order for the session);
+//! - a task's R2Ts, Data-In and status go out on the connection its command came on;
+//! - once a connection's `Close` was seen, it produces no further events or PDUs;
+//! - a connection replaced by another with its CID reports itself closed.
+#![no_main]
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use arbitrary::Arbitrary;
+use iscsi_proto::conn::ConnConfig;
+use iscsi_proto::{serial, ConnEvent, Connection, Directory, OutPdu, TaskId, TaskOutcome};
+use iscsi_wire::frame::{self, Decoder, RawPdu};
+use iscsi_wire::header::*;
+use iscsi_wire::{text, Stage, RESERVED_TAG};
+use libfuzzer_sys::fuzz_target;
+
+const TARGET: &str = "iqn.2026-11.io.ferrite:t";
+const MAX_OPS: usize = 256;
+const MAX_CONNS: usize = 4;
+
+struct Dir;
+impl Directory for Dir {
+    fn tpg_tag(&self) -> u16 {
+        1
+    }
+    fn target(&self, name: &str, _initiator: &str) -> Option<Option<String>> {
+        (name == TARGET).then_some(None)
+    }
+    fn send_targets(&self, _initiator: &str, _filter: Option<&str>) -> Vec<(String, Vec<String>)> {
+        vec![(TARGET.into(), vec!["127.0.0.1:3260,1".into()])]
+    }
+}
+
+/// How a request's CmdSN is chosen: below 200 the next expected one; 200-249 ahead of it;
+/// 250-255 behind it.
+type Sn = u8;
+
+#[derive(Arbitrary, Debug)]
+enum Op {
+    /// Log a connection in with this CID (the first one leads; the others join by TSIH).
+    Join { cid: u8 },
+    Command {
+        conn: u8,
+        itt: u8,
+        write: bool,
+        read: bool,
+        blocks: u8,
+        attr: u8,
+        immediate: bool,
+        sn: Sn,
+    },
+    /// Answer an R2T the connection got (all of it, or all but the last byte).
+    DataOut { conn: u8, pick: u8, short: bool },
+    /// A Data-Out for a task on the wrong connection (allegiance).
+    StrayDataOut { conn: u8, pick: u8 },
+    Complete { pick: u8, data_len: u16 },
+    Tmf { conn: u8, function: u8, ref_itt: u8, sn: Sn },
+    TmfDone { conn: u8 },
+    Logout { conn: u8, reason: u8, cid: u8, sn: Sn },
+    Nop { conn: u8, itt: u8, sn: Sn },
+    /// Another I_T nexus's task management or PREEMPT AND ABORT.
+    AbortOutside { wait: bool },
+    Shutdown { conn: u8 },
+    BudgetReady { conn: u8 },
+    Tick { conn: u8, secs: u8 },
+}
+
+#[derive(Arbitrary, Debug)]
+struct Input {
+    max_connections: u8,
+    ops: Vec<Op>,
+}
+
+struct Conn {
+    c: Connection,
+    cid: u16,
+    close_seen: bool,
+    stat_sn: Option<u32>,
+    exp_cmd_sn: Option<u32>,
+    /// (ITT, TTT, offset, length) of R2Ts seen here.
+    r2ts: Vec<(u32, u32, u32, u32)>,
+}
+
+struct Driver {
+    conns: Vec<Conn>,
+    session: Option<iscsi_proto::SessionHandle>,
+    tsih: u16,
+    max_connections: u32,
+    now: Instant,
+    next_sn: u32,
+    /// Tasks with the "device server".
+    executing: Vec<(TaskId, u32)>,
+    /// ITT -> the CIDs commands with it were sent on and not yet answered (a task's PDUs must
+    /// go out on one of them; aborted tasks and refused duplicates leave stale entries).
+    itt_cid: HashMap<u32, Vec<u16>>,
+}
+
+fn raw(h: Header, data: &[u8]) -> RawPdu {
+    let mut bhs = h.emit();
+    frame::encode_bhs_lengths(&mut bhs, 0, data.len());
+    RawPdu {
+        bhs,
+        ahs: Vec::new(),
+        data: data.to_vec(),
+    }
+}
+
+impl Driver {
+    fn sn(&self, sn: Sn) -> u32 {
+        match sn {
+            0..=199 => self.next_sn,
+            200..=249 => self.next_sn.wrapping_add(u32::from(sn - 199)),
+            _ => self.next_sn.wrapping_sub(u32::from(sn - 249)),
+        }
+    }
+
+    fn sent_sn(&mut self, sn: Sn, immediate: bool) {
+        if sn < 200 && !immediate {
+            self.next_sn = self.next_sn.wrapping_add(1);
+        }
+    }
+
+    fn join(&mut self, cid: u16) {
+        if self.conns.len() >= MAX_CONNS {
+            return;
+        }
+        let leading = self.session.is_none();
+        let cfg = ConnConfig {
+            offer: iscsi_proto::TargetOffer {
+                max_connections: self.max_connections,
+                ..Default::default()
+            },
+            cmd_window: 16,
+            ..ConnConfig::default()
+        };
+        let mut c = Connection::new(cfg, self.now, 0x100 * (cid as u32 + 1));
+        let mut keys = vec![
+            ("InitiatorName", "iqn.2026-11.test:fuzz".to_string()),
+            ("TargetName", TARGET.to_string()),
+            ("MaxRecvDataSegmentLength", "4096".to_string()),
+        ];
+        if leading {
+            keys.push(("MaxConnections", self.max_connections.to_string()));
+            keys.push(("MaxBurstLength", "8192".to_string()));
+            keys.push(("InitialR2T", "Yes".to_string()));
+        }
+        let keys: Vec<(&str, &str)> = keys.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let h = Header::LoginRequest(LoginRequest {
+            transit: true,
+            cont: false,
+            csg: Stage::Operational,
+            nsg: Stage::FullFeature,
+            version_max: 0,
+            version_min: 0,
+            isid: 0x8000_0000_0001,
+            tsih: if leading { 0 } else { self.tsih },
+            itt: 1,
+            cid,
+            cmd_sn: self.next_sn,
+            exp_stat_sn: 0,
+        });
+        c.handle_pdu(self.now, raw(h, &text::encode(&keys)), &Dir);
+        while c.poll_transmit().is_some() {}
+        let Some(ConnEvent::LoginComplete(r)) = c.poll_event() else {
+            return;
+        };
+        if leading {
+            self.tsih = 1;
+            self.next_sn = r.exp_cmd_sn;
+            c.accept_login(&r, self.tsih);
+            self.session = c.session();
+        } else if let Some(s) = self.session.clone() {
+            c.accept_join(&r, self.tsih, &s);
+        }
+        // A CID in use: the old connection is replaced and must say so.
+        for o in self.conns.iter_mut().filter(|o| o.cid == cid) {
+            if c.session().is_some() {
+                assert!(o.c.is_closed() || !o.c.is_current());
+            }
+        }
+        self.conns.push(Conn {
+            c,
+            cid,
+            close_seen: false,
+            stat_sn: None,
+            exp_cmd_sn: None,
+            r2ts: Vec::new(),
+        });
+        self.drain();
+    }
+
+    fn pick(&self, conn: u8) -> Option<usize> {
+        (!self.conns.is_empty()).then(|| conn as usize % self.conns.len())
+    }
+
+    fn send(&mut self, i: usize, h: Header, data: &[u8]) {
+        let now = self.now;
+        self.conns[i].c.handle_pdu(now, raw(h, data), &Dir);
+        self.drain();
+    }
+
+    /// Drain every connection's events and PDUs, checking them.
+    fn drain(&mut self) {
+        loop {
+            let mut progressed = false;
+            for i in 0..self.conns.len() {
+                while let Some(o) = self.conns[i].c.poll_transmit() {
+                    progressed = true;
+                    assert!(!self.conns[i].close_seen, "PDU after Close: {o:?}");
+                    self.check_out(i, &o);
+                }
+                while let Some(e) = self.conns[i].c.poll_event() {
+                    progressed = true;
+                    assert!(!self.conns[i].close_seen, "event after Close: {e:?}");
+                    match e {
+                        ConnEvent::Execute(t) => {
+                            let on = self.conns[i].cid;
+                            let sent = self.itt_cid.get(&t.itt);
+                            assert!(
+                                sent.is_some_and(|v| v.contains(&on)),
+                                "task {:#x} run on CID {on}, sent on {sent:?}",
+                                t.itt
+                            );
+                            self.executing.push((t.id, t.itt));
+                        }
+                        ConnEvent::Close { .. } => self.conns[i].close_seen = true,
+                        ConnEvent::Cancel(id) => {
+                            assert!(self.executing.iter().any(|(x, _)| *x == id));
+                        }
+                        ConnEvent::Tmf(_) | ConnEvent::Framing { .. } => {}
+                        ConnEvent::LoginComplete(_) => panic!("LoginComplete in full feature phase"),
+                    }
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    fn check_out(&mut self, i: usize, o: &OutPdu) {
+        let mut buf = Vec::new();
+        o.encode(&mut buf);
+        let mut d = Decoder::new(iscsi_wire::MAX_DATA_SEGMENT);
+        d.header_digest = o.header_digest;
+        d.data_digest = o.data_digest;
+        let (pdu, used) = d.decode(&buf).expect("own PDU decodes").expect("whole");
+        assert_eq!(used, buf.len());
+        assert_eq!(pdu.data.as_slice(), o.data.as_slice());
+        let h = &o.header;
+        let cid = self.conns[i].cid;
+        let (stat_sn, exp, advances) = match h {
+            Header::ScsiResponse(r) => (Some(r.stat_sn), Some(r.exp_cmd_sn), true),
+            Header::DataIn(d) => (d.has_status.then_some(d.stat_sn), Some(d.exp_cmd_sn), d.has_status),
+            Header::R2t(r) => (Some(r.stat_sn), Some(r.exp_cmd_sn), false),
+            Header::NopIn(n) => (Some(n.stat_sn), Some(n.exp_cmd_sn), n.itt != RESERVED_TAG),
+            Header::TaskMgmtResponse(t) => (Some(t.stat_sn), Some(t.exp_cmd_sn), true),
+            Header::LogoutResponse(l) => (Some(l.stat_sn), Some(l.exp_cmd_sn), true),
+            Header::TextResponse(t) => (Some(t.stat_sn), Some(t.exp_cmd_sn), true),
+            Header::Reject(r) => (Some(r.stat_sn), Some(r.exp_cmd_sn), true),
+            Header::LoginResponse(_) => (None, None, false),
+            other => panic!("target sent {other:?}"),
+        };
+        // Task PDUs go out on the task's own connection.
+        let task_itt = match h {
+            Header::ScsiResponse(r) => Some(r.itt),
+            Header::DataIn(d) => Some(d.itt),
+            Header::R2t(r) => Some(r.itt),
+            _ => None,
+        };
+        if let Some(itt) = task_itt {
+            if let Some(sent) = self.itt_cid.get(&itt) {
+                assert!(sent.contains(&cid), "PDU for ITT {itt:#x} on CID {cid}, sent on {sent:?}");
+            }
+            if let Header::R2t(r) = h {
+                self.conns[i]
+                    .r2ts
+                    .push((r.itt, r.ttt, r.buffer_offset, r.desired_len));
+            }
+            if matches!(h, Header::ScsiResponse(_))
+                || matches!(h, Header::DataIn(d) if d.has_status)
+            {
+                self.itt_cid.remove(&itt);
+                self.conns[i].r2ts.retain(|r| r.0 != itt);
+            }
+        }
+        if let Some(s) = stat_sn {
+            let c = &mut self.conns[i];
+            if let Some(expected) = c.stat_sn {
+                assert_eq!(s, expected, "StatSN on CID {cid}");
+            }
+            c.stat_sn = Some(if advances { s.wrapping_add(1) } else { s });
+        }
+        if let Some(e) = exp {
+            let c = &mut self.conns[i];
+            if let Some(prev) = c.exp_cmd_sn {
+                assert!(!serial::lt(e, prev), "ExpCmdSN went back on CID {cid}: {prev} -> {e}");
+            }
+            c.exp_cmd_sn = Some(e);
+        }
+    }
+
+    fn run(&mut self, op: &Op) {
+        match *op {
+            Op::Join { cid } => self.join(u16::from(cid % 6)),
+            Op::Command {
+                conn,
+                itt,
+                write,
+                read,
+                blocks,
+                attr,
+                immediate,
+                sn,
+            } => {
+                let Some(i) = self.pick(conn) else { return };
+                let itt = u32::from(itt) + 0x10;
+                let len = u32::from(blocks % 32) * 512;
+                let mut cdb = [0u8; 16];
+                cdb[0] = if write { 0x2a } else { 0x28 };
+                let h = Header::ScsiCommand(ScsiCommand {
+                    immediate,
+                    final_bit: true,
+                    read,
+                    write,
+                    attr: attr % 5,
+                    lun: 0,
+                    itt,
+                    expected_len: len,
+                    cmd_sn: self.sn(sn),
+                    exp_stat_sn: 0,
+                    cdb,
+                });
+                let cid = self.conns[i].cid;
+                self.itt_cid.entry(itt).or_default().push(cid);
+                self.sent_sn(sn, immediate);
+                self.send(i, h, &[]);
+            }
+            Op::DataOut { conn, pick, short } => {
+                let Some(i) = self.pick(conn) else { return };
+                if self.conns[i].r2ts.is_empty() {
+                    return;
+                }
+                let k = pick as usize % self.conns[i].r2ts.len();
+                let (itt, ttt, offset, len) = self.conns[i].r2ts.remove(k);
+                let len = if short { len.saturating_sub(1) } else { len };
+                let h = Header::DataOut(DataOut {
+                    final_bit: true,
+                    lun: 0,
+                    itt,
+                    ttt,
+                    exp_stat_sn: 0,
+                    data_sn: 0,
+                    buffer_offset: offset,
+                });
+                self.send(i, h, &vec![0xa5; len as usize]);
+            }
+            Op::StrayDataOut { conn, pick } => {
+                let Some(i) = self.pick(conn) else { return };
+                let all: Vec<(u32, u32, u32, u32)> =
+                    self.conns.iter().flat_map(|c| c.r2ts.clone()).collect();
+                if all.is_empty() {
+                    return;
+                }
+                let (itt, ttt, offset, len) = all[pick as usize % all.len()];
+                let h = Header::DataOut(DataOut {
+                    final_bit: true,
+                    lun: 0,
+                    itt,
+                    ttt,
+                    exp_stat_sn: 0,
+                    data_sn: 0,
+                    buffer_offset: offset,
+                });
+                self.send(i, h, &vec![0x5a; len as usize]);
+            }
+            Op::Complete { pick, data_len } => {
+                if self.executing.is_empty() {
+                    return;
+                }
+                let (id, _) = self.executing.remove(pick as usize % self.executing.len());
+                let outcome = TaskOutcome {
+                    data_in: vec![0x11; usize::from(data_len % 20_000)],
+                    data_out_len: u32::from(data_len),
+                    ..Default::default()
+                };
+                // The device server answers through any connection's handle.
+                if let Some(c) = self.conns.first_mut() {
+                    c.c.complete_task(id, outcome);
+                }
+                self.drain();
+            }
+            Op::Tmf {
+                conn,
+                function,
+                ref_itt,
+                sn,
+            } => {
+                let Some(i) = self.pick(conn) else { return };
+                let h = Header::TaskMgmtRequest(TaskMgmtRequest {
+                    immediate: true,
+                    function: 1 + function % 8,
+                    lun: 0,
+                    itt: 0x4000 + u32::from(ref_itt),
+                    referenced_tag: u32::from(ref_itt) + 0x10,
+                    cmd_sn: self.sn(sn),
+                    exp_stat_sn: 0,
+                    ref_cmd_sn: self.sn(sn),
+                    exp_data_sn: 0,
+                });
+                self.send(i, h, &[]);
+            }
+            Op::TmfDone { conn } => {
+                let Some(i) = self.pick(conn) else { return };
+                self.conns[i].c.tmf_done();
+                self.drain();
+            }
+            Op::Logout {
+                conn,
+                reason,
+                cid,
+                sn,
+            } => {
+                let Some(i) = self.pick(conn) else { return };
+                let h = Header::LogoutRequest(LogoutRequest {
+                    immediate: true,
+                    reason: iscsi_wire::LogoutReason(reason % 4),
+                    itt: 0x7000 + u32::from(cid),
+                    cid: u16::from(cid % 6),
+                    cmd_sn: self.sn(sn),
+                    exp_stat_sn: 0,
+                });
+                self.send(i, h, &[]);
+            }
+            Op::Nop { conn, itt, sn } => {
+                let Some(i) = self.pick(conn) else { return };
+                let h = Header::NopOut(NopOut {
+                    immediate: false,
+                    lun: 0,
+                    itt: 0x6000 + u32::from(itt),
+                    ttt: RESERVED_TAG,
+                    cmd_sn: self.sn(sn),
+                    exp_stat_sn: 0,
+                });
+                self.sent_sn(sn, false);
+                self.send(i, h, &[]);
+            }
+            Op::AbortOutside { wait } => {
+                if let Some(s) = self.session.clone() {
+                    let done: Option<Box<dyn FnOnce(usize) + Send>> =
+                        wait.then(|| Box::new(|_| {}) as Box<dyn FnOnce(usize) + Send>);
+                    s.abort_tasks_for(|_| true, done);
+                }
+                self.drain();
+            }
+            Op::Shutdown { conn } => {
+                let Some(i) = self.pick(conn) else { return };
+                self.conns[i].c.shutdown("fuzz");
+                self.drain();
+            }
+            Op::BudgetReady { conn } => {
+                let Some(i) = self.pick(conn) else { return };
+                self.conns[i].c.budget_ready();
+                self.drain();
+            }
+            Op::Tick { conn, secs } => {
+                let Some(i) = self.pick(conn) else { return };
+                self.now += Duration::from_secs(u64::from(secs));
+                let now = self.now;
+                self.conns[i].c.handle_timeout(now);
+                self.drain();
+            }
+        }
+    }
+}
+
+fuzz_target!(|input: Input| {
+    let mut d = Driver {
+        conns: Vec::new(),
+        session: None,
+        tsih: 0,
+        max_connections: u32::from(input.max_connections % 5).max(1),
+        now: Instant::now(),
+        next_sn: 0,
+        executing: Vec::new(),
+        itt_cid: HashMap::new(),
+    };
+    d.join(0);
+    for op in input.ops.iter().take(MAX_OPS) {
+        d.run(op);
+    }
+});
