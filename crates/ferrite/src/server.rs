@@ -589,8 +589,10 @@ struct Attached {
 
 /// How long a task management function waits for other sessions to end their tasks. A
 /// session whose driver is stuck (its initiator stopped reading) must not hold the function
-/// for ever; past this the function completes anyway, and says so in the log.
-const TMF_ABORT_WAIT: Duration = Duration::from_secs(30);
+/// for ever; past this the function completes anyway, and says so in the log. Shorter than
+/// initiators' own TMF timeouts (open-iscsi waits 30 s for a LUN or target reset, 15 s for
+/// an abort), so the answer still reaches an initiator that waits.
+const TMF_ABORT_WAIT: Duration = Duration::from_secs(10);
 
 /// The parts of a task management function beyond the calling session (its own tasks are
 /// already ended by the connection engine): end the tasks of the other I_T nexuses the
@@ -817,9 +819,16 @@ async fn run_connection(
                         let tx = done_tx.clone();
                         let cancel = Arc::new(AtomicBool::new(false));
                         cancels.insert(task.id, cancel.clone());
+                        let session = conn.session();
                         tokio::task::spawn_blocking(move || {
                             let o = run_task(&t, &nexus, &task, Some(&cancel));
-                            let _ = tx.send((task.id, o));
+                            if let Err(mpsc::error::SendError((id, o))) = tx.send((task.id, o)) {
+                                // This connection is gone (logged out, replaced) but the
+                                // session may go on and waits for the task.
+                                if let Some(s) = session {
+                                    s.complete_task(id, o);
+                                }
+                            }
                         });
                     }
                     ConnEvent::Cancel(id) => {

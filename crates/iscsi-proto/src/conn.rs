@@ -479,12 +479,17 @@ impl Connection {
     /// The buffer budget may have room again (the account's waker fired): move the commands
     /// waiting for it on (R2Ts, execution), in order, as far as the budget now allows.
     pub fn budget_ready(&mut self) {
-        self.full(|c| c.budget_ready());
+        if let Phase::Full(s) = &self.phase {
+            s.budget_ready();
+        }
     }
 
-    /// The device server finished a task (of any connection of the session).
+    /// The device server finished a task (of any connection of the session; also after this
+    /// connection closed or was replaced: the session still waits for it).
     pub fn complete_task(&mut self, id: TaskId, outcome: TaskOutcome) {
-        self.full(|c| c.complete_task(id, outcome));
+        if let Phase::Full(s) = &self.phase {
+            s.complete_task(id, outcome);
+        }
     }
 
     /// The driver carried out the action of the oldest task management function it was handed

@@ -342,6 +342,18 @@ impl SessionHandle {
         n
     }
 
+    /// The device server finished a task of the session, whichever connection (if any, still)
+    /// handed it out: its status goes out on the task's connection, and what waited for it
+    /// (a TMF, a logout, an outside abort) goes on.
+    pub fn complete_task(&self, id: TaskId, outcome: TaskOutcome) {
+        self.outside(|c| c.complete_task(id, outcome));
+    }
+
+    /// The buffer budget may have room again.
+    pub fn budget_ready(&self) {
+        self.outside(|c| c.budget_ready());
+    }
+
     /// End the session: every connection closes (reinstatement, an operator, a cold reset).
     pub fn shutdown(&self, reason: &'static str) {
         self.outside(|c| c.close_all(reason));

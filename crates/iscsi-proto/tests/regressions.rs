@@ -193,3 +193,97 @@ fn nothing_queued_runs_after_a_cold_reset_closes() {
     assert_eq!(pdus, 1, "only the cold reset's response goes out");
     assert!(matches!(ev.as_slice(), [ConnEvent::Close { .. }]), "{ev:?}");
 }
+
+/// A leading login with MaxConnections=2 (`cid` 0), accepted as session 1.
+fn login_cid(c: &mut Connection, now: Instant, tsih: u16, cid: u16) -> LoginResult {
+    let mut keys = vec![
+        ("InitiatorName", "iqn.2026-11.test:fuzz"),
+        ("TargetName", TARGET),
+    ];
+    if tsih == 0 {
+        keys.push(("MaxConnections", "2"));
+    }
+    let h = Header::LoginRequest(LoginRequest {
+        transit: true,
+        cont: false,
+        csg: Stage::Operational,
+        nsg: Stage::FullFeature,
+        version_max: 0,
+        version_min: 0,
+        isid: 0x8000_0000_0001,
+        tsih,
+        itt: 1,
+        cid,
+        cmd_sn: 100,
+        exp_stat_sn: 0,
+    });
+    c.handle_pdu(now, raw(h, &text::encode(&keys)), &Dir);
+    while c.poll_transmit().is_some() {}
+    match c.poll_event() {
+        Some(ConnEvent::LoginComplete(r)) => r,
+        other => panic!("expected LoginComplete, got {other:?}"),
+    }
+}
+
+/// fuzz/regressions/session-completion-after-connection-replaced: a task of connection 1 is
+/// with the device server when a login with CID 1 replaces that connection. The task is
+/// aborted, and the session waits for it to come back (a session logout answers only then);
+/// the completion arrives through the old connection's handle, which is no longer current.
+/// It was dropped, so the session waited for ever.
+#[test]
+fn a_completion_through_a_replaced_connection_still_reaches_the_session() {
+    let now = Instant::now();
+    let cfg = || {
+        let mut c = ConnConfig::default();
+        c.offer.max_connections = 2;
+        c
+    };
+    let mut c0 = Connection::new(cfg(), now, 50);
+    let r = login_cid(&mut c0, now, 0, 0);
+    c0.accept_login(&r, 1);
+    let session = c0.session().expect("a session");
+    drain(&mut c0);
+    let mut c1 = Connection::new(cfg(), now, 500);
+    let r = login_cid(&mut c1, now, 1, 1);
+    c1.accept_join(&r, 1, &session);
+    drain(&mut c1);
+    let mut cdb = [0u8; 16];
+    cdb[0] = 0x28;
+    let read = Header::ScsiCommand(ScsiCommand {
+        final_bit: true,
+        read: true,
+        attr: 1,
+        itt: 9,
+        expected_len: 512,
+        cmd_sn: 100,
+        cdb,
+        ..Default::default()
+    });
+    c1.handle_pdu(now, raw(read, &[]), &Dir);
+    let (_, ev) = drain(&mut c1);
+    let Some(ConnEvent::Execute(task)) = ev.into_iter().next() else {
+        panic!("the read was not handed out")
+    };
+    // CID 1 logs in again: the old connection is replaced and its task aborted.
+    let mut c1b = Connection::new(cfg(), now, 900);
+    let r = login_cid(&mut c1b, now, 1, 1);
+    c1b.accept_join(&r, 1, &session);
+    drain(&mut c1b);
+    assert!(c1.is_closed() && !c1.is_current());
+    // A session logout on CID 0 waits for the aborted task...
+    let logout = Header::LogoutRequest(iscsi_wire::LogoutRequest {
+        immediate: true,
+        reason: iscsi_wire::LogoutReason::CLOSE_SESSION,
+        itt: 77,
+        cid: 0,
+        cmd_sn: 101,
+        exp_stat_sn: 0,
+    });
+    c0.handle_pdu(now, raw(logout, &[]), &Dir);
+    assert_eq!(drain(&mut c0).0, 0, "the logout waits for the running task");
+    // ...which comes back through the replaced connection's handle.
+    c1.complete_task(task.id, iscsi_proto::TaskOutcome::default());
+    let (pdus, ev) = drain(&mut c0);
+    assert_eq!(pdus, 1, "the logout response");
+    assert!(matches!(ev.as_slice(), [ConnEvent::Close { .. }]), "{ev:?}");
+}
