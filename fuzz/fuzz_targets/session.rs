@@ -114,6 +114,19 @@ fn raw(h: Header, data: &[u8]) -> RawPdu {
     }
 }
 
+/// The one Data-Out (F = 1, DataSN 0) that answers an R2T.
+fn data_out(itt: u32, ttt: u32, offset: u32) -> Header {
+    Header::DataOut(DataOut {
+        final_bit: true,
+        lun: 0,
+        itt,
+        ttt,
+        exp_stat_sn: 0,
+        data_sn: 0,
+        buffer_offset: offset,
+    })
+}
+
 impl Driver {
     fn sn(&self, sn: Sn) -> u32 {
         match sn {
@@ -353,16 +366,7 @@ impl Driver {
                 let k = pick as usize % self.conns[i].r2ts.len();
                 let (itt, ttt, offset, len) = self.conns[i].r2ts.remove(k);
                 let len = if short { len.saturating_sub(1) } else { len };
-                let h = Header::DataOut(DataOut {
-                    final_bit: true,
-                    lun: 0,
-                    itt,
-                    ttt,
-                    exp_stat_sn: 0,
-                    data_sn: 0,
-                    buffer_offset: offset,
-                });
-                self.send(i, h, &vec![0xa5; len as usize]);
+                self.send(i, data_out(itt, ttt, offset), &vec![0xa5; len as usize]);
             }
             Op::StrayDataOut { conn, pick } => {
                 let Some(i) = self.pick(conn) else { return };
@@ -372,16 +376,7 @@ impl Driver {
                     return;
                 }
                 let (itt, ttt, offset, len) = all[pick as usize % all.len()];
-                let h = Header::DataOut(DataOut {
-                    final_bit: true,
-                    lun: 0,
-                    itt,
-                    ttt,
-                    exp_stat_sn: 0,
-                    data_sn: 0,
-                    buffer_offset: offset,
-                });
-                self.send(i, h, &vec![0x5a; len as usize]);
+                self.send(i, data_out(itt, ttt, offset), &vec![0x5a; len as usize]);
             }
             Op::Complete { pick, data_len } => {
                 if self.executing.is_empty() {

@@ -22,6 +22,19 @@ const ATTACKERS: usize = 6;
 /// The command window the daemon grants by default (`settings.queue_depth`).
 const WINDOW: usize = 128;
 
+/// A session of initiator `iqn.2026-11.io.ferrite:<name>`, its unit attentions cleared.
+fn login_as(addr: std::net::SocketAddr, name: &str) -> Session {
+    let name = format!("iqn.2026-11.io.ferrite:{name}");
+    Session::login(
+        addr,
+        &LoginOpts {
+            initiator: &name,
+            ..LoginOpts::default()
+        },
+    )
+    .unwrap()
+}
+
 fn write10_cdb(lba: u32, blocks: u16) -> [u8; 10] {
     let mut cdb = [0u8; 10];
     cdb[0] = 0x2a;
@@ -75,14 +88,7 @@ fn daemon_with_a_busy_session() -> (Daemon, Session, Rng, u64) {
         luns: vec!["file:{dir}/lun0.img:256M".into()],
         ..Opts::default()
     });
-    let mut good = Session::login(
-        d.addr(),
-        &LoginOpts {
-            initiator: "iqn.2026-11.io.ferrite:good",
-            ..LoginOpts::default()
-        },
-    )
-    .unwrap();
+    let mut good = login_as(d.addr(), "good");
     // Warm up the allocator the way normal I/O does before taking the idle figure.
     let mut rng = Rng::new(14);
     let mut data = vec![0u8; 4 << 20];
@@ -176,15 +182,7 @@ fn stalled_writes_stay_within_the_budget_and_memory_returns_after_logout() {
         quit.push(quit_tx);
         let ready = ready_tx.clone();
         hogs.push(thread::spawn(move || {
-            let name = format!("iqn.2026-11.io.ferrite:hog{i}");
-            let mut s = Session::login(
-                addr,
-                &LoginOpts {
-                    initiator: &name,
-                    ..LoginOpts::default()
-                },
-            )
-            .unwrap();
+            let mut s = login_as(addr, &format!("hog{i}"));
             let asked = hog(&mut s);
             ready.send(asked).unwrap();
             let _ = quit_rx.recv();
@@ -226,15 +224,7 @@ fn sessions_that_stop_reading_stay_within_the_budget() {
     let blocks = (MAX_WRITE / BLOCK) as u16;
     let mut hogs = Vec::new();
     for i in 0..ATTACKERS {
-        let name = format!("iqn.2026-11.io.ferrite:reader{i}");
-        let mut s = Session::login(
-            d.addr(),
-            &LoginOpts {
-                initiator: &name,
-                ..LoginOpts::default()
-            },
-        )
-        .unwrap();
+        let mut s = login_as(d.addr(), &format!("reader{i}"));
         // A window of 8 MiB reads, and never a byte read back.
         for j in 0..WINDOW as u32 {
             let mut cdb = write10_cdb((j % 16) * u32::from(blocks), blocks);
@@ -281,15 +271,7 @@ fn more_stalled_sessions_than_the_budget_holds_cannot_starve_a_writer() {
     let blocks = (MAX_WRITE / BLOCK) as u16;
     let mut hogs = Vec::new();
     for i in 0..9u32 {
-        let name = format!("iqn.2026-11.io.ferrite:staller{i}");
-        let mut s = Session::login(
-            d.addr(),
-            &LoginOpts {
-                initiator: &name,
-                ..LoginOpts::default()
-            },
-        )
-        .unwrap();
+        let mut s = login_as(d.addr(), &format!("staller{i}"));
         let (b, _) = s.scsi_cmd_bhs(
             &write10_cdb(i * u32::from(blocks), blocks),
             false,
@@ -299,14 +281,7 @@ fn more_stalled_sessions_than_the_budget_holds_cannot_starve_a_writer() {
         s.send(&b, &[]).unwrap();
         hogs.push(s);
     }
-    let mut good = Session::login(
-        d.addr(),
-        &LoginOpts {
-            initiator: "iqn.2026-11.io.ferrite:good",
-            ..LoginOpts::default()
-        },
-    )
-    .unwrap();
+    let mut good = login_as(d.addr(), "good");
     let t = Instant::now();
     let data = vec![0x6bu8; 1 << 20];
     good.write10(200_000, &data, BLOCK as usize).unwrap();
