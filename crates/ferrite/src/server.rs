@@ -39,6 +39,8 @@ struct SessionEntry {
     session: Option<iscsi_proto::SessionHandle>,
     /// Where the leading connection came from.
     peer: SocketAddr,
+    /// See `Attached::budget_room`.
+    budget_room: Arc<Notify>,
     params: iscsi_proto::Negotiated,
     target: Arc<Target>,
     nexus: Arc<Nexus>,
@@ -585,6 +587,9 @@ struct Attached {
     nexus: Option<Arc<Nexus>>,
     nexus_released: Arc<NexusRelease>,
     kill: Option<watch::Receiver<bool>>,
+    /// Notified when the session's buffer budget may have room: shared by the session's
+    /// connections, so that any of them still open moves the session on.
+    budget_room: Arc<Notify>,
 }
 
 /// How long a task management function waits for other sessions to end their tasks. A
@@ -712,6 +717,7 @@ async fn run_connection(
     // The session's share of the buffer budget; the budget wakes us when room comes back.
     let budget_room = Arc::new(Notify::new());
     let waker = budget_room.clone();
+    let budget_room_of_session = budget_room.clone();
     conn.set_budget(daemon.budget.account(Arc::new(move || waker.notify_one())));
     // Another connection of the session queued output or events for this one.
     let link_woken = Arc::new(Notify::new());
@@ -741,6 +747,7 @@ async fn run_connection(
         nexus: None,
         nexus_released: Arc::default(),
         kill: None,
+        budget_room: budget_room_of_session,
     };
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut start = 0usize;
@@ -914,7 +921,7 @@ async fn run_connection(
                     cancels.remove(&id);
                 }
             }
-            _ = budget_room.notified() => conn.budget_ready(),
+            _ = att.budget_room.notified() => conn.budget_ready(),
             _ = link_woken.notified() => {}
             Some(()) = tmf_done_rx.recv() => conn.tmf_done(),
             _ = sleep => conn.handle_timeout(Instant::now()),
@@ -1075,6 +1082,7 @@ async fn login_complete(
         view_key,
         session: None,
         peer,
+        budget_room: att.budget_room.clone(),
         params: r.params.clone(),
         target: target.clone(),
         nexus: nexus.clone(),
@@ -1174,6 +1182,7 @@ fn join_session(
             e.nexus.clone(),
             e.nexus_released.clone(),
             e.kill.subscribe(),
+            e.budget_room.clone(),
         )
     });
     let joined = match found {
@@ -1189,7 +1198,7 @@ fn join_session(
             return;
         }
     };
-    let Some((Some(session), target, view, nexus, released, kill)) = found else {
+    let Some((Some(session), target, view, nexus, released, kill, budget_room)) = found else {
         conn.refuse_login(LoginStatus::SESSION_DOES_NOT_EXIST);
         return;
     };
@@ -1199,6 +1208,7 @@ fn join_session(
     att.nexus = Some(nexus);
     att.nexus_released = released;
     att.kill = Some(kill);
+    att.budget_room = budget_room;
     info!(
         %peer,
         initiator = %r.initiator_name,
