@@ -648,14 +648,15 @@ pub fn render(cmd: &str, v: &Value) -> String {
         "sessions" => {
             for s in v.as_array().into_iter().flatten() {
                 out.push_str(&format!(
-                    "TSIH {} {} isid {} -> {} tpgt {} from {} LUNs {}\n",
+                    "TSIH {} {} isid {} -> {} tpgt {} from {} LUNs {} CIDs {}\n",
                     s["tsih"],
                     s["initiator"].as_str().unwrap_or(""),
                     s["isid"].as_str().unwrap_or(""),
                     s["target"].as_str().unwrap_or(""),
                     s["tpg_tag"],
                     s["peer"].as_str().unwrap_or(""),
-                    s["luns"]
+                    s["luns"],
+                    s["connections"]
                 ));
                 if let Some(p) = s["params"].as_object() {
                     let kv: Vec<String> = p

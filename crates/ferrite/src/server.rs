@@ -403,6 +403,11 @@ impl Daemon {
                     .get(&e.view_key)
                     .map(|v| v.luns())
                     .unwrap_or_default(),
+                connections: e
+                    .session
+                    .as_ref()
+                    .map(|s| s.connections())
+                    .unwrap_or_default(),
                 params: e.params.clone(),
             })
             .collect();
@@ -496,6 +501,8 @@ pub struct SessionInfo {
     pub tpg_tag: u16,
     pub peer: String,
     pub luns: Vec<u64>,
+    /// CIDs of the session's open connections (MC/S).
+    pub connections: Vec<u16>,
     #[serde(serialize_with = "ser_params")]
     pub params: iscsi_proto::Negotiated,
 }

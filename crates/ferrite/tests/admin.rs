@@ -132,6 +132,7 @@ fn targets_sessions_and_drop_session() {
             "tpg_tag": 1,
             "peer": local,
             "luns": [0],
+            "connections": [0],
             "params": {
                 "HeaderDigest": "CRC32C",
                 "DataDigest": "None",
@@ -154,7 +155,7 @@ fn targets_sessions_and_drop_session() {
     assert_eq!(
         lines.next().unwrap(),
         format!(
-            "TSIH {} {INIT} isid 80000000ad01 -> {IQN} tpgt 1 from {local} LUNs [0]",
+            "TSIH {} {INIT} isid 80000000ad01 -> {IQN} tpgt 1 from {local} LUNs [0] CIDs [0]",
             s.tsih
         )
     );

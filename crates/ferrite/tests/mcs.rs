@@ -151,6 +151,13 @@ fn closed_by_target(c: &mut Session, limit: Duration) -> bool {
 fn four_connections_carry_ten_thousand_checked_ios_in_one_command_order() {
     let d = Daemon::start(Opts::default());
     let mut m = Mcs::open(&d, 4);
+    // The operator sees one session of four connections.
+    let sessions = common::tpg::admin_json(&d, &["sessions"]);
+    assert_eq!(
+        sessions[0]["connections"],
+        serde_json::json!([0, 1, 2, 3]),
+        "{sessions}"
+    );
     // Each connection owns 256 slots of 4 KiB, so the four commands of a round never overlap;
     // the model is what every block must hold.
     let slots = 256usize;
