@@ -308,16 +308,24 @@ impl SessionHandle {
         Some(r)
     }
 
-    /// Run `f` on the core from outside any connection.
+    /// Run `f` on the core from outside any connection (one lock), then wake every
+    /// connection: nobody else looks at their queues after this call.
     fn outside<R>(&self, f: impl FnOnce(&mut SessionCore) -> R) -> R {
-        let (cur, id) = {
-            let g = self.lock();
-            (g.cur, g.link.id)
-        };
-        match self.with(cur, id, f) {
-            Some(r) => r,
-            None => unreachable!("the current link is the session's"),
+        let mut g = self.lock();
+        let r = f(&mut g);
+        g.woken.clear();
+        let mut wakers: Vec<Waker> = g
+            .parked
+            .values()
+            .chain(std::iter::once(&g.link))
+            .filter_map(|l| l.waker.as_ref().map(|w| w.0.clone()))
+            .collect();
+        wakers.append(&mut g.lost_wakers.0);
+        drop(g);
+        for w in wakers {
+            w();
         }
+        r
     }
 
     /// Abort, without any response, every task whose LUN field satisfies `lun` (another I_T
@@ -328,18 +336,17 @@ impl SessionHandle {
         lun: impl Fn(u64) -> bool,
         done: Option<Box<dyn FnOnce(usize) + Send>>,
     ) -> usize {
-        let ended = self.outside(|c| c.abort_tasks_for(lun));
-        let n = ended.tasks;
-        if let Some(done) = done {
-            if ended.running.is_empty() {
-                done(n);
-            } else {
-                self.lock()
-                    .abort_waits
-                    .push(NoDebug((ended.running, n, done)));
+        // One lock: a task that comes back right after the abort must find the wait.
+        self.outside(|c| {
+            let ended = c.abort_tasks_for(lun);
+            let n = ended.tasks;
+            match done {
+                Some(done) if ended.running.is_empty() => done(n),
+                Some(done) => c.abort_waits.push(NoDebug((ended.running, n, done))),
+                None => {}
             }
-        }
-        n
+            n
+        })
     }
 
     /// The device server finished a task of the session, whichever connection (if any, still)
