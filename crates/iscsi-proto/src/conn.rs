@@ -480,7 +480,7 @@ impl Connection {
     /// waiting for it on (R2Ts, execution), in order, as far as the budget now allows.
     pub fn budget_ready(&mut self) {
         if let Phase::Full(s) = &self.phase {
-            s.budget_ready();
+            s.with_or_outside(self.cid, self.link, |c| c.budget_ready());
         }
     }
 
@@ -488,7 +488,7 @@ impl Connection {
     /// connection closed or was replaced: the session still waits for it).
     pub fn complete_task(&mut self, id: TaskId, outcome: TaskOutcome) {
         if let Phase::Full(s) = &self.phase {
-            s.complete_task(id, outcome);
+            s.with_or_outside(self.cid, self.link, |c| c.complete_task(id, outcome));
         }
     }
 

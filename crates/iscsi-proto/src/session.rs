@@ -308,10 +308,39 @@ impl SessionHandle {
         Some(r)
     }
 
+    /// Run `f` on behalf of connection `cid` (link `link`) if that link is still the
+    /// session's, else from outside: for what the session needs done whoever brings it (a
+    /// task's completion). One lock either way.
+    pub(crate) fn with_or_outside<R>(
+        &self,
+        cid: u16,
+        link: u64,
+        f: impl FnOnce(&mut SessionCore) -> R,
+    ) -> R {
+        let mut g = self.lock();
+        g.switch_to(cid);
+        if g.link.id == link {
+            let r = f(&mut g);
+            let wakers = g.take_wakers();
+            drop(g);
+            for w in wakers {
+                w();
+            }
+            return r;
+        }
+        Self::run_outside(g, f)
+    }
+
     /// Run `f` on the core from outside any connection (one lock), then wake every
     /// connection: nobody else looks at their queues after this call.
     fn outside<R>(&self, f: impl FnOnce(&mut SessionCore) -> R) -> R {
-        let mut g = self.lock();
+        Self::run_outside(self.lock(), f)
+    }
+
+    fn run_outside<R>(
+        mut g: MutexGuard<'_, SessionCore>,
+        f: impl FnOnce(&mut SessionCore) -> R,
+    ) -> R {
         let r = f(&mut g);
         g.woken.clear();
         let mut wakers: Vec<Waker> = g
