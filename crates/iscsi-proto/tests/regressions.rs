@@ -42,6 +42,18 @@ fn login(c: &mut Connection, now: Instant, discovery: bool) -> LoginResult {
     } else {
         keys.push(("TargetName", TARGET));
     }
+    login_with(c, now, 0, 0, &keys)
+}
+
+/// A Login Request with `keys` for session `tsih` (0: a new one) and connection `cid`, from
+/// the operational stage straight to full feature phase; the `LoginComplete` it leads to.
+fn login_with(
+    c: &mut Connection,
+    now: Instant,
+    tsih: u16,
+    cid: u16,
+    keys: &[(&str, &str)],
+) -> LoginResult {
     let h = Header::LoginRequest(LoginRequest {
         transit: true,
         cont: false,
@@ -50,13 +62,13 @@ fn login(c: &mut Connection, now: Instant, discovery: bool) -> LoginResult {
         version_max: 0,
         version_min: 0,
         isid: 0x8000_0000_0001,
-        tsih: 0,
+        tsih,
         itt: 1,
-        cid: 0,
+        cid,
         cmd_sn: 100,
         exp_stat_sn: 0,
     });
-    c.handle_pdu(now, raw(h, &text::encode(&keys)), &Dir);
+    c.handle_pdu(now, raw(h, &text::encode(keys)), &Dir);
     while c.poll_transmit().is_some() {}
     match c.poll_event() {
         Some(ConnEvent::LoginComplete(r)) => r,
@@ -194,7 +206,7 @@ fn nothing_queued_runs_after_a_cold_reset_closes() {
     assert!(matches!(ev.as_slice(), [ConnEvent::Close { .. }]), "{ev:?}");
 }
 
-/// A leading login with MaxConnections=2 (`cid` 0), accepted as session 1.
+/// A login of connection `cid` to session `tsih` (0: a new session with MaxConnections=2).
 fn login_cid(c: &mut Connection, now: Instant, tsih: u16, cid: u16) -> LoginResult {
     let mut keys = vec![
         ("InitiatorName", "iqn.2026-11.test:fuzz"),
@@ -203,26 +215,7 @@ fn login_cid(c: &mut Connection, now: Instant, tsih: u16, cid: u16) -> LoginResu
     if tsih == 0 {
         keys.push(("MaxConnections", "2"));
     }
-    let h = Header::LoginRequest(LoginRequest {
-        transit: true,
-        cont: false,
-        csg: Stage::Operational,
-        nsg: Stage::FullFeature,
-        version_max: 0,
-        version_min: 0,
-        isid: 0x8000_0000_0001,
-        tsih,
-        itt: 1,
-        cid,
-        cmd_sn: 100,
-        exp_stat_sn: 0,
-    });
-    c.handle_pdu(now, raw(h, &text::encode(&keys)), &Dir);
-    while c.poll_transmit().is_some() {}
-    match c.poll_event() {
-        Some(ConnEvent::LoginComplete(r)) => r,
-        other => panic!("expected LoginComplete, got {other:?}"),
-    }
+    login_with(c, now, tsih, cid, &keys)
 }
 
 /// fuzz/regressions/session-completion-after-connection-replaced: a task of connection 1 is
