@@ -37,6 +37,13 @@ pub struct Settings {
     pub queue_depth: u32,
     /// Connections one session may have (MaxConnections offered, RFC 7143 §13.2).
     pub max_connections: u32,
+    /// Highest ErrorRecoveryLevel offered (RFC 7143 §7.1.5, §13.20): 0 session recovery only,
+    /// 1 adds SNACK and recovery R2Ts, 2 adds connection recovery (task reassignment).
+    pub error_recovery_level: u32,
+    /// DefaultTime2Wait / DefaultTime2Retain offered (RFC 7143 §13.15, §13.16): after a
+    /// connection fails at ErrorRecoveryLevel 2, its tasks wait this long for reassignment.
+    pub default_time2wait: u32,
+    pub default_time2retain: u32,
     /// Our MaxRecvDataSegmentLength.
     pub max_recv_data_segment_length: u32,
     pub max_burst_length: u32,
@@ -73,6 +80,9 @@ impl Default for Settings {
             data_out_timeout_secs: 30,
             queue_depth: 128,
             max_connections: 8,
+            error_recovery_level: o.error_recovery_level,
+            default_time2wait: o.default_time2wait,
+            default_time2retain: o.default_time2retain,
             max_recv_data_segment_length: o.max_recv_data_segment_length,
             max_burst_length: o.max_burst_length,
             first_burst_length: o.first_burst_length,
@@ -401,6 +411,14 @@ impl Config {
         }
         if !(1..=65535).contains(&s.max_connections) {
             return Err("settings.max_connections must be 1..65535".into());
+        }
+        if s.error_recovery_level > 2 {
+            return Err("settings.error_recovery_level must be 0, 1 or 2".into());
+        }
+        if s.default_time2wait > 3600 || s.default_time2retain > 3600 {
+            return Err(
+                "settings.default_time2wait and default_time2retain must be 0..3600".into(),
+            );
         }
         if s.max_outstanding_r2t == 0 {
             return Err("settings.max_outstanding_r2t must be at least 1".into());

@@ -221,9 +221,11 @@ impl Daemon {
                 immediate_data: s.immediate_data,
                 max_outstanding_r2t: s.max_outstanding_r2t,
                 max_connections: s.max_connections,
+                error_recovery_level: s.error_recovery_level,
+                default_time2wait: s.default_time2wait,
+                default_time2retain: s.default_time2retain,
                 allow_header_digest: s.digests,
                 allow_data_digest: s.digests,
-                ..Default::default()
             },
             cmd_window: s.queue_depth,
             // SBC-4 §6.6.4: no command moves more than the LU's MAXIMUM TRANSFER LENGTH, so no
@@ -760,6 +762,8 @@ async fn run_connection(
     let mut start = 0usize;
     let mut closing: Option<&'static str> = None;
     let mut peer_closed = false;
+    // A PDU was skipped after a header digest error: the next header must check out.
+    let mut boundary_doubtful = false;
 
     loop {
         // Decode every whole PDU already buffered. During login, one PDU at a time: its events
@@ -770,6 +774,7 @@ async fn run_connection(
                 Ok(Some((pdu, used))) => {
                     start += used;
                     progressed = true;
+                    boundary_doubtful = false;
                     let rt = daemon.runtime();
                     let view = PortalView { rt: &rt, local };
                     conn.handle_pdu(Instant::now(), pdu, &view);
@@ -783,6 +788,17 @@ async fn run_connection(
                     progressed = true;
                     warn!(%peer, "data digest error");
                     conn.handle_digest_error(&bhs);
+                }
+                Err(FrameError::HeaderDigest { consumed, .. })
+                    if conn.error_recovery_level() >= 1 && !boundary_doubtful =>
+                {
+                    // RFC 7143 §7.8: above ErrorRecoveryLevel 0 the PDU is dropped unseen (the
+                    // initiator finds the gap: command retry, SNACK, recovery R2T). Its lengths
+                    // may be wrong, so the boundary stands only if the next header checks out.
+                    start += consumed;
+                    progressed = true;
+                    boundary_doubtful = true;
+                    warn!(%peer, "header digest error: PDU dropped");
                 }
                 Err(e) => {
                     warn!(%peer, "unrecoverable framing error: {e:?}");

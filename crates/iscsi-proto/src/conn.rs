@@ -261,6 +261,11 @@ impl Connection {
         }
     }
 
+    /// The session's ErrorRecoveryLevel (0 before full feature phase).
+    pub fn error_recovery_level(&self) -> u32 {
+        self.full(|c| c.erl()).unwrap_or(0)
+    }
+
     /// Negotiated parameters of this connection once in full feature phase.
     pub fn params(&self) -> Option<Negotiated> {
         self.full(|c| c.link.params.clone())

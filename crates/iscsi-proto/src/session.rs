@@ -36,13 +36,20 @@ use crate::params::Negotiated;
 use crate::serial;
 use crate::{OutPdu, Payload};
 
+mod recovery;
+
 #[derive(Debug)]
 struct R2tState {
     ttt: u32,
+    /// Its R2TSN (RFC 7143 §11.8.4), for an R2T SNACK.
+    sn: u32,
     offset: u32,
     len: u32,
     received: u32,
     next_data_sn: u32,
+    /// ERL ≥ 1: a Data-Out of this sequence was lost (digest error, gap); the rest of the
+    /// sequence is dropped and a recovery R2T asks again for what is missing.
+    damaged: bool,
 }
 
 #[derive(Debug)]
@@ -52,6 +59,9 @@ struct WriteState {
     unsolicited_end: u32,
     unsolicited_done: bool,
     unsolicited_data_sn: u32,
+    /// ERL ≥ 1: part of the unsolicited data was lost; R2Ts ask for it once the unsolicited
+    /// sequence ends.
+    unsolicited_damaged: bool,
     next_r2t_offset: u32,
     r2t_sn: u32,
     r2ts: Vec<R2tState>,
@@ -85,6 +95,8 @@ struct Task {
     seq: u64,
     /// The connection the command came on: its data and status go there (RFC 7143 §5.1).
     cid: u16,
+    /// Recovery R2Ts sent for it (bounded: see `recovery`).
+    recoveries: u8,
 }
 
 /// Task attributes (RFC 7143 §11.3.1 ATTR field, SAM-5 §8.6).
@@ -164,6 +176,16 @@ pub(crate) struct Link {
     /// A logout waiting for this connection's running tasks: (ITT, response, what closes).
     logout: Option<(u32, LogoutResponseCode, LogoutScope)>,
     waker: Option<NoDebug<Waker>>,
+    /// ErrorRecoveryLevel ≥ 1: the numbered responses (PDUs that took a StatSN) the initiator
+    /// has not acknowledged yet, oldest first, and their payload bytes (RFC 7143 §7.3.1,
+    /// §11.16: a Status SNACK asks for them again).
+    pub(crate) sent: VecDeque<OutPdu>,
+    pub(crate) sent_bytes: usize,
+    /// The initiator's ExpStatSN on this connection (RFC 7143 §4.2.2.2).
+    pub(crate) exp_stat_sn: u32,
+    /// (StatSN, ITT) of the task answers this connection carried, oldest first, while the
+    /// initiator has not acknowledged them (see `SessionCore::answers`).
+    pub(crate) answered: VecDeque<(u32, u32)>,
 }
 
 /// A field `Debug` skips (callbacks).
@@ -202,6 +224,10 @@ impl Link {
             ping: None,
             logout: None,
             waker: None,
+            sent: VecDeque::new(),
+            sent_bytes: 0,
+            exp_stat_sn: stat_sn,
+            answered: VecDeque::new(),
         }
     }
 
@@ -262,6 +288,9 @@ pub(crate) struct SessionCore {
     /// Wakers of replaced links, to be called once (their drivers then find them gone).
     lost_wakers: NoDebug<Vec<Waker>>,
     next_link_id: u64,
+    /// ErrorRecoveryLevel ≥ 1: answered tasks by ITT, kept until the initiator acknowledges
+    /// their status (SNACK, reassignment: see `recovery`).
+    answers: HashMap<u32, recovery::Answer>,
 }
 
 type AbortWait = (HashSet<TaskId>, usize, Box<dyn FnOnce(usize) + Send>);
@@ -468,6 +497,7 @@ impl SessionCore {
             woken: BTreeSet::new(),
             lost_wakers: NoDebug(Vec::new()),
             next_link_id: 2,
+            answers: HashMap::new(),
         }
     }
 
@@ -619,12 +649,21 @@ impl SessionCore {
         if self.link.closed {
             return;
         }
-        self.link.out.push_back(OutPdu {
+        let pdu = OutPdu {
             header,
             data,
             header_digest: self.link.header_digest,
             data_digest: self.link.data_digest,
-        });
+        };
+        if self.erl() >= 1 {
+            self.log_sent(&pdu);
+        }
+        self.link.out.push_back(pdu);
+    }
+
+    /// The session's ErrorRecoveryLevel (RFC 7143 §13.20).
+    pub(crate) fn erl(&self) -> u32 {
+        self.params.error_recovery_level
     }
 
     /// Send a Reject carrying the offending header (RFC 7143 §11.17).
@@ -689,7 +728,7 @@ impl SessionCore {
         let Some(cmd_sn) = cmd_sn else {
             match header {
                 Header::DataOut(d) => self.handle_data_out(&pdu, d),
-                // RFC 7143 §11.16: SNACK is for ErrorRecoveryLevel > 0; we run ERL 0.
+                Header::SnackRequest(s) => self.handle_snack(&pdu, s),
                 _ => self.reject(&pdu.bhs, RejectReason::PROTOCOL_ERROR),
             }
             return;
@@ -828,6 +867,9 @@ impl SessionCore {
                 return false;
             }
         }
+        // A tag reused before its answer was acknowledged: that answer can no longer be
+        // asked for by tag.
+        self.answers.remove(&c.itt);
         let id = TaskId(self.next_task_id);
         self.next_task_id += 1;
         let mut charged = 0u64;
@@ -863,6 +905,7 @@ impl SessionCore {
                 unsolicited_end: unsolicited_end.max(imm_len),
                 unsolicited_done,
                 unsolicited_data_sn: 0,
+                unsolicited_damaged: false,
                 next_r2t_offset: imm_len,
                 r2t_sn: 0,
                 r2ts: Vec::new(),
@@ -873,6 +916,7 @@ impl SessionCore {
                 unsolicited_end: 0,
                 unsolicited_done: true,
                 unsolicited_data_sn: 0,
+                unsolicited_damaged: false,
                 next_r2t_offset: 0,
                 r2t_sn: 0,
                 r2ts: Vec::new(),
@@ -895,6 +939,7 @@ impl SessionCore {
                 ..Held::default()
             },
             seq: 0,
+            recoveries: 0,
         };
         self.ffp().tasks.insert(c.itt, task);
         true
@@ -908,7 +953,10 @@ impl SessionCore {
         self.task_gone(&task);
         self.release_budget(itt, task.held);
         self.remember_aborted_itt(itt);
-        self.send_scsi_response(itt, &0x02, sense, (false, false, 0), task.data_sn);
+        let status = self.send_scsi_response(itt, &0x02, sense, (false, false, 0), task.data_sn);
+        if let Some(status) = status {
+            self.keep_answer(itt, task.lun, task.data_sn, None, status);
+        }
         self.wake_dormant();
     }
 
@@ -1044,6 +1092,11 @@ impl SessionCore {
             return;
         };
         self.on(cid, |c| c.advance_task_here(itt));
+        if !self.answers.is_empty() && self.budget_wait.contains(&itt) {
+            // Answers kept for retransmission hold buffer budget; a task that waits for it
+            // comes first (see `recovery`).
+            self.drop_answer_data();
+        }
     }
 
     fn advance_task_here(&mut self, itt: u32) {
@@ -1130,10 +1183,12 @@ impl SessionCore {
                     r2ts.push((w.next_r2t_offset, len, w.r2t_sn));
                     w.r2ts.push(R2tState {
                         ttt: 0,
+                        sn: w.r2t_sn,
                         offset: w.next_r2t_offset,
                         len,
                         received: 0,
                         next_data_sn: 0,
+                        damaged: false,
                     });
                     w.next_r2t_offset += len;
                     w.r2t_sn += 1;
@@ -1246,6 +1301,11 @@ impl SessionCore {
                 None => ok = false,
             }
         }
+        if !ok && self.erl() >= 1 && self.recover_data_out(d.itt, d.ttt, d.final_bit) {
+            // ERL ≥ 1: the sequence lost a PDU; a recovery R2T asks for the rest once it ends
+            // (RFC 7143 §7.3.2).
+            return;
+        }
         if !ok {
             // A Data-Out out of sequence (wrong DataSN, offset, TTT or length). At ERL 0 there
             // is no SNACK recovery (RFC 7143 §7.1.4.2), so the task is ended at once with
@@ -1313,7 +1373,8 @@ impl SessionCore {
     /// Answer a task: Data-In (pointing into the device server's buffer, which keeps `grant`
     /// until the last of them is gone) and status.
     fn send_response(&mut self, itt: u32, task: &Task, o: TaskOutcome, grant: Option<Grant>) {
-        let p = self.ffp().link.params.clone();
+        let p = &self.link.params;
+        let (mrdsl, burst) = (p.initiator_mrdsl, p.max_burst_length);
         let edtl = task.expected_len;
         // Residuals (RFC 7143 §11.4.5): compare what the command transferred (or wanted to)
         // with the Expected Data Transfer Length.
@@ -1340,73 +1401,85 @@ impl SessionCore {
         } else {
             0
         };
-        let good = o.status == 0 && o.sense.is_empty();
+        // RFC 7143 §11.7.4: status may ride on the last Data-In only if there is no sense data
+        // to carry (phase collapse). Only at ErrorRecoveryLevel 0: above it the status goes in
+        // its own SCSI Response, so that resending it (Status SNACK) never needs the data.
+        let collapse = o.status == 0 && o.sense.is_empty() && self.erl() == 0;
+        let mut data_sn = task.data_sn;
+        let mut kept = None;
         if send_len > 0 {
             let buf = Arc::new(SharedBuf::new(o.data_in, grant));
-            let mrdsl = p.initiator_mrdsl.max(512) as usize;
-            let burst = p.max_burst_length.max(512) as usize;
-            let mut off = 0usize;
-            let mut data_sn = task.data_sn;
-            while off < send_len {
-                let burst_end = ((off / burst) + 1) * burst;
-                let len = mrdsl.min(send_len - off).min(burst_end - off);
-                let last = off + len == send_len;
-                // RFC 7143 §11.7.4: status may ride on the last Data-In only if there is no
-                // sense data to carry (phase collapse).
-                let with_status = last && good;
-                let f = self.ffp();
-                let h = Header::DataIn(DataIn {
-                    // F closes each sequence of at most MaxBurstLength (RFC 7143 §11.7.1).
-                    final_bit: last || off + len == burst_end,
-                    ack: false,
-                    overflow: with_status && overflow,
-                    underflow: with_status && underflow,
-                    has_status: with_status,
-                    status: o.status,
-                    lun: task.lun,
-                    itt,
-                    ttt: RESERVED_TAG,
-                    stat_sn: f.link.stat_sn,
-                    exp_cmd_sn: f.exp_cmd_sn,
-                    max_cmd_sn: f.max_cmd_sn,
-                    data_sn,
-                    buffer_offset: off as u32,
-                    residual: if with_status { residual } else { 0 },
-                });
-                if with_status {
-                    f.link.stat_sn = f.link.stat_sn.wrapping_add(1);
-                }
+            let segments = recovery::segments(0, send_len as u32, mrdsl, burst);
+            let n = segments.len();
+            for (i, &seg) in segments.iter().enumerate() {
+                let status =
+                    (collapse && i + 1 == n).then_some((o.status, overflow, underflow, residual));
+                self.push_data_in(itt, task.lun, &buf, data_sn, seg, status);
                 data_sn += 1;
-                self.push(
-                    h,
-                    Payload::Shared {
-                        buf: buf.clone(),
-                        start: off,
-                        len,
-                    },
-                );
-                off += len;
             }
-            if good {
+            if collapse {
                 return;
             }
-            return self.send_scsi_response(
-                itt,
-                &o.status,
-                &o.sense,
-                (overflow, underflow, residual),
-                data_sn,
-            );
+            kept = Some((buf, segments));
         }
-        self.send_scsi_response(
+        let status = self.send_scsi_response(
             itt,
             &o.status,
             &o.sense,
             (overflow, underflow, residual),
-            task.data_sn,
+            data_sn,
+        );
+        if let Some(status) = status {
+            self.keep_answer(itt, task.lun, task.data_sn, kept, status);
+        }
+    }
+
+    /// Queue one Data-In PDU cut from `buf`: `seg` is (offset, length, F bit); `status` rides
+    /// on it when given (status, overflow, underflow, residual).
+    fn push_data_in(
+        &mut self,
+        itt: u32,
+        lun: u64,
+        buf: &Arc<SharedBuf>,
+        data_sn: u32,
+        seg: (u32, u32, bool),
+        status: Option<(u8, bool, bool, u32)>,
+    ) {
+        let (off, len, final_bit) = seg;
+        let (st, overflow, underflow, residual) = status.unwrap_or_default();
+        let h = Header::DataIn(DataIn {
+            // F closes each sequence of at most MaxBurstLength (RFC 7143 §11.7.1).
+            final_bit,
+            ack: false,
+            overflow,
+            underflow,
+            has_status: status.is_some(),
+            status: st,
+            lun,
+            itt,
+            ttt: RESERVED_TAG,
+            stat_sn: self.link.stat_sn,
+            exp_cmd_sn: self.exp_cmd_sn,
+            max_cmd_sn: self.max_cmd_sn,
+            data_sn,
+            buffer_offset: off,
+            residual,
+        });
+        if status.is_some() {
+            self.link.stat_sn = self.link.stat_sn.wrapping_add(1);
+        }
+        self.push(
+            h,
+            Payload::Shared {
+                buf: buf.clone(),
+                start: off as usize,
+                len: len as usize,
+            },
         );
     }
 
+    /// Queue a SCSI Response; at ErrorRecoveryLevel ≥ 1 it comes back to be kept with the
+    /// task's answer.
     fn send_scsi_response(
         &mut self,
         itt: u32,
@@ -1414,7 +1487,7 @@ impl SessionCore {
         sense: &[u8],
         res: (bool, bool, u32),
         exp_data_sn: u32,
-    ) {
+    ) -> Option<OutPdu> {
         let f = self.ffp();
         let h = Header::ScsiResponse(iscsi_wire::ScsiResponse {
             overflow: res.0,
@@ -1439,7 +1512,14 @@ impl SessionCore {
             v.extend_from_slice(sense);
             Payload::Owned(v)
         };
+        let kept = (self.erl() >= 1 && !self.link.closed).then(|| OutPdu {
+            header: h.clone(),
+            data: data.clone(),
+            header_digest: self.link.header_digest,
+            data_digest: self.link.data_digest,
+        });
         self.push(h, data);
+        kept
     }
 
     // ---- NOP ------------------------------------------------------------------------------
@@ -1919,7 +1999,14 @@ impl SessionCore {
             return;
         }
         let op = Opcode(bhs[0] & 0x3f);
+        if self.erl() >= 1 {
+            self.ack_stat_sn(bhs);
+        }
         self.reject(bhs, RejectReason::DATA_DIGEST_ERROR);
+        if self.erl() >= 1 {
+            self.recover_digest_error(bhs);
+            return;
+        }
         if matches!(op, Opcode::DATA_OUT | Opcode::SCSI_COMMAND) {
             self.close_all("data digest error on SCSI data at ErrorRecoveryLevel 0");
         }
@@ -1932,6 +2019,9 @@ impl SessionCore {
             return;
         }
         let data_out = pdu.bhs[0] & 0x3f == Opcode::DATA_OUT.0;
+        if self.erl() >= 1 {
+            self.ack_stat_sn(&pdu.bhs);
+        }
         self.handle_ffp(pdu, dir);
         // The Data-Out clock: restarted by any Data-Out, started when R2Ts go out.
         let l = &mut self.link;

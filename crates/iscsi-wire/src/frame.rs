@@ -24,25 +24,24 @@ impl RawPdu {
     }
 }
 
-/// Framing failures. All but `DataDigest` leave the byte stream unusable: the connection must
-/// be dropped (RFC 7143 §7.8: a header digest error at ERL 0 means the PDU boundary is lost).
+/// Framing failures. `DataTooLong` leaves the byte stream unusable: the connection must be
+/// dropped.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FrameError {
+    /// The header digest did not match: the BHS may be wrong, its lengths too. `consumed` is
+    /// the length the (untrusted) BHS gives the PDU; at ErrorRecoveryLevel 0 the connection
+    /// is dropped, above it the caller may skip that many bytes and trust the boundary again
+    /// only if the next header checks out (RFC 7143 §7.8).
     HeaderDigest {
         expected: u32,
         received: u32,
+        consumed: usize,
     },
     /// The data digest did not match. The PDU has been consumed (`consumed` bytes); answer with
     /// Reject / Data Digest Error and carry on (RFC 7143 §7.8).
-    DataDigest {
-        bhs: [u8; BHS_LEN],
-        consumed: usize,
-    },
+    DataDigest { bhs: [u8; BHS_LEN], consumed: usize },
     /// DataSegmentLength above what we accept (RFC 7143 §13.12 MaxRecvDataSegmentLength).
-    DataTooLong {
-        len: u32,
-        max: u32,
-    },
+    DataTooLong { len: u32, max: u32 },
 }
 
 /// Decoder settings; digests switch on after login negotiates them.
@@ -101,7 +100,11 @@ impl Decoder {
             let expected = digest::crc32c(&buf[..ahs_end]);
             let received = digest::from_wire([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
             if expected != received {
-                return Err(FrameError::HeaderDigest { expected, received });
+                return Err(FrameError::HeaderDigest {
+                    expected,
+                    received,
+                    consumed: total,
+                });
             }
             at += 4;
         }

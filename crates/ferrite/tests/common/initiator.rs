@@ -50,11 +50,11 @@ pub fn crc32c(data: &[u8]) -> u32 {
     !c
 }
 
-fn be32(b: &[u8], at: usize) -> u32 {
+pub fn be32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes(b[at..at + 4].try_into().unwrap())
 }
 
-fn put32(b: &mut [u8], at: usize, v: u32) {
+pub fn put32(b: &mut [u8], at: usize, v: u32) {
     b[at..at + 4].copy_from_slice(&v.to_be_bytes());
 }
 
@@ -212,6 +212,10 @@ pub struct LoginOpts<'a> {
     pub cid: u16,
     /// MaxConnections offered by a leading login (default 1).
     pub max_connections: u32,
+    /// ErrorRecoveryLevel offered (default 0).
+    pub error_recovery_level: u32,
+    /// DefaultTime2Retain offered (default 0: no connection recovery).
+    pub time2retain: u32,
 }
 
 impl Default for LoginOpts<'_> {
@@ -227,6 +231,8 @@ impl Default for LoginOpts<'_> {
             tsih: 0,
             cid: 0,
             max_connections: 1,
+            error_recovery_level: 0,
+            time2retain: 0,
         }
     }
 }
@@ -414,6 +420,8 @@ impl Session {
         let hd = if o.header_digest { "CRC32C" } else { "None" };
         let dd = if o.data_digest { "CRC32C" } else { "None" };
         let max_connections = o.max_connections.to_string();
+        let erl = o.error_recovery_level.to_string();
+        let retain = o.time2retain.to_string();
         let op = [
             ("HeaderDigest", hd),
             ("DataDigest", dd),
@@ -423,11 +431,11 @@ impl Session {
             ("MaxBurstLength", "262144"),
             ("FirstBurstLength", "65536"),
             ("MaxOutstandingR2T", "1"),
-            ("ErrorRecoveryLevel", "0"),
+            ("ErrorRecoveryLevel", erl.as_str()),
             ("DataPDUInOrder", "Yes"),
             ("DataSequenceInOrder", "Yes"),
             ("DefaultTime2Wait", "0"),
-            ("DefaultTime2Retain", "0"),
+            ("DefaultTime2Retain", retain.as_str()),
             ("MaxConnections", max_connections.as_str()),
         ];
         // A connection joining a session negotiates only its own keys (RFC 7143 §13: the
@@ -852,6 +860,16 @@ impl Session {
         }
         self.exp_statsn = be32(&p.bhs, 24).wrapping_add(1);
         Ok(p.bhs[2])
+    }
+
+    /// The ExpStatSN the next PDU will carry.
+    pub fn exp_stat_sn(&self) -> u32 {
+        self.exp_statsn
+    }
+
+    /// Set the ExpStatSN the next PDU carries (what the initiator acknowledges).
+    pub fn set_exp_stat_sn(&mut self, sn: u32) {
+        self.exp_statsn = sn;
     }
 
     /// The CmdSN the next command will carry.

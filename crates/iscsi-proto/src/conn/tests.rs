@@ -1493,3 +1493,5 @@ fn the_data_out_clock_stops_when_no_r2t_is_out() {
     h.c.handle_timeout(later);
     assert_eq!(h.c.poll_timeout(), Some(later + Duration::from_secs(10)));
 }
+
+mod erl;
