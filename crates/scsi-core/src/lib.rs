@@ -15,16 +15,19 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 mod cdb;
+mod cmd;
 mod durable;
 mod format;
 mod locks;
 mod log;
 mod lu;
+mod luns;
 mod media;
 mod medium;
 mod mode;
 mod opcodes;
 mod pr;
+mod reservations;
 mod sanitize;
 mod sbc;
 pub mod sense;
@@ -38,13 +41,14 @@ mod xcopy;
 mod tests;
 
 pub use lu::{fnv1a64, limits, naa_from_name, ConfigError, LogicalUnit, LuConfig, NAA_COMPANY_ID};
+pub use luns::{lun_from_wire, lun_to_wire, AddLunError, MAX_FLAT_LUN, MAX_LUN};
 pub use medium::{FileOpJournal, OpJournal, Resume};
 pub use pr::{
-    FilePrStore, MemPrStore, PrState, PrStore, PrType, Registration, Reservation, TaskAborter, Who,
+    FilePrStore, MemPrStore, PrState, PrStore, PrType, Registration, Reservation, Who,
     MAX_REGISTRATIONS,
 };
 pub use sense::{Sense, SenseReason};
-pub use server::{lun_from_wire, lun_to_wire, AddLunError, DeviceServer, MAX_FLAT_LUN, MAX_LUN};
+pub use server::{DeviceServer, TaskAborter};
 pub use vpd::target_port_name;
 
 /// SAM-5 status codes.

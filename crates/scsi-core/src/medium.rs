@@ -42,10 +42,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::cdb::{CmdResult, Fail};
+use crate::cmd::{io_fail, Cmd};
 use crate::lu::{Failure, LogicalUnit, OpKind, OpOutcome};
 use crate::sbc::{deallocate, write_pattern};
 use crate::sense::SenseReason;
-use crate::server::{io_fail, lun_from_wire, Cmd};
 use crate::ScsiStatus;
 
 /// Bytes an overwrite writes between two progress updates.
@@ -92,7 +92,7 @@ impl Operation {
 /// MEDIUM FORMAT CORRUPTED).
 pub(crate) fn launch(cmd: &Cmd, lu: &LogicalUnit, op: Operation, immed: bool) -> CmdResult {
     // The operation needs the LU after this command is gone.
-    let Some(owned) = lun_from_wire(cmd.req.lun).and_then(|l| cmd.server.lu(l)) else {
+    let Some(owned) = cmd.lu.cloned() else {
         return Err(SenseReason::LunNotSupported.into());
     };
     let Some(job) = lu.begin_operation(op.kind) else {

@@ -8,9 +8,9 @@
 //! supported. Mode parameters are shared by all I_T nexuses.
 
 use crate::cdb::{bad_cdb, bad_param, clip, Bytes, CmdResult};
+use crate::cmd::Cmd;
 use crate::lu::LogicalUnit;
 use crate::sense::SenseReason;
-use crate::server::Cmd;
 
 /// Mode parameters that can change (current values).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

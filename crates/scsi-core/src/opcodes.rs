@@ -11,10 +11,10 @@
 //! is an invalid field).
 
 use crate::cdb::CmdResult;
+use crate::cmd::Cmd;
 use crate::lu::LogicalUnit;
-use crate::pr::{self, Class};
-use crate::server::Cmd;
-use crate::{format, log, media, mode, sanitize, sbc, spc, xcopy};
+use crate::pr::Class;
+use crate::{format, log, media, mode, reservations, sanitize, sbc, spc, xcopy};
 
 /// A handler that needs a configured logical unit.
 pub type LuHandler = fn(&Cmd, &LogicalUnit) -> CmdResult;
@@ -131,18 +131,18 @@ pub static TABLE: &[OpDesc] = &[
     op!(0x56, None, "RESERVE(10)", [0x56, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, C], Lu(spc::reserve), 0, Class::Own),
     op!(0x57, None, "RELEASE(10)", [0x57, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, C], Lu(spc::release), RESV_OK, Class::Own),
     op!(0x5A, None, "MODE SENSE(10)", [0x5A, 0x18, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0xFF, C], Lu(|c, l| mode::mode_sense(c, l, true)), 0, Class::Read),
-    op!(0x5E, Some(0x00), "PERSISTENT RESERVE IN (READ KEYS)", [0x5E, 0x00, 0, 0, 0, 0, 0, 0xFF, 0xFF, C], Lu(pr::persistent_reserve_in), 0, Class::Allowed),
-    op!(0x5E, Some(0x01), "PERSISTENT RESERVE IN (READ RESERVATION)", [0x5E, 0x01, 0, 0, 0, 0, 0, 0xFF, 0xFF, C], Lu(pr::persistent_reserve_in), 0, Class::Allowed),
-    op!(0x5E, Some(0x02), "PERSISTENT RESERVE IN (REPORT CAPABILITIES)", [0x5E, 0x02, 0, 0, 0, 0, 0, 0xFF, 0xFF, C], Lu(pr::persistent_reserve_in), 0, Class::Allowed),
-    op!(0x5E, Some(0x03), "PERSISTENT RESERVE IN (READ FULL STATUS)", [0x5E, 0x03, 0, 0, 0, 0, 0, 0xFF, 0xFF, C], Lu(pr::persistent_reserve_in), 0, Class::Allowed),
-    op!(0x5F, Some(0x00), "PERSISTENT RESERVE OUT (REGISTER)", [0x5F, 0x00, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(pr::persistent_reserve_out), 0, Class::Own),
-    op!(0x5F, Some(0x01), "PERSISTENT RESERVE OUT (RESERVE)", [0x5F, 0x01, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(pr::persistent_reserve_out), 0, Class::Own),
-    op!(0x5F, Some(0x02), "PERSISTENT RESERVE OUT (RELEASE)", [0x5F, 0x02, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(pr::persistent_reserve_out), 0, Class::Own),
-    op!(0x5F, Some(0x03), "PERSISTENT RESERVE OUT (CLEAR)", [0x5F, 0x03, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(pr::persistent_reserve_out), 0, Class::Own),
-    op!(0x5F, Some(0x04), "PERSISTENT RESERVE OUT (PREEMPT)", [0x5F, 0x04, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(pr::persistent_reserve_out), 0, Class::Own),
-    op!(0x5F, Some(0x05), "PERSISTENT RESERVE OUT (PREEMPT AND ABORT)", [0x5F, 0x05, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(pr::persistent_reserve_out), 0, Class::Own),
-    op!(0x5F, Some(0x06), "PERSISTENT RESERVE OUT (REGISTER AND IGNORE EXISTING KEY)", [0x5F, 0x06, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(pr::persistent_reserve_out), 0, Class::Own),
-    op!(0x5F, Some(0x07), "PERSISTENT RESERVE OUT (REGISTER AND MOVE)", [0x5F, 0x07, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(pr::persistent_reserve_out), 0, Class::Own),
+    op!(0x5E, Some(0x00), "PERSISTENT RESERVE IN (READ KEYS)", [0x5E, 0x00, 0, 0, 0, 0, 0, 0xFF, 0xFF, C], Lu(reservations::persistent_reserve_in), 0, Class::Allowed),
+    op!(0x5E, Some(0x01), "PERSISTENT RESERVE IN (READ RESERVATION)", [0x5E, 0x01, 0, 0, 0, 0, 0, 0xFF, 0xFF, C], Lu(reservations::persistent_reserve_in), 0, Class::Allowed),
+    op!(0x5E, Some(0x02), "PERSISTENT RESERVE IN (REPORT CAPABILITIES)", [0x5E, 0x02, 0, 0, 0, 0, 0, 0xFF, 0xFF, C], Lu(reservations::persistent_reserve_in), 0, Class::Allowed),
+    op!(0x5E, Some(0x03), "PERSISTENT RESERVE IN (READ FULL STATUS)", [0x5E, 0x03, 0, 0, 0, 0, 0, 0xFF, 0xFF, C], Lu(reservations::persistent_reserve_in), 0, Class::Allowed),
+    op!(0x5F, Some(0x00), "PERSISTENT RESERVE OUT (REGISTER)", [0x5F, 0x00, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(reservations::persistent_reserve_out), 0, Class::Own),
+    op!(0x5F, Some(0x01), "PERSISTENT RESERVE OUT (RESERVE)", [0x5F, 0x01, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(reservations::persistent_reserve_out), 0, Class::Own),
+    op!(0x5F, Some(0x02), "PERSISTENT RESERVE OUT (RELEASE)", [0x5F, 0x02, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(reservations::persistent_reserve_out), 0, Class::Own),
+    op!(0x5F, Some(0x03), "PERSISTENT RESERVE OUT (CLEAR)", [0x5F, 0x03, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(reservations::persistent_reserve_out), 0, Class::Own),
+    op!(0x5F, Some(0x04), "PERSISTENT RESERVE OUT (PREEMPT)", [0x5F, 0x04, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(reservations::persistent_reserve_out), 0, Class::Own),
+    op!(0x5F, Some(0x05), "PERSISTENT RESERVE OUT (PREEMPT AND ABORT)", [0x5F, 0x05, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(reservations::persistent_reserve_out), 0, Class::Own),
+    op!(0x5F, Some(0x06), "PERSISTENT RESERVE OUT (REGISTER AND IGNORE EXISTING KEY)", [0x5F, 0x06, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(reservations::persistent_reserve_out), 0, Class::Own),
+    op!(0x5F, Some(0x07), "PERSISTENT RESERVE OUT (REGISTER AND MOVE)", [0x5F, 0x07, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(reservations::persistent_reserve_out), 0, Class::Own),
     op!(0x83, Some(0x00), "EXTENDED COPY(LID1)", [0x83, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, C], Lu(xcopy::extended_copy), 0),
     op!(0x84, Some(0x00), "RECEIVE COPY RESULTS (COPY STATUS)", [0x84, 0x00, 0xFF, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, C], Lu(xcopy::receive_copy_results), 0),
     op!(0x84, Some(0x03), "RECEIVE COPY RESULTS (OPERATING PARAMETERS)", [0x84, 0x03, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, C], Lu(xcopy::receive_copy_results), 0),

@@ -3,11 +3,13 @@
 //! START STOP UNIT and PREVENT ALLOW MEDIUM REMOVAL.
 
 use crate::cdb::{bad_cdb, bad_param, clip, CmdResult, Fail};
+use crate::cmd::Cmd;
 use crate::lu::{LogicalUnit, LuConfig};
+use crate::luns::lun_to_wire;
 use crate::opcodes::{self, OpDesc, TABLE};
+use crate::reservations::{self, Spc2};
 use crate::sense::{Sense, SenseReason};
-use crate::server::{lun_to_wire, Cmd};
-use crate::{pr, vpd, ScsiStatus};
+use crate::{vpd, ScsiStatus};
 
 /// TEST UNIT READY (SPC-4 §6.47): ready unless a removable medium is out or a failed sanitize
 /// is pending (`LogicalUnit::check_ready`; a running sanitize is reported by dispatch).
@@ -142,7 +144,7 @@ pub fn report_luns(cmd: &Cmd) -> CmdResult {
     let luns = match select {
         // 00h: all logical units except well-known ones; 02h: all. We have no well-known LUs.
         0x00 | 0x02 => {
-            let l = cmd.server.luns();
+            let l = cmd.luns.luns();
             // SAM-5 §4.7.2: LUN 0 is always reported, even if nothing is configured there.
             if l.is_empty() {
                 vec![0]
@@ -257,10 +259,10 @@ pub fn reserve(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
         cmd.expect_out(u64::from(cmd.cdb.be16(7)));
     }
     let mut st = lu.state();
-    match pr::spc2_exception(&st, lu, cmd.nexus()) {
-        pr::Spc2::Proceed => {}
-        pr::Spc2::NoOp => return Ok(Vec::new()),
-        pr::Spc2::Conflict => return Err(Fail::Status(ScsiStatus::RESERVATION_CONFLICT)),
+    match reservations::spc2_exception(&st, lu, cmd.nexus()) {
+        Spc2::Proceed => {}
+        Spc2::NoOp => return Ok(Vec::new()),
+        Spc2::Conflict => return Err(Fail::Status(ScsiStatus::RESERVATION_CONFLICT)),
     }
     match &st.reservation {
         Some(holder) if holder != cmd.nexus() => {
@@ -278,10 +280,10 @@ pub fn reserve(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
 /// (CRH = 1) decides instead.
 pub fn release(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
     let mut st = lu.state();
-    match pr::spc2_exception(&st, lu, cmd.nexus()) {
-        pr::Spc2::Proceed => {}
-        pr::Spc2::NoOp => return Ok(Vec::new()),
-        pr::Spc2::Conflict => return Err(Fail::Status(ScsiStatus::RESERVATION_CONFLICT)),
+    match reservations::spc2_exception(&st, lu, cmd.nexus()) {
+        Spc2::Proceed => {}
+        Spc2::NoOp => return Ok(Vec::new()),
+        Spc2::Conflict => return Err(Fail::Status(ScsiStatus::RESERVATION_CONFLICT)),
     }
     if st.reservation.as_ref() == Some(cmd.nexus()) {
         st.reservation = None;
