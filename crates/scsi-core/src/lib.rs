@@ -18,6 +18,7 @@ mod cdb;
 mod cmd;
 mod durable;
 mod format;
+mod journal;
 mod locks;
 mod log;
 mod lu;
@@ -40,9 +41,10 @@ mod xcopy;
 #[cfg(test)]
 mod tests;
 
+pub use journal::{FileOpJournal, OpJournal};
 pub use lu::{fnv1a64, limits, naa_from_name, ConfigError, LogicalUnit, LuConfig, NAA_COMPANY_ID};
 pub use luns::{lun_from_wire, lun_to_wire, AddLunError, MAX_FLAT_LUN, MAX_LUN};
-pub use medium::{FileOpJournal, OpJournal, Resume};
+pub use medium::Resume;
 pub use pr::{
     FilePrStore, MemPrStore, PrState, PrStore, PrType, Registration, Reservation, Who,
     MAX_REGISTRATIONS,

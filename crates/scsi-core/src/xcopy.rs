@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use crate::cdb::{bad_cdb, bad_param, clip, Bytes, CmdResult, Fail};
 use crate::cmd::Cmd;
-use crate::lu::LogicalUnit;
+use crate::lu::{CopyStatus, LogicalUnit};
 use crate::sbc::{check_lu_writable, check_range, flush_if, read_blocks, write_blocks};
 use crate::sense::SenseReason;
 
@@ -58,15 +58,6 @@ const CHUNK_BYTES: u64 = 1 << 20;
 /// COPY MANAGER STATUS values (SPC-4 §6.18.3).
 const COPY_COMPLETED_OK: u8 = 0x01;
 const COPY_COMPLETED_WITH_ERRORS: u8 = 0x02;
-
-/// The outcome of one EXTENDED COPY, for RECEIVE COPY RESULTS (COPY STATUS).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CopyStatus {
-    pub ok: bool,
-    pub segments_processed: u16,
-    /// Bytes copied.
-    pub bytes: u64,
-}
 
 impl CopyStatus {
     /// COPY STATUS parameter data (SPC-4 §6.18.3), transfer count in KiB when bytes overflow.
