@@ -10,7 +10,7 @@
 //!    the persistent reservation conflict tables by the entry's conflict class (SPC-4 §5.13.1,
 //!    see `pr`);
 //! 5. CDB length and reserved bits against the opcode table's usage data;
-//! 6. the command's own handler.
+//! 6. the command's own handler, then the effects it left to the device server (`cmd::Effect`).
 
 use std::fmt;
 use std::sync::{Arc, RwLock};
