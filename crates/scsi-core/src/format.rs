@@ -16,11 +16,11 @@
 //! than a logical block. FFMT (fast format) is refused by the opcode table.
 
 use crate::cdb::{bad_cdb, bad_param, CmdResult};
+use crate::cmd::Cmd;
 use crate::lu::{Failure, LogicalUnit, OpKind};
 use crate::medium::{launch, Operation, Overwrite, Work};
 use crate::sbc::check_writable;
 use crate::sense::SenseReason;
-use crate::server::Cmd;
 
 /// INITIALIZATION PATTERN TYPE (SBC-4 §5.4.4).
 const PATTERN_DEFAULT: u8 = 0x00;

@@ -4,27 +4,52 @@
 //! [`DeviceServer::execute`] and gets a [`ScsiResponse`] (status, sense, data-in bytes) back.
 //! Nothing here knows about PDUs, sockets or clocks.
 //!
-//! Layout: `server` dispatches every command through the opcode table (`opcodes`), which also
-//! answers REPORT SUPPORTED OPERATION CODES; `spc` and `sbc` hold the command handlers, `vpd`
-//! and `mode` the INQUIRY and mode pages; [`sense`] is the one table from [`SenseReason`] to
-//! sense key / ASC / ASCQ; `ua` keeps unit attentions per I_T nexus; `lu` is a logical unit with
-//! its configuration and state; `pr` holds persistent reservations (rules, wire formats, state
-//! stores).
+//! Layers: a module imports only modules on lower lines (among the handlers, only along the
+//! arrows shown) and the crate root's types such as [`ScsiRequest`] and [`Nexus`];
+//! `tests/module_graph.rs` fails if modules import each other in a circle again.
+//!
+//! ```text
+//! server        DeviceServer: dispatch (UA, reservation and CDB checks), resets; carries out
+//!   |           the effects handlers leave (PREEMPT AND ABORT: TaskAborter, then drain)
+//! opcodes       the opcode table, naming every handler; REPORT SUPPORTED OPERATION CODES
+//!   |
+//! handlers      format, sanitize -> medium (sanitize / format runs, journal records) -> sbc;
+//!   |           spc -> reservations, vpd, sbc; xcopy -> sbc; mode, log, media;
+//!   |           reservations: PERSISTENT RESERVE IN / OUT, dispatch's conflict check
+//! cmd           Cmd (a command as handlers see it), Effect (what they leave to the server),
+//!   |           io_fail
+//! luns          LUN field encoding, LunMap (the LUN inventory handlers may read)
+//!   |
+//! lu            LogicalUnit: configuration, backstore, and the state it owns (mode parameters,
+//!   |           unit attentions, SPC-2 and persistent reservations, range locks, medium and
+//!   |           operation state, held copy results)
+//! pr            persistent reservations: rules, engine, wire formats, stores (no LU in sight)
+//!   |
+//! ua, journal   unit attentions per I_T nexus; where an operation is recorded
+//!   |
+//! cdb, sense,   leaves: byte views and handler results (cdb); the one table from SenseReason
+//! locks,        to sense key / ASC / ASCQ (sense); LBA range locks; durable file writes
+//! durable
+//! ```
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 mod cdb;
+mod cmd;
 mod durable;
 mod format;
+mod journal;
 mod locks;
 mod log;
 mod lu;
+mod luns;
 mod media;
 mod medium;
 mod mode;
 mod opcodes;
 mod pr;
+mod reservations;
 mod sanitize;
 mod sbc;
 pub mod sense;
@@ -37,14 +62,16 @@ mod xcopy;
 #[cfg(test)]
 mod tests;
 
+pub use journal::{FileOpJournal, OpJournal};
 pub use lu::{fnv1a64, limits, naa_from_name, ConfigError, LogicalUnit, LuConfig, NAA_COMPANY_ID};
-pub use medium::{FileOpJournal, OpJournal, Resume};
+pub use luns::{lun_from_wire, lun_to_wire, AddLunError, MAX_FLAT_LUN, MAX_LUN};
+pub use medium::Resume;
 pub use pr::{
-    FilePrStore, MemPrStore, PrState, PrStore, PrType, Registration, Reservation, TaskAborter, Who,
+    FilePrStore, MemPrStore, PrState, PrStore, PrType, Registration, Reservation, Who,
     MAX_REGISTRATIONS,
 };
 pub use sense::{Sense, SenseReason};
-pub use server::{lun_from_wire, lun_to_wire, AddLunError, DeviceServer, MAX_FLAT_LUN, MAX_LUN};
+pub use server::{DeviceServer, TaskAborter};
 pub use vpd::target_port_name;
 
 /// SAM-5 status codes.

@@ -12,9 +12,9 @@
 //! values, SP = 1 is refused by the opcode table, LOG SELECT is not offered.
 
 use crate::cdb::{bad_cdb, clip, CmdResult};
+use crate::cmd::{io_fail, Cmd};
 use crate::lu::LogicalUnit;
 use crate::sense::SenseReason;
-use crate::server::{io_fail, Cmd};
 
 const SUPPORTED: u8 = 0x00;
 const LOGICAL_BLOCK_PROVISIONING: u8 = 0x0C;

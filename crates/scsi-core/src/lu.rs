@@ -10,11 +10,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use backstore::Backstore;
 
 use crate::cdb::Fail;
+use crate::journal::OpJournal;
 use crate::locks::{RangeGuard, RangeLocks};
-use crate::mode::ModeState;
 use crate::sense::SenseReason;
 use crate::ua::UnitAttentions;
-use crate::xcopy::CopyStatus;
 use crate::Nexus;
 
 /// Block Limits (VPD B0h) values this device server advertises and enforces (SBC-4 §6.6.4).
@@ -170,6 +169,34 @@ fn check_text(field: &'static str, s: &str, max_len: usize) -> Result<(), Config
     Ok(())
 }
 
+/// Mode parameters that can change (current values; the pages are built in `mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModeState {
+    /// Caching page WCE: when clear every write is made durable before GOOD.
+    pub wce: bool,
+    /// Control page SWP: software write protect.
+    pub swp: bool,
+}
+
+impl Default for ModeState {
+    fn default() -> Self {
+        Self {
+            wce: true,
+            swp: false,
+        }
+    }
+}
+
+/// The outcome of one EXTENDED COPY, held for RECEIVE COPY RESULTS (COPY STATUS; encoded in
+/// `xcopy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CopyStatus {
+    pub ok: bool,
+    pub segments_processed: u16,
+    /// Bytes copied.
+    pub bytes: u64,
+}
+
 /// Per-LU state guarded by one lock: unit attentions and the SPC-2 reservation.
 #[derive(Debug, Default)]
 pub(crate) struct LuState {
@@ -272,7 +299,7 @@ pub struct LogicalUnit {
     /// EXTENDED COPY results held for RECEIVE COPY RESULTS, per (I_T nexus, list identifier).
     copy_results: Mutex<HashMap<(Nexus, u8), CopyStatus>>,
     /// Where a running or failed operation is recorded across restarts (none: not recorded).
-    journal: Mutex<Option<Arc<dyn crate::medium::OpJournal>>>,
+    journal: Mutex<Option<Arc<dyn OpJournal>>>,
     /// The thread of the last operation started (see [`LogicalUnit::wait_idle`]).
     op_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -570,11 +597,11 @@ impl LogicalUnit {
     }
 
     /// The operation journal, if the LU has one.
-    pub(crate) fn journal(&self) -> Option<Arc<dyn crate::medium::OpJournal>> {
+    pub(crate) fn journal(&self) -> Option<Arc<dyn OpJournal>> {
         lock(&self.journal).clone()
     }
 
-    pub(crate) fn put_journal(&self, j: Arc<dyn crate::medium::OpJournal>) {
+    pub(crate) fn put_journal(&self, j: Arc<dyn OpJournal>) {
         *lock(&self.journal) = Some(j);
     }
 

@@ -12,9 +12,9 @@
 //! reset or a hard reset (SBC-4 §5.13); see `LogicalUnit::reset` / `nexus_lost`.
 
 use crate::cdb::{bad_cdb, CmdResult};
+use crate::cmd::{io_fail, Cmd};
 use crate::lu::LogicalUnit;
 use crate::sense::SenseReason;
-use crate::server::{io_fail, Cmd};
 
 /// START STOP UNIT (SBC-4 §5.25). Nothing spins, so power conditions and START without LOEJ
 /// are accepted and change nothing. With a POWER CONDITION other than 0h, START and LOEJ are

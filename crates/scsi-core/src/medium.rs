@@ -35,17 +35,17 @@
 //! crc32c 1b2c3d4e              (CRC32C of every byte before this line)
 //! ```
 
-use std::fmt::{self, Write as _};
+use std::fmt::Write as _;
 use std::io;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::cdb::{CmdResult, Fail};
+use crate::cmd::{io_fail, Cmd};
+use crate::journal::OpJournal;
 use crate::lu::{Failure, LogicalUnit, OpKind, OpOutcome};
 use crate::sbc::{deallocate, write_pattern};
 use crate::sense::SenseReason;
-use crate::server::{io_fail, lun_from_wire, Cmd};
 use crate::ScsiStatus;
 
 /// Bytes an overwrite writes between two progress updates.
@@ -92,7 +92,7 @@ impl Operation {
 /// MEDIUM FORMAT CORRUPTED).
 pub(crate) fn launch(cmd: &Cmd, lu: &LogicalUnit, op: Operation, immed: bool) -> CmdResult {
     // The operation needs the LU after this command is gone.
-    let Some(owned) = lun_from_wire(cmd.req.lun).and_then(|l| cmd.server.lu(l)) else {
+    let Some(owned) = cmd.lu.cloned() else {
         return Err(SenseReason::LunNotSupported.into());
     };
     let Some(job) = lu.begin_operation(op.kind) else {
@@ -305,57 +305,6 @@ impl LogicalUnit {
                 Ok(Resume::Restarted)
             }
         }
-    }
-}
-
-/// Where a LU's running or failed operation is recorded (see the module documentation).
-pub trait OpJournal: Send + Sync + fmt::Debug {
-    /// The saved record, `None` if there is none.
-    fn load(&self) -> io::Result<Option<String>>;
-    /// Make `rec` the saved record, or remove it (`None`); durable when it returns `Ok`.
-    fn save(&self, rec: Option<&str>) -> io::Result<()>;
-    /// For logs and error messages.
-    fn describe(&self) -> String;
-}
-
-/// A journal in one file, written atomically (temporary file, fsync, rename, fsync the
-/// directory).
-#[derive(Debug)]
-pub struct FileOpJournal {
-    path: PathBuf,
-}
-
-impl FileOpJournal {
-    pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into() }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl OpJournal for FileOpJournal {
-    fn load(&self) -> io::Result<Option<String>> {
-        match std::fs::read_to_string(&self.path) {
-            Ok(t) => Ok(Some(t)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io::Error::new(
-                e.kind(),
-                format!("{}: {e}", self.path.display()),
-            )),
-        }
-    }
-
-    fn save(&self, rec: Option<&str>) -> io::Result<()> {
-        match rec {
-            Some(text) => crate::durable::write_durably(&self.path, text.as_bytes()),
-            None => crate::durable::remove_durably(&self.path),
-        }
-    }
-
-    fn describe(&self) -> String {
-        self.path.display().to_string()
     }
 }
 

@@ -8,27 +8,9 @@
 //! supported. Mode parameters are shared by all I_T nexuses.
 
 use crate::cdb::{bad_cdb, bad_param, clip, Bytes, CmdResult};
-use crate::lu::LogicalUnit;
+use crate::cmd::Cmd;
+use crate::lu::{LogicalUnit, ModeState};
 use crate::sense::SenseReason;
-use crate::server::Cmd;
-
-/// Mode parameters that can change (current values).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ModeState {
-    /// Caching page WCE: when clear every write is made durable before GOOD.
-    pub wce: bool,
-    /// Control page SWP: software write protect.
-    pub swp: bool,
-}
-
-impl Default for ModeState {
-    fn default() -> Self {
-        Self {
-            wce: true,
-            swp: false,
-        }
-    }
-}
 
 /// Page codes (SPC-4 §7.5.2 table 434, SBC-4 §6.5.1).
 pub mod page {

@@ -1,5 +1,5 @@
 //! The opcode table: the single source for dispatch, CDB validation and REPORT SUPPORTED
-//! OPERATION CODES.
+//! OPERATION CODES (answered here, from the table).
 //!
 //! Each entry carries the CDB usage data of SPC-4 §6.35.3: byte 0 is the operation code, byte 1
 //! holds the service action (for commands that have one) in its low five bits, and every other
@@ -10,11 +10,11 @@
 //! is reported as 07h; of it only NACA is checked (SAM-5 §5.2: NACA = 1 without NormACA support
 //! is an invalid field).
 
-use crate::cdb::CmdResult;
+use crate::cdb::{bad_cdb, clip, CmdResult};
+use crate::cmd::Cmd;
 use crate::lu::LogicalUnit;
-use crate::pr::{self, Class};
-use crate::server::Cmd;
-use crate::{format, log, media, mode, sanitize, sbc, spc, xcopy};
+use crate::pr::Class;
+use crate::{format, log, media, mode, reservations, sanitize, sbc, spc, xcopy};
 
 /// A handler that needs a configured logical unit.
 pub type LuHandler = fn(&Cmd, &LogicalUnit) -> CmdResult;
@@ -131,18 +131,18 @@ pub static TABLE: &[OpDesc] = &[
     op!(0x56, None, "RESERVE(10)", [0x56, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, C], Lu(spc::reserve), 0, Class::Own),
     op!(0x57, None, "RELEASE(10)", [0x57, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, C], Lu(spc::release), RESV_OK, Class::Own),
     op!(0x5A, None, "MODE SENSE(10)", [0x5A, 0x18, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0xFF, C], Lu(|c, l| mode::mode_sense(c, l, true)), 0, Class::Read),
-    op!(0x5E, Some(0x00), "PERSISTENT RESERVE IN (READ KEYS)", [0x5E, 0x00, 0, 0, 0, 0, 0, 0xFF, 0xFF, C], Lu(pr::persistent_reserve_in), 0, Class::Allowed),
-    op!(0x5E, Some(0x01), "PERSISTENT RESERVE IN (READ RESERVATION)", [0x5E, 0x01, 0, 0, 0, 0, 0, 0xFF, 0xFF, C], Lu(pr::persistent_reserve_in), 0, Class::Allowed),
-    op!(0x5E, Some(0x02), "PERSISTENT RESERVE IN (REPORT CAPABILITIES)", [0x5E, 0x02, 0, 0, 0, 0, 0, 0xFF, 0xFF, C], Lu(pr::persistent_reserve_in), 0, Class::Allowed),
-    op!(0x5E, Some(0x03), "PERSISTENT RESERVE IN (READ FULL STATUS)", [0x5E, 0x03, 0, 0, 0, 0, 0, 0xFF, 0xFF, C], Lu(pr::persistent_reserve_in), 0, Class::Allowed),
-    op!(0x5F, Some(0x00), "PERSISTENT RESERVE OUT (REGISTER)", [0x5F, 0x00, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(pr::persistent_reserve_out), 0, Class::Own),
-    op!(0x5F, Some(0x01), "PERSISTENT RESERVE OUT (RESERVE)", [0x5F, 0x01, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(pr::persistent_reserve_out), 0, Class::Own),
-    op!(0x5F, Some(0x02), "PERSISTENT RESERVE OUT (RELEASE)", [0x5F, 0x02, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(pr::persistent_reserve_out), 0, Class::Own),
-    op!(0x5F, Some(0x03), "PERSISTENT RESERVE OUT (CLEAR)", [0x5F, 0x03, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(pr::persistent_reserve_out), 0, Class::Own),
-    op!(0x5F, Some(0x04), "PERSISTENT RESERVE OUT (PREEMPT)", [0x5F, 0x04, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(pr::persistent_reserve_out), 0, Class::Own),
-    op!(0x5F, Some(0x05), "PERSISTENT RESERVE OUT (PREEMPT AND ABORT)", [0x5F, 0x05, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(pr::persistent_reserve_out), 0, Class::Own),
-    op!(0x5F, Some(0x06), "PERSISTENT RESERVE OUT (REGISTER AND IGNORE EXISTING KEY)", [0x5F, 0x06, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(pr::persistent_reserve_out), 0, Class::Own),
-    op!(0x5F, Some(0x07), "PERSISTENT RESERVE OUT (REGISTER AND MOVE)", [0x5F, 0x07, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(pr::persistent_reserve_out), 0, Class::Own),
+    op!(0x5E, Some(0x00), "PERSISTENT RESERVE IN (READ KEYS)", [0x5E, 0x00, 0, 0, 0, 0, 0, 0xFF, 0xFF, C], Lu(reservations::persistent_reserve_in), 0, Class::Allowed),
+    op!(0x5E, Some(0x01), "PERSISTENT RESERVE IN (READ RESERVATION)", [0x5E, 0x01, 0, 0, 0, 0, 0, 0xFF, 0xFF, C], Lu(reservations::persistent_reserve_in), 0, Class::Allowed),
+    op!(0x5E, Some(0x02), "PERSISTENT RESERVE IN (REPORT CAPABILITIES)", [0x5E, 0x02, 0, 0, 0, 0, 0, 0xFF, 0xFF, C], Lu(reservations::persistent_reserve_in), 0, Class::Allowed),
+    op!(0x5E, Some(0x03), "PERSISTENT RESERVE IN (READ FULL STATUS)", [0x5E, 0x03, 0, 0, 0, 0, 0, 0xFF, 0xFF, C], Lu(reservations::persistent_reserve_in), 0, Class::Allowed),
+    op!(0x5F, Some(0x00), "PERSISTENT RESERVE OUT (REGISTER)", [0x5F, 0x00, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(reservations::persistent_reserve_out), 0, Class::Own),
+    op!(0x5F, Some(0x01), "PERSISTENT RESERVE OUT (RESERVE)", [0x5F, 0x01, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(reservations::persistent_reserve_out), 0, Class::Own),
+    op!(0x5F, Some(0x02), "PERSISTENT RESERVE OUT (RELEASE)", [0x5F, 0x02, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(reservations::persistent_reserve_out), 0, Class::Own),
+    op!(0x5F, Some(0x03), "PERSISTENT RESERVE OUT (CLEAR)", [0x5F, 0x03, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(reservations::persistent_reserve_out), 0, Class::Own),
+    op!(0x5F, Some(0x04), "PERSISTENT RESERVE OUT (PREEMPT)", [0x5F, 0x04, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(reservations::persistent_reserve_out), 0, Class::Own),
+    op!(0x5F, Some(0x05), "PERSISTENT RESERVE OUT (PREEMPT AND ABORT)", [0x5F, 0x05, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(reservations::persistent_reserve_out), 0, Class::Own),
+    op!(0x5F, Some(0x06), "PERSISTENT RESERVE OUT (REGISTER AND IGNORE EXISTING KEY)", [0x5F, 0x06, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(reservations::persistent_reserve_out), 0, Class::Own),
+    op!(0x5F, Some(0x07), "PERSISTENT RESERVE OUT (REGISTER AND MOVE)", [0x5F, 0x07, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(reservations::persistent_reserve_out), 0, Class::Own),
     op!(0x83, Some(0x00), "EXTENDED COPY(LID1)", [0x83, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, C], Lu(xcopy::extended_copy), 0),
     op!(0x84, Some(0x00), "RECEIVE COPY RESULTS (COPY STATUS)", [0x84, 0x00, 0xFF, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, C], Lu(xcopy::receive_copy_results), 0),
     op!(0x84, Some(0x03), "RECEIVE COPY RESULTS (OPERATING PARAMETERS)", [0x84, 0x03, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, C], Lu(xcopy::receive_copy_results), 0),
@@ -159,7 +159,7 @@ pub static TABLE: &[OpDesc] = &[
     op!(0x9E, Some(0x10), "READ CAPACITY(16)", [0x9E, 0x10, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01, C], Lu(sbc::read_capacity16), 0, Class::Allowed),
     op!(0x9E, Some(0x12), "GET LBA STATUS", [0x9E, 0x12, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x03, C], Lu(sbc::get_lba_status), 0, Class::Read),
     op!(0xA0, None, "REPORT LUNS", [0xA0, 0, 0xFF, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, C], Target(spc::report_luns), UA_EXEMPT | RESV_OK, Class::Allowed),
-    op!(0xA3, Some(0x0C), "REPORT SUPPORTED OPERATION CODES", [0xA3, 0x0C, 0x87, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, C], Lu(spc::report_supported_opcodes), RESV_OK, Class::Read),
+    op!(0xA3, Some(0x0C), "REPORT SUPPORTED OPERATION CODES", [0xA3, 0x0C, 0x87, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, C], Lu(report_supported_opcodes), RESV_OK, Class::Read),
     op!(0xA3, Some(0x0D), "REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS", [0xA3, 0x0D, 0x80, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, C], Lu(spc::report_supported_tmfs), RESV_OK, Class::Read),
     op!(0xA8, None, "READ(12)", [0xA8, 0x1E, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, C], Lu(sbc::read), 0, Class::Read),
     op!(0xAA, None, "WRITE(12)", [0xAA, 0x1A, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, C], Lu(sbc::write), 0),
@@ -205,6 +205,78 @@ pub fn find(opcode: u8, sa: Option<u16>) -> Option<&'static OpDesc> {
     TABLE
         .iter()
         .find(|d| d.opcode == opcode && d.sa.map(u16::from) == sa)
+}
+
+/// Command timeouts descriptor (SPC-4 §6.35.4): we state no nominal time and recommend 30 s.
+fn timeouts_descriptor(out: &mut Vec<u8>) {
+    out.extend_from_slice(&[0x00, 0x0A, 0x00, 0x00]);
+    out.extend_from_slice(&0u32.to_be_bytes());
+    out.extend_from_slice(&30u32.to_be_bytes());
+}
+
+/// One-command parameter data (SPC-4 §6.35.3).
+fn one_command(desc: Option<&OpDesc>, rctd: bool) -> Vec<u8> {
+    let mut out = vec![0u8, 0, 0, 0];
+    match desc {
+        Some(d) => {
+            out[1] = 0x03; // SUPPORT 011b: supported as the standard says
+            out[2..4].copy_from_slice(&(d.cdb_len() as u16).to_be_bytes());
+            out.extend_from_slice(d.usage);
+            if rctd {
+                out[1] |= 0x80; // CTDP
+                timeouts_descriptor(&mut out);
+            }
+        }
+        None => out[1] = 0x01, // SUPPORT 001b: not supported
+    }
+    out
+}
+
+/// REPORT SUPPORTED OPERATION CODES (SPC-4 §6.35), answered from the opcode table.
+pub fn report_supported_opcodes(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
+    let c = cmd.cdb;
+    let rctd = c.bit(2, 7);
+    let options = c.u8(2) & 0x07;
+    let op = c.u8(3);
+    let sa = c.be16(4);
+    let alloc = c.be32(6) as usize;
+    let avail = |d: &'static OpDesc| if d.available(lu) { Some(d) } else { None };
+    let out = match options {
+        0b000 => {
+            let mut list = Vec::new();
+            for d in TABLE.iter().filter(|d| d.available(lu)) {
+                list.push(d.opcode);
+                list.push(0);
+                list.extend_from_slice(&u16::from(d.sa.unwrap_or(0)).to_be_bytes());
+                list.push(0);
+                list.push((u8::from(rctd) << 1) | u8::from(d.sa.is_some())); // CTDP, SERVACTV
+                list.extend_from_slice(&(d.cdb_len() as u16).to_be_bytes());
+                if rctd {
+                    timeouts_descriptor(&mut list);
+                }
+            }
+            let mut out = (list.len() as u32).to_be_bytes().to_vec();
+            out.extend(list);
+            out
+        }
+        // 001b: by operation code; an opcode with service actions needs 010b (SPC-4 §6.35.1).
+        0b001 if has_service_actions(op) => return Err(bad_cdb(2, Some(2))),
+        0b001 => one_command(find(op, None).and_then(avail), rctd),
+        // 010b: by operation code and service action; the opcode must have service actions.
+        0b010 if !has_service_actions(op) => return Err(bad_cdb(2, Some(2))),
+        0b010 => one_command(find(op, Some(sa)).and_then(avail), rctd),
+        // 011b: service action used only if the opcode has them.
+        0b011 => {
+            let sa = if has_service_actions(op) {
+                Some(sa)
+            } else {
+                None
+            };
+            one_command(find(op, sa).and_then(avail), rctd)
+        }
+        _ => return Err(bad_cdb(2, Some(2))),
+    };
+    Ok(clip(out, alloc))
 }
 
 #[cfg(test)]

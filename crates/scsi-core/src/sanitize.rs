@@ -15,11 +15,11 @@
 //! restarts — is `medium.rs`'s.
 
 use crate::cdb::{bad_cdb, bad_param, Bytes, CmdResult, Fail};
+use crate::cmd::Cmd;
 use crate::lu::{LogicalUnit, OpKind};
 use crate::medium::{journal_state, launch, Operation, Overwrite, Work};
 use crate::sbc::check_writable;
 use crate::sense::SenseReason;
-use crate::server::Cmd;
 
 /// SANITIZE service actions (SBC-4 §5.30.1 table).
 pub mod sa {

@@ -18,9 +18,9 @@
 //! IN COMMAND INFORMATION UNIT (05/0E/03) and writes nothing.
 
 use crate::cdb::{bad_cdb, bad_param, clip, Bytes, CmdResult, Fail};
+use crate::cmd::{io_fail, Cmd};
 use crate::lu::{limits, LogicalUnit};
 use crate::sense::{Sense, SenseReason};
-use crate::server::{io_fail, Cmd};
 
 /// Buffer size for WRITE SAME and zero-fill loops.
 const CHUNK_BYTES: u64 = 1 << 20;

@@ -1,13 +1,15 @@
 //! SPC-4 primary commands: TEST UNIT READY, INQUIRY, REQUEST SENSE, REPORT LUNS, REPORT
-//! SUPPORTED OPERATION CODES / TASK MANAGEMENT FUNCTIONS, RESERVE / RELEASE (SPC-2),
-//! START STOP UNIT and PREVENT ALLOW MEDIUM REMOVAL.
+//! SUPPORTED TASK MANAGEMENT FUNCTIONS, RESERVE / RELEASE (SPC-2), SEND DIAGNOSTIC and RECEIVE
+//! DIAGNOSTIC RESULTS. (REPORT SUPPORTED OPERATION CODES is answered by `opcodes`, from its
+//! table; START STOP UNIT and PREVENT ALLOW MEDIUM REMOVAL are in `media`.)
 
 use crate::cdb::{bad_cdb, bad_param, clip, CmdResult, Fail};
+use crate::cmd::Cmd;
 use crate::lu::{LogicalUnit, LuConfig};
-use crate::opcodes::{self, OpDesc, TABLE};
+use crate::luns::lun_to_wire;
+use crate::reservations::{self, Spc2};
 use crate::sense::{Sense, SenseReason};
-use crate::server::{lun_to_wire, Cmd};
-use crate::{pr, vpd, ScsiStatus};
+use crate::{vpd, ScsiStatus};
 
 /// TEST UNIT READY (SPC-4 §6.47): ready unless a removable medium is out or a failed sanitize
 /// is pending (`LogicalUnit::check_ready`; a running sanitize is reported by dispatch).
@@ -142,7 +144,7 @@ pub fn report_luns(cmd: &Cmd) -> CmdResult {
     let luns = match select {
         // 00h: all logical units except well-known ones; 02h: all. We have no well-known LUs.
         0x00 | 0x02 => {
-            let l = cmd.server.luns();
+            let l = cmd.luns.luns();
             // SAM-5 §4.7.2: LUN 0 is always reported, even if nothing is configured there.
             if l.is_empty() {
                 vec![0]
@@ -160,78 +162,6 @@ pub fn report_luns(cmd: &Cmd) -> CmdResult {
     for l in luns {
         out.extend_from_slice(&lun_to_wire(l).to_be_bytes());
     }
-    Ok(clip(out, alloc))
-}
-
-/// Command timeouts descriptor (SPC-4 §6.35.4): we state no nominal time and recommend 30 s.
-fn timeouts_descriptor(out: &mut Vec<u8>) {
-    out.extend_from_slice(&[0x00, 0x0A, 0x00, 0x00]);
-    out.extend_from_slice(&0u32.to_be_bytes());
-    out.extend_from_slice(&30u32.to_be_bytes());
-}
-
-/// One-command parameter data (SPC-4 §6.35.3).
-fn one_command(desc: Option<&OpDesc>, rctd: bool) -> Vec<u8> {
-    let mut out = vec![0u8, 0, 0, 0];
-    match desc {
-        Some(d) => {
-            out[1] = 0x03; // SUPPORT 011b: supported as the standard says
-            out[2..4].copy_from_slice(&(d.cdb_len() as u16).to_be_bytes());
-            out.extend_from_slice(d.usage);
-            if rctd {
-                out[1] |= 0x80; // CTDP
-                timeouts_descriptor(&mut out);
-            }
-        }
-        None => out[1] = 0x01, // SUPPORT 001b: not supported
-    }
-    out
-}
-
-/// REPORT SUPPORTED OPERATION CODES (SPC-4 §6.35), answered from the opcode table.
-pub fn report_supported_opcodes(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
-    let c = cmd.cdb;
-    let rctd = c.bit(2, 7);
-    let options = c.u8(2) & 0x07;
-    let op = c.u8(3);
-    let sa = c.be16(4);
-    let alloc = c.be32(6) as usize;
-    let avail = |d: &'static OpDesc| if d.available(lu) { Some(d) } else { None };
-    let out = match options {
-        0b000 => {
-            let mut list = Vec::new();
-            for d in TABLE.iter().filter(|d| d.available(lu)) {
-                list.push(d.opcode);
-                list.push(0);
-                list.extend_from_slice(&u16::from(d.sa.unwrap_or(0)).to_be_bytes());
-                list.push(0);
-                list.push((u8::from(rctd) << 1) | u8::from(d.sa.is_some())); // CTDP, SERVACTV
-                list.extend_from_slice(&(d.cdb_len() as u16).to_be_bytes());
-                if rctd {
-                    timeouts_descriptor(&mut list);
-                }
-            }
-            let mut out = (list.len() as u32).to_be_bytes().to_vec();
-            out.extend(list);
-            out
-        }
-        // 001b: by operation code; an opcode with service actions needs 010b (SPC-4 §6.35.1).
-        0b001 if opcodes::has_service_actions(op) => return Err(bad_cdb(2, Some(2))),
-        0b001 => one_command(opcodes::find(op, None).and_then(avail), rctd),
-        // 010b: by operation code and service action; the opcode must have service actions.
-        0b010 if !opcodes::has_service_actions(op) => return Err(bad_cdb(2, Some(2))),
-        0b010 => one_command(opcodes::find(op, Some(sa)).and_then(avail), rctd),
-        // 011b: service action used only if the opcode has them.
-        0b011 => {
-            let sa = if opcodes::has_service_actions(op) {
-                Some(sa)
-            } else {
-                None
-            };
-            one_command(opcodes::find(op, sa).and_then(avail), rctd)
-        }
-        _ => return Err(bad_cdb(2, Some(2))),
-    };
     Ok(clip(out, alloc))
 }
 
@@ -257,10 +187,10 @@ pub fn reserve(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
         cmd.expect_out(u64::from(cmd.cdb.be16(7)));
     }
     let mut st = lu.state();
-    match pr::spc2_exception(&st, lu, cmd.nexus()) {
-        pr::Spc2::Proceed => {}
-        pr::Spc2::NoOp => return Ok(Vec::new()),
-        pr::Spc2::Conflict => return Err(Fail::Status(ScsiStatus::RESERVATION_CONFLICT)),
+    match reservations::spc2_exception(&st, lu, cmd.nexus()) {
+        Spc2::Proceed => {}
+        Spc2::NoOp => return Ok(Vec::new()),
+        Spc2::Conflict => return Err(Fail::Status(ScsiStatus::RESERVATION_CONFLICT)),
     }
     match &st.reservation {
         Some(holder) if holder != cmd.nexus() => {
@@ -278,10 +208,10 @@ pub fn reserve(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
 /// (CRH = 1) decides instead.
 pub fn release(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
     let mut st = lu.state();
-    match pr::spc2_exception(&st, lu, cmd.nexus()) {
-        pr::Spc2::Proceed => {}
-        pr::Spc2::NoOp => return Ok(Vec::new()),
-        pr::Spc2::Conflict => return Err(Fail::Status(ScsiStatus::RESERVATION_CONFLICT)),
+    match reservations::spc2_exception(&st, lu, cmd.nexus()) {
+        Spc2::Proceed => {}
+        Spc2::NoOp => return Ok(Vec::new()),
+        Spc2::Conflict => return Err(Fail::Status(ScsiStatus::RESERVATION_CONFLICT)),
     }
     if st.reservation.as_ref() == Some(cmd.nexus()) {
         st.reservation = None;

@@ -23,10 +23,10 @@
 use std::sync::Arc;
 
 use crate::cdb::{bad_cdb, bad_param, clip, Bytes, CmdResult, Fail};
-use crate::lu::LogicalUnit;
+use crate::cmd::Cmd;
+use crate::lu::{CopyStatus, LogicalUnit};
 use crate::sbc::{check_lu_writable, check_range, flush_if, read_blocks, write_blocks};
 use crate::sense::SenseReason;
-use crate::server::Cmd;
 
 /// Copy manager limits (RECEIVE COPY RESULTS operating parameters, SPC-4 §6.18.4).
 pub struct OperatingParameters {
@@ -58,15 +58,6 @@ const CHUNK_BYTES: u64 = 1 << 20;
 /// COPY MANAGER STATUS values (SPC-4 §6.18.3).
 const COPY_COMPLETED_OK: u8 = 0x01;
 const COPY_COMPLETED_WITH_ERRORS: u8 = 0x02;
-
-/// The outcome of one EXTENDED COPY, for RECEIVE COPY RESULTS (COPY STATUS).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CopyStatus {
-    pub ok: bool,
-    pub segments_processed: u16,
-    /// Bytes copied.
-    pub bytes: u64,
-}
 
 impl CopyStatus {
     /// COPY STATUS parameter data (SPC-4 §6.18.3), transfer count in KiB when bytes overflow.
@@ -124,11 +115,11 @@ fn resolve_target(cmd: &Cmd, d: Bytes, off: usize) -> Result<Arc<LogicalUnit>, F
         return Err(copy_aborted(SenseReason::CopyTargetNotReachable));
     }
     let naa = d.be64(8);
-    let server = cmd.server;
-    let lu = server
+    let luns = cmd.luns;
+    let lu = luns
         .luns()
         .into_iter()
-        .filter_map(|l| server.lu(l))
+        .filter_map(|l| luns.get(l))
         .find(|lu| lu.config().naa_id == naa)
         .ok_or_else(|| copy_aborted(SenseReason::CopyTargetNotReachable))?;
     // DISK BLOCK LENGTH (device type specific parameters) must be the LU's block length.
@@ -266,9 +257,9 @@ pub fn extended_copy(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
         let dst = &targets[s.dst];
         check_lu_writable(dst)?;
         // A destination this view maps read-only is protected for this initiator.
-        let server = cmd.server;
-        let read_only_here = server.luns().into_iter().any(|l| {
-            server.is_read_only(l) && server.lu(l).is_some_and(|x| std::ptr::eq(&*x, &**dst))
+        let luns = cmd.luns;
+        let read_only_here = luns.luns().into_iter().any(|l| {
+            luns.is_read_only(l) && luns.get(l).is_some_and(|x| std::ptr::eq(&*x, &**dst))
         });
         if read_only_here {
             return Err(SenseReason::WriteProtected.into());

@@ -16,8 +16,8 @@ use backstore::RamBackstore;
 use super::tests::{
     basic_list, cfg, drain_ua, exec, nx, prout_cdb, read_keys, read_resv, H, IQN_A, IQN_B, IQN_C,
 };
-use super::{MemPrStore, TaskAborter};
-use crate::{DeviceServer, LogicalUnit, Nexus, ScsiResponse, ScsiStatus};
+use super::MemPrStore;
+use crate::{DeviceServer, LogicalUnit, Nexus, ScsiResponse, ScsiStatus, TaskAborter};
 
 const N: usize = 4;
 

@@ -17,7 +17,7 @@ use super::*;
 use crate::opcodes::TABLE;
 use crate::{
     lun_to_wire, DeviceServer, LogicalUnit, LuConfig, Nexus, ScsiRequest, ScsiResponse, ScsiStatus,
-    TargetPort, TaskAttr,
+    TargetPort, TaskAborter, TaskAttr,
 };
 
 pub(super) const IQN_A: &str = "iqn.2026-11.io.example:node-a";
