@@ -958,14 +958,21 @@ async fn run_connection(
     if let Some(reason) = closing {
         info!(%peer, reason, "closing connection");
     }
-    // ErrorRecoveryLevel 0: a connection that ends without a logout (peer gone, protocol or
-    // framing error) ends its session, every other connection of it too (RFC 7143 §7.1.5).
-    if conn.is_current() && !conn.is_closed() {
-        conn.shutdown("connection lost at ErrorRecoveryLevel 0");
-    }
-    // Tasks still running have nobody to answer to: let those that wait give up.
-    for c in cancels.values() {
-        c.store(true, Ordering::Release);
+    // A connection that ends without a logout (peer gone, protocol or framing error): at
+    // ErrorRecoveryLevel 0 and 1 its session ends, every other connection of it too (RFC 7143
+    // §7.1.5); at 2 its tasks wait for reassignment until `retained` (§7.4), and so does its
+    // place in the session.
+    let retained = if conn.is_current() && !conn.is_closed() {
+        conn.connection_lost(Instant::now(), "connection lost")
+    } else {
+        conn.connection_lost(Instant::now(), "closed")
+    };
+    // Tasks still running have nobody to answer to: let those that wait give up (at
+    // ErrorRecoveryLevel 2 they finish, and their answers wait for reassignment).
+    if retained.is_none() {
+        for c in cancels.values() {
+            c.store(true, Ordering::Release);
+        }
     }
     // Let the writer drain what is queued, then leave the session.
     drop(out_tx);
@@ -977,43 +984,84 @@ async fn run_connection(
             .unwrap_or_else(|e| e.into_inner())
             .close_discovery(tsih);
     }
-    if let Some((tsih, cid)) = att.session.take() {
-        // A connection another login replaced (same CID) is not in the table any more; nor is
-        // one whose session a new leading login reinstated (that login released the nexus).
-        let last = {
-            let mut s = daemon.sessions.lock().unwrap_or_else(|e| e.into_inner());
-            let ours = conn.is_current()
-                && s.get(tsih)
-                    .is_some_and(|e| Arc::ptr_eq(&e.nexus_released, &att.nexus_released));
-            if ours && s.connections(tsih) > 1 {
-                s.leave(tsih, cid);
-                false
-            } else {
-                ours
-            }
-        };
-        if last {
-            if let (Some(d), Some(n)) = (att.view.take(), att.nexus.take()) {
-                // SAM-5: the I_T nexus is gone (releases SPC-2 reservations it held). This
-                // happens while the session is still in the table: a new login from the same
-                // initiator port finds it there and waits for the release (or has done it
-                // itself, reinstating), so the release can never land after that new
-                // session's first commands.
-                let release = att.nexus_released.clone();
-                let _ = tokio::task::spawn_blocking(move || release.release(&d, &n)).await;
-            }
-            daemon
-                .sessions
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .leave(tsih, cid);
+    let Some((tsih, cid)) = att.session.take() else {
+        return Ok(());
+    };
+    let current = conn.is_current();
+    let link = conn.link_id();
+    let session = conn.session();
+    // The session's buffers this connection held are free now.
+    drop(conn);
+    match (retained, session) {
+        (Some(until), Some(session)) => {
+            info!(%peer, tsih, cid, "connection lost: its tasks wait for reassignment");
+            let d = daemon.clone();
+            tokio::spawn(async move {
+                // Until Time2Retain is up, or the session ends sooner (a logout, reinstatement).
+                loop {
+                    let now = Instant::now();
+                    if now >= until || session.is_over() {
+                        break;
+                    }
+                    let step = (until - now).min(Duration::from_secs(1));
+                    tokio::time::sleep(step).await;
+                }
+                session.expire(Instant::now());
+                // Replaced meanwhile (connection reinstatement): the CID is the new one's.
+                if session.link_is(cid, link) {
+                    leave_session(&d, true, tsih, cid, &mut att).await;
+                }
+                d.trim_heap();
+            });
         }
-        // The session's buffers are free now (its budget account goes with the last
-        // connection's handle).
-        drop(conn);
-        daemon.clone().trim_heap();
+        _ => {
+            leave_session(&daemon, current, tsih, cid, &mut att).await;
+            daemon.clone().trim_heap();
+        }
     }
     Ok(())
+}
+
+/// Connection `cid` of session `tsih` is gone from the session table; the last one releases
+/// the session's I_T nexus and takes the session out. `current`: the connection was still its
+/// session's (not replaced by another login with its CID).
+async fn leave_session(
+    daemon: &Arc<Daemon>,
+    current: bool,
+    tsih: u16,
+    cid: u16,
+    att: &mut Attached,
+) {
+    // A connection another login replaced (same CID) is not in the table any more; nor is one
+    // whose session a new leading login reinstated (that login released the nexus).
+    let last = {
+        let mut s = daemon.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let ours = current
+            && s.get(tsih)
+                .is_some_and(|e| Arc::ptr_eq(&e.nexus_released, &att.nexus_released));
+        if ours && s.connections(tsih) > 1 {
+            s.leave(tsih, cid);
+            false
+        } else {
+            ours
+        }
+    };
+    if last {
+        if let (Some(d), Some(n)) = (att.view.take(), att.nexus.take()) {
+            // SAM-5: the I_T nexus is gone (releases SPC-2 reservations it held). This
+            // happens while the session is still in the table: a new login from the same
+            // initiator port finds it there and waits for the release (or has done it
+            // itself, reinstating), so the release can never land after that new
+            // session's first commands.
+            let release = att.nexus_released.clone();
+            let _ = tokio::task::spawn_blocking(move || release.release(&d, &n)).await;
+        }
+        daemon
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .leave(tsih, cid);
+    }
 }
 
 impl Daemon {
@@ -1131,6 +1179,10 @@ async fn login_complete(
     if let Some((_, old)) = opened.reinstated {
         info!(%peer, initiator = %r.initiator_name, isid = format_args!("{:012x}", r.isid), "reinstating session");
         let _ = old.kill.send(true);
+        // Tasks an ErrorRecoveryLevel 2 session kept for reassignment end with it.
+        if let Some(h) = &old.session {
+            h.shutdown("session reinstatement");
+        }
         // Taking the LU's locks may wait for an APTPL fsync: off the session table's lock and
         // off the async workers, and done before the login response lets commands come.
         let _ = tokio::task::spawn_blocking(move || {

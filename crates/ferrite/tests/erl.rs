@@ -221,3 +221,151 @@ fn at_erl_0_a_bad_header_digest_still_closes_the_connection() {
     let n = std::io::Read::read(&mut s.stream, &mut b).unwrap_or(0);
     assert_eq!(n, 0, "the target closed the connection");
 }
+
+fn erl2(tsih: u16, cid: u16, retain: u32) -> LoginOpts<'static> {
+    LoginOpts {
+        tsih,
+        cid,
+        max_connections: 2,
+        time2retain: retain,
+        ..erl(2, false)
+    }
+}
+
+#[test]
+fn at_erl_2_a_write_cut_off_with_its_connection_is_reassigned_and_lands_whole() {
+    let d = Daemon::start(Opts::default());
+    let mut c0 = login(&d, &erl2(0, 0, 20));
+    let tsih = c0.tsih;
+    let data = bytes(0xe42, 64 * 1024);
+    let (b, itt) = c0.scsi_cmd_bhs(&cdb10(0x2a, 200, 128), false, true, data.len() as u32);
+    c0.send(&b, &[]).unwrap();
+    let r = R2t::of(&recv_op(&mut c0, OP_R2T));
+    assert_eq!((r.offset, r.len), (0, 65536));
+    // Half the data goes out, then the connection dies.
+    for i in 0..4u32 {
+        let off = i * 8192;
+        let bhs = data_out(&c0, &r, i, off, false);
+        c0.send(&bhs, &data[off as usize..off as usize + 8192])
+            .unwrap();
+    }
+    let cmd_sn = c0.cmd_sn();
+    c0.stream.shutdown(std::net::Shutdown::Both).unwrap();
+    drop(c0);
+    // A new connection joins the session, removes the dead one for recovery and takes the
+    // task over (RFC 7143 §6.2.2).
+    let mut c1 = Session::connect(d.addr(), &erl2(tsih, 1, 0)).unwrap();
+    assert_eq!(c1.tsih, tsih);
+    c1.set_cmd_sn(cmd_sn);
+    c1.set_next_itt(0x0100_0000);
+    // The old connection's end may take a moment to be noticed.
+    let mut code = 1;
+    for _ in 0..50 {
+        code = c1.logout_request(2, 0).unwrap();
+        if code == 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(code, 0, "logout for recovery of CID 0");
+    assert_eq!(
+        c1.tmf(8, itt, 0).unwrap(),
+        0,
+        "TASK REASSIGN: function complete"
+    );
+    let rec = R2t::of(&recv_op(&mut c1, OP_R2T));
+    assert_eq!((rec.itt, rec.offset, rec.len), (itt, 32768, 32768));
+    c1.answer_r2t(&rec, &data[32768..], false).unwrap();
+    let rsp = recv_op(&mut c1, OP_SCSI_RSP);
+    assert_eq!(be32(&rsp.bhs, 16), itt);
+    assert_eq!(status_of(&mut c1, &rsp), 0, "GOOD");
+    assert_eq!(c1.read10(200, 128, BLOCK).unwrap(), data);
+}
+
+#[test]
+fn at_erl_2_a_read_lost_with_its_connection_is_sent_again_on_the_reinstated_one() {
+    let d = Daemon::start(Opts::default());
+    let mut c0 = login(&d, &erl2(0, 0, 20));
+    let tsih = c0.tsih;
+    let data = bytes(0xe43, 128 * 1024);
+    c0.write10(300, &data, BLOCK).unwrap();
+    // The read is answered, but the connection dies before the initiator has it all.
+    let (b, itt) = c0.scsi_cmd_bhs(&cdb10(0x28, 300, 256), true, false, data.len() as u32);
+    c0.send(&b, &[]).unwrap();
+    let first = recv_op(&mut c0, OP_DATA_IN);
+    assert_eq!(be32(&first.bhs, 36), 0);
+    let cmd_sn = c0.cmd_sn();
+    c0.stream.shutdown(std::net::Shutdown::Both).unwrap();
+    drop(c0);
+    // The same CID logs in again (connection reinstatement: an implicit logout for recovery)
+    // and asks for the task from DataSN 1 on.
+    let mut c = None;
+    for _ in 0..50 {
+        match Session::connect(d.addr(), &erl2(tsih, 0, 0)) {
+            Ok(s) => {
+                c = Some(s);
+                break;
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    }
+    let mut c1 = c.expect("reinstated connection");
+    c1.set_cmd_sn(cmd_sn);
+    c1.set_next_itt(0x0200_0000);
+    let mut b = [0u8; 48];
+    b[0] = 0x40 | 0x02;
+    b[1] = 0x80 | 8;
+    put32(&mut b, 16, 0x0200_0000);
+    put32(&mut b, 20, itt);
+    put32(&mut b, 24, c1.cmd_sn());
+    put32(&mut b, 28, c1.exp_stat_sn());
+    put32(&mut b, 36, 1); // ExpDataSN: DataSN 0 arrived
+    c1.send(&b, &[]).unwrap();
+    let tmf = c1.recv().unwrap();
+    assert_eq!(
+        (tmf.opcode(), tmf.bhs[2]),
+        (0x22, 0),
+        "TASK REASSIGN complete"
+    );
+    let mut got = first.data.clone();
+    loop {
+        let p = c1.recv().unwrap();
+        match p.opcode() {
+            OP_DATA_IN => {
+                assert_eq!(
+                    be32(&p.bhs, 40) as usize,
+                    got.len(),
+                    "in order from DataSN 1"
+                );
+                got.extend_from_slice(&p.data);
+            }
+            OP_SCSI_RSP => {
+                assert_eq!(be32(&p.bhs, 16), itt);
+                assert_eq!(status_of(&mut c1, &p), 0);
+                break;
+            }
+            op => panic!("unexpected opcode {op:#04x}"),
+        }
+    }
+    assert_eq!(got, data);
+}
+
+#[test]
+fn at_erl_2_a_session_whose_connection_is_not_recovered_ends_after_time2retain() {
+    let d = Daemon::start(Opts::default());
+    let c0 = login(&d, &erl2(0, 0, 1));
+    let tsih = c0.tsih;
+    c0.stream.shutdown(std::net::Shutdown::Both).unwrap();
+    drop(c0);
+    // Time2Wait 2 s (the target's) + Time2Retain 1 s: the session is gone after that.
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    match Session::connect(d.addr(), &erl2(tsih, 1, 0)) {
+        Err(common::initiator::LoginError::Refused { class, detail }) => {
+            assert_eq!((class, detail), (2, 0x0a), "session does not exist")
+        }
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("joined a session that should be gone"),
+    }
+    // And a new session from the same initiator port works.
+    login(&d, &erl2(0, 0, 1));
+}

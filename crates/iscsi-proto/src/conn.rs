@@ -526,6 +526,37 @@ impl Connection {
         }
     }
 
+    /// The connection ended without a logout (peer gone, framing error, timeout). At
+    /// ErrorRecoveryLevel 0 and 1 that ends the session, every connection of it (RFC 7143
+    /// §7.1.5: session recovery); at 2 only this connection closes, and its tasks wait for
+    /// reassignment until the returned time (§7.4), when the driver calls
+    /// [`SessionHandle::expire`].
+    pub fn connection_lost(&mut self, now: Instant, reason: &'static str) -> Option<Instant> {
+        match &self.phase {
+            Phase::Login(_) => {
+                self.close(reason);
+                None
+            }
+            Phase::Full(_) => self
+                .full(|c| {
+                    if c.link.closed {
+                        c.retained_until()
+                    } else if c.erl() >= 2 {
+                        c.fail_link(now, reason)
+                    } else {
+                        c.close_all(reason);
+                        None
+                    }
+                })
+                .flatten(),
+        }
+    }
+
+    /// The link's identity in its session (for [`SessionHandle::link_is`]).
+    pub fn link_id(&self) -> u64 {
+        self.link
+    }
+
     /// Ids of the session's tasks with the device server.
     pub fn executing(&self) -> Vec<TaskId> {
         self.full(|c| c.executing_ids()).unwrap_or_default()

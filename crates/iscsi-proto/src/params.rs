@@ -300,8 +300,8 @@ impl Default for TargetOffer {
             max_connections: 1,
             default_time2wait: 2,
             default_time2retain: 20,
-            // RFC 7143 §7.1.5: digest failure recovery (SNACK, recovery R2T) above 0.
-            error_recovery_level: 1,
+            // RFC 7143 §7.1.5: every level (2: connection recovery, task reassignment).
+            error_recovery_level: 2,
             allow_header_digest: true,
             allow_data_digest: true,
         }
@@ -647,7 +647,12 @@ mod tests {
         );
         assert_eq!(
             g.answer("ErrorRecoveryLevel", "2").unwrap().as_deref(),
-            Some(TargetOffer::default().error_recovery_level.to_string().as_str())
+            Some(
+                TargetOffer::default()
+                    .error_recovery_level
+                    .to_string()
+                    .as_str()
+            )
         );
         assert_eq!(
             g.answer("HeaderDigest", "CRC32C,None").unwrap().as_deref(),

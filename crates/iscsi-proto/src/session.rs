@@ -73,6 +73,9 @@ enum TaskPhase {
     Receiving(WriteState),
     /// Handed to the device server.
     Executing,
+    /// ErrorRecoveryLevel 2: done while its connection was down; the answer (and the data-in
+    /// grant) waits for the task to be reassigned (RFC 7143 §6.2.2).
+    Answered(Box<(TaskOutcome, Option<Grant>)>),
 }
 
 #[derive(Debug)]
@@ -97,6 +100,9 @@ struct Task {
     cid: u16,
     /// Recovery R2Ts sent for it (bounded: see `recovery`).
     recoveries: u8,
+    /// The link (of connection `cid`) it is allegiant to: when that link failed at
+    /// ErrorRecoveryLevel 2 the task waits for reassignment (see `retain`).
+    link: u64,
 }
 
 /// Task attributes (RFC 7143 §11.3.1 ATTR field, SAM-5 §8.6).
@@ -139,6 +145,8 @@ struct PendingTmf {
     action: Option<TmfAction>,
     /// Its action went to the driver, which calls `tmf_done` when it is carried out.
     with_driver: bool,
+    /// TASK REASSIGN: (ITT, ExpDataSN) to take over once the response is out.
+    reassign: Option<(u32, u32)>,
 }
 
 #[derive(Debug)]
@@ -202,6 +210,8 @@ impl<T> std::fmt::Debug for NoDebug<T> {
 enum LogoutScope {
     Session,
     Connection(u16),
+    /// ErrorRecoveryLevel 2: the connection goes, its tasks wait to be reassigned.
+    Recovery(u16),
 }
 
 impl Link {
@@ -291,6 +301,12 @@ pub(crate) struct SessionCore {
     /// ErrorRecoveryLevel ≥ 1: answered tasks by ITT, kept until the initiator acknowledges
     /// their status (SNACK, reassignment: see `recovery`).
     answers: HashMap<u32, recovery::Answer>,
+    /// ErrorRecoveryLevel 2: links that failed (or were logged out for recovery) whose tasks
+    /// wait for reassignment, with when they stop waiting (Time2Wait + Time2Retain after the
+    /// failure, RFC 7143 §6.1.2, §7.4).
+    retain: HashMap<u64, Instant>,
+    /// The session is over (logout, reinstatement, ERL 0/1 connection failure, cold reset).
+    ended: bool,
 }
 
 type AbortWait = (HashSet<TaskId>, usize, Box<dyn FnOnce(usize) + Send>);
@@ -424,6 +440,29 @@ impl SessionHandle {
         self.outside(|c| c.close_all(reason));
     }
 
+    /// Time2Retain of failed connections' tasks that is up: those tasks end (ErrorRecoveryLevel
+    /// 2, see [`crate::Connection::connection_lost`]).
+    pub fn expire(&self, now: Instant) {
+        self.outside(|c| c.expire(now));
+    }
+
+    /// Whether connection `cid` of the session is still link `link` (not replaced by a
+    /// connection reinstatement).
+    pub fn link_is(&self, cid: u16, link: u64) -> bool {
+        let g = self.lock();
+        let l = if g.cur == cid {
+            Some(&g.link)
+        } else {
+            g.parked.get(&cid)
+        };
+        l.is_some_and(|l| l.id == link)
+    }
+
+    /// The session is over: nothing of it is left to serve or to recover.
+    pub fn is_over(&self) -> bool {
+        self.lock().session_closed()
+    }
+
     /// Connections of the session that are still open.
     pub fn connections(&self) -> Vec<u16> {
         let g = self.lock();
@@ -498,6 +537,8 @@ impl SessionCore {
             lost_wakers: NoDebug(Vec::new()),
             next_link_id: 2,
             answers: HashMap::new(),
+            retain: HashMap::new(),
+            ended: false,
         }
     }
 
@@ -547,9 +588,20 @@ impl SessionCore {
         self.next_link_id += 1;
         let id = link.id;
         if self.cur == cid || self.parked.contains_key(&cid) {
+            let now = link.last_rx;
+            let erl2 = self.erl() >= 2;
             self.on(cid, |c| {
-                c.end_link_tasks();
-                c.close("connection reinstated");
+                if erl2 {
+                    // RFC 7143 §6.3.4, §7.4: at ErrorRecoveryLevel 2 reinstatement is an
+                    // implicit logout for recovery: the old connection's tasks wait to be
+                    // reassigned.
+                    if !c.link.closed {
+                        c.fail_link(now, "connection reinstated");
+                    }
+                } else {
+                    c.end_link_tasks();
+                    c.close("connection reinstated");
+                }
             });
             let old = if self.cur == cid {
                 std::mem::replace(&mut self.link, link)
@@ -572,9 +624,13 @@ impl SessionCore {
         self.link.waker = Some(NoDebug(waker));
     }
 
-    /// Every connection of the session is closed.
+    /// The session is over: ended, or every connection closed with no task waiting for
+    /// connection recovery.
     pub(crate) fn session_closed(&self) -> bool {
-        self.link.closed && self.parked.values().all(|l| l.closed)
+        self.ended
+            || (self.link.closed
+                && self.parked.values().all(|l| l.closed)
+                && self.retain.is_empty())
     }
 
     /// The state the engine's methods work on (the session; `link` is the connection's).
@@ -610,6 +666,8 @@ impl SessionCore {
             self.on(cid, |c| c.close(reason));
         }
         self.close(reason);
+        self.ended = true;
+        self.retain.clear();
     }
 
     /// The current link's tasks end without a response: its connection is going away.
@@ -940,6 +998,7 @@ impl SessionCore {
             },
             seq: 0,
             recoveries: 0,
+            link: self.link.id,
         };
         self.ffp().tasks.insert(c.itt, task);
         true
@@ -1088,9 +1147,12 @@ impl SessionCore {
     /// Move a delivered task on: solicit more data, or hand it to the device server. What it
     /// sends goes out on the task's own connection.
     fn advance_task(&mut self, itt: u32) {
-        let Some(cid) = self.tasks.get(&itt).map(|t| t.cid) else {
+        let Some((cid, link)) = self.tasks.get(&itt).map(|t| (t.cid, t.link)) else {
             return;
         };
+        if self.retain.contains_key(&link) {
+            return; // its connection is down: it goes on once reassigned
+        }
         self.on(cid, |c| c.advance_task_here(itt));
         if !self.answers.is_empty() && self.budget_wait.contains(&itt) {
             // Answers kept for retransmission hold buffer budget; a task that waits for it
@@ -1342,12 +1404,21 @@ impl SessionCore {
             // Aborted: no response (SAM-5 §7.3); the TMF may now be answered.
             self.finish_tmf_wait(id);
             self.settle_abort_waits(id);
-        } else if let Some(task) = self.tasks.remove(&itt) {
-            // Status goes out on the task's connection (RFC 7143 §5.1).
-            self.on(task.cid, |c| {
-                c.task_gone(&task);
-                c.send_response(itt, &task, outcome, read_grant);
-            });
+        } else if let Some(mut task) = self.tasks.remove(&itt) {
+            if self.retain.contains_key(&task.link) {
+                // Its connection failed (ErrorRecoveryLevel 2): the answer waits for the task
+                // to be reassigned; it no longer holds others back in the task set.
+                self.task_gone(&task);
+                task.delivered = false;
+                task.phase = TaskPhase::Answered(Box::new((outcome, read_grant)));
+                self.tasks.insert(itt, task);
+            } else {
+                // Status goes out on the task's connection (RFC 7143 §5.1).
+                self.on(task.cid, |c| {
+                    c.task_gone(&task);
+                    c.send_response(itt, &task, outcome, read_grant);
+                });
+            }
         }
         self.update_window();
         self.wake_dormant();
@@ -1563,6 +1634,7 @@ impl SessionCore {
         let func = TmfFunction(t.function);
         let mut waiting = HashSet::new();
         let mut action = None;
+        let mut reassign = None;
         let response = match func {
             TmfFunction::ABORT_TASK => {
                 let f = self.ffp();
@@ -1622,8 +1694,15 @@ impl SessionCore {
                 action = Some(TmfAction::TargetColdReset);
                 TmfResponse::COMPLETE
             }
-            // RFC 7143 §11.5.1: reassignment needs ERL 2.
-            TmfFunction::TASK_REASSIGN => TmfResponse::REASSIGNMENT_NOT_SUPPORTED,
+            // RFC 7143 §11.5.1: reassignment needs ErrorRecoveryLevel 2.
+            TmfFunction::TASK_REASSIGN if self.erl() < 2 => TmfResponse::REASSIGNMENT_NOT_SUPPORTED,
+            TmfFunction::TASK_REASSIGN => match self.reassignable(t.referenced_tag) {
+                Ok(()) => {
+                    reassign = Some((t.referenced_tag, t.exp_data_sn));
+                    TmfResponse::COMPLETE
+                }
+                Err(r) => r,
+            },
             // No ACA support (NACA=1 is refused by the device server), so nothing to clear.
             TmfFunction::CLEAR_ACA => TmfResponse::COMPLETE,
             _ => TmfResponse::REJECTED,
@@ -1636,6 +1715,7 @@ impl SessionCore {
             waiting,
             action,
             with_driver: false,
+            reassign,
         });
         self.flush_tmfs();
         // ABORT TASK may have ended what held a dormant task back.
@@ -1682,6 +1762,8 @@ impl SessionCore {
                     c.emit(ConnEvent::Cancel(task.id));
                 }
                 TaskPhase::Receiving(_) => c.release_budget(itt, task.held),
+                // Its data-in grant goes with it.
+                TaskPhase::Answered(_) => {}
             }
         });
         self.remember_aborted_itt(itt);
@@ -1712,7 +1794,12 @@ impl SessionCore {
                 return;
             }
             let t = self.ffp().tmfs.remove(0);
-            self.on(cid, |c| c.send_tmf_response(t.itt, t.response));
+            self.on(cid, |c| {
+                c.send_tmf_response(t.itt, t.response);
+                if let Some((itt, exp_data_sn)) = t.reassign {
+                    c.reassign(itt, exp_data_sn);
+                }
+            });
         }
     }
 
@@ -1876,11 +1963,20 @@ impl SessionCore {
         let scope = match l.reason {
             LogoutReason::CLOSE_SESSION => Some(LogoutScope::Session),
             LogoutReason::CLOSE_CONNECTION => Some(LogoutScope::Connection(l.cid)),
+            LogoutReason::REMOVE_FOR_RECOVERY if self.erl() >= 2 => {
+                Some(LogoutScope::Recovery(l.cid))
+            }
             _ => None,
         };
         let code = match (l.reason, scope) {
-            (LogoutReason::REMOVE_FOR_RECOVERY, _) => LogoutResponseCode::RECOVERY_NOT_SUPPORTED,
+            (LogoutReason::REMOVE_FOR_RECOVERY, None) => LogoutResponseCode::RECOVERY_NOT_SUPPORTED,
             (_, Some(LogoutScope::Connection(cid))) if !self.has_link(cid) => {
+                LogoutResponseCode::CID_NOT_FOUND
+            }
+            // RFC 7143 §11.14.1: a connection already failed may be removed for recovery too.
+            (_, Some(LogoutScope::Recovery(cid)))
+                if !self.has_link(cid) && !self.retained_cid(cid) =>
+            {
                 LogoutResponseCode::CID_NOT_FOUND
             }
             (_, Some(_)) => LogoutResponseCode::CLOSED,
@@ -1900,6 +1996,8 @@ impl SessionCore {
                     LogoutScope::Connection(c) => {
                         t.cid == c && matches!(t.phase, TaskPhase::Receiving(_))
                     }
+                    // Removed for recovery: its tasks stay (RFC 7143 §7.4).
+                    LogoutScope::Recovery(_) => false,
                 })
                 .map(|(i, _)| *i)
                 .collect();
@@ -1907,6 +2005,14 @@ impl SessionCore {
                 self.abort_task(itt, &mut w);
             }
             self.wake_dormant();
+            if let LogoutScope::Recovery(c) = scope {
+                let now = self.link.last_rx;
+                if c != self.cur && self.has_link(c) {
+                    self.on(c, |o| {
+                        o.fail_link(now, "removed for recovery by another connection")
+                    });
+                }
+            }
         }
         self.link.logout = Some((l.itt, code, scope));
         self.maybe_finish_logout();
@@ -1943,6 +2049,7 @@ impl SessionCore {
             let waits = self.executing.values().any(|&(_, _, c)| match scope {
                 LogoutScope::Session => true,
                 LogoutScope::Connection(x) => c == x,
+                LogoutScope::Recovery(_) => false,
             });
             if waits {
                 return;
@@ -1970,6 +2077,11 @@ impl SessionCore {
             LogoutScope::Connection(c) => {
                 self.on(c, |o| o.close("logged out by another connection"))
             }
+            LogoutScope::Recovery(c) if c == self.cur => {
+                let now = self.link.last_rx;
+                self.fail_link(now, "logout: removed for recovery");
+            }
+            LogoutScope::Recovery(_) => {}
         }
     }
 
@@ -2035,6 +2147,7 @@ impl SessionCore {
     /// The current connection's timers: the Data-Out clock and NOP keep-alive. A connection
     /// that fails ends the session (ErrorRecoveryLevel 0).
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.expire(now);
         if self.link.closed {
             return;
         }
@@ -2093,9 +2206,9 @@ impl SessionCore {
             (Some(d), 1..) => Some(l.data_clock.map_or(l.last_rx, |t| t + d)),
             _ => None,
         };
-        match (nop, data) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [nop, data, self.retain.values().min().copied()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 }

@@ -14,6 +14,13 @@
 //!
 //! At ErrorRecoveryLevel ≥ 1 the status of a read never rides on its last Data-In (no phase
 //! collapse), so a Status SNACK never needs the data buffer.
+//!
+//! ErrorRecoveryLevel 2 (§6.2.2, §7.4, §11.5.1): a connection that fails, is logged out for
+//! recovery or is reinstated leaves its tasks behind for Time2Wait + Time2Retain (`retain`):
+//! they neither send nor start; one that finishes meanwhile keeps its answer. TASK REASSIGN on
+//! a connection of the session takes a task over: a write is asked for the data still missing,
+//! a read's Data-In is sent again from the initiator's ExpDataSN, and the status follows. When
+//! the time is up the tasks are aborted without a response.
 
 use super::*;
 
@@ -149,8 +156,12 @@ impl SessionCore {
     /// Let go of the Data-In buffers kept for retransmission (their budget comes back once
     /// the PDUs already queued are sent); a Data SNACK for them is rejected from now on.
     pub(super) fn drop_answer_data(&mut self) {
+        let retain = &self.retain;
         for a in self.answers.values_mut() {
-            a.data = None;
+            // Not those waiting for reassignment: nothing else could send them again.
+            if !retain.contains_key(&a.link) {
+                a.data = None;
+            }
         }
     }
 
@@ -542,5 +553,187 @@ impl Answer {
             Header::ScsiResponse(r) => r.exp_data_sn != self.first_data_sn,
             _ => false,
         }
+    }
+}
+
+impl SessionCore {
+    /// ErrorRecoveryLevel 2: the current connection failed (or is removed for recovery, or
+    /// replaced): it closes, and its tasks wait for reassignment until the returned time
+    /// (`None`: Time2Wait + Time2Retain is 0, so they are ended now).
+    pub(crate) fn fail_link(&mut self, now: Instant, reason: &'static str) -> Option<Instant> {
+        let id = self.link.id;
+        // Its R2Ts will never be answered there: after reassignment the data still missing
+        // is asked for again (RFC 7143 §6.2.2).
+        for t in self.tasks.values_mut().filter(|t| t.link == id) {
+            if let TaskPhase::Receiving(w) = &mut t.phase {
+                w.r2ts.clear();
+                w.unsolicited_done = true;
+                w.unsolicited_damaged = false;
+                w.next_r2t_offset = w.buf.len() as u32;
+            }
+        }
+        let tasks = &self.tasks;
+        self.budget_wait
+            .retain(|i| tasks.get(i).is_none_or(|t| t.link != id));
+        self.link.r2ts_out = 0;
+        self.link.data_clock = None;
+        self.close(reason);
+        let p = &self.params;
+        let keep = std::time::Duration::from_secs(u64::from(
+            p.default_time2wait.saturating_add(p.default_time2retain),
+        ));
+        if keep.is_zero() {
+            self.end_link_tasks();
+            return None;
+        }
+        let until = now + keep;
+        self.retain.insert(id, until);
+        tracing::debug!(
+            cid = self.cur,
+            ?keep,
+            "connection failed: tasks wait for reassignment"
+        );
+        Some(until)
+    }
+
+    /// When the current link's tasks stop waiting for reassignment, if they do.
+    pub(crate) fn retained_until(&self) -> Option<Instant> {
+        self.retain.get(&self.link.id).copied()
+    }
+
+    /// Whether connection `cid` failed and its tasks wait for reassignment.
+    pub(super) fn retained_cid(&self, cid: u16) -> bool {
+        let l = if self.cur == cid {
+            Some(&self.link)
+        } else {
+            self.parked.get(&cid)
+        };
+        l.is_some_and(|l| self.retain.contains_key(&l.id))
+    }
+
+    /// Tasks whose Time2Retain is up are aborted without a response (RFC 7143 §6.1.2).
+    pub(crate) fn expire(&mut self, now: Instant) {
+        if self.retain.is_empty() {
+            return;
+        }
+        let due: Vec<u64> = self
+            .retain
+            .iter()
+            .filter(|&(_, &t)| t <= now)
+            .map(|(&id, _)| id)
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        for id in &due {
+            self.retain.remove(id);
+        }
+        let mut ignored = HashSet::new();
+        let n = self.abort_where(|t| due.contains(&t.link), &mut ignored);
+        self.answers.retain(|_, a| !due.contains(&a.link));
+        tracing::debug!(
+            tasks = n,
+            "Time2Retain expired: tasks of failed connections ended"
+        );
+        self.update_window();
+    }
+
+    /// Whether TASK REASSIGN may take task `itt` over (RFC 7143 §11.5.1, §11.6.1).
+    pub(super) fn reassignable(&self, itt: u32) -> Result<(), TmfResponse> {
+        let link = match (self.tasks.get(&itt), self.answers.get(&itt)) {
+            (Some(t), _) => t.link,
+            (None, Some(a)) => a.link,
+            (None, None) => return Err(TmfResponse::TASK_DOES_NOT_EXIST),
+        };
+        if self.retain.contains_key(&link) {
+            Ok(())
+        } else {
+            // Its connection is still up (or was never logged out for recovery).
+            Err(TmfResponse::TASK_STILL_ALLEGIANT)
+        }
+    }
+
+    /// TASK REASSIGN, once its response is out: task `itt` becomes allegiant to the current
+    /// connection and goes on from where it stands (RFC 7143 §6.2.2, §11.5.6).
+    pub(super) fn reassign(&mut self, itt: u32, exp_data_sn: u32) {
+        let (cid, id) = (self.cur, self.link.id);
+        if let Some(t) = self.tasks.get_mut(&itt) {
+            t.cid = cid;
+            t.link = id;
+            let tid = t.id;
+            match &t.phase {
+                // Asked for the data still missing.
+                TaskPhase::Receiving(_) => self.advance_task(itt),
+                // Its status will come here.
+                TaskPhase::Executing => {
+                    if let Some(e) = self.executing.get_mut(&tid) {
+                        e.2 = cid;
+                    }
+                }
+                TaskPhase::Answered(_) => {
+                    let Some(mut task) = self.tasks.remove(&itt) else {
+                        return;
+                    };
+                    let phase = std::mem::replace(&mut task.phase, TaskPhase::Executing);
+                    if let TaskPhase::Answered(b) = phase {
+                        let (outcome, grant) = *b;
+                        self.send_response(itt, &task, outcome, grant);
+                    }
+                    self.update_window();
+                }
+            }
+            return;
+        }
+        if let Some(a) = self.answers.remove(&itt) {
+            self.resend_answer(itt, a, exp_data_sn);
+        }
+    }
+
+    /// A task answered on a connection that failed before the initiator acknowledged it:
+    /// its Data-In from ExpDataSN (0: all of it; RFC 7143 §11.5.6), cut for this connection,
+    /// then its status with this connection's next StatSN.
+    fn resend_answer(&mut self, itt: u32, a: Answer, exp_data_sn: u32) {
+        let (mrdsl, burst) = (
+            self.link.params.initiator_mrdsl,
+            self.link.params.max_burst_length,
+        );
+        let first = a.first_data_sn;
+        let mut next = first;
+        let mut kept = None;
+        if let Some((buf, segs)) = a.data {
+            let n = segs.len() as u32;
+            let end = segs.last().map_or(0, |&(o, l, _)| o + l);
+            let from_sn = if exp_data_sn != 0
+                && serial::in_window(exp_data_sn, first, first.wrapping_add(n))
+            {
+                exp_data_sn
+            } else {
+                first
+            };
+            let done = from_sn.wrapping_sub(first) as usize;
+            let from_off = segs.get(done).map_or(end, |s| s.0);
+            let fresh = segments(from_off, end, mrdsl, burst);
+            for (i, &seg) in fresh.iter().enumerate() {
+                self.push_data_in(itt, a.lun, &buf, from_sn.wrapping_add(i as u32), seg, None);
+            }
+            next = from_sn.wrapping_add(fresh.len() as u32);
+            let mut all = segs[..done].to_vec();
+            all.extend(fresh);
+            kept = Some((buf, all));
+        }
+        let mut status = a.status;
+        if let Header::ScsiResponse(r) = &mut status.header {
+            r.stat_sn = self.link.stat_sn;
+            r.exp_cmd_sn = self.exp_cmd_sn;
+            r.max_cmd_sn = self.max_cmd_sn;
+            r.exp_data_sn = next;
+            r.snack_tag = 0;
+        }
+        self.link.stat_sn = self.link.stat_sn.wrapping_add(1);
+        status.header_digest = self.link.header_digest;
+        status.data_digest = self.link.data_digest;
+        let copy = status.clone();
+        self.push(status.header, status.data);
+        self.keep_answer(itt, a.lun, first, kept, copy);
     }
 }

@@ -313,3 +313,282 @@ fn snack_at_erl_0_is_a_protocol_error() {
         Some(RejectReason::PROTOCOL_ERROR)
     );
 }
+
+// ---- ErrorRecoveryLevel 2: connection recovery, TASK REASSIGN -------------------------------
+
+/// A session at ErrorRecoveryLevel 2 with MaxConnections 2 and Time2Retain 20 s.
+fn erl2() -> Harness {
+    let mut keys = vec![
+        ("ErrorRecoveryLevel", "2"),
+        ("MaxConnections", "2"),
+        ("DefaultTime2Retain", "20"),
+        ("DefaultTime2Wait", "2"),
+        ("InitialR2T", "Yes"),
+    ];
+    keys.extend_from_slice(&[]);
+    let mut cfg = ConnConfig::default();
+    cfg.offer.error_recovery_level = 2;
+    cfg.offer.max_connections = 2;
+    let h = Harness::with(cfg, &keys);
+    assert_eq!(h.c.params().unwrap().error_recovery_level, 2);
+    h
+}
+
+/// A connection joining the harness's session (TSIH 9) with `cid`.
+fn join(h: &Harness, cid: u16) -> Connection {
+    let mut cfg = ConnConfig::default();
+    cfg.offer.error_recovery_level = 2;
+    cfg.offer.max_connections = 2;
+    let mut c = Connection::new(cfg, h.now, 700);
+    let req = Header::LoginRequest(LoginRequest {
+        transit: true,
+        cont: false,
+        csg: Stage::Operational,
+        nsg: Stage::FullFeature,
+        version_max: 0,
+        version_min: 0,
+        isid: 0x8000_0000_0001,
+        tsih: 9,
+        itt: 1,
+        cid,
+        cmd_sn: h.cmd_sn,
+        exp_stat_sn: 0,
+    });
+    let keys = [
+        ("InitiatorName", "iqn.2026-11.test:init"),
+        ("TargetName", "iqn.2026-11.io.ferrite:t"),
+    ];
+    c.handle_pdu(h.now, raw(req, &text::encode(&keys)), &Dir);
+    let ev = events(&mut c);
+    let Some(ConnEvent::LoginComplete(r)) = ev.first() else {
+        panic!("{ev:?}")
+    };
+    c.accept_join(&r.clone(), 9, &h.c.session().unwrap());
+    assert!(c.is_full_feature());
+    outputs(&mut c);
+    events(&mut c);
+    c
+}
+
+/// TASK REASSIGN of `rtt` sent on `c`; the PDUs that answer it.
+fn reassign(c: &mut Connection, h: &mut Harness, rtt: u32, exp_data_sn: u32) -> Vec<OutPdu> {
+    let p = Header::TaskMgmtRequest(TaskMgmtRequest {
+        immediate: true,
+        function: TmfFunction::TASK_REASSIGN.0,
+        lun: 0,
+        itt: 0x900 + rtt,
+        referenced_tag: rtt,
+        cmd_sn: h.cmd_sn,
+        exp_stat_sn: 0,
+        ref_cmd_sn: 0,
+        exp_data_sn,
+    });
+    c.handle_pdu(h.now, raw(p, &[]), &Dir);
+    outputs(c)
+}
+
+fn tmf_response(o: &OutPdu) -> Option<TmfResponse> {
+    match &o.header {
+        Header::TaskMgmtResponse(r) => Some(TmfResponse(r.response)),
+        _ => None,
+    }
+}
+
+#[test]
+fn a_write_whose_connection_died_is_reassigned_and_asks_for_the_missing_data() {
+    let mut h = erl2();
+    h.cmd(0x50, 0x2a, false, true, 8192, true, &[]);
+    let r2t = r2ts_of(&outputs(&mut h.c)).remove(0);
+    let payload: Vec<u8> = (0..8192u32).map(|i| (i % 241) as u8).collect();
+    h.data_out(0x50, r2t.ttt, 0, 0, false, &payload[..4096]);
+    // The connection dies mid-write: the session and its task stay.
+    let until =
+        h.c.connection_lost(h.now, "peer gone")
+            .expect("tasks retained");
+    assert_eq!(until, h.now + Duration::from_secs(22));
+    let session = h.c.session().unwrap();
+    assert!(!session.is_over());
+    // A new connection takes the connection's place (same CID: an implicit logout for
+    // recovery), and reassigns the task.
+    let mut c2 = join(&h, 0);
+    let out = reassign(&mut c2, &mut h, 0x50, 0);
+    assert_eq!(
+        tmf_response(&out[0]),
+        Some(TmfResponse::COMPLETE),
+        "{out:?}"
+    );
+    let r2ts = r2ts_of(&out[1..]);
+    assert_eq!(r2ts.len(), 1);
+    assert_eq!((r2ts[0].buffer_offset, r2ts[0].desired_len), (4096, 4096));
+    let d = Header::DataOut(DataOut {
+        final_bit: true,
+        itt: 0x50,
+        ttt: r2ts[0].ttt,
+        buffer_offset: 4096,
+        ..Default::default()
+    });
+    c2.handle_pdu(h.now, raw(d, &payload[4096..]), &Dir);
+    let ev = events(&mut c2);
+    let [ConnEvent::Execute(t)] = ev.as_slice() else {
+        panic!("{ev:?}")
+    };
+    assert_eq!(t.data_out, payload);
+    c2.complete_task(t.id, TaskOutcome::default());
+    let out = outputs(&mut c2);
+    assert!(matches!(&out[0].header, Header::ScsiResponse(r) if r.itt == 0x50 && r.status == 0));
+}
+
+#[test]
+fn a_read_that_finished_while_its_connection_was_down_is_answered_after_reassignment() {
+    let mut h = erl2();
+    h.cmd(0x51, 0x28, true, false, 4096, true, &[]);
+    let t = h.executed();
+    h.c.connection_lost(h.now, "peer gone").expect("retained");
+    let session = h.c.session().unwrap();
+    // It finishes with nobody to answer to: kept.
+    session.complete_task(
+        t.id,
+        TaskOutcome {
+            data_in: vec![0x3c; 4096],
+            ..Default::default()
+        },
+    );
+    // A new connection (another CID) reassigns it.
+    let mut c2 = join(&h, 1);
+    let out = reassign(&mut c2, &mut h, 0x51, 0);
+    assert_eq!(tmf_response(&out[0]), Some(TmfResponse::COMPLETE));
+    let Header::DataIn(d) = &out[1].header else {
+        panic!("{out:?}")
+    };
+    assert_eq!((d.itt, d.data_sn, d.buffer_offset), (0x51, 0, 0));
+    assert_eq!(out[1].data.as_slice(), &[0x3c; 4096][..]);
+    assert!(
+        matches!(&out[2].header, Header::ScsiResponse(r) if r.itt == 0x51 && r.exp_data_sn == 1)
+    );
+}
+
+#[test]
+fn an_answered_read_lost_with_its_connection_is_sent_again_from_exp_data_sn() {
+    let mut h = erl2();
+    h.cmd(0x52, 0x28, true, false, 200_000, true, &[]);
+    let t = h.executed();
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 239) as u8).collect();
+    h.c.complete_task(
+        t.id,
+        TaskOutcome {
+            data_in: data.clone(),
+            ..Default::default()
+        },
+    );
+    // Sent (MRDSL 8192 by default: 25 Data-In) but lost with the connection before the
+    // initiator acknowledged the status; it got DataSN 0-9.
+    assert_eq!(outputs(&mut h.c).len(), 26);
+    h.c.connection_lost(h.now, "peer gone").expect("retained");
+    let mut c2 = join(&h, 1);
+    let out = reassign(&mut c2, &mut h, 0x52, 10);
+    assert_eq!(tmf_response(&out[0]), Some(TmfResponse::COMPLETE));
+    let mut got = Vec::new();
+    for (i, o) in out[1..16].iter().enumerate() {
+        let Header::DataIn(d) = &o.header else {
+            panic!("{:?}", o.header)
+        };
+        assert_eq!(d.data_sn, 10 + i as u32);
+        got.extend_from_slice(o.data.as_slice());
+    }
+    assert_eq!(got, data[10 * 8192..]);
+    assert!(matches!(&out[16].header, Header::ScsiResponse(r) if r.exp_data_sn == 25));
+}
+
+#[test]
+fn reassignment_refusals() {
+    // A task whose connection is up is still allegiant to it.
+    let mut h = erl2();
+    h.cmd(0x53, 0x28, true, false, 512, true, &[]);
+    h.executed();
+    let mut c2 = join(&h, 1);
+    let out = reassign(&mut c2, &mut h, 0x53, 0);
+    assert_eq!(
+        tmf_response(&out[0]),
+        Some(TmfResponse::TASK_STILL_ALLEGIANT)
+    );
+    let out = reassign(&mut c2, &mut h, 0x99, 0);
+    assert_eq!(
+        tmf_response(&out[0]),
+        Some(TmfResponse::TASK_DOES_NOT_EXIST)
+    );
+    // Below ErrorRecoveryLevel 2 there is no reassignment.
+    let mut h1 = erl1(&[]);
+    h1.cmd(0x54, 0x28, true, false, 512, true, &[]);
+    let p = Header::TaskMgmtRequest(TaskMgmtRequest {
+        immediate: true,
+        function: TmfFunction::TASK_REASSIGN.0,
+        itt: 0x901,
+        referenced_tag: 0x54,
+        ..Default::default()
+    });
+    h1.c.handle_pdu(h1.now, raw(p, &[]), &Dir);
+    let out = outputs(&mut h1.c);
+    assert_eq!(
+        tmf_response(&out[0]),
+        Some(TmfResponse::REASSIGNMENT_NOT_SUPPORTED)
+    );
+}
+
+#[test]
+fn tasks_of_a_failed_connection_end_when_time2retain_is_up() {
+    let mut h = erl2();
+    h.cmd(0x55, 0x2a, false, true, 4096, true, &[]);
+    outputs(&mut h.c);
+    h.cmd(0x56, 0x28, true, false, 512, true, &[]);
+    let t = h.executed();
+    let until = h.c.connection_lost(h.now, "peer gone").unwrap();
+    let session = h.c.session().unwrap();
+    session.expire(until - Duration::from_secs(1));
+    assert!(!session.is_over());
+    session.expire(until);
+    // Nothing left: the session is over, and the running task's result is dropped.
+    assert!(session.is_over());
+    session.complete_task(t.id, TaskOutcome::default());
+    assert!(session.is_over());
+}
+
+#[test]
+fn a_logout_for_recovery_from_another_connection_keeps_its_tasks() {
+    let mut h = erl2();
+    h.cmd(0x57, 0x28, true, false, 512, true, &[]);
+    let t = h.executed();
+    let mut c2 = join(&h, 1);
+    let p = Header::LogoutRequest(LogoutRequest {
+        immediate: true,
+        reason: LogoutReason::REMOVE_FOR_RECOVERY,
+        itt: 0x777,
+        cid: 0,
+        cmd_sn: h.cmd_sn,
+        exp_stat_sn: 0,
+    });
+    c2.handle_pdu(h.now, raw(p, &[]), &Dir);
+    let out = outputs(&mut c2);
+    let Header::LogoutResponse(r) = &out[0].header else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        (r.response, r.time2wait, r.time2retain),
+        (LogoutResponseCode::CLOSED, 2, 20)
+    );
+    // Connection 0 closes; its task carries on and is answered after reassignment.
+    assert!(matches!(
+        events(&mut h.c).as_slice(),
+        [ConnEvent::Close { .. }]
+    ));
+    c2.complete_task(
+        t.id,
+        TaskOutcome {
+            data_in: vec![1; 512],
+            ..Default::default()
+        },
+    );
+    assert!(outputs(&mut c2).is_empty(), "not before reassignment");
+    let out = reassign(&mut c2, &mut h, 0x57, 0);
+    assert_eq!(tmf_response(&out[0]), Some(TmfResponse::COMPLETE));
+    assert_eq!(out.len(), 3);
+}
