@@ -189,6 +189,29 @@ pub async fn execute(daemon: &Arc<Daemon>, req: &Value) -> anyhow::Result<Value>
             anyhow::ensure!(daemon.drop_session(tsih), "no session with TSIH {tsih}");
             return Ok(json!({ "dropped": tsih }));
         }
+        "drop-connection" => {
+            let tsih =
+                u16::try_from(n(req, "tsih")?).map_err(|_| anyhow::anyhow!("tsih out of range"))?;
+            let cid =
+                u16::try_from(n(req, "cid")?).map_err(|_| anyhow::anyhow!("cid out of range"))?;
+            anyhow::ensure!(
+                daemon.drop_connection(tsih, cid),
+                "no open connection {cid} in session {tsih}"
+            );
+            return Ok(json!({ "dropped": { "tsih": tsih, "cid": cid } }));
+        }
+        "logout-session" => {
+            let tsih =
+                u16::try_from(n(req, "tsih")?).map_err(|_| anyhow::anyhow!("tsih out of range"))?;
+            let within = u16::try_from(n(req, "within")?)
+                .map_err(|_| anyhow::anyhow!("seconds out of range"))?;
+            let asked = daemon
+                .logout_session(tsih, within)
+                .ok_or_else(|| anyhow::anyhow!("no session with TSIH {tsih}"))?;
+            return Ok(
+                json!({ "asked": { "tsih": tsih, "connections": asked, "within": within } }),
+            );
+        }
         "export" => return Ok(json!({ "toml": toml::to_string(&rt.config)? })),
         "pr-show" | "pr-clear" => {
             // Persistent reservation state of the running daemon (SPC-4 §5.13): registrations,
@@ -431,7 +454,9 @@ USAGE:
 COMMANDS:
     targets                                   the model: targets, groups, portals, LUNs, ACLs
     sessions                                  sessions with negotiated parameters
-    drop-session TSIH
+    drop-session TSIH                         end it (its connections are told: async event 3)
+    drop-connection TSIH CID                  end one connection (async event 2; ERL 2 keeps its tasks)
+    logout-session TSIH [SECONDS]             ask it to log out (async event 1); dropped after SECONDS (10)
     add-target IQN PORTAL [PORTAL...]         new target, group 1 on these portals
     remove-target IQN
     add-group IQN TAG | remove-group IQN TAG
@@ -500,6 +525,18 @@ pub fn request_from_args(cmd: &str, a: &[String]) -> anyhow::Result<Value> {
         "drop-session" => {
             need(1)?;
             json!({ "op": cmd, "tsih": num(&a[0])? })
+        }
+        "drop-connection" => {
+            need(2)?;
+            json!({ "op": cmd, "tsih": num(&a[0])?, "cid": num(&a[1])? })
+        }
+        "logout-session" => {
+            need(1)?;
+            let within = match a.get(1) {
+                Some(v) => num(v)?,
+                None => 10,
+            };
+            json!({ "op": cmd, "tsih": num(&a[0])?, "within": within })
         }
         "save" => match a.first() {
             // The daemon runs elsewhere (often in /): a relative path is the client's.

@@ -480,16 +480,54 @@ impl Daemon {
         }
     }
 
-    /// End a session by TSIH. Returns whether it existed.
+    /// End a session by TSIH, telling its connections first (RFC 7143 §11.9.1, AsyncEvent 3:
+    /// the target drops all connections). Returns whether it existed.
     pub fn drop_session(&self, tsih: u16) -> bool {
         let s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         match s.get(tsih) {
             Some(e) => {
-                let _ = e.kill.send(true);
+                match &e.session {
+                    Some(h) => h.drop_all("dropped by the operator"),
+                    // Still logging in: no connection to tell.
+                    None => {
+                        let _ = e.kill.send(true);
+                    }
+                }
                 true
             }
             None => false,
         }
+    }
+
+    /// The engine of session `tsih`, once its leading login is through.
+    fn session_handle(&self, tsih: u16) -> Option<iscsi_proto::SessionHandle> {
+        let s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        s.get(tsih).and_then(|e| e.session.clone())
+    }
+
+    /// Drop connection `cid` of session `tsih`, telling it first (AsyncEvent 2). Returns
+    /// whether that connection was open.
+    pub fn drop_connection(&self, tsih: u16, cid: u16) -> bool {
+        self.session_handle(tsih)
+            .is_some_and(|h| h.drop_connection(cid, Instant::now()))
+    }
+
+    /// Ask session `tsih` to log out within `within` seconds (AsyncEvent 1, on each of its
+    /// connections); if it is still there then, it is dropped. Returns how many connections
+    /// were asked (`None`: no such session).
+    pub fn logout_session(self: &Arc<Self>, tsih: u16, within: u16) -> Option<usize> {
+        let h = self.session_handle(tsih)?;
+        let n = h.request_logout(within);
+        let d = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(u64::from(within))).await;
+            if !h.is_over() {
+                info!(tsih, "no logout within the time asked: session dropped");
+                h.drop_all("no logout within the time asked");
+                drop(d);
+            }
+        });
+        Some(n)
     }
 }
 

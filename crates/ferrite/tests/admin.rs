@@ -185,6 +185,71 @@ fn targets_sessions_and_drop_session() {
     );
 }
 
+/// The Asynchronous Message a connection receives next (RFC 7143 §11.9): (AsyncEvent,
+/// Parameter1, Parameter2, Parameter3).
+fn async_event(s: &mut Session) -> (u8, u16, u16, u16) {
+    let p = s.recv().unwrap();
+    assert_eq!(
+        p.opcode(),
+        0x32,
+        "Asynchronous Message, got {:02x?}",
+        &p.bhs[..8]
+    );
+    let w = |at: usize| u16::from_be_bytes([p.bhs[at], p.bhs[at + 1]]);
+    (p.bhs[36], w(38), w(40), w(42))
+}
+
+#[test]
+fn operator_drops_one_connection_then_asks_the_session_to_log_out() {
+    let d = daemon();
+    let o = LoginOpts {
+        max_connections: 2,
+        ..lo(INIT, IQN)
+    };
+    let mut c0 = session(d.addr(), &o, 0);
+    let tsih = c0.tsih;
+    let mut c1 = Session::connect(
+        d.addr(),
+        &LoginOpts {
+            tsih,
+            cid: 1,
+            ..o.clone()
+        },
+    )
+    .unwrap();
+    c1.set_cmd_sn(c0.cmd_sn());
+    let t = tsih.to_string();
+    assert_eq!(
+        admin_json(&d, &["drop-connection", &t, "1"]),
+        json!({ "dropped": { "tsih": tsih, "cid": 1 } })
+    );
+    // Connection 1 is told (AsyncEvent 2, its CID, Time2Wait, Time2Retain), then closed.
+    let (event, cid, _, _) = async_event(&mut c1);
+    assert_eq!((event, cid), (2, 1));
+    assert!(closed_within(&mut c1, GONE), "drop-connection left it open");
+    assert!(admin_err(&d, &["drop-connection", &t, "1"]).contains("no open connection"));
+    // The session goes on through connection 0.
+    assert_eq!(c0.read10(0, 1, 512).unwrap().len(), 512);
+    // Asked to log out within 30 s (AsyncEvent 1, Parameter3), the initiator does.
+    assert_eq!(
+        admin_json(&d, &["logout-session", &t, "30"]),
+        json!({ "asked": { "tsih": tsih, "connections": 1, "within": 30 } })
+    );
+    let (event, _, _, within) = async_event(&mut c0);
+    assert_eq!((event, within), (1, 30));
+    c0.logout().unwrap();
+    assert!(wait_until(GONE, || admin_json(&d, &["sessions"]) == json!([])));
+    // One that does not log out is dropped when its time is up.
+    let mut s = session(d.addr(), &lo(INIT, IQN), 0);
+    let t = s.tsih.to_string();
+    admin_ok(&d, &["logout-session", &t, "1"]);
+    assert_eq!(async_event(&mut s).0, 1);
+    // AsyncEvent 3 (all connections dropped) then the close.
+    assert_eq!(async_event(&mut s).0, 3);
+    assert!(closed_within(&mut s, GONE));
+    assert!(admin_err(&d, &["logout-session", "999"]).contains("no session"));
+}
+
 #[test]
 fn groups_and_portals_change_live() {
     let d = daemon();
@@ -687,6 +752,8 @@ fn admin_help_lists_every_command_exercised_here() {
         "targets",
         "sessions",
         "drop-session",
+        "drop-connection",
+        "logout-session",
         "add-target",
         "remove-target",
         "add-group",

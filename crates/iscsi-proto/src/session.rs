@@ -26,7 +26,7 @@ use std::time::Instant;
 
 use iscsi_wire::frame::RawPdu;
 use iscsi_wire::header::*;
-use iscsi_wire::{ahs, text, LogoutReason, LogoutResponseCode, Opcode, RejectReason};
+use iscsi_wire::{ahs, text, AsyncEvent, LogoutReason, LogoutResponseCode, Opcode, RejectReason};
 use iscsi_wire::{TmfFunction, TmfResponse, RESERVED_TAG};
 
 use crate::budget::{BudgetAccount, Grant, SharedBuf, Waker};
@@ -440,6 +440,62 @@ impl SessionHandle {
         self.outside(|c| c.close_all(reason));
     }
 
+    /// Ask the initiator to log out (RFC 7143 §11.9.1, AsyncEvent 1), on every open connection
+    /// (the request goes on the connection to be logged out): it must do so within `within`
+    /// seconds. Returns how many connections were asked.
+    pub fn request_logout(&self, within: u16) -> usize {
+        self.outside(|c| {
+            let mut n = 0;
+            for cid in c.open_cids() {
+                c.on(cid, |l| {
+                    l.send_async(AsyncEvent::LOGOUT_REQUEST, 0, 0, within)
+                });
+                n += 1;
+            }
+            n
+        })
+    }
+
+    /// Drop connection `cid`, telling it first (AsyncEvent 2 with Time2Wait / Time2Retain):
+    /// at ErrorRecoveryLevel 2 its tasks wait for reassignment, below it they end; the last
+    /// open connection takes the session with it. False if no such connection is open.
+    pub fn drop_connection(&self, cid: u16, now: Instant) -> bool {
+        self.outside(|c| {
+            let open = c.open_cids();
+            if !open.contains(&cid) {
+                return false;
+            }
+            let (w, r) = (c.params.default_time2wait, c.params.default_time2retain);
+            c.on(cid, |l| {
+                l.send_async(AsyncEvent::DROP_CONNECTION, cid, w as u16, r as u16)
+            });
+            if c.erl() >= 2 {
+                c.on(cid, |l| l.fail_link(now, "dropped by the target"));
+            } else if open.len() == 1 {
+                c.close_all("dropped by the target");
+            } else {
+                c.on(cid, |l| {
+                    l.end_link_tasks();
+                    l.close("dropped by the target");
+                });
+            }
+            true
+        })
+    }
+
+    /// End the session, telling every open connection first (AsyncEvent 3).
+    pub fn drop_all(&self, reason: &'static str) {
+        self.outside(|c| {
+            let (w, r) = (c.params.default_time2wait, c.params.default_time2retain);
+            for cid in c.open_cids() {
+                c.on(cid, |l| {
+                    l.send_async(AsyncEvent::DROP_ALL_CONNECTIONS, 0, w as u16, r as u16)
+                });
+            }
+            c.close_all(reason);
+        });
+    }
+
     /// Time2Retain of failed connections' tasks that is up: those tasks end (ErrorRecoveryLevel
     /// 2, see [`crate::Connection::connection_lost`]).
     pub fn expire(&self, now: Instant) {
@@ -465,18 +521,7 @@ impl SessionHandle {
 
     /// Connections of the session that are still open.
     pub fn connections(&self) -> Vec<u16> {
-        let g = self.lock();
-        let mut v: Vec<u16> = g
-            .parked
-            .iter()
-            .filter(|(_, l)| !l.closed)
-            .map(|(c, _)| *c)
-            .collect();
-        if !g.link.closed {
-            v.push(g.cur);
-        }
-        v.sort_unstable();
-        v
+        self.lock().open_cids()
     }
 }
 
@@ -540,6 +585,40 @@ impl SessionCore {
             retain: HashMap::new(),
             ended: false,
         }
+    }
+
+    /// CIDs of the open connections.
+    fn open_cids(&self) -> Vec<u16> {
+        let mut v: Vec<u16> = self
+            .parked
+            .iter()
+            .filter(|(_, l)| !l.closed)
+            .map(|(c, _)| *c)
+            .collect();
+        if !self.link.closed {
+            v.push(self.cur);
+        }
+        v.sort_unstable();
+        v
+    }
+
+    /// Queue an Asynchronous Message (RFC 7143 §11.9) on the current link; it takes a StatSN.
+    fn send_async(&mut self, event: AsyncEvent, p1: u16, p2: u16, p3: u16) {
+        let h = Header::AsyncMessage(AsyncMessage {
+            lun: 0,
+            stat_sn: self.link.stat_sn,
+            exp_cmd_sn: self.exp_cmd_sn,
+            max_cmd_sn: self.max_cmd_sn,
+            event,
+            vcode: 0,
+            param1: p1,
+            param2: p2,
+            param3: p3,
+        });
+        if !self.link.closed {
+            self.link.stat_sn = self.link.stat_sn.wrapping_add(1);
+        }
+        self.push(h, Payload::Empty);
     }
 
     /// Make `cid` the current link.
