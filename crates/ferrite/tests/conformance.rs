@@ -1,5 +1,6 @@
 //! libiscsi's conformance suite (iscsi-test-cu, every test of family ALL) against a file LUN,
-//! scored by `shared/tools/conformance` and held to two committed files at the repository root:
+//! run and scored by the repository (`common::conformance`) and held to two committed files at
+//! the repository root:
 //!
 //! - `conformance/known-failures.txt`: one `Suite.Test  reason` per line (`#` comments). A failure
 //!   not on the list fails this test; a listed test that now passes is reported so the list can
@@ -16,9 +17,8 @@
 //! so in this run the SANITIZE of `Sanitize.Reset` could only meet RESERVATION CONFLICT (SPC-2
 //! §5.5.1). `conformance_kinds.rs` runs it on a LUN of its own (kind `sanitize-reset`).
 //!
-//! Environment: `FERRITE_SHARED_DIR` overrides where `shared/` is (default: beside the repo);
-//! `FERRITE_CONFORMANCE_TESTS` passes a test regex (`--tests`) for a partial run, which skips the
-//! floor check. The suite's own log, the JSON and the daemon log stay in
+//! Environment: `FERRITE_CONFORMANCE_TESTS` passes iscsi-test-cu `-t` patterns for a partial
+//! run, which skips the floor check. The suite's own log and the daemon log stay in
 //! `target/tmp/conformance/` for reading afterwards.
 
 mod common;
@@ -28,8 +28,8 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::conformance::{read_list, repo_root, shared_dir, verdicts};
-use common::{require_tool, run, Daemon, Opts};
+use common::conformance::{read_list, repo_root, run_suite};
+use common::{require_tool, Daemon, Opts};
 
 /// iscsi-test-cu `-t` patterns (fnmatch, comma separated) for family ALL without
 /// `Sanitize.Reset` (see above).
@@ -44,13 +44,6 @@ struct Verdict {
 #[test]
 fn libiscsi_conformance() {
     require_tool("iscsi-test-cu");
-    require_tool("python3");
-    let script = shared_dir().join("tools/conformance");
-    assert!(
-        script.is_file(),
-        "conformance script not found at {} (shared/ belongs beside the repository; or set FERRITE_SHARED_DIR)",
-        script.display()
-    );
     let known = read_list(&repo_root().join("conformance/known-failures.txt"));
     let floor_path = repo_root().join("conformance/min-passed.txt");
     let floor: usize = fs::read_to_string(&floor_path)
@@ -64,9 +57,7 @@ fn libiscsi_conformance() {
 
     let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("conformance");
     fs::create_dir_all(&out_dir).unwrap();
-    let json = out_dir.join("results.json");
     let suite_log = out_dir.join("iscsi-test-cu.log");
-    let _ = fs::remove_file(&json);
 
     let d = Daemon::start(Opts {
         luns: vec!["file:{dir}/lun0.img:128M".into()],
@@ -75,42 +66,20 @@ fn libiscsi_conformance() {
         ..Opts::default()
     });
     let (url, url2) = (d.url(0), d.url2(0));
-    let script_s = script.display().to_string();
-    let (json_s, log_s) = (json.display().to_string(), suite_log.display().to_string());
-    let mut args = vec![
-        script_s.as_str(),
-        "--json",
-        &json_s,
-        "--log",
-        &log_s,
-        "--timeout",
-        "1800",
-    ];
-    args.extend([
-        "--tests",
-        filter.as_deref().unwrap_or(ALL_BUT_SANITIZE_RESET),
-    ]);
-    args.extend([url.as_str(), url2.as_str()]);
     let t0 = Instant::now();
-    let out = run("python3", &args, Duration::from_secs(2100));
+    let tests = filter.as_deref().unwrap_or(ALL_BUT_SANITIZE_RESET);
+    let scored = run_suite(tests, &[&url, &url2], Duration::from_secs(1800), &suite_log);
     let took = t0.elapsed();
     let _ = fs::copy(d.log_path(), out_dir.join("ferrite.log"));
-    // The script exits 1 when any test failed; that is judged below against the known list.
-    assert!(
-        matches!(out.status.code(), Some(0 | 1)),
-        "conformance script broke: {}",
-        out.describe()
-    );
-    assert!(
-        json.is_file(),
-        "no {} written: {}",
-        json.display(),
-        out.describe()
-    );
-
     let mut results: BTreeMap<String, Verdict> = BTreeMap::new();
-    for (status, name, why) in verdicts(&json) {
-        results.insert(name, Verdict { status, why });
+    for v in scored {
+        results.insert(
+            v.name,
+            Verdict {
+                status: v.status.to_string(),
+                why: v.why,
+            },
+        );
     }
     let count = |s: &str| results.values().filter(|v| v.status == s).count();
     let (passed, failed, skipped) = (count("passed"), count("failed"), count("skipped"));
@@ -180,8 +149,7 @@ fn libiscsi_conformance() {
 
     assert!(
         !results.is_empty(),
-        "the suite ran no test: {}\n(log: {})",
-        out.describe(),
+        "the suite ran no test (log: {})",
         suite_log.display()
     );
     assert!(
@@ -198,4 +166,41 @@ fn libiscsi_conformance() {
             "only {passed} conformance tests passed; conformance/min-passed.txt requires {floor}"
         );
     }
+}
+
+#[test]
+fn the_scorer_reads_cunit_verdicts_and_skips() {
+    let log = "\
+Suite: Sanitize
+  Test: Reservations ...    [SKIPPED] not implemented.
+passed    [FAILED] PRIN command: failed with sense. RESERVATION CONFLICT
+  Test: BlockErase ...    This is a HDD device
+passed
+  Test: Residuals ...passed    [FAILED] teardown noise
+Suite: iSCSIdatasn
+  Test: Invalid ...    [FAILED] WRITE10 failed
+    [FAILED] WRITE10 failed again
+FAILED
+    1. test_x.c:12  - CU_ASSERT_EQUAL(ret,0)
+  Test: SkipThenFail ...    [SKIPPED] maybe
+    [FAILED] but then this
+passed
+  Test: Crashed ...
+";
+    let v = common::conformance::classify(log);
+    let got: Vec<(&str, &str)> = v.iter().map(|v| (v.name.as_str(), v.status)).collect();
+    assert_eq!(
+        got,
+        [
+            ("Sanitize.Reservations", "skipped"),
+            ("Sanitize.BlockErase", "passed"),
+            ("Sanitize.Residuals", "passed"),
+            ("iSCSIdatasn.Invalid", "failed"),
+            ("iSCSIdatasn.SkipThenFail", "passed"),
+            ("iSCSIdatasn.Crashed", "failed"),
+        ]
+    );
+    assert_eq!(v[0].why, "[SKIPPED] not implemented.");
+    assert_eq!(v[3].why, "[FAILED] WRITE10 failed again");
+    assert_eq!(v[5].why, "no verdict (crash or hang?)");
 }

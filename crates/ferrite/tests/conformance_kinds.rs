@@ -20,8 +20,8 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::conformance::{read_list, repo_root, shared_dir, verdicts};
-use common::{require_tool, run, Daemon, Opts};
+use common::conformance::{read_list, repo_root, run_suite};
+use common::{require_tool, Daemon, Opts};
 
 struct Kind {
     name: &'static str,
@@ -73,14 +73,12 @@ struct Outcome {
     unexpected: Vec<String>,
 }
 
-fn run_kind(script: &Path, kind: &Kind, known: &BTreeMap<String, String>) -> Outcome {
+fn run_kind(kind: &Kind, known: &BTreeMap<String, String>) -> Outcome {
     let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join("conformance-kinds")
         .join(kind.name);
     fs::create_dir_all(&out_dir).unwrap();
-    let json = out_dir.join("results.json");
     let suite_log = out_dir.join("iscsi-test-cu.log");
-    let _ = fs::remove_file(&json);
     let config = format!(
         "[settings]\nnop_interval_secs = 0\n\n[[target]]\nname = \"{}\"\n\n\
          [[target.portal_group]]\ntag = 1\nportals = [\"127.0.0.1:{{port}}\", \"{}:{{port2}}\"]\n\n\
@@ -95,44 +93,23 @@ fn run_kind(script: &Path, kind: &Kind, known: &BTreeMap<String, String>) -> Out
         ..Opts::default()
     });
     let (url, url2) = (d.url(0), d.url2(0));
-    let (script_s, json_s, log_s) = (
-        script.display().to_string(),
-        json.display().to_string(),
-        suite_log.display().to_string(),
-    );
     let t0 = Instant::now();
-    let out = run(
-        "python3",
-        &[
-            &script_s,
-            "--json",
-            &json_s,
-            "--log",
-            &log_s,
-            "--timeout",
-            "900",
-            "--tests",
-            kind.tests,
-            &url,
-            &url2,
-        ],
-        Duration::from_secs(1000),
+    let scored = run_suite(
+        kind.tests,
+        &[&url, &url2],
+        Duration::from_secs(900),
+        &suite_log,
     );
     let _ = fs::copy(d.log_path(), out_dir.join("ferrite.log"));
-    assert!(
-        matches!(out.status.code(), Some(0 | 1)) && json.is_file(),
-        "{}: conformance script broke: {}",
-        kind.name,
-        out.describe()
-    );
     let mut o = Outcome {
         passed: 0,
         failed: 0,
         skipped: 0,
         unexpected: Vec::new(),
     };
-    for (status, name, why) in verdicts(&json) {
-        match status.as_str() {
+    for v in scored {
+        let (name, why) = (v.name, v.why);
+        match v.status {
             "passed" => o.passed += 1,
             "skipped" => o.skipped += 1,
             _ => {
@@ -158,13 +135,6 @@ fn run_kind(script: &Path, kind: &Kind, known: &BTreeMap<String, String>) -> Out
 #[test]
 fn libiscsi_conformance_per_lun_kind() {
     require_tool("iscsi-test-cu");
-    require_tool("python3");
-    let script = shared_dir().join("tools/conformance");
-    assert!(
-        script.is_file(),
-        "conformance script not found at {} (or set FERRITE_SHARED_DIR)",
-        script.display()
-    );
     let known = read_list(&repo_root().join("conformance/known-failures.txt"));
     let floors = read_list(&repo_root().join("conformance/kinds-min-passed.txt"));
     let only: Option<Vec<String>> = std::env::var("FERRITE_CONFORMANCE_KINDS")
@@ -180,7 +150,7 @@ fn libiscsi_conformance_per_lun_kind() {
         {
             continue;
         }
-        let o = run_kind(&script, kind, &known);
+        let o = run_kind(kind, &known);
         for u in &o.unexpected {
             problems.push(format!(
                 "{}: FAILED, not in known-failures.txt: {u}",
