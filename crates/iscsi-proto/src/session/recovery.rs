@@ -28,6 +28,11 @@ use super::*;
 pub(super) const MAX_UNACKED: usize = 1024;
 /// Payload bytes of those responses (NOP-In echoes can carry up to MaxRecvDataSegmentLength).
 pub(super) const MAX_UNACKED_BYTES: usize = 1 << 20;
+/// PDUs the connection may have queued and still take a SNACK: its retransmissions stay
+/// behind what the peer reads (a burst of SNACKs in one read buffer must not queue gigabytes
+/// of copies); past it a SNACK gets a SNACK Reject, and may be sent again later.
+const MAX_QUEUED_FOR_SNACK: usize = 256;
+
 /// Recovery R2Ts (or lost unsolicited bursts) one task may go through before it is ended with
 /// PROTOCOL SERVICE CRC ERROR: a peer whose every Data-Out is bad must not keep a task forever.
 const MAX_RECOVERIES: u8 = 16;
@@ -250,6 +255,10 @@ impl SessionCore {
     pub(super) fn handle_snack(&mut self, pdu: &RawPdu, s: SnackRequest) {
         if self.erl() == 0 {
             self.reject(&pdu.bhs, RejectReason::PROTOCOL_ERROR);
+            return;
+        }
+        if s.snack_type != SNACK_DATA_ACK && self.link.out.len() >= MAX_QUEUED_FOR_SNACK {
+            self.reject(&pdu.bhs, RejectReason::SNACK_REJECT);
             return;
         }
         match s.snack_type {

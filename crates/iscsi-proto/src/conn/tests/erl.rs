@@ -592,3 +592,30 @@ fn a_logout_for_recovery_from_another_connection_keeps_its_tasks() {
     assert_eq!(tmf_response(&out[0]), Some(TmfResponse::COMPLETE));
     assert_eq!(out.len(), 3);
 }
+
+#[test]
+fn snacks_wait_for_their_copies_to_go_out() {
+    let mut h = erl1(&[("MaxRecvDataSegmentLength", "512")]);
+    h.cmd(0x60, 0x28, true, false, 65536, true, &[]);
+    let t = h.executed();
+    h.c.complete_task(
+        t.id,
+        TaskOutcome {
+            data_in: vec![9; 65536],
+            ..Default::default()
+        },
+    );
+    outputs(&mut h.c);
+    // One SNACK asking for all 128 Data-In again, then more before anything is sent: the
+    // queue stops taking SNACKs once it holds 256 PDUs.
+    for _ in 0..4 {
+        snack(&mut h, 0, 0x60, RESERVED_TAG, 0, 0, 51);
+    }
+    let out = outputs(&mut h.c);
+    assert_eq!(out.len(), 256 + 2, "two SNACKs served, two refused");
+    let refused: Vec<_> = out.iter().filter_map(reject_reason).collect();
+    assert_eq!(refused, vec![RejectReason::SNACK_REJECT; 2]);
+    // Once they are out, SNACKs are served again.
+    snack(&mut h, 0, 0x60, RESERVED_TAG, 127, 1, 51);
+    assert_eq!(outputs(&mut h.c).len(), 1);
+}
