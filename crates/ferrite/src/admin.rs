@@ -50,11 +50,20 @@ pub fn write_atomic(path: &Path, text: &[u8]) -> std::io::Result<()> {
 /// Serve the admin socket until the daemon shuts down.
 pub async fn serve(daemon: Arc<Daemon>, path: PathBuf) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).ok();
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
     }
-    // A socket file nobody answers on is left over from a previous run.
-    if path.exists() && UnixStream::connect(&path).await.is_err() {
-        std::fs::remove_file(&path).ok();
+    if path.exists() {
+        match UnixStream::connect(&path).await {
+            Ok(_) => anyhow::bail!("another daemon answers on {} already", path.display()),
+            // A socket file nobody answers on is left over from a previous run.
+            Err(_) => std::fs::remove_file(&path).map_err(|e| {
+                anyhow::anyhow!(
+                    "{} is left over from an earlier run and cannot be removed: {e}",
+                    path.display()
+                )
+            })?,
+        }
     }
     let listener = UnixListener::bind(&path)?;
     // Only the owner (root for a system daemon) may reconfigure the target.
@@ -475,10 +484,35 @@ COMMANDS:
     export                                    print the configuration (TOML)
     save [PATH]                               write it atomically (default: the --config file)
 
-The socket defaults to /run/ferrite/admin.sock (settings.admin_socket / --admin-socket).
+The socket defaults to /run/ferrite/admin.sock for root and $XDG_RUNTIME_DIR/ferrite/admin.sock
+for other users (settings.admin_socket / serve --admin-socket).
 ";
 
 pub const DEFAULT_SOCKET: &str = "/run/ferrite/admin.sock";
+
+/// The admin socket when none is configured: [`DEFAULT_SOCKET`] for root (or systemd's
+/// `$RUNTIME_DIRECTORY`), else the user's runtime directory (`$XDG_RUNTIME_DIR/ferrite`), where
+/// a daemon run by hand can create it.
+pub fn default_socket() -> PathBuf {
+    let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    if let Some(d) = env("RUNTIME_DIRECTORY") {
+        let first = d
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        if !first.is_empty() {
+            return PathBuf::from(first).join("admin.sock");
+        }
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    match env("XDG_RUNTIME_DIR") {
+        Some(d) if !root => PathBuf::from(d).join("ferrite/admin.sock"),
+        _ => PathBuf::from(DEFAULT_SOCKET),
+    }
+}
 
 fn yes(v: &str) -> anyhow::Result<bool> {
     match v {

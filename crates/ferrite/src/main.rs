@@ -31,7 +31,8 @@ OPTIONS:
     --lun SPEC          ram:SIZE | file:PATH[:SIZE] | block:PATH (repeatable; LUN 0, 1, ...)
     --block-size N      logical block size of --lun LUNs: 512 (default) or 4096
     --admin-socket PATH admin API socket (default: settings.admin_socket, else
-                        /run/ferrite/admin.sock; 'none' disables it)
+                        /run/ferrite/admin.sock as root, $XDG_RUNTIME_DIR/ferrite/admin.sock
+                        otherwise; 'none' disables it)
     --state-dir DIR     where APTPL persistent reservations are kept (default:
                         settings.state_dir, $STATE_DIRECTORY, $XDG_STATE_HOME/ferrite,
                         ~/.local/state/ferrite, ./ferrite-state)
@@ -138,7 +139,7 @@ fn build_config(a: &Args) -> Result<Config, String> {
 
 /// `ferrite admin ...`: one request to the running daemon.
 fn admin_main(mut args: Vec<String>) -> ExitCode {
-    let mut socket = PathBuf::from(admin::DEFAULT_SOCKET);
+    let mut socket = admin::default_socket();
     let mut as_json = false;
     loop {
         match args.first().map(String::as_str) {
@@ -265,7 +266,7 @@ fn main() -> ExitCode {
             (Some(s), _) if s == "none" => (None, true),
             (Some(s), _) => (Some(PathBuf::from(s)), true),
             (None, Some(p)) => (Some(p.clone()), true),
-            (None, None) => (Some(PathBuf::from(admin::DEFAULT_SOCKET)), false),
+            (None, None) => (Some(admin::default_socket()), false),
         };
         if let Some(path) = socket {
             let d3 = daemon.clone();

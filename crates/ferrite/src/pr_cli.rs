@@ -5,8 +5,9 @@
 //! `$STATE_DIRECTORY` (systemd's `StateDirectory=ferrite` gives `/var/lib/ferrite`);
 //! `$XDG_STATE_HOME/ferrite`; `$HOME/.local/state/ferrite`; `./ferrite-state`. One file per
 //! logical unit, `<target>_lun<N>.pr` (format in `scsi_core::FilePrStore`). RAM logical units
-//! get a file only when the directory is set explicitly (their data does not survive a
-//! restart either); without one they report PTPL_C = 0 and refuse APTPL = 1.
+//! keep theirs there too, so APTPL works on the zero-config demo (the Linux kernel's
+//! `IOC_PR_REGISTER` always asks for it); their sanitize/format journal (`.medium`) only with a
+//! directory set explicitly, as their data does not survive a restart.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -73,17 +74,16 @@ pub fn file_name(target: &str, lun: u64) -> String {
 }
 
 /// Where a LUN keeps its state file with extension `ext` (`<target>_lun<N>.<ext>` in the state
-/// directory), or `None` for a RAM LUN without a configured state directory: its data does not
-/// survive a restart, so neither does its state.
+/// directory), or `None` when `only_explicit` and no state directory was configured.
 fn lun_state_file(
     configured: Option<&Path>,
     target: &str,
     lun: u64,
-    ram: bool,
+    only_explicit: bool,
     ext: &str,
 ) -> Option<PathBuf> {
     let (dir, explicit) = state_dir(configured);
-    if ram && !explicit {
+    if only_explicit && !explicit {
         return None;
     }
     let name = file_name(target, lun);
@@ -98,9 +98,10 @@ pub fn attach(
     configured: Option<&Path>,
     target: &str,
     lun: u64,
-    ram: bool,
+    _ram: bool,
 ) -> anyhow::Result<()> {
-    let Some(path) = lun_state_file(configured, target, lun, ram, "pr") else {
+    // Every LU, RAM ones too: APTPL promises the registrations survive a restart.
+    let Some(path) = lun_state_file(configured, target, lun, false, "pr") else {
         return Ok(());
     };
     lu.set_pr_store(Arc::new(FilePrStore::new(path)))

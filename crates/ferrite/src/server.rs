@@ -290,6 +290,9 @@ impl Daemon {
 /// Serve until [`Daemon::shutdown`] is called.
 pub async fn serve(daemon: Arc<Daemon>) -> anyhow::Result<()> {
     daemon.sync_listeners().await?;
+    for line in connect_hints(&daemon.runtime()) {
+        info!("{line}");
+    }
     let mut shutdown = daemon.shutdown_rx();
     while !*shutdown.borrow() {
         if shutdown.changed().await.is_err() {
@@ -305,6 +308,29 @@ pub async fn serve(daemon: Arc<Daemon>) -> anyhow::Result<()> {
         t.abort();
     }
     Ok(())
+}
+
+/// How an initiator reaches each enabled portal group: an open-iscsi discovery and login, and
+/// the libiscsi URL of its first LUN.
+fn connect_hints(rt: &Runtime) -> Vec<String> {
+    let mut v = Vec::new();
+    for t in &rt.targets {
+        for g in t.groups.iter().filter(|g| g.enabled) {
+            let Some(p) = g.portals.first() else {
+                continue;
+            };
+            let lun = t.lus.keys().next().copied().unwrap_or(0);
+            v.push(format!(
+                "connect: iscsiadm -m discovery -t sendtargets -p {p} && iscsiadm -m node -T {} -p {p} --login",
+                t.name
+            ));
+            v.push(format!(
+                "connect: iscsi://{p}/{}/{lun} (libiscsi, QEMU)",
+                t.name
+            ));
+        }
+    }
+    v
 }
 
 impl Daemon {

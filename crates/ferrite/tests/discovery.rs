@@ -12,6 +12,20 @@ const LIMIT: Duration = Duration::from_secs(60);
 #[test]
 fn iscsi_ls_lists_target_and_lun() {
     let d = Daemon::start(Opts::default());
+    // At start the daemon says how to connect.
+    let log = d.log_text();
+    let portal = d.portal();
+    assert!(
+        log.contains(&format!(
+            "connect: iscsiadm -m discovery -t sendtargets -p {portal} && iscsiadm -m node -T {} -p {portal} --login",
+            common::IQN
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("connect: iscsi://{portal}/{}/0", common::IQN)),
+        "{log}"
+    );
     let out = run(
         "iscsi-ls",
         &["-s", &format!("iscsi://{}", d.portal())],

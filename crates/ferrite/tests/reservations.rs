@@ -349,3 +349,31 @@ fn operator_sees_and_clears_reservations_live() {
     assert_eq!(sense_code(&sense), Some((0x06, 0x2A, 0x03)));
     assert_eq!(read_keys(&mut a).1, Vec::<u64>::new());
 }
+
+/// The Linux kernel's `IOC_PR_REGISTER` always sets APTPL: on a RAM LUN with no state
+/// directory configured (the zero-config demo) the registration is kept in the default state
+/// directory and is there after a restart.
+#[test]
+fn a_ram_lun_keeps_aptpl_registrations_in_the_default_state_directory() {
+    let cfg = format!(
+        "[[target]]\nname = \"{IQN}\"\n[[target.portal_group]]\ntag = 1\n\
+         portals = [\"127.0.0.1:{{port}}\"]\n[[target.lun]]\nid = 0\nbackstore = \"ram:16M\"\n"
+    );
+    let mut d = Daemon::start(Opts {
+        config: Some(cfg),
+        ..Opts::default()
+    });
+    let mut s = login(&d, "iqn.2026-11.io.ferrite:pr-ram", 1);
+    // REGISTER with APTPL (PERSISTENT RESERVE OUT byte 20 bit 0).
+    prout_ok(&mut s, 0x00, 0, 0, 0xabc, 0x01);
+    assert_eq!(read_keys(&mut s).1, vec![0xabc]);
+    drop(s);
+    let path = d.config_path();
+    d.restart(&path);
+    let mut s = login(&d, "iqn.2026-11.io.ferrite:pr-ram", 1);
+    assert_eq!(
+        read_keys(&mut s).1,
+        vec![0xabc],
+        "APTPL kept it over the restart"
+    );
+}
