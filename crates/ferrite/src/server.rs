@@ -759,6 +759,15 @@ fn run_task(
     }
 }
 
+/// A task's place in its logical unit's task set, as the session engine holds it.
+struct LuTask(scsi_core::TaskEntry);
+
+impl iscsi_proto::TaskSetEntry for LuTask {
+    fn blocked(&self) -> bool {
+        self.0.blocked()
+    }
+}
+
 fn task_attr(a: u8) -> TaskAttr {
     match a {
         0 => TaskAttr::Untagged,
@@ -1283,9 +1292,22 @@ async fn login_complete(
     att.nexus = Some(nexus);
     att.kill = Some(kill_rx);
     conn.accept_login(r, tsih);
-    let filter_view = view;
+    let filter_view = view.clone();
     conn.set_lun_filter(move |field| {
         scsi_core::lun_from_wire(field).is_some_and(|l| filter_view.lu(l).is_some())
+    });
+    // SAM-5 §8.6: the session's tasks enter their logical unit's one task set, beside every
+    // other I_T nexus's; when a task leaves it, the sessions with tasks there look again at
+    // their dormant ones (the budget waker moves the session on).
+    let room = att.budget_room.clone();
+    let owner = Arc::as_ptr(&room) as u64;
+    let waker: scsi_core::TaskWaker = Arc::new(move || room.notify_one());
+    conn.set_task_sets(move |field, attr| {
+        let lu = scsi_core::lun_from_wire(field).and_then(|l| view.lu(l))?;
+        let entry = lu
+            .task_set()
+            .enter(task_attr(attr), owner, Some(waker.clone()));
+        Some(Box::new(LuTask(entry)) as Box<dyn iscsi_proto::TaskSetEntry>)
     });
     // Other I_T nexuses reach the session's tasks through its engine.
     if let Some(e) = daemon

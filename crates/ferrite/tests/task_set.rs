@@ -195,3 +195,122 @@ fn a_read_behind_an_ordered_write_sees_the_new_data() {
     }
     assert_eq!(got, vec![0x3c; LEN]);
 }
+
+/// READ(10) of the 64 KiB at `lba` with task attribute `attr` (1 SIMPLE, 2 ORDERED, 3 HEAD OF
+/// QUEUE), sent without waiting; its ITT.
+fn send_read(s: &mut Session, lba: u32, attr: u8) -> u32 {
+    let mut cdb = [0u8; 10];
+    cdb[0] = 0x28;
+    cdb[2..6].copy_from_slice(&lba.to_be_bytes());
+    cdb[7..9].copy_from_slice(&((LEN / BLOCK) as u16).to_be_bytes());
+    let (mut b, itt) = s.scsi_cmd_bhs(&cdb, true, false, LEN as u32);
+    b[1] = (b[1] & !0x07) | attr;
+    s.send(&b, &[]).unwrap();
+    itt
+}
+
+/// The data and status of read `itt` (the connection carries nothing else meanwhile), or
+/// `None` if nothing arrives within `wait`.
+fn read_result(s: &mut Session, itt: u32, wait: Duration) -> Option<Vec<u8>> {
+    s.stream.set_read_timeout(Some(wait)).unwrap();
+    let mut got = Vec::new();
+    loop {
+        let p = match s.recv() {
+            Ok(p) => p,
+            Err(_) if got.is_empty() => {
+                s.stream
+                    .set_read_timeout(Some(Duration::from_secs(30)))
+                    .unwrap();
+                return None;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        s.stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        assert_eq!(p.itt(), itt);
+        match p.opcode() {
+            0x25 => {
+                got.extend_from_slice(&p.data);
+                if p.bhs[1] & 0x01 != 0 {
+                    assert_eq!(p.bhs[3], 0);
+                    return Some(got);
+                }
+            }
+            OP_SCSI_RSP => {
+                assert_eq!(p.bhs[3], 0, "GOOD");
+                return Some(got);
+            }
+            op => panic!("unexpected opcode {op:#04x}"),
+        }
+    }
+}
+
+/// Session A's write (SIMPLE or ORDERED) waits for its data at its R2T; session B's read of the
+/// same blocks with attribute `attr` is sent. Whether B's read must wait for A's write, SAM-5
+/// §8.6 decides across I_T nexuses too: the logical unit has one task set.
+fn read_behind_other_sessions_write(write_attr: u8, read_attr: u8) -> (bool, Vec<u8>) {
+    let d = Daemon::start(Opts::default());
+    let mut a = login(&d, "iqn.2026-11.io.ferrite:node-a");
+    let mut b = login(&d, "iqn.2026-11.io.ferrite:node-b");
+    let lba = 900u32;
+    let mut cdb = [0u8; 10];
+    cdb[0] = 0x2a;
+    cdb[2..6].copy_from_slice(&lba.to_be_bytes());
+    cdb[7..9].copy_from_slice(&((LEN / BLOCK) as u16).to_be_bytes());
+    let (mut w, write_itt) = a.scsi_cmd_bhs(&cdb, false, true, LEN as u32);
+    w[1] = (w[1] & !0x07) | write_attr;
+    a.send(&w, &[]).unwrap();
+    let r2t = R2t::of(&a.recv().unwrap());
+    assert_eq!(r2t.itt, write_itt);
+    let read_itt = send_read(&mut b, lba, read_attr);
+    let early = read_result(&mut b, read_itt, Duration::from_millis(300));
+    let waited = early.is_none();
+    a.answer_r2t(&r2t, &[0x5a; LEN], false).unwrap();
+    let rsp = a.recv().unwrap();
+    assert_eq!(
+        (rsp.opcode(), rsp.itt(), rsp.bhs[3]),
+        (OP_SCSI_RSP, write_itt, 0)
+    );
+    let data = match early {
+        Some(d) => d,
+        None => read_result(&mut b, read_itt, Duration::from_secs(10)).expect("the read ran"),
+    };
+    (waited, data)
+}
+
+#[test]
+fn another_sessions_ordered_write_holds_back_a_simple_read() {
+    let (waited, data) = read_behind_other_sessions_write(2, 1);
+    assert!(
+        waited,
+        "the read ran before the older ORDERED write completed"
+    );
+    assert_eq!(data, vec![0x5a; LEN], "and it sees the write's data");
+}
+
+#[test]
+fn an_ordered_read_waits_for_another_sessions_simple_write() {
+    let (waited, data) = read_behind_other_sessions_write(1, 2);
+    assert!(
+        waited,
+        "the ORDERED read ran before an older task completed"
+    );
+    assert_eq!(data, vec![0x5a; LEN]);
+}
+
+#[test]
+fn simple_and_head_of_queue_reads_do_not_wait_for_another_sessions_simple_write() {
+    let (waited, data) = read_behind_other_sessions_write(1, 1);
+    assert!(!waited, "SIMPLE tasks of two sessions run side by side");
+    assert_eq!(
+        data,
+        vec![0u8; LEN],
+        "the read ran before the write's data came"
+    );
+    let (waited, _) = read_behind_other_sessions_write(2, 3);
+    assert!(
+        !waited,
+        "HEAD OF QUEUE runs at once, even behind an ORDERED task"
+    );
+}

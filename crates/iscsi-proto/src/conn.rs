@@ -509,6 +509,17 @@ impl Connection {
         self.full(|c| c.set_lun_filter(Box::new(f)));
     }
 
+    /// Give the session the logical units' task sets (SAM-5 §8.6): `f` enters a delivered task,
+    /// by its LUN field and task attribute, into the task set of the logical unit it reaches,
+    /// shared with every other I_T nexus. A task whose entry is blocked stays dormant; the
+    /// driver calls [`Connection::budget_ready`] when a task set may have let one go.
+    pub fn set_task_sets(
+        &mut self,
+        f: impl Fn(u64, u8) -> Option<Box<dyn crate::session::TaskSetEntry>> + Send + Sync + 'static,
+    ) {
+        self.full(|c| c.set_task_sets(Box::new(f)));
+    }
+
     /// Abort, without any response, every task of the session whose LUN field satisfies `lun`
     /// (see [`SessionHandle::abort_tasks_for`]).
     pub fn abort_tasks_for(&mut self, lun: impl Fn(u64) -> bool) -> AbortedTasks {

@@ -103,7 +103,22 @@ struct Task {
     /// The link (of connection `cid`) it is allegiant to: when that link failed at
     /// ErrorRecoveryLevel 2 the task waits for reassignment (see `retain`).
     link: u64,
+    /// Its place in the logical unit's task set, shared with the other I_T nexuses (from
+    /// delivery until it is done; see `TaskSetEntry`).
+    entry: Option<NoDebug<Box<dyn TaskSetEntry>>>,
 }
+
+/// A task's place in its logical unit's task set (SAM-5 §8.6: one per logical unit, shared by
+/// every I_T nexus), which the driver hands out when a task is delivered
+/// ([`crate::Connection::set_task_sets`]). Dropping it takes the task out of the set.
+pub trait TaskSetEntry: Send {
+    /// Whether the task attributes of the other tasks keep this one dormant for now.
+    fn blocked(&self) -> bool;
+}
+
+/// The driver's task sets: for a task's LUN field and task attribute (RFC 7143 §11.3.1 ATTR),
+/// its entry in the task set of the logical unit it reaches.
+pub type TaskSets = Box<dyn Fn(u64, u8) -> Option<Box<dyn TaskSetEntry>> + Send + Sync>;
 
 /// Task attributes (RFC 7143 §11.3.1 ATTR field, SAM-5 §8.6).
 const ATTR_ORDERED: u8 = 2;
@@ -287,6 +302,9 @@ pub(crate) struct SessionCore {
     abort_waits: Vec<NoDebug<AbortWait>>,
     /// Which LUN fields address a logical unit of this session (set by the driver).
     lun_exists: Option<LunFilter>,
+    /// The logical units' task sets (set by the driver; without them, task attributes order
+    /// this session's tasks only).
+    task_sets: Option<NoDebug<TaskSets>>,
     /// This session's share of the target-wide buffer budget (none: unbounded, for tests).
     budget: Option<BudgetAccount>,
     /// The current link (see the module docs) and the others, by CID.
@@ -574,6 +592,7 @@ impl SessionCore {
             tmfs: Vec::new(),
             abort_waits: Vec::new(),
             lun_exists: None,
+            task_sets: None,
             budget: None,
             cur: cid,
             link,
@@ -735,6 +754,10 @@ impl SessionCore {
 
     pub(crate) fn set_lun_filter(&mut self, f: Box<dyn Fn(u64) -> bool + Send + Sync>) {
         self.lun_exists = Some(LunFilter(f));
+    }
+
+    pub(crate) fn set_task_sets(&mut self, f: TaskSets) {
+        self.task_sets = Some(NoDebug(f));
     }
 
     /// Every link closes (ErrorRecoveryLevel 0: a failed connection is a failed session,
@@ -1078,6 +1101,7 @@ impl SessionCore {
             seq: 0,
             recoveries: 0,
             link: self.link.id,
+            entry: None,
         };
         self.ffp().tasks.insert(c.itt, task);
         true
@@ -1131,6 +1155,9 @@ impl SessionCore {
         if self.session_closed() {
             return;
         }
+        // The same waker says that a task left a logical unit's task set: a dormant task may
+        // run now (and then wait for budget like any other).
+        self.wake_dormant();
         while let Some(&itt) = self.ffp().budget_wait.front() {
             if !self.ffp().tasks.contains_key(&itt) {
                 self.ffp().budget_wait.pop_front();
@@ -1159,7 +1186,10 @@ impl SessionCore {
         let Some(t) = f.tasks.get_mut(&itt) else {
             return;
         };
-        // The task enters the task set (SAM-5 §8.6), in CmdSN order.
+        // The task enters the task set (SAM-5 §8.6), in CmdSN order: the logical unit's,
+        // shared with the other I_T nexuses, when the driver gave us those.
+        let entry = f.task_sets.as_ref().and_then(|ts| (ts.0)(t.lun, t.attr));
+        t.entry = entry.map(NoDebug);
         t.delivered = true;
         t.seq = f.next_seq;
         f.next_seq += 1;
@@ -1176,12 +1206,15 @@ impl SessionCore {
     /// at once; an ORDERED one after every older task and every HEAD OF QUEUE task; a SIMPLE
     /// (or untagged) one after every older ORDERED task and every HEAD OF QUEUE task.
     fn dormant(f: &SessionCore, itt: u32) -> bool {
-        if f.ordered == 0 && f.head_of_queue == 0 {
-            return false;
-        }
         let Some(t) = f.tasks.get(&itt) else {
             return false;
         };
+        if let Some(e) = &t.entry {
+            return e.0.blocked();
+        }
+        if f.ordered == 0 && f.head_of_queue == 0 {
+            return false;
+        }
         if t.attr == ATTR_HEAD_OF_QUEUE {
             return false;
         }
@@ -1216,7 +1249,7 @@ impl SessionCore {
     fn wake_dormant(&mut self) {
         let waiting: Vec<u32> = self.ffp().dormant.values().copied().collect();
         for itt in waiting {
-            if self.link.closed {
+            if self.session_closed() {
                 return;
             }
             self.advance_task(itt);
@@ -1300,6 +1333,14 @@ impl SessionCore {
                 });
                 t.phase = TaskPhase::Executing;
             } else if w.unsolicited_done {
+                if dormant && t.held.granted == 0 && w.r2ts.is_empty() {
+                    // SAM-5 §8.5: a dormant task transfers no data; the R2Ts of one that has
+                    // not started (and the budget they need) wait until it is enabled, so that
+                    // dormant tasks never hold buffer budget a task they wait for needs.
+                    dormant_set.insert(t.seq, itt);
+                    return;
+                }
+                dormant_set.remove(&t.seq);
                 // The whole rest of the buffer is granted before the first R2T (see `budget`),
                 // in delivery order within the session.
                 let need = u64::from(edtl).saturating_sub(t.held.total());
@@ -1489,6 +1530,7 @@ impl SessionCore {
                 // to be reassigned; it no longer holds others back in the task set.
                 self.task_gone(&task);
                 task.delivered = false;
+                task.entry = None; // done at the logical unit: out of its task set
                 task.phase = TaskPhase::Answered(Box::new((outcome, read_grant)));
                 self.tasks.insert(itt, task);
             } else {

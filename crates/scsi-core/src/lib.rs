@@ -55,6 +55,7 @@ mod sbc;
 pub mod sense;
 mod server;
 mod spc;
+mod task_set;
 mod ua;
 mod vpd;
 mod xcopy;
@@ -72,6 +73,7 @@ pub use pr::{
 };
 pub use sense::{Sense, SenseReason};
 pub use server::{DeviceServer, TaskAborter};
+pub use task_set::{TaskEntry, TaskSet, TaskWaker};
 pub use vpd::target_port_name;
 
 /// SAM-5 status codes.

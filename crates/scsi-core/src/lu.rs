@@ -13,6 +13,7 @@ use crate::cdb::Fail;
 use crate::journal::OpJournal;
 use crate::locks::{RangeGuard, RangeLocks};
 use crate::sense::SenseReason;
+use crate::task_set::TaskSet;
 use crate::ua::UnitAttentions;
 use crate::Nexus;
 
@@ -302,6 +303,8 @@ pub struct LogicalUnit {
     journal: Mutex<Option<Arc<dyn OpJournal>>>,
     /// The thread of the last operation started (see [`LogicalUnit::wait_idle`]).
     op_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The one task set of every I_T nexus (SAM-5 §8.6, TST = 000b).
+    tasks: Arc<TaskSet>,
 }
 
 impl fmt::Debug for LogicalUnit {
@@ -367,7 +370,13 @@ impl LogicalUnit {
             copy_results: Mutex::new(HashMap::new()),
             journal: Mutex::new(None),
             op_thread: Mutex::new(None),
+            tasks: Arc::new(TaskSet::new()),
         })
+    }
+
+    /// The logical unit's task set, shared by every I_T nexus (see `task_set`).
+    pub fn task_set(&self) -> &Arc<TaskSet> {
+        &self.tasks
     }
 
     pub fn config(&self) -> &LuConfig {

@@ -1494,4 +1494,35 @@ fn the_data_out_clock_stops_when_no_r2t_is_out() {
     assert_eq!(h.c.poll_timeout(), Some(later + Duration::from_secs(10)));
 }
 
+#[test]
+fn a_dormant_write_gets_no_r2t_until_it_is_enabled() {
+    // SAM-5 §8.5: a dormant task transfers no data.
+    let mut h = Harness::new(&[("InitialR2T", "Yes")]);
+    let w = |h: &mut Harness, itt: u32, attr: u8| {
+        let h2 = Header::ScsiCommand(ScsiCommand {
+            final_bit: true,
+            write: true,
+            attr,
+            itt,
+            expected_len: 4096,
+            cmd_sn: h.cmd_sn,
+            cdb: [0x2a; 16],
+            ..Default::default()
+        });
+        h.cmd_sn += 1;
+        h.c.handle_pdu(h.now, raw(h2, &[]), &Dir);
+    };
+    w(&mut h, 0x70, 2); // ORDERED
+    w(&mut h, 0x71, 1); // SIMPLE, behind it
+    let r2ts = r2ts_of(&outputs(&mut h.c));
+    assert_eq!(r2ts.len(), 1, "only the ORDERED write is asked for data");
+    assert_eq!(r2ts[0].itt, 0x70);
+    answer(&mut h, &r2ts[0]);
+    let t = h.executed();
+    h.c.complete_task(t.id, TaskOutcome::default());
+    let r2ts = r2ts_of(&outputs(&mut h.c));
+    assert_eq!(r2ts.len(), 1);
+    assert_eq!(r2ts[0].itt, 0x71, "then the SIMPLE one");
+}
+
 mod erl;
