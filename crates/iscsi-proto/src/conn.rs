@@ -167,6 +167,8 @@ pub struct Connection {
     closed: bool,
     /// The budget account a new session starts with (see `set_budget`).
     budget: Option<BudgetAccount>,
+    /// The status the login was refused with, if it was (for the driver's statistics).
+    refused: Option<LoginStatus>,
 }
 
 impl Connection {
@@ -199,6 +201,7 @@ impl Connection {
             started: now,
             closed: false,
             budget: None,
+            refused: None,
         }
     }
 
@@ -363,7 +366,10 @@ impl Connection {
                 match step {
                     LoginStep::Continue => {}
                     LoginStep::Complete(r) => self.emit(ConnEvent::LoginComplete(r)),
-                    LoginStep::Failed(_) => self.close("login refused"),
+                    LoginStep::Failed(status) => {
+                        self.refused = Some(status);
+                        self.close("login refused");
+                    }
                 }
             }
             Phase::Full(_) => {
@@ -460,7 +466,18 @@ impl Connection {
         };
         login.refuse(status);
         self.out.extend(login.take_output());
+        self.refused = Some(status);
         self.close("login refused");
+    }
+
+    /// The status the login was refused with (RFC 7143 §11.13.5), if it was.
+    pub fn login_refusal(&self) -> Option<LoginStatus> {
+        self.refused
+    }
+
+    /// Tell `observer` what the session does (task management functions), for statistics.
+    pub fn set_observer(&mut self, observer: std::sync::Arc<dyn crate::session::SessionObserver>) {
+        self.full(|c| c.set_observer(observer));
     }
 
     /// Give the session its share of the target-wide buffer budget (before login completes:

@@ -23,7 +23,7 @@ use iscsi_wire::Header;
 pub use conn::{AbortedTasks, ConnEvent, Connection, ScsiTask, TaskId, TaskOutcome, TmfAction};
 pub use login::{Access, AuthPolicy, Directory, Login, LoginResult, LoginStep, SessionKind};
 pub use params::{Negotiated, TargetOffer};
-pub use session::{SessionHandle, TaskSetEntry, TaskSets};
+pub use session::{SessionHandle, SessionObserver, TaskSetEntry, TaskSets};
 
 /// The data segment of an outgoing PDU. `Shared` lets several Data-In PDUs point into one
 /// buffer the device server filled, without copying it.

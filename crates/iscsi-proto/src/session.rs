@@ -116,6 +116,15 @@ pub trait TaskSetEntry: Send {
     fn blocked(&self) -> bool;
 }
 
+/// What a session reports as it goes, for the driver's statistics (none by default).
+pub trait SessionObserver: Send + Sync {
+    /// A task management function request (RFC 7143 §11.5.1 function code) and the response
+    /// it got (§11.6.1), once answered.
+    fn tmf(&self, function: u8, response: TmfResponse) {
+        let _ = (function, response);
+    }
+}
+
 /// The driver's task sets: for a task's LUN field and task attribute (RFC 7143 §11.3.1 ATTR),
 /// its entry in the task set of the logical unit it reaches.
 pub type TaskSets = Box<dyn Fn(u64, u8) -> Option<Box<dyn TaskSetEntry>> + Send + Sync>;
@@ -153,6 +162,8 @@ enum Queued {
 #[derive(Debug)]
 struct PendingTmf {
     itt: u32,
+    /// Its function code (RFC 7143 §11.5.1).
+    function: u8,
     /// The connection it came on (its response goes there).
     cid: u16,
     response: TmfResponse,
@@ -305,6 +316,7 @@ pub(crate) struct SessionCore {
     /// The logical units' task sets (set by the driver; without them, task attributes order
     /// this session's tasks only).
     task_sets: Option<NoDebug<TaskSets>>,
+    observer: Option<NoDebug<Arc<dyn SessionObserver>>>,
     /// This session's share of the target-wide buffer budget (none: unbounded, for tests).
     budget: Option<BudgetAccount>,
     /// The current link (see the module docs) and the others, by CID.
@@ -593,6 +605,7 @@ impl SessionCore {
             abort_waits: Vec::new(),
             lun_exists: None,
             task_sets: None,
+            observer: None,
             budget: None,
             cur: cid,
             link,
@@ -758,6 +771,10 @@ impl SessionCore {
 
     pub(crate) fn set_task_sets(&mut self, f: TaskSets) {
         self.task_sets = Some(NoDebug(f));
+    }
+
+    pub(crate) fn set_observer(&mut self, o: Arc<dyn SessionObserver>) {
+        self.observer = Some(NoDebug(o));
     }
 
     /// Every link closes (ErrorRecoveryLevel 0: a failed connection is a failed session,
@@ -1831,6 +1848,7 @@ impl SessionCore {
         let cid = self.cur;
         self.ffp().tmfs.push(PendingTmf {
             itt: t.itt,
+            function: t.function,
             cid,
             response,
             waiting,
@@ -1915,6 +1933,7 @@ impl SessionCore {
                 return;
             }
             let t = self.ffp().tmfs.remove(0);
+            self.observe_tmf(&t);
             self.on(cid, |c| {
                 c.send_tmf_response(t.itt, t.response);
                 if let Some((itt, exp_data_sn)) = t.reassign {
@@ -1934,6 +1953,7 @@ impl SessionCore {
             return;
         }
         let t = self.tmfs.remove(0);
+        self.observe_tmf(&t);
         self.on(t.cid, |c| c.send_tmf_response(t.itt, t.response));
         if t.action == Some(TmfAction::TargetColdReset) {
             // RFC 7143 §11.5.1: after a cold reset the target drops all connections.
@@ -1941,6 +1961,12 @@ impl SessionCore {
             return;
         }
         self.flush_tmfs();
+    }
+
+    fn observe_tmf(&self, t: &PendingTmf) {
+        if let Some(o) = &self.observer {
+            o.0.tmf(t.function, t.response);
+        }
     }
 
     fn send_tmf_response(&mut self, itt: u32, r: TmfResponse) {
