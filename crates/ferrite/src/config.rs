@@ -68,6 +68,8 @@ pub struct Settings {
     pub buffer_budget: Option<String>,
     /// Connections per portal that may be logging in at once; more are closed at accept.
     pub max_login_connections: u32,
+    /// Where Prometheus metrics are served (`ADDR:PORT`, path `/metrics`); none: off.
+    pub metrics_listen: Option<String>,
 }
 
 impl Default for Settings {
@@ -96,6 +98,7 @@ impl Default for Settings {
             state_dir: None,
             buffer_budget: None,
             max_login_connections: 256,
+            metrics_listen: None,
         }
     }
 }
@@ -411,6 +414,10 @@ impl Config {
         }
         if !(1..=65535).contains(&s.max_connections) {
             return Err("settings.max_connections must be 1..65535".into());
+        }
+        if let Some(m) = &s.metrics_listen {
+            m.parse::<std::net::SocketAddr>()
+                .map_err(|e| format!("settings.metrics_listen {m:?}: {e}"))?;
         }
         if s.error_recovery_level > 2 {
             return Err("settings.error_recovery_level must be 0, 1 or 2".into());

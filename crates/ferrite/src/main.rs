@@ -2,6 +2,7 @@
 
 mod admin;
 mod config;
+mod metrics;
 mod pr_cli;
 mod runtime;
 mod server;
@@ -36,6 +37,8 @@ OPTIONS:
     --state-dir DIR     where APTPL persistent reservations are kept (default:
                         settings.state_dir, $STATE_DIRECTORY, $XDG_STATE_HOME/ferrite,
                         ~/.local/state/ferrite, ./ferrite-state)
+    --metrics ADDR:PORT serve Prometheus metrics at http://ADDR:PORT/metrics (default:
+                        settings.metrics_listen; off)
     --log FILTER        log filter (default: info; also FERRITE_LOG)
     -h, --help          this text
 ";
@@ -49,6 +52,7 @@ struct Args {
     log: Option<String>,
     admin_socket: Option<String>,
     state_dir: Option<PathBuf>,
+    metrics: Option<String>,
 }
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
@@ -61,6 +65,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
         log: None,
         admin_socket: None,
         state_dir: None,
+        metrics: None,
     };
     match it.next().as_deref() {
         Some("serve") => {}
@@ -82,6 +87,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
             "--log" => a.log = Some(val("--log")?),
             "--admin-socket" => a.admin_socket = Some(val("--admin-socket")?),
             "--state-dir" => a.state_dir = Some(val("--state-dir")?.into()),
+            "--metrics" => a.metrics = Some(val("--metrics")?),
             "-h" | "--help" => return Ok(None),
             f => return Err(format!("unknown option {f:?}")),
         }
@@ -234,6 +240,9 @@ fn main() -> ExitCode {
             if args.state_dir.is_some() {
                 c.settings.state_dir = args.state_dir.clone();
             }
+            if args.metrics.is_some() {
+                c.settings.metrics_listen = args.metrics.clone();
+            }
             c
         }
         Err(e) => {
@@ -261,6 +270,21 @@ fn main() -> ExitCode {
         };
         let d2 = daemon.clone();
         let srv = tokio::spawn(server::serve(d2));
+        if let Some(addr) = &cfg.settings.metrics_listen {
+            let addr: std::net::SocketAddr = match addr.parse() {
+                Ok(a) => a,
+                Err(e) => {
+                    error!("metrics address {addr:?}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let m = daemon.metrics.clone();
+            tokio::spawn(async move {
+                if let Err(e) = metrics::serve(m, addr).await {
+                    error!("{e:#}");
+                }
+            });
+        }
         // The admin socket: the flag wins over the config; the default is best effort.
         let (socket, explicit) = match (&args.admin_socket, &cfg.settings.admin_socket) {
             (Some(s), _) if s == "none" => (None, true),

@@ -16,7 +16,9 @@ use backstore::{Backstore, BlockBackstore, FileBackstore, RamBackstore};
 use iscsi_proto::budget::BufferBudget;
 use iscsi_proto::conn::ConnConfig;
 use iscsi_proto::table::{Joined, SessionKey, SessionTable};
-use iscsi_proto::{ConnEvent, Connection, LoginResult, SessionKind, TaskOutcome, TmfAction};
+use iscsi_proto::{
+    ConnEvent, Connection, Directory, LoginResult, SessionKind, TaskOutcome, TmfAction,
+};
 use iscsi_wire::frame::{Decoder, FrameError};
 use iscsi_wire::LoginStatus;
 use scsi_core::{DeviceServer, LogicalUnit, LuConfig, Nexus, ScsiRequest, TaskAttr};
@@ -26,6 +28,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, info, warn};
 
 use crate::config::{BackstoreSpec, Config, LunConfig, TargetConfig};
+use crate::metrics::{Kind, LuMetrics, Metrics, PortMetrics};
 use crate::runtime::{PortalView, Runtime, Target};
 use crate::writer::Frames;
 
@@ -82,6 +85,8 @@ pub struct Daemon {
     max_login_connections: usize,
     /// A heap trim is queued (see `trim_heap`).
     trim_pending: AtomicBool,
+    /// What `GET /metrics` reports (see `metrics`).
+    pub metrics: Arc<Metrics>,
 }
 
 /// The default buffer budget: the smaller of 1 GiB and an eighth of the machine's memory.
@@ -265,6 +270,7 @@ impl Daemon {
             budget,
             max_login_connections: s.max_login_connections as usize,
             trim_pending: AtomicBool::new(false),
+            metrics: Arc::new(Metrics::new()),
         });
         d.wire_aborter(&d.runtime());
         Ok(d)
@@ -663,6 +669,37 @@ struct Attached {
     /// Notified when the session's buffer budget may have room: shared by the session's
     /// connections, so that any of them still open moves the session on.
     budget_room: Arc<Notify>,
+    /// The portal group's counters, once the login names it.
+    port: Option<PortMetrics>,
+    /// Counted as an open connection (`port`).
+    counted: bool,
+    /// Per-LUN counters by LUN field, with the logical unit they were resolved for.
+    lun_metrics: HashMap<u64, (usize, Arc<LuMetrics>)>,
+}
+
+impl Attached {
+    /// The counters of the logical unit LUN field `lun` reaches (resolved once per LUN).
+    fn lu_metrics(&mut self, daemon: &Daemon, lun: u64) -> Option<Arc<LuMetrics>> {
+        let view = self.view.as_ref()?;
+        let lu = scsi_core::lun_from_wire(lun).and_then(|l| view.lu(l))?;
+        let ptr = Arc::as_ptr(&lu) as usize;
+        if let Some((p, m)) = self.lun_metrics.get(&lun) {
+            if *p == ptr {
+                return Some(m.clone());
+            }
+        }
+        let name = &self.target.as_ref()?.name;
+        let rt = daemon.runtime();
+        let id = rt
+            .target(name)?
+            .lus
+            .iter()
+            .find(|(_, (_, l))| Arc::ptr_eq(l, &lu))
+            .map(|(id, _)| *id)?;
+        let m = daemon.metrics.lun(name, id);
+        self.lun_metrics.insert(lun, (ptr, m.clone()));
+        Some(m)
+    }
 }
 
 /// How long a task management function waits for other sessions to end their tasks. A
@@ -740,7 +777,9 @@ fn run_task(
     nexus: &Nexus,
     task: &iscsi_proto::ScsiTask,
     cancel: Option<&AtomicBool>,
+    metrics: Option<&LuMetrics>,
 ) -> TaskOutcome {
+    let t0 = Instant::now();
     let req = ScsiRequest {
         nexus,
         lun: task.lun,
@@ -751,6 +790,16 @@ fn run_task(
         cancel,
     };
     let r = view.execute(&req);
+    if let Some(m) = metrics {
+        m.record(
+            Kind::of(&task.cdb),
+            t0.elapsed(),
+            r.status.0,
+            &r.sense,
+            r.data_in.len(),
+            task.data_out.len(),
+        );
+    }
     TaskOutcome {
         status: r.status.0,
         sense: r.sense,
@@ -830,6 +879,9 @@ async fn run_connection(
         nexus_released: Arc::default(),
         kill: None,
         budget_room: budget_room_of_session,
+        port: None,
+        counted: false,
+        lun_metrics: HashMap::new(),
     };
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut start = 0usize;
@@ -860,6 +912,9 @@ async fn run_connection(
                     start += consumed;
                     progressed = true;
                     warn!(%peer, "data digest error");
+                    if let Some(p) = &att.port {
+                        p.digest_error();
+                    }
                     conn.handle_digest_error(&bhs);
                 }
                 Err(FrameError::HeaderDigest { consumed, .. })
@@ -872,9 +927,15 @@ async fn run_connection(
                     progressed = true;
                     boundary_doubtful = true;
                     warn!(%peer, "header digest error: PDU dropped");
+                    if let Some(p) = &att.port {
+                        p.digest_error();
+                    }
                 }
                 Err(e) => {
                     warn!(%peer, "unrecoverable framing error: {e:?}");
+                    if let (Some(p), FrameError::HeaderDigest { .. }) = (&att.port, &e) {
+                        p.digest_error();
+                    }
                     conn.shutdown("framing error");
                     break;
                 }
@@ -912,10 +973,11 @@ async fn run_connection(
                         let (Some(t), Some(nexus)) = (att.view.clone(), att.nexus.clone()) else {
                             continue;
                         };
+                        let lm = att.lu_metrics(&daemon, task.lun);
                         if t.is_quick(task.lun, &task.cdb) {
                             // Microseconds of work: a hand-off to the blocking pool (two thread
                             // wake-ups) would cost more than the command itself.
-                            let o = run_task(&t, &nexus, &task, None);
+                            let o = run_task(&t, &nexus, &task, None, lm.as_deref());
                             conn.complete_task(task.id, o);
                             continue;
                         }
@@ -924,7 +986,7 @@ async fn run_connection(
                         cancels.insert(task.id, cancel.clone());
                         let session = conn.session();
                         tokio::task::spawn_blocking(move || {
-                            let o = run_task(&t, &nexus, &task, Some(&cancel));
+                            let o = run_task(&t, &nexus, &task, Some(&cancel), lm.as_deref());
                             if let Err(mpsc::error::SendError((id, o))) = tx.send((task.id, o)) {
                                 // This connection is gone (logged out, replaced) but the
                                 // session may go on and waits for the task.
@@ -1050,6 +1112,22 @@ async fn run_connection(
     // Let the writer drain what is queued, then leave the session.
     drop(out_tx);
     let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    if att.counted {
+        if let Some(p) = &att.port {
+            p.connection_closed();
+        }
+    } else if att.discovery.is_none() {
+        // The login never got through: why, as far as the login went.
+        let target = conn.login_target();
+        let rt = daemon.runtime();
+        let tpgt = PortalView { rt: &rt, local }.tpg_tag_of(target.as_deref());
+        let outcome = conn
+            .login_refusal()
+            .map_or("abandoned", crate::metrics::login_outcome);
+        daemon
+            .metrics
+            .login_failed(target.as_deref(), tpgt, outcome);
+    }
     if let Some(tsih) = att.discovery.take() {
         daemon
             .sessions
@@ -1120,6 +1198,9 @@ async fn leave_session(
         }
     };
     if last {
+        if let Some(p) = &att.port {
+            p.session_closed();
+        }
         if let (Some(d), Some(n)) = (att.view.take(), att.nexus.take()) {
             // SAM-5: the I_T nexus is gone (releases SPC-2 reservations it held). This
             // happens while the session is still in the table: a new login from the same
@@ -1186,6 +1267,7 @@ async fn login_complete(
         info!(%peer, initiator = %r.initiator_name, tsih, "discovery session");
         att.discovery = Some(tsih);
         conn.accept_login(r, tsih);
+        daemon.metrics.port("", portal.tpg_tag()).login_succeeded();
         return;
     }
     // The configuration may have changed since the first login PDU: check again.
@@ -1211,6 +1293,7 @@ async fn login_complete(
         target: r.target_name.clone(),
         tpgt: group.tag,
     };
+    let key_tpgt = group.tag;
     if r.tsih != 0 {
         join_session(daemon, conn, r, &key, peer, att);
         return;
@@ -1292,6 +1375,13 @@ async fn login_complete(
     att.nexus = Some(nexus);
     att.kill = Some(kill_rx);
     conn.accept_login(r, tsih);
+    let pm = daemon.metrics.port(&r.target_name, key_tpgt);
+    pm.login_succeeded();
+    pm.session_opened();
+    pm.connection_opened();
+    conn.set_observer(Arc::new(pm.clone()));
+    att.port = Some(pm);
+    att.counted = true;
     let filter_view = view.clone();
     conn.set_lun_filter(move |field| {
         scsi_core::lun_from_wire(field).is_some_and(|l| filter_view.lu(l).is_some())
@@ -1381,6 +1471,13 @@ fn join_session(
         "connection joins session"
     );
     conn.accept_join(r, r.tsih, &session);
+    if conn.session().is_some() {
+        let pm = daemon.metrics.port(&key.target, key.tpgt);
+        pm.login_succeeded();
+        pm.connection_opened();
+        att.port = Some(pm);
+        att.counted = true;
+    }
     if conn.session().is_none() {
         // The session ended meanwhile: the login was refused.
         att.session = None;

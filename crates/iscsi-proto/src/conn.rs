@@ -475,6 +475,14 @@ impl Connection {
         self.refused
     }
 
+    /// The TargetName the initiator is logging in to, while in the login phase.
+    pub fn login_target(&self) -> Option<String> {
+        match &self.phase {
+            Phase::Login(l) => l.target_name().map(str::to_string),
+            Phase::Full(_) => None,
+        }
+    }
+
     /// Tell `observer` what the session does (task management functions), for statistics.
     pub fn set_observer(&mut self, observer: std::sync::Arc<dyn crate::session::SessionObserver>) {
         self.full(|c| c.set_observer(observer));

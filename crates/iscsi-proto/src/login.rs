@@ -174,6 +174,11 @@ fn lstatus(s: LoginStatus) -> LoginStep {
 }
 
 impl Login {
+    /// The TargetName the initiator gave so far (none for discovery, or not yet).
+    pub fn target_name(&self) -> Option<&str> {
+        self.target_name.as_deref()
+    }
+
     /// `window` is the command window (MaxCmdSN - ExpCmdSN + 1) the session will offer.
     /// `random` must come from a cryptographic source: it becomes the CHAP challenge.
     pub fn new(

@@ -1,0 +1,529 @@
+//! Prometheus metrics: counters the daemon keeps as it serves, and the HTTP endpoint that
+//! hands them out in the OpenMetrics text format (`settings.metrics_listen`, `--metrics ADDR`;
+//! off unless set).
+//!
+//! Names follow Prometheus conventions (`ferrite_` prefix, `_total` for counters, base units:
+//! `_bytes`, `_seconds`). Per LUN (labels `target`, `lun`: the target's LUN id): commands by
+//! kind, bytes read and written, command latency, CHECK CONDITIONs by sense key, reservation
+//! conflicts. Per target and portal group (`target`, `tpgt`): sessions, connections, logins
+//! by outcome, digest errors, task management functions. And the process's resident memory.
+//!
+//! The data path touches only counters and histograms it resolved once per LUN ([`LuMetrics`]):
+//! no label is hashed per command.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, Response, StatusCode};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+/// A command's kind, as the per-LUN counters split them.
+#[allow(non_camel_case_types)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Kind {
+    read,
+    write,
+    other,
+}
+
+impl Kind {
+    /// READ(6/10/12/16) are reads; the WRITE, WRITE AND VERIFY, WRITE SAME and COMPARE AND
+    /// WRITE commands writes; everything else other.
+    pub fn of(cdb: &[u8]) -> Kind {
+        match cdb.first() {
+            Some(0x08 | 0x28 | 0xa8 | 0x88) => Kind::read,
+            Some(0x0a | 0x2a | 0xaa | 0x8a | 0x2e | 0xae | 0x8e | 0x41 | 0x93 | 0x89) => {
+                Kind::write
+            }
+            _ => Kind::other,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LunLabels {
+    pub target: String,
+    pub lun: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LunKindLabels {
+    target: String,
+    lun: String,
+    kind: Kind,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SenseLabels {
+    target: String,
+    lun: String,
+    sense_key: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PortLabels {
+    pub target: String,
+    pub tpgt: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LoginLabels {
+    target: String,
+    tpgt: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TmfLabels {
+    target: String,
+    tpgt: String,
+    function: &'static str,
+    response: &'static str,
+}
+
+/// Latency buckets: 20 µs to ~10 s, doubling.
+#[derive(Clone)]
+struct Buckets;
+
+impl MetricConstructor<Histogram> for Buckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(exponential_buckets(20e-6, 2.0, 20))
+    }
+}
+
+/// Every metric of the daemon.
+pub struct Metrics {
+    registry: Registry,
+    commands: Family<LunKindLabels, Counter>,
+    read_bytes: Family<LunLabels, Counter>,
+    written_bytes: Family<LunLabels, Counter>,
+    latency: Family<LunKindLabels, Histogram, Buckets>,
+    check_conditions: Family<SenseLabels, Counter>,
+    conflicts: Family<LunLabels, Counter>,
+    sessions: Family<PortLabels, Gauge>,
+    connections: Family<PortLabels, Gauge>,
+    logins: Family<LoginLabels, Counter>,
+    digest_errors: Family<PortLabels, Counter>,
+    tmfs: Family<TmfLabels, Counter>,
+    resident: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut m = Metrics {
+            commands: Family::default(),
+            read_bytes: Family::default(),
+            written_bytes: Family::default(),
+            latency: Family::new_with_constructor(Buckets),
+            check_conditions: Family::default(),
+            conflicts: Family::default(),
+            sessions: Family::default(),
+            connections: Family::default(),
+            logins: Family::default(),
+            digest_errors: Family::default(),
+            tmfs: Family::default(),
+            resident: Gauge::default(),
+            registry: Registry::default(),
+        };
+        // Prometheus's own name for it (no `ferrite_` prefix).
+        m.registry.register_with_unit(
+            "process_resident_memory",
+            "Resident set size of the daemon",
+            Unit::Bytes,
+            m.resident.clone(),
+        );
+        let r = m.registry.sub_registry_with_prefix("ferrite");
+        r.register(
+            "lun_commands",
+            "SCSI commands completed, by kind",
+            m.commands.clone(),
+        );
+        r.register_with_unit(
+            "lun_read",
+            "Bytes returned by READ commands",
+            Unit::Bytes,
+            m.read_bytes.clone(),
+        );
+        r.register_with_unit(
+            "lun_written",
+            "Bytes stored by WRITE commands that succeeded",
+            Unit::Bytes,
+            m.written_bytes.clone(),
+        );
+        r.register_with_unit(
+            "lun_command_duration",
+            "Time from a command's hand-off to the device server to its result, backstore included",
+            Unit::Seconds,
+            m.latency.clone(),
+        );
+        r.register(
+            "lun_check_conditions",
+            "Commands that ended in CHECK CONDITION, by sense key",
+            m.check_conditions.clone(),
+        );
+        r.register(
+            "lun_reservation_conflicts",
+            "Commands that ended in RESERVATION CONFLICT",
+            m.conflicts.clone(),
+        );
+        r.register("sessions", "Normal sessions logged in", m.sessions.clone());
+        r.register(
+            "connections",
+            "Connections in full feature phase",
+            m.connections.clone(),
+        );
+        r.register(
+            "logins",
+            "Login attempts, by outcome (success or the login status of the refusal)",
+            m.logins.clone(),
+        );
+        r.register(
+            "digest_errors",
+            "PDUs received with a header or data digest error",
+            m.digest_errors.clone(),
+        );
+        r.register(
+            "task_management",
+            "Task management function requests answered, by function and response",
+            m.tmfs.clone(),
+        );
+        m
+    }
+
+    /// The per-LUN handles for LUN `lun` of `target`.
+    pub fn lun(self: &Arc<Self>, target: &str, lun: u64) -> Arc<LuMetrics> {
+        let l = LunLabels {
+            target: target.to_string(),
+            lun: lun.to_string(),
+        };
+        let k = |kind| LunKindLabels {
+            target: l.target.clone(),
+            lun: l.lun.clone(),
+            kind,
+        };
+        Arc::new(LuMetrics {
+            commands: [Kind::read, Kind::write, Kind::other]
+                .map(|x| self.commands.get_or_create(&k(x)).clone()),
+            latency: [Kind::read, Kind::write, Kind::other]
+                .map(|x| self.latency.get_or_create(&k(x)).clone()),
+            read_bytes: self.read_bytes.get_or_create(&l).clone(),
+            written_bytes: self.written_bytes.get_or_create(&l).clone(),
+            conflicts: self.conflicts.get_or_create(&l).clone(),
+            labels: l,
+            all: self.clone(),
+        })
+    }
+
+    /// The per-port handles for portal group `tpgt` of `target`.
+    pub fn port(self: &Arc<Self>, target: &str, tpgt: u16) -> PortMetrics {
+        PortMetrics {
+            labels: PortLabels {
+                target: target.to_string(),
+                tpgt: tpgt.to_string(),
+            },
+            all: self.clone(),
+        }
+    }
+
+    /// A login that ended without full feature phase (`target` and `tpgt` as far as known).
+    pub fn login_failed(&self, target: Option<&str>, tpgt: u16, outcome: &'static str) {
+        self.logins
+            .get_or_create(&LoginLabels {
+                target: target.unwrap_or("").to_string(),
+                tpgt: tpgt.to_string(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// The whole text exposition, with the process's memory read now.
+    pub fn encode(&self) -> String {
+        self.resident.set(resident_bytes() as i64);
+        let mut s = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut s, &self.registry) {
+            warn!("metrics encoding failed: {e}");
+        }
+        s
+    }
+}
+
+/// What one LUN counts; resolved once, shared by every session that reaches the LUN.
+pub struct LuMetrics {
+    commands: [Counter; 3],
+    latency: [Histogram; 3],
+    read_bytes: Counter,
+    written_bytes: Counter,
+    conflicts: Counter,
+    labels: LunLabels,
+    all: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for LuMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LuMetrics({:?})", self.labels)
+    }
+}
+
+/// SPC-4 §4.5.6 sense keys, as label values.
+const SENSE_KEYS: [&str; 16] = [
+    "no_sense",
+    "recovered_error",
+    "not_ready",
+    "medium_error",
+    "hardware_error",
+    "illegal_request",
+    "unit_attention",
+    "data_protect",
+    "blank_check",
+    "vendor_specific",
+    "copy_aborted",
+    "aborted_command",
+    "reserved",
+    "volume_overflow",
+    "miscompare",
+    "completed",
+];
+
+impl LuMetrics {
+    /// A command of `kind` ended with `status` (and `sense`) after `took`, having moved
+    /// `data_in` bytes to the initiator and `data_out` bytes from it.
+    pub fn record(
+        &self,
+        kind: Kind,
+        took: Duration,
+        status: u8,
+        sense: &[u8],
+        data_in: usize,
+        data_out: usize,
+    ) {
+        let i = kind as usize;
+        self.commands[i].inc();
+        self.latency[i].observe(took.as_secs_f64());
+        match status {
+            0x00 => match kind {
+                Kind::read => {
+                    self.read_bytes.inc_by(data_in as u64);
+                }
+                Kind::write => {
+                    self.written_bytes.inc_by(data_out as u64);
+                }
+                Kind::other => {}
+            },
+            0x02 => {
+                // Fixed (70h/71h: byte 2) or descriptor (72h/73h: byte 1) format.
+                let key = match sense.first().map(|b| b & 0x7f) {
+                    Some(0x70 | 0x71) => sense.get(2),
+                    Some(0x72 | 0x73) => sense.get(1),
+                    _ => None,
+                };
+                let key = key.map_or("no_sense", |k| SENSE_KEYS[usize::from(k & 0x0f)]);
+                self.all
+                    .check_conditions
+                    .get_or_create(&SenseLabels {
+                        target: self.labels.target.clone(),
+                        lun: self.labels.lun.clone(),
+                        sense_key: key,
+                    })
+                    .inc();
+            }
+            0x18 => {
+                self.conflicts.inc();
+            }
+            _ => {}
+        }
+    }
+}
+
+/// What one portal group of a target counts.
+#[derive(Clone)]
+pub struct PortMetrics {
+    labels: PortLabels,
+    all: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for PortMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PortMetrics({:?})", self.labels)
+    }
+}
+
+impl PortMetrics {
+    pub fn login_succeeded(&self) {
+        self.all
+            .logins
+            .get_or_create(&LoginLabels {
+                target: self.labels.target.clone(),
+                tpgt: self.labels.tpgt.clone(),
+                outcome: "success",
+            })
+            .inc();
+    }
+
+    pub fn session_opened(&self) {
+        self.all.sessions.get_or_create(&self.labels).inc();
+    }
+
+    pub fn session_closed(&self) {
+        self.all.sessions.get_or_create(&self.labels).dec();
+    }
+
+    pub fn connection_opened(&self) {
+        self.all.connections.get_or_create(&self.labels).inc();
+    }
+
+    pub fn connection_closed(&self) {
+        self.all.connections.get_or_create(&self.labels).dec();
+    }
+
+    pub fn digest_error(&self) {
+        self.all.digest_errors.get_or_create(&self.labels).inc();
+    }
+}
+
+impl iscsi_proto::SessionObserver for PortMetrics {
+    fn tmf(&self, function: u8, response: iscsi_wire::TmfResponse) {
+        const FUNCTIONS: [&str; 15] = [
+            "unknown",
+            "abort_task",
+            "abort_task_set",
+            "clear_aca",
+            "clear_task_set",
+            "logical_unit_reset",
+            "target_warm_reset",
+            "target_cold_reset",
+            "task_reassign",
+            "query_task",
+            "query_task_set",
+            "i_t_nexus_reset",
+            "query_asynchronous_event",
+            "unknown",
+            "unknown",
+        ];
+        let response = match response.0 {
+            0 => "function_complete",
+            1 => "task_does_not_exist",
+            2 => "lun_does_not_exist",
+            3 => "task_still_allegiant",
+            4 => "reassignment_not_supported",
+            5 => "not_supported",
+            6 => "authorization_failed",
+            _ => "rejected",
+        };
+        self.all
+            .tmfs
+            .get_or_create(&TmfLabels {
+                target: self.labels.target.clone(),
+                tpgt: self.labels.tpgt.clone(),
+                function: FUNCTIONS
+                    .get(usize::from(function))
+                    .copied()
+                    .unwrap_or("unknown"),
+                response,
+            })
+            .inc();
+    }
+}
+
+/// The outcome label of a login refused with `status` (RFC 7143 §11.13.5).
+pub fn login_outcome(status: iscsi_wire::LoginStatus) -> &'static str {
+    match (status.0, status.1) {
+        (2, 0x01) => "authentication_failure",
+        (2, 0x02) => "authorization_failure",
+        (2, 0x03) => "target_not_found",
+        (2, 0x04) => "target_removed",
+        (2, 0x05) => "unsupported_version",
+        (2, 0x06) => "too_many_connections",
+        (2, 0x07) => "missing_parameter",
+        (2, 0x08) => "cannot_include_in_session",
+        (2, 0x09) => "session_type_not_supported",
+        (2, 0x0a) => "session_does_not_exist",
+        (2, 0x0b) => "invalid_during_login",
+        (2, _) => "initiator_error",
+        (3, 0x01) => "service_unavailable",
+        (3, 0x02) => "out_of_resources",
+        _ => "target_error",
+    }
+}
+
+/// Resident set size from /proc/self/statm (0 where there is none).
+fn resident_bytes() -> u64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * u64::try_from(page).unwrap_or(4096)
+}
+
+/// Serve `GET /metrics` on `addr` until the task is dropped.
+pub async fn serve(metrics: Arc<Metrics>, addr: SocketAddr) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("metrics: listen on {addr}: {e}"))?;
+    info!(%addr, "metrics listening (GET /metrics)");
+    loop {
+        let (sock, _) = listener.accept().await?;
+        let m = metrics.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let m = m.clone();
+                async move { Ok::<_, std::convert::Infallible>(answer(&m, &req)) }
+            });
+            let io = hyper_util::rt::TokioIo::new(sock);
+            // A scrape is small and quick; a peer that holds the connection idle is dropped.
+            let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(io, svc);
+            let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
+        });
+    }
+}
+
+fn answer(m: &Metrics, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    let (status, ctype, body) = match (req.method(), req.uri().path()) {
+        (&hyper::Method::GET, "/metrics") => (
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            m.encode(),
+        ),
+        (&hyper::Method::GET, _) => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /metrics\n".to_string(),
+        ),
+        _ => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET only\n".to_string(),
+        ),
+    };
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    if let Ok(v) = hyper::header::HeaderValue::from_str(ctype) {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
