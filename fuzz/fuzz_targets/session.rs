@@ -47,7 +47,9 @@ type Sn = u8;
 #[derive(Arbitrary, Debug)]
 enum Op {
     /// Log a connection in with this CID (the first one leads; the others join by TSIH).
-    Join { cid: u8 },
+    Join {
+        cid: u8,
+    },
     Command {
         conn: u8,
         itt: u8,
@@ -59,19 +61,54 @@ enum Op {
         sn: Sn,
     },
     /// Answer an R2T the connection got (all of it, or all but the last byte).
-    DataOut { conn: u8, pick: u8, short: bool },
+    DataOut {
+        conn: u8,
+        pick: u8,
+        short: bool,
+    },
     /// A Data-Out for a task on the wrong connection (allegiance).
-    StrayDataOut { conn: u8, pick: u8 },
-    Complete { pick: u8, data_len: u16 },
-    Tmf { conn: u8, function: u8, ref_itt: u8, sn: Sn },
-    TmfDone { conn: u8 },
-    Logout { conn: u8, reason: u8, cid: u8, sn: Sn },
-    Nop { conn: u8, itt: u8, sn: Sn },
+    StrayDataOut {
+        conn: u8,
+        pick: u8,
+    },
+    Complete {
+        pick: u8,
+        data_len: u16,
+    },
+    Tmf {
+        conn: u8,
+        function: u8,
+        ref_itt: u8,
+        sn: Sn,
+    },
+    TmfDone {
+        conn: u8,
+    },
+    Logout {
+        conn: u8,
+        reason: u8,
+        cid: u8,
+        sn: Sn,
+    },
+    Nop {
+        conn: u8,
+        itt: u8,
+        sn: Sn,
+    },
     /// Another I_T nexus's task management or PREEMPT AND ABORT.
-    AbortOutside { wait: bool },
-    Shutdown { conn: u8 },
-    BudgetReady { conn: u8 },
-    Tick { conn: u8, secs: u8 },
+    AbortOutside {
+        wait: bool,
+    },
+    Shutdown {
+        conn: u8,
+    },
+    BudgetReady {
+        conn: u8,
+    },
+    Tick {
+        conn: u8,
+        secs: u8,
+    },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -250,7 +287,9 @@ impl Driver {
                             assert!(self.executing.iter().any(|(x, _)| *x == id));
                         }
                         ConnEvent::Tmf(_) | ConnEvent::Framing { .. } => {}
-                        ConnEvent::LoginComplete(_) => panic!("LoginComplete in full feature phase"),
+                        ConnEvent::LoginComplete(_) => {
+                            panic!("LoginComplete in full feature phase")
+                        }
                     }
                 }
             }
@@ -273,7 +312,11 @@ impl Driver {
         let cid = self.conns[i].cid;
         let (stat_sn, exp, advances) = match h {
             Header::ScsiResponse(r) => (Some(r.stat_sn), Some(r.exp_cmd_sn), true),
-            Header::DataIn(d) => (d.has_status.then_some(d.stat_sn), Some(d.exp_cmd_sn), d.has_status),
+            Header::DataIn(d) => (
+                d.has_status.then_some(d.stat_sn),
+                Some(d.exp_cmd_sn),
+                d.has_status,
+            ),
             Header::R2t(r) => (Some(r.stat_sn), Some(r.exp_cmd_sn), false),
             Header::NopIn(n) => (Some(n.stat_sn), Some(n.exp_cmd_sn), n.itt != RESERVED_TAG),
             Header::TaskMgmtResponse(t) => (Some(t.stat_sn), Some(t.exp_cmd_sn), true),
@@ -292,7 +335,10 @@ impl Driver {
         };
         if let Some(itt) = task_itt {
             if let Some(sent) = self.itt_cid.get(&itt) {
-                assert!(sent.contains(&cid), "PDU for ITT {itt:#x} on CID {cid}, sent on {sent:?}");
+                assert!(
+                    sent.contains(&cid),
+                    "PDU for ITT {itt:#x} on CID {cid}, sent on {sent:?}"
+                );
             }
             if let Header::R2t(r) = h {
                 self.conns[i]
@@ -316,7 +362,10 @@ impl Driver {
         if let Some(e) = exp {
             let c = &mut self.conns[i];
             if let Some(prev) = c.exp_cmd_sn {
-                assert!(!serial::lt(e, prev), "ExpCmdSN went back on CID {cid}: {prev} -> {e}");
+                assert!(
+                    !serial::lt(e, prev),
+                    "ExpCmdSN went back on CID {cid}: {prev} -> {e}"
+                );
             }
             c.exp_cmd_sn = Some(e);
         }
