@@ -27,6 +27,12 @@ const TARGET: &str = "iqn.2026-11.io.ferrite:t";
 const MAX_OPS: usize = 256;
 const MAX_CONNS: usize = 4;
 
+/// `FERRITE_FUZZ_TRACE=1` prints every op, PDU and event (for reading a crash or a seed).
+fn trace() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("FERRITE_FUZZ_TRACE").is_some())
+}
+
 struct Dir;
 impl Directory for Dir {
     fn tpg_tag(&self) -> u16 {
@@ -221,6 +227,9 @@ impl Driver {
         c.handle_pdu(self.now, raw(h, &text::encode(&keys)), &Dir);
         while c.poll_transmit().is_some() {}
         let Some(ConnEvent::LoginComplete(r)) = c.poll_event() else {
+            if trace() {
+                eprintln!("   CID {cid}: login did not complete");
+            }
             return;
         };
         if leading {
@@ -265,11 +274,22 @@ impl Driver {
             for i in 0..self.conns.len() {
                 while let Some(o) = self.conns[i].c.poll_transmit() {
                     progressed = true;
+                    if trace() {
+                        eprintln!(
+                            "   CID {} <- {:?} +{}",
+                            self.conns[i].cid,
+                            o.header,
+                            o.data.len()
+                        );
+                    }
                     assert!(!self.conns[i].close_seen, "PDU after Close: {o:?}");
                     self.check_out(i, &o);
                 }
                 while let Some(e) = self.conns[i].c.poll_event() {
                     progressed = true;
+                    if trace() {
+                        eprintln!("   CID {} event {e:?}", self.conns[i].cid);
+                    }
                     assert!(!self.conns[i].close_seen, "event after Close: {e:?}");
                     match e {
                         ConnEvent::Execute(t) => {
@@ -372,6 +392,9 @@ impl Driver {
     }
 
     fn run(&mut self, op: &Op) {
+        if trace() {
+            eprintln!("-> {op:?}");
+        }
         match *op {
             Op::Join { cid } => self.join(u16::from(cid % 6)),
             Op::Command {
