@@ -17,13 +17,14 @@ use std::time::{Duration, Instant};
 
 use arbitrary::Arbitrary;
 use iscsi_proto::conn::ConnConfig;
-use iscsi_proto::{serial, ConnEvent, Connection, Directory, OutPdu, TaskId, TaskOutcome};
-use iscsi_wire::frame::{self, Decoder, RawPdu};
+use iscsi_proto::{serial, ConnEvent, Connection, OutPdu, TaskId, TaskOutcome};
+use iscsi_wire::frame::Decoder;
 use iscsi_wire::header::*;
-use iscsi_wire::{text, Stage, RESERVED_TAG};
+use iscsi_wire::{LogoutReason, TmfFunction, RESERVED_TAG};
 use libfuzzer_sys::fuzz_target;
+use testkit::engine::{self, Dir, LoginOpts, TARGET};
+use testkit::pdu::{self, Request};
 
-const TARGET: &str = "iqn.2026-11.io.ferrite:t";
 const MAX_OPS: usize = 256;
 const MAX_CONNS: usize = 4;
 
@@ -31,19 +32,6 @@ const MAX_CONNS: usize = 4;
 fn trace() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var_os("FERRITE_FUZZ_TRACE").is_some())
-}
-
-struct Dir;
-impl Directory for Dir {
-    fn tpg_tag(&self) -> u16 {
-        1
-    }
-    fn target(&self, name: &str, _initiator: &str) -> Option<Option<String>> {
-        (name == TARGET).then_some(None)
-    }
-    fn send_targets(&self, _initiator: &str, _filter: Option<&str>) -> Vec<(String, Vec<String>)> {
-        vec![(TARGET.into(), vec!["127.0.0.1:3260,1".into()])]
-    }
 }
 
 /// How a request's CmdSN is chosen: below 200 the next expected one; 200-249 ahead of it;
@@ -134,6 +122,7 @@ struct Conn {
 }
 
 struct Driver {
+    dir: Dir,
     conns: Vec<Conn>,
     session: Option<iscsi_proto::SessionHandle>,
     tsih: u16,
@@ -145,29 +134,6 @@ struct Driver {
     /// ITT -> the CIDs commands with it were sent on and not yet answered (a task's PDUs must
     /// go out on one of them; aborted tasks and refused duplicates leave stale entries).
     itt_cid: HashMap<u32, Vec<u16>>,
-}
-
-fn raw(h: Header, data: &[u8]) -> RawPdu {
-    let mut bhs = h.emit();
-    frame::encode_bhs_lengths(&mut bhs, 0, data.len());
-    RawPdu {
-        bhs,
-        ahs: Vec::new(),
-        data: data.to_vec(),
-    }
-}
-
-/// The one Data-Out (F = 1, DataSN 0) that answers an R2T.
-fn data_out(itt: u32, ttt: u32, offset: u32) -> Header {
-    Header::DataOut(DataOut {
-        final_bit: true,
-        lun: 0,
-        itt,
-        ttt,
-        exp_stat_sn: 0,
-        data_sn: 0,
-        buffer_offset: offset,
-    })
 }
 
 impl Driver {
@@ -199,34 +165,20 @@ impl Driver {
             ..ConnConfig::default()
         };
         let mut c = Connection::new(cfg, self.now, 0x100 * (cid as u32 + 1));
-        let mut keys = vec![
-            ("InitiatorName", "iqn.2026-11.test:fuzz".to_string()),
-            ("TargetName", TARGET.to_string()),
-            ("MaxRecvDataSegmentLength", "4096".to_string()),
-        ];
-        if leading {
-            keys.push(("MaxConnections", self.max_connections.to_string()));
-            keys.push(("MaxBurstLength", "8192".to_string()));
-            keys.push(("InitialR2T", "Yes".to_string()));
-        }
-        let keys: Vec<(&str, &str)> = keys.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let h = Header::LoginRequest(LoginRequest {
-            transit: true,
-            cont: false,
-            csg: Stage::Operational,
-            nsg: Stage::FullFeature,
-            version_max: 0,
-            version_min: 0,
-            isid: 0x8000_0000_0001,
+        let mut opts = LoginOpts {
             tsih: if leading { 0 } else { self.tsih },
-            itt: 1,
             cid,
             cmd_sn: self.next_sn,
-            exp_stat_sn: 0,
-        });
-        c.handle_pdu(self.now, raw(h, &text::encode(&keys)), &Dir);
-        while c.poll_transmit().is_some() {}
-        let Some(ConnEvent::LoginComplete(r)) = c.poll_event() else {
+            ..LoginOpts::normal(TARGET)
+        }
+        .key("MaxRecvDataSegmentLength", "4096");
+        if leading {
+            opts = opts
+                .key("MaxConnections", &self.max_connections.to_string())
+                .key("MaxBurstLength", "8192")
+                .key("InitialR2T", "Yes");
+        }
+        let Some(r) = engine::try_request_login(&mut c, self.now, &self.dir, &opts) else {
             if trace() {
                 eprintln!("   CID {cid}: login did not complete");
             }
@@ -261,9 +213,9 @@ impl Driver {
         (!self.conns.is_empty()).then(|| conn as usize % self.conns.len())
     }
 
-    fn send(&mut self, i: usize, h: Header, data: &[u8]) {
+    fn send(&mut self, i: usize, h: impl Request, data: &[u8]) {
         let now = self.now;
-        self.conns[i].c.handle_pdu(now, raw(h, data), &Dir);
+        self.conns[i].c.handle_pdu(now, h.raw(data), &self.dir);
         self.drain();
     }
 
@@ -410,21 +362,15 @@ impl Driver {
                 let Some(i) = self.pick(conn) else { return };
                 let itt = u32::from(itt) + 0x10;
                 let len = u32::from(blocks % 32) * 512;
-                let mut cdb = [0u8; 16];
-                cdb[0] = if write { 0x2a } else { 0x28 };
-                let h = Header::ScsiCommand(ScsiCommand {
+                let opcode = if write { 0x2a } else { 0x28 };
+                let h = ScsiCommand {
                     immediate,
-                    final_bit: true,
                     read,
                     write,
                     attr: attr % 5,
-                    lun: 0,
-                    itt,
                     expected_len: len,
-                    cmd_sn: self.sn(sn),
-                    exp_stat_sn: 0,
-                    cdb,
-                });
+                    ..pdu::scsi_command(itt, self.sn(sn), &[opcode])
+                };
                 let cid = self.conns[i].cid;
                 self.itt_cid.entry(itt).or_default().push(cid);
                 self.sent_sn(sn, immediate);
@@ -438,7 +384,8 @@ impl Driver {
                 let k = pick as usize % self.conns[i].r2ts.len();
                 let (itt, ttt, offset, len) = self.conns[i].r2ts.remove(k);
                 let len = if short { len.saturating_sub(1) } else { len };
-                self.send(i, data_out(itt, ttt, offset), &vec![0xa5; len as usize]);
+                let h = pdu::data_out(itt, ttt, 0, offset, true);
+                self.send(i, h, &vec![0xa5; len as usize]);
             }
             Op::StrayDataOut { conn, pick } => {
                 let Some(i) = self.pick(conn) else { return };
@@ -448,7 +395,8 @@ impl Driver {
                     return;
                 }
                 let (itt, ttt, offset, len) = all[pick as usize % all.len()];
-                self.send(i, data_out(itt, ttt, offset), &vec![0x5a; len as usize]);
+                let h = pdu::data_out(itt, ttt, 0, offset, true);
+                self.send(i, h, &vec![0x5a; len as usize]);
             }
             Op::Complete { pick, data_len } => {
                 if self.executing.is_empty() {
@@ -473,17 +421,12 @@ impl Driver {
                 sn,
             } => {
                 let Some(i) = self.pick(conn) else { return };
-                let h = Header::TaskMgmtRequest(TaskMgmtRequest {
-                    immediate: true,
-                    function: 1 + function % 8,
-                    lun: 0,
-                    itt: 0x4000 + u32::from(ref_itt),
-                    referenced_tag: u32::from(ref_itt) + 0x10,
-                    cmd_sn: self.sn(sn),
-                    exp_stat_sn: 0,
-                    ref_cmd_sn: self.sn(sn),
-                    exp_data_sn: 0,
-                });
+                let h = pdu::tmf(
+                    TmfFunction(1 + function % 8),
+                    0x4000 + u32::from(ref_itt),
+                    u32::from(ref_itt) + 0x10,
+                    self.sn(sn),
+                );
                 self.send(i, h, &[]);
             }
             Op::TmfDone { conn } => {
@@ -498,26 +441,17 @@ impl Driver {
                 sn,
             } => {
                 let Some(i) = self.pick(conn) else { return };
-                let h = Header::LogoutRequest(LogoutRequest {
-                    immediate: true,
-                    reason: iscsi_wire::LogoutReason(reason % 4),
-                    itt: 0x7000 + u32::from(cid),
-                    cid: u16::from(cid % 6),
-                    cmd_sn: self.sn(sn),
-                    exp_stat_sn: 0,
-                });
+                let h = pdu::logout(
+                    LogoutReason(reason % 4),
+                    0x7000 + u32::from(cid),
+                    u16::from(cid % 6),
+                    self.sn(sn),
+                );
                 self.send(i, h, &[]);
             }
             Op::Nop { conn, itt, sn } => {
                 let Some(i) = self.pick(conn) else { return };
-                let h = Header::NopOut(NopOut {
-                    immediate: false,
-                    lun: 0,
-                    itt: 0x6000 + u32::from(itt),
-                    ttt: RESERVED_TAG,
-                    cmd_sn: self.sn(sn),
-                    exp_stat_sn: 0,
-                });
+                let h = pdu::nop_out(0x6000 + u32::from(itt), self.sn(sn));
                 self.sent_sn(sn, false);
                 self.send(i, h, &[]);
             }
@@ -552,6 +486,7 @@ impl Driver {
 
 fuzz_target!(|input: Input| {
     let mut d = Driver {
+        dir: Dir::new(TARGET),
         conns: Vec::new(),
         session: None,
         tsih: 0,
