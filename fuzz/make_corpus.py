@@ -10,6 +10,11 @@ The `connection` seeds are encoded the way the `arbitrary` crate (1.x) decodes t
 element a byte with the low bit set, then the element. Keep the variant lists below in the
 order of the enums in fuzz_targets/connection.rs. `cargo fuzz fmt connection <file>` prints
 how a file decodes.
+
+The `session` seeds are encoded the same way for fuzz_targets/session.rs: `InputV1` (the first
+format), or `FORMAT_2` followed by `InputV2`, whose ops are a selector byte (below 0xd0: an
+`Op`, else a `Recovery` op) and the op. `FERRITE_FUZZ_TRACE=1 cargo +nightly fuzz run session
+<file>` shows what a seed does.
 """
 
 import os
@@ -252,6 +257,150 @@ def op_tick(secs):
     return op("Tick", b8(secs))
 
 
+# ---- arbitrary encoding for the session target -------------------------------------------
+
+SESSION_OPS = ["Join", "Command", "DataOut", "StrayDataOut", "Complete", "Tmf", "TmfDone",
+               "Logout", "Nop", "AbortOutside", "Shutdown", "BudgetReady", "Tick"]
+RECOVERY_OPS = ["Snack", "Ack", "DigestError"]
+FORMAT_2 = b"FzS2"
+SNACK_TYPES = {"data": 0, "status": 1, "data-ack": 2, "r-data": 3}
+
+
+def s_op(name, body=b""):
+    """One element of `InputV1::ops`: the continuation byte, the variant, its fields."""
+    return b"\x01" + tag(name, SESSION_OPS) + body
+
+
+def s_join(cid):
+    return s_op("Join", b8(cid))
+
+
+def s_cmd(conn, itt, read=False, write=False, blocks=0, attr=1, immediate=False, sn=0):
+    """SCSI READ(10)/WRITE(10) with ITT 0x10 + itt, `blocks` 512-byte blocks (mod 32)."""
+    return s_op("Command", bytes([conn, itt, write, read, blocks, attr, immediate, sn]))
+
+
+def s_data_out(conn, pick=0, short=False):
+    return s_op("DataOut", bytes([conn, pick, short]))
+
+
+def s_stray_data_out(conn, pick=0):
+    return s_op("StrayDataOut", bytes([conn, pick]))
+
+
+def s_complete(pick=0, data_len=0):
+    return s_op("Complete", b8(pick) + le16(data_len))
+
+
+def s_tmf(conn, function, ref_itt, sn=0):
+    """Function `1 + function % 8` (7: TASK REASSIGN), referenced ITT 0x10 + ref_itt."""
+    return s_op("Tmf", bytes([conn, function, ref_itt, sn]))
+
+
+def s_logout(conn, reason, cid, sn=0):
+    """Logout on `conn` (index in join order) with `reason` for connection `cid`."""
+    return s_op("Logout", bytes([conn, reason, cid, sn]))
+
+
+def s_simple(name, conn):
+    return s_op(name, b8(conn))
+
+
+def s_tick(conn, secs):
+    return s_op("Tick", bytes([conn, secs]))
+
+
+def session_v1(max_connections, *ops):
+    return b8(max_connections) + b"".join(ops)
+
+
+def session_v2(max_connections, erl, *ops):
+    """A format-2 input: each op is an `s_*` op (wrapped here) or an `r_*` recovery op."""
+    return FORMAT_2 + bytes([max_connections, erl]) + b"".join(ops)
+
+
+def v2(op):
+    """A format-1 op as a format-2 step: continuation byte, selector below 0xd0, the op."""
+    assert op[0] == 1
+    return b"\x01\x00" + op[1:]
+
+
+def r_op(name, body):
+    return b"\x01\xff" + tag(name, RECOVERY_OPS) + body
+
+
+def r_snack(conn, kind, pick=0, beg=0, run=0):
+    """SNACK of `kind`; BegRun: Status next StatSN + 4 - beg % 16, else max(beg % 16 - 8, 0)."""
+    return r_op("Snack", bytes([conn, SNACK_TYPES[kind], pick, beg, run]))
+
+
+def r_ack(conn, lag=0):
+    return r_op("Ack", bytes([conn, lag]))
+
+
+def r_digest_error(conn, pick=0):
+    return r_op("DigestError", bytes([conn, pick]))
+
+
+def session_seeds():
+    read, write = dict(read=True), dict(write=True)
+    return {
+        # MC/S: a second connection joins by TSIH; reads on both, then a session logout.
+        "join-read-on-two-connections": session_v1(
+            2, s_join(1), s_cmd(1, 1, blocks=8, **read), s_complete(0, 4096),
+            s_cmd(0, 2, blocks=1, **read), s_complete(0, 512), s_logout(0, 0, 0)),
+        # A write on the joined connection: its R2T and Data-Out stay there; a stray
+        # Data-Out on the other connection first.
+        "join-write-r2t": session_v1(
+            2, s_join(1), s_cmd(1, 3, blocks=4, **write), s_stray_data_out(0),
+            s_data_out(1), s_complete(0), s_logout(1, 1, 1)),
+        # Logout by CID: connection 0 closes connection 2 (with a task running on it), then
+        # connection 1 closes itself.
+        "logout-by-cid": session_v1(
+            3, s_join(1), s_join(2), s_cmd(2, 4, blocks=2, **read), s_logout(0, 1, 2),
+            s_complete(0, 1024), s_logout(1, 1, 1), s_cmd(0, 5, blocks=1, **read),
+            s_complete(0, 512)),
+        # A connection drops with a task running (the daemon then shuts the session down:
+        # ErrorRecoveryLevel 0 has no connection recovery); the completion comes back late;
+        # the same CID tries to join the ended session.
+        "drop-ends-session": session_v1(
+            2, s_join(1), s_cmd(1, 6, blocks=1, **read), s_simple("Shutdown", 1),
+            s_complete(0, 512), s_join(1), s_logout(0, 0, 0)),
+        # A login with a CID in use replaces that connection while its task runs (what
+        # regressions/session-completion-after-connection-replaced found).
+        "replace-cid-while-running": session_v1(
+            2, s_join(1), s_cmd(1, 9, blocks=1, **read), s_join(1), s_logout(0, 0, 0),
+            s_complete(0, 0)),
+        # Connection 1 is removed for recovery (reason 2) with a write outstanding; a new
+        # connection asks for TASK REASSIGN of it (refused: ErrorRecoveryLevel < 2).
+        "remove-for-recovery-then-reassign": session_v1(
+            2, s_join(1), s_cmd(1, 5, blocks=2, **write), s_logout(0, 2, 1), s_join(2),
+            s_tmf(2, 7, 5), s_simple("TmfDone", 2), s_tick(0, 30)),
+        # ERL 1: a read answered (status apart from the data), its status asked for again,
+        # acknowledged, asked for again (now refused).
+        "erl1-status-snack": session_v2(
+            1, 1, v2(s_cmd(0, 1, blocks=2, **read)), v2(s_complete(0, 1024)),
+            r_snack(0, "status", beg=5), r_ack(0), r_snack(0, "status", beg=5)),
+        # ERL 1: a read in three Data-In (MaxRecvDataSegmentLength 4096): two of them again
+        # (Data SNACK), all of them re-cut with the status (R-Data), a DataACK.
+        "erl1-data-snack": session_v2(
+            1, 1, v2(s_cmd(0, 2, blocks=20, **read)), v2(s_complete(0, 10240)),
+            r_snack(0, "data", beg=9, run=2), r_snack(0, "r-data", pick=1),
+            r_snack(0, "data-ack", beg=11)),
+        # ERL 1: a write's R2T asked for again (R2T SNACK), its Data-Out lost to a digest
+        # error (recovery R2T), answered.
+        "erl1-r2t-snack-digest-error": session_v2(
+            1, 1, v2(s_cmd(0, 3, blocks=4, **write)), r_snack(0, "data"),
+            r_digest_error(0), v2(s_data_out(0, 1)), v2(s_complete(0))),
+        # ERL 1 over two connections: a status asked for on the connection that did not send
+        # it, and on its own after the other one dropped.
+        "erl1-snack-across-connections": session_v2(
+            2, 1, v2(s_join(1)), v2(s_cmd(1, 4, blocks=1, **read)), v2(s_complete(0, 512)),
+            r_snack(0, "data", pick=0xf4), r_snack(1, "status", beg=5),
+            v2(s_simple("Shutdown", 0)), r_snack(1, "r-data"), r_ack(1, 1)),
+    }
+
+
 # ---- scsi: byte 0 = LUN (3: none), byte 1 = CDB length index (6, 10, 12, 16, 32; bit 7:
 # 64 KiB of data-in allowed), then the CDB and the data-out ---------------------------------
 
@@ -411,6 +560,7 @@ def seeds():
         + op_pdu(login_request(b"", csg=1, nsg=3, cmd_sn=100)) + op_tick(40),
     }
     c["scsi"] = scsi_seeds()
+    c["session"] = session_seeds()
     return c
 
 

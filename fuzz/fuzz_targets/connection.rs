@@ -23,14 +23,15 @@ use std::time::{Duration, Instant};
 
 use arbitrary::Arbitrary;
 use iscsi_proto::conn::ConnConfig;
-use iscsi_proto::{serial, ConnEvent, Connection, Directory, LoginResult, OutPdu, TaskId};
+use iscsi_proto::{serial, ConnEvent, Connection, LoginResult, OutPdu, TaskId};
 use iscsi_proto::{SessionKind, TaskOutcome};
 use iscsi_wire::frame::{self, Decoder, RawPdu};
 use iscsi_wire::header::*;
 use iscsi_wire::{ahs, text, Opcode, Stage, BHS_LEN, MAX_DATA_SEGMENT, RESERVED_TAG};
 use libfuzzer_sys::fuzz_target;
+use testkit::engine::{Dir, TARGET};
+use testkit::pdu;
 
-const TARGET: &str = "iqn.2026-11.io.ferrite:t";
 const MAX_OPS: usize = 256;
 
 /// `FERRITE_FUZZ_TRACE=1` prints every op, PDU and event (for reading a crash or a seed).
@@ -39,24 +40,11 @@ fn trace() -> bool {
     *ON.get_or_init(|| std::env::var_os("FERRITE_FUZZ_TRACE").is_some())
 }
 
-struct Dir;
-impl Directory for Dir {
-    fn tpg_tag(&self) -> u16 {
-        1
-    }
-    fn target(&self, name: &str, _initiator: &str) -> Option<Option<String>> {
-        (name == TARGET).then(|| Some("fuzz".into()))
-    }
-    fn send_targets(&self, _initiator: &str, filter: Option<&str>) -> Vec<(String, Vec<String>)> {
-        let all = [
-            (TARGET, "127.0.0.1:3260,1"),
-            ("iqn.2026-11.io.ferrite:u", "[::1]:3260,1"),
-        ];
-        all.iter()
-            .filter(|(n, _)| filter.is_none_or(|f| f == *n))
-            .map(|(n, a)| (n.to_string(), vec![a.to_string()]))
-            .collect()
-    }
+/// The target, with an alias, and another one SendTargets lists but no login may name.
+fn directory() -> Dir {
+    Dir::new(TARGET)
+        .with_alias("fuzz")
+        .listing("iqn.2026-11.io.ferrite:u", "[::1]:3260,1")
 }
 
 #[derive(Arbitrary, Debug)]
@@ -302,6 +290,7 @@ struct DataInTrack {
 
 struct Driver {
     c: Connection,
+    dir: Dir,
     now: Instant,
     defer_accept: bool,
     pending_login: Option<LoginResult>,
@@ -354,7 +343,7 @@ impl Driver {
         assert!(ahs.len().is_multiple_of(4) && ahs.len() / 4 <= 255);
         frame::encode_bhs_lengths(&mut bhs, ahs.len(), data.len());
         let pdu = RawPdu { bhs, ahs, data };
-        self.c.handle_pdu(self.now, pdu, &Dir);
+        self.c.handle_pdu(self.now, pdu, &self.dir);
     }
 
     fn send_header(&mut self, h: Header, data: Vec<u8>) {
@@ -386,18 +375,9 @@ impl Driver {
             ("MaxOutstandingR2T", &r2t),
         ];
         let req = |csg, nsg| LoginRequest {
-            transit: true,
-            cont: false,
-            csg,
-            nsg,
-            version_max: 0,
-            version_min: 0,
-            isid: 0x8000_0000_0001,
-            tsih: 0,
-            itt: 1,
-            cid: 0,
             cmd_sn: s.cmd_sn,
             exp_stat_sn: s.initial_stat_sn,
+            ..pdu::login_request(csg, nsg)
         };
         if s.security_first {
             let mut keys = names.clone();
@@ -976,6 +956,7 @@ fuzz_target!(|input: Input| {
     let now = Instant::now();
     let mut d = Driver {
         c: Connection::new(ConnConfig::default(), now, s.initial_stat_sn),
+        dir: directory(),
         now,
         defer_accept: s.defer_accept,
         pending_login: None,

@@ -9,35 +9,59 @@
 //! - ExpCmdSN never goes back, on any connection (one command order for the session);
 //! - a task's R2Ts, Data-In and status go out on the connection its command came on;
 //! - once a connection's `Close` was seen, it produces no further events or PDUs;
-//! - a connection replaced by another with its CID reports itself closed.
+//! - a connection replaced by another with its CID reports itself closed;
+//! - (format 2) what a SNACK brings again is what was sent before: a numbered response with
+//!   its old StatSN, equal to the original but for ExpCmdSN/MaxCmdSN (and, after an R-Data
+//!   SNACK, its SNACK Tag and ExpDataSN), and Data-In only of tasks answered on that connection.
+//!
+//! Two input formats. An input that starts with [`FORMAT_2`] is an [`InputV2`]: its login
+//! offers an ErrorRecoveryLevel, and its ops include those added since the first format
+//! ([`Recovery`]: SNACK, acknowledging StatSN, a Data-Out with a bad data digest). Any other input
+//! is an [`InputV1`], decoded exactly as before format 2 existed, so existing corpora and
+//! `fuzz/regressions/session-*` keep their meaning. (A variant appended to `Op` would not do
+//! that: `arbitrary` picks a variant from a u32 scaled by the variant count, so every existing
+//! input would decode differently.)
 #![no_main]
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use arbitrary::Arbitrary;
+use arbitrary::{Arbitrary, Unstructured};
 use iscsi_proto::conn::ConnConfig;
-use iscsi_proto::{serial, ConnEvent, Connection, Directory, OutPdu, TaskId, TaskOutcome};
-use iscsi_wire::frame::{self, Decoder, RawPdu};
+use iscsi_proto::{serial, ConnEvent, Connection, OutPdu, TaskId, TaskOutcome};
+use iscsi_wire::frame::Decoder;
 use iscsi_wire::header::*;
-use iscsi_wire::{text, Stage, RESERVED_TAG};
+use iscsi_wire::{LogoutReason, TmfFunction, RESERVED_TAG};
 use libfuzzer_sys::fuzz_target;
+use testkit::engine::{self, Dir, LoginOpts, TARGET};
+use testkit::pdu::{self, Request};
 
-const TARGET: &str = "iqn.2026-11.io.ferrite:t";
 const MAX_OPS: usize = 256;
 const MAX_CONNS: usize = 4;
 
-struct Dir;
-impl Directory for Dir {
-    fn tpg_tag(&self) -> u16 {
-        1
+/// `FERRITE_FUZZ_TRACE=1` prints every op, PDU and event (for reading a crash or a seed).
+fn trace() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("FERRITE_FUZZ_TRACE").is_some())
+}
+
+/// `h` without the fields a retransmission may change (RFC 7143 §11.16: ExpCmdSN and
+/// MaxCmdSN; an R-Data SNACK also gives the SCSI Response its SNACK Tag and a new ExpDataSN).
+fn without_window(h: &Header) -> Header {
+    let mut h = h.clone();
+    match &mut h {
+        Header::ScsiResponse(r) => {
+            (r.exp_cmd_sn, r.max_cmd_sn, r.snack_tag, r.exp_data_sn) = (0, 0, 0, 0);
+        }
+        Header::DataIn(d) => (d.exp_cmd_sn, d.max_cmd_sn) = (0, 0),
+        Header::NopIn(n) => (n.exp_cmd_sn, n.max_cmd_sn) = (0, 0),
+        Header::TaskMgmtResponse(t) => (t.exp_cmd_sn, t.max_cmd_sn) = (0, 0),
+        Header::LogoutResponse(l) => (l.exp_cmd_sn, l.max_cmd_sn) = (0, 0),
+        Header::TextResponse(t) => (t.exp_cmd_sn, t.max_cmd_sn) = (0, 0),
+        Header::Reject(r) => (r.exp_cmd_sn, r.max_cmd_sn) = (0, 0),
+        _ => {}
     }
-    fn target(&self, name: &str, _initiator: &str) -> Option<Option<String>> {
-        (name == TARGET).then_some(None)
-    }
-    fn send_targets(&self, _initiator: &str, _filter: Option<&str>) -> Vec<(String, Vec<String>)> {
-        vec![(TARGET.into(), vec!["127.0.0.1:3260,1".into()])]
-    }
+    h
 }
 
 /// How a request's CmdSN is chosen: below 200 the next expected one; 200-249 ahead of it;
@@ -47,7 +71,9 @@ type Sn = u8;
 #[derive(Arbitrary, Debug)]
 enum Op {
     /// Log a connection in with this CID (the first one leads; the others join by TSIH).
-    Join { cid: u8 },
+    Join {
+        cid: u8,
+    },
     Command {
         conn: u8,
         itt: u8,
@@ -59,25 +85,141 @@ enum Op {
         sn: Sn,
     },
     /// Answer an R2T the connection got (all of it, or all but the last byte).
-    DataOut { conn: u8, pick: u8, short: bool },
+    DataOut {
+        conn: u8,
+        pick: u8,
+        short: bool,
+    },
     /// A Data-Out for a task on the wrong connection (allegiance).
-    StrayDataOut { conn: u8, pick: u8 },
-    Complete { pick: u8, data_len: u16 },
-    Tmf { conn: u8, function: u8, ref_itt: u8, sn: Sn },
-    TmfDone { conn: u8 },
-    Logout { conn: u8, reason: u8, cid: u8, sn: Sn },
-    Nop { conn: u8, itt: u8, sn: Sn },
+    StrayDataOut {
+        conn: u8,
+        pick: u8,
+    },
+    Complete {
+        pick: u8,
+        data_len: u16,
+    },
+    Tmf {
+        conn: u8,
+        function: u8,
+        ref_itt: u8,
+        sn: Sn,
+    },
+    TmfDone {
+        conn: u8,
+    },
+    Logout {
+        conn: u8,
+        reason: u8,
+        cid: u8,
+        sn: Sn,
+    },
+    Nop {
+        conn: u8,
+        itt: u8,
+        sn: Sn,
+    },
     /// Another I_T nexus's task management or PREEMPT AND ABORT.
-    AbortOutside { wait: bool },
-    Shutdown { conn: u8 },
-    BudgetReady { conn: u8 },
-    Tick { conn: u8, secs: u8 },
+    AbortOutside {
+        wait: bool,
+    },
+    Shutdown {
+        conn: u8,
+    },
+    BudgetReady {
+        conn: u8,
+    },
+    Tick {
+        conn: u8,
+        secs: u8,
+    },
 }
 
+/// The first input format (the only one before format 2): keep it as it is.
 #[derive(Arbitrary, Debug)]
-struct Input {
+struct InputV1 {
     max_connections: u8,
     ops: Vec<Op>,
+}
+
+/// The bytes a format-2 input starts with.
+const FORMAT_2: &[u8; 4] = b"FzS2";
+
+/// Format 2: a login that offers ErrorRecoveryLevel `erl % 3` (the target offers up to 1), and
+/// ops that may be [`Recovery`] ops.
+#[derive(Arbitrary, Debug)]
+struct InputV2 {
+    max_connections: u8,
+    erl: u8,
+    ops: Vec<Step>,
+}
+
+#[derive(Debug)]
+enum Input {
+    V1(InputV1),
+    V2(InputV2),
+}
+
+impl<'a> Arbitrary<'a> for Input {
+    fn arbitrary(u: &mut Unstructured<'a>) -> arbitrary::Result<Self> {
+        if u.peek_bytes(FORMAT_2.len()) == Some(FORMAT_2) {
+            u.bytes(FORMAT_2.len())?;
+            return Ok(Input::V2(u.arbitrary()?));
+        }
+        Ok(Input::V1(u.arbitrary()?))
+    }
+
+    fn arbitrary_take_rest(mut u: Unstructured<'a>) -> arbitrary::Result<Self> {
+        if u.peek_bytes(FORMAT_2.len()) == Some(FORMAT_2) {
+            u.bytes(FORMAT_2.len())?;
+            return Ok(Input::V2(InputV2::arbitrary_take_rest(u)?));
+        }
+        Ok(Input::V1(InputV1::arbitrary_take_rest(u)?))
+    }
+
+    /// That of the first format, so libFuzzer skips the same too-short inputs as before.
+    fn size_hint(depth: usize) -> (usize, Option<usize>) {
+        InputV1::size_hint(depth)
+    }
+}
+
+/// A format-2 op: one byte below 0xd0 picks an [`Op`] (about four in five), else a
+/// [`Recovery`] op.
+#[derive(Debug)]
+enum Step {
+    Op(Op),
+    Recovery(Recovery),
+}
+
+impl<'a> Arbitrary<'a> for Step {
+    fn arbitrary(u: &mut Unstructured<'a>) -> arbitrary::Result<Self> {
+        Ok(if u.arbitrary::<u8>()? < 0xd0 {
+            Step::Op(u.arbitrary()?)
+        } else {
+            Step::Recovery(u.arbitrary()?)
+        })
+    }
+}
+
+/// Format-2 ops: error recovery within a connection (RFC 7143 §7.1-§7.3, ErrorRecoveryLevel 1).
+#[derive(Arbitrary, Debug)]
+enum Recovery {
+    /// A SNACK Request (§11.16) on a connection: type `kind % 5` (Data/R2T, Status, DataACK,
+    /// R-Data; 4 is undefined), for a task the connection answered or has R2Ts out for
+    /// (`pick`), BegRun near the responses sent (Status) or near 0 (the others), RunLength
+    /// `run % 4` (0: all).
+    Snack {
+        conn: u8,
+        kind: u8,
+        pick: u8,
+        beg: u8,
+        run: u8,
+    },
+    /// Acknowledge the connection's responses up to `lag % 4` before the last one (ExpStatSN),
+    /// on an immediate NOP-Out that asks for no answer; later PDUs on it carry it too.
+    Ack { conn: u8, lag: u8 },
+    /// The Data-Out that answers an R2T the connection got arrives with a bad data digest.
+    DigestError { conn: u8, pick: u8 },
 }
 
 struct Conn {
@@ -88,9 +230,21 @@ struct Conn {
     exp_cmd_sn: Option<u32>,
     /// (ITT, TTT, offset, length) of R2Ts seen here.
     r2ts: Vec<(u32, u32, u32, u32)>,
+    /// ITTs of the tasks whose status went out here, most recent last (for SNACKs to name).
+    answered: Vec<u32>,
+    /// (format 2) Every numbered response sent here, by StatSN, for checking retransmissions.
+    numbered: HashMap<u32, Header>,
+    /// (format 2) The ExpStatSN this connection's PDUs carry.
+    acked: u32,
 }
 
 struct Driver {
+    dir: Dir,
+    /// Format 2 (`Some`): the ErrorRecoveryLevel a leading login offers (`% 3`); PDUs carry
+    /// their connection's ExpStatSN, and what SNACKs bring is checked.
+    erl: Option<u8>,
+    /// The connection a SNACK was just sent on, while its answers are checked.
+    snack_on: Option<usize>,
     conns: Vec<Conn>,
     session: Option<iscsi_proto::SessionHandle>,
     tsih: u16,
@@ -102,29 +256,6 @@ struct Driver {
     /// ITT -> the CIDs commands with it were sent on and not yet answered (a task's PDUs must
     /// go out on one of them; aborted tasks and refused duplicates leave stale entries).
     itt_cid: HashMap<u32, Vec<u16>>,
-}
-
-fn raw(h: Header, data: &[u8]) -> RawPdu {
-    let mut bhs = h.emit();
-    frame::encode_bhs_lengths(&mut bhs, 0, data.len());
-    RawPdu {
-        bhs,
-        ahs: Vec::new(),
-        data: data.to_vec(),
-    }
-}
-
-/// The one Data-Out (F = 1, DataSN 0) that answers an R2T.
-fn data_out(itt: u32, ttt: u32, offset: u32) -> Header {
-    Header::DataOut(DataOut {
-        final_bit: true,
-        lun: 0,
-        itt,
-        ttt,
-        exp_stat_sn: 0,
-        data_sn: 0,
-        buffer_offset: offset,
-    })
 }
 
 impl Driver {
@@ -156,34 +287,26 @@ impl Driver {
             ..ConnConfig::default()
         };
         let mut c = Connection::new(cfg, self.now, 0x100 * (cid as u32 + 1));
-        let mut keys = vec![
-            ("InitiatorName", "iqn.2026-11.test:fuzz".to_string()),
-            ("TargetName", TARGET.to_string()),
-            ("MaxRecvDataSegmentLength", "4096".to_string()),
-        ];
-        if leading {
-            keys.push(("MaxConnections", self.max_connections.to_string()));
-            keys.push(("MaxBurstLength", "8192".to_string()));
-            keys.push(("InitialR2T", "Yes".to_string()));
-        }
-        let keys: Vec<(&str, &str)> = keys.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let h = Header::LoginRequest(LoginRequest {
-            transit: true,
-            cont: false,
-            csg: Stage::Operational,
-            nsg: Stage::FullFeature,
-            version_max: 0,
-            version_min: 0,
-            isid: 0x8000_0000_0001,
+        let mut opts = LoginOpts {
             tsih: if leading { 0 } else { self.tsih },
-            itt: 1,
             cid,
             cmd_sn: self.next_sn,
-            exp_stat_sn: 0,
-        });
-        c.handle_pdu(self.now, raw(h, &text::encode(&keys)), &Dir);
-        while c.poll_transmit().is_some() {}
-        let Some(ConnEvent::LoginComplete(r)) = c.poll_event() else {
+            ..LoginOpts::normal(TARGET)
+        }
+        .key("MaxRecvDataSegmentLength", "4096");
+        if leading {
+            opts = opts
+                .key("MaxConnections", &self.max_connections.to_string())
+                .key("MaxBurstLength", "8192")
+                .key("InitialR2T", "Yes");
+            if let Some(erl) = self.erl {
+                opts = opts.key("ErrorRecoveryLevel", &(erl % 3).to_string());
+            }
+        }
+        let Some(r) = engine::try_request_login(&mut c, self.now, &self.dir, &opts) else {
+            if trace() {
+                eprintln!("   CID {cid}: login did not complete");
+            }
             return;
         };
         if leading {
@@ -207,6 +330,9 @@ impl Driver {
             stat_sn: None,
             exp_cmd_sn: None,
             r2ts: Vec::new(),
+            answered: Vec::new(),
+            numbered: HashMap::new(),
+            acked: 0,
         });
         self.drain();
     }
@@ -215,9 +341,14 @@ impl Driver {
         (!self.conns.is_empty()).then(|| conn as usize % self.conns.len())
     }
 
-    fn send(&mut self, i: usize, h: Header, data: &[u8]) {
+    fn send(&mut self, i: usize, h: impl Request, data: &[u8]) {
         let now = self.now;
-        self.conns[i].c.handle_pdu(now, raw(h, data), &Dir);
+        let mut pdu = h.raw(data);
+        if self.erl.is_some() {
+            // Every initiator request carries ExpStatSN in bytes 28-31 (RFC 7143 §11).
+            pdu.bhs[28..32].copy_from_slice(&self.conns[i].acked.to_be_bytes());
+        }
+        self.conns[i].c.handle_pdu(now, pdu, &self.dir);
         self.drain();
     }
 
@@ -228,11 +359,22 @@ impl Driver {
             for i in 0..self.conns.len() {
                 while let Some(o) = self.conns[i].c.poll_transmit() {
                     progressed = true;
+                    if trace() {
+                        eprintln!(
+                            "   CID {} <- {:?} +{}",
+                            self.conns[i].cid,
+                            o.header,
+                            o.data.len()
+                        );
+                    }
                     assert!(!self.conns[i].close_seen, "PDU after Close: {o:?}");
                     self.check_out(i, &o);
                 }
                 while let Some(e) = self.conns[i].c.poll_event() {
                     progressed = true;
+                    if trace() {
+                        eprintln!("   CID {} event {e:?}", self.conns[i].cid);
+                    }
                     assert!(!self.conns[i].close_seen, "event after Close: {e:?}");
                     match e {
                         ConnEvent::Execute(t) => {
@@ -250,7 +392,9 @@ impl Driver {
                             assert!(self.executing.iter().any(|(x, _)| *x == id));
                         }
                         ConnEvent::Tmf(_) | ConnEvent::Framing { .. } => {}
-                        ConnEvent::LoginComplete(_) => panic!("LoginComplete in full feature phase"),
+                        ConnEvent::LoginComplete(_) => {
+                            panic!("LoginComplete in full feature phase")
+                        }
                     }
                 }
             }
@@ -271,9 +415,16 @@ impl Driver {
         assert_eq!(pdu.data.as_slice(), o.data.as_slice());
         let h = &o.header;
         let cid = self.conns[i].cid;
+        if self.snack_on == Some(i) && self.retransmitted(i, h) {
+            return;
+        }
         let (stat_sn, exp, advances) = match h {
             Header::ScsiResponse(r) => (Some(r.stat_sn), Some(r.exp_cmd_sn), true),
-            Header::DataIn(d) => (d.has_status.then_some(d.stat_sn), Some(d.exp_cmd_sn), d.has_status),
+            Header::DataIn(d) => (
+                d.has_status.then_some(d.stat_sn),
+                Some(d.exp_cmd_sn),
+                d.has_status,
+            ),
             Header::R2t(r) => (Some(r.stat_sn), Some(r.exp_cmd_sn), false),
             Header::NopIn(n) => (Some(n.stat_sn), Some(n.exp_cmd_sn), n.itt != RESERVED_TAG),
             Header::TaskMgmtResponse(t) => (Some(t.stat_sn), Some(t.exp_cmd_sn), true),
@@ -292,7 +443,10 @@ impl Driver {
         };
         if let Some(itt) = task_itt {
             if let Some(sent) = self.itt_cid.get(&itt) {
-                assert!(sent.contains(&cid), "PDU for ITT {itt:#x} on CID {cid}, sent on {sent:?}");
+                assert!(
+                    sent.contains(&cid),
+                    "PDU for ITT {itt:#x} on CID {cid}, sent on {sent:?}"
+                );
             }
             if let Header::R2t(r) = h {
                 self.conns[i]
@@ -303,7 +457,13 @@ impl Driver {
                 || matches!(h, Header::DataIn(d) if d.has_status)
             {
                 self.itt_cid.remove(&itt);
-                self.conns[i].r2ts.retain(|r| r.0 != itt);
+                let c = &mut self.conns[i];
+                c.r2ts.retain(|r| r.0 != itt);
+                c.answered.retain(|&a| a != itt);
+                c.answered.push(itt);
+                if c.answered.len() > 1024 {
+                    c.answered.remove(0);
+                }
             }
         }
         if let Some(s) = stat_sn {
@@ -312,17 +472,129 @@ impl Driver {
                 assert_eq!(s, expected, "StatSN on CID {cid}");
             }
             c.stat_sn = Some(if advances { s.wrapping_add(1) } else { s });
+            if advances && self.erl.is_some() {
+                c.numbered.insert(s, h.clone());
+            }
         }
         if let Some(e) = exp {
             let c = &mut self.conns[i];
             if let Some(prev) = c.exp_cmd_sn {
-                assert!(!serial::lt(e, prev), "ExpCmdSN went back on CID {cid}: {prev} -> {e}");
+                assert!(
+                    !serial::lt(e, prev),
+                    "ExpCmdSN went back on CID {cid}: {prev} -> {e}"
+                );
             }
             c.exp_cmd_sn = Some(e);
         }
     }
 
+    /// Whether `h`, sent on connection `i` in answer to a SNACK, is a retransmission (and so
+    /// exempt from the StatSN and allegiance rules); checks it is a faithful one.
+    fn retransmitted(&mut self, i: usize, h: &Header) -> bool {
+        let c = &self.conns[i];
+        let numbered = match h {
+            Header::DataIn(d) if !d.has_status => {
+                // RFC 7143 §11.16: Data-In again, only of a task answered here.
+                assert!(
+                    c.answered.contains(&d.itt),
+                    "Data-In for ITT {:#x} again on CID {}, not answered there",
+                    d.itt,
+                    c.cid
+                );
+                return true;
+            }
+            Header::ScsiResponse(r) => r.stat_sn,
+            Header::DataIn(d) => d.stat_sn,
+            Header::NopIn(n) if n.itt != RESERVED_TAG => n.stat_sn,
+            Header::TaskMgmtResponse(t) => t.stat_sn,
+            Header::LogoutResponse(l) => l.stat_sn,
+            Header::TextResponse(t) => t.stat_sn,
+            Header::Reject(r) => r.stat_sn,
+            _ => return false,
+        };
+        if !c.stat_sn.is_some_and(|next| serial::lt(numbered, next)) {
+            return false; // a new response
+        }
+        let original = c.numbered.get(&numbered);
+        assert!(
+            original.map(without_window) == Some(without_window(h)),
+            "StatSN {numbered} again on CID {} as {h:?}, first sent as {original:?}",
+            c.cid
+        );
+        true
+    }
+
+    fn recovery(&mut self, op: &Recovery) {
+        match *op {
+            Recovery::Snack {
+                conn,
+                kind,
+                pick,
+                beg,
+                run,
+            } => {
+                let Some(i) = self.pick(conn) else { return };
+                let c = &self.conns[i];
+                let snack_type = kind % 5;
+                let tasks: Vec<u32> = c
+                    .answered
+                    .iter()
+                    .copied()
+                    .chain(c.r2ts.iter().map(|r| r.0))
+                    .collect();
+                let itt = match pick {
+                    _ if snack_type == pdu::SNACK_STATUS => RESERVED_TAG,
+                    0xf8.. => RESERVED_TAG,
+                    _ if pick >= 0xf0 || tasks.is_empty() => 0x10 + u32::from(pick & 7),
+                    _ => tasks[pick as usize % tasks.len()],
+                };
+                let beg_run = if snack_type == pdu::SNACK_STATUS {
+                    let next = c.stat_sn.unwrap_or(0);
+                    next.wrapping_add(4).wrapping_sub(u32::from(beg % 16))
+                } else {
+                    u32::from(beg % 16).saturating_sub(8)
+                };
+                let mut h = pdu::snack(snack_type, itt, beg_run, u32::from(run % 4));
+                if snack_type == pdu::SNACK_R_DATA {
+                    h.ttt = 0x5000 + u32::from(pick); // the SNACK Tag
+                }
+                self.snack_on = Some(i);
+                self.send(i, h, &[]);
+                self.snack_on = None;
+            }
+            Recovery::Ack { conn, lag } => {
+                let Some(i) = self.pick(conn) else { return };
+                let c = &mut self.conns[i];
+                c.acked = c.stat_sn.unwrap_or(0).wrapping_sub(u32::from(lag % 4));
+                // RFC 7143 §11.18: ITT and TTT reserved, immediate: no answer.
+                let h = NopOut {
+                    immediate: true,
+                    ..pdu::nop_out(RESERVED_TAG, self.next_sn)
+                };
+                self.send(i, h, &[]);
+            }
+            Recovery::DigestError { conn, pick } => {
+                let Some(i) = self.pick(conn) else { return };
+                if self.conns[i].r2ts.is_empty() {
+                    return;
+                }
+                let k = pick as usize % self.conns[i].r2ts.len();
+                let (itt, ttt, offset, len) = self.conns[i].r2ts.remove(k);
+                let mut bhs = pdu::data_out(itt, ttt, 0, offset, true)
+                    .into_header()
+                    .emit();
+                iscsi_wire::frame::encode_bhs_lengths(&mut bhs, 0, len as usize);
+                bhs[28..32].copy_from_slice(&self.conns[i].acked.to_be_bytes());
+                self.conns[i].c.handle_digest_error(&bhs);
+                self.drain();
+            }
+        }
+    }
+
     fn run(&mut self, op: &Op) {
+        if trace() {
+            eprintln!("-> {op:?}");
+        }
         match *op {
             Op::Join { cid } => self.join(u16::from(cid % 6)),
             Op::Command {
@@ -338,21 +610,15 @@ impl Driver {
                 let Some(i) = self.pick(conn) else { return };
                 let itt = u32::from(itt) + 0x10;
                 let len = u32::from(blocks % 32) * 512;
-                let mut cdb = [0u8; 16];
-                cdb[0] = if write { 0x2a } else { 0x28 };
-                let h = Header::ScsiCommand(ScsiCommand {
+                let opcode = if write { 0x2a } else { 0x28 };
+                let h = ScsiCommand {
                     immediate,
-                    final_bit: true,
                     read,
                     write,
                     attr: attr % 5,
-                    lun: 0,
-                    itt,
                     expected_len: len,
-                    cmd_sn: self.sn(sn),
-                    exp_stat_sn: 0,
-                    cdb,
-                });
+                    ..pdu::scsi_command(itt, self.sn(sn), &[opcode])
+                };
                 let cid = self.conns[i].cid;
                 self.itt_cid.entry(itt).or_default().push(cid);
                 self.sent_sn(sn, immediate);
@@ -366,7 +632,8 @@ impl Driver {
                 let k = pick as usize % self.conns[i].r2ts.len();
                 let (itt, ttt, offset, len) = self.conns[i].r2ts.remove(k);
                 let len = if short { len.saturating_sub(1) } else { len };
-                self.send(i, data_out(itt, ttt, offset), &vec![0xa5; len as usize]);
+                let h = pdu::data_out(itt, ttt, 0, offset, true);
+                self.send(i, h, &vec![0xa5; len as usize]);
             }
             Op::StrayDataOut { conn, pick } => {
                 let Some(i) = self.pick(conn) else { return };
@@ -376,7 +643,8 @@ impl Driver {
                     return;
                 }
                 let (itt, ttt, offset, len) = all[pick as usize % all.len()];
-                self.send(i, data_out(itt, ttt, offset), &vec![0x5a; len as usize]);
+                let h = pdu::data_out(itt, ttt, 0, offset, true);
+                self.send(i, h, &vec![0x5a; len as usize]);
             }
             Op::Complete { pick, data_len } => {
                 if self.executing.is_empty() {
@@ -401,17 +669,12 @@ impl Driver {
                 sn,
             } => {
                 let Some(i) = self.pick(conn) else { return };
-                let h = Header::TaskMgmtRequest(TaskMgmtRequest {
-                    immediate: true,
-                    function: 1 + function % 8,
-                    lun: 0,
-                    itt: 0x4000 + u32::from(ref_itt),
-                    referenced_tag: u32::from(ref_itt) + 0x10,
-                    cmd_sn: self.sn(sn),
-                    exp_stat_sn: 0,
-                    ref_cmd_sn: self.sn(sn),
-                    exp_data_sn: 0,
-                });
+                let h = pdu::tmf(
+                    TmfFunction(1 + function % 8),
+                    0x4000 + u32::from(ref_itt),
+                    u32::from(ref_itt) + 0x10,
+                    self.sn(sn),
+                );
                 self.send(i, h, &[]);
             }
             Op::TmfDone { conn } => {
@@ -426,26 +689,17 @@ impl Driver {
                 sn,
             } => {
                 let Some(i) = self.pick(conn) else { return };
-                let h = Header::LogoutRequest(LogoutRequest {
-                    immediate: true,
-                    reason: iscsi_wire::LogoutReason(reason % 4),
-                    itt: 0x7000 + u32::from(cid),
-                    cid: u16::from(cid % 6),
-                    cmd_sn: self.sn(sn),
-                    exp_stat_sn: 0,
-                });
+                let h = pdu::logout(
+                    LogoutReason(reason % 4),
+                    0x7000 + u32::from(cid),
+                    u16::from(cid % 6),
+                    self.sn(sn),
+                );
                 self.send(i, h, &[]);
             }
             Op::Nop { conn, itt, sn } => {
                 let Some(i) = self.pick(conn) else { return };
-                let h = Header::NopOut(NopOut {
-                    immediate: false,
-                    lun: 0,
-                    itt: 0x6000 + u32::from(itt),
-                    ttt: RESERVED_TAG,
-                    cmd_sn: self.sn(sn),
-                    exp_stat_sn: 0,
-                });
+                let h = pdu::nop_out(0x6000 + u32::from(itt), self.sn(sn));
                 self.sent_sn(sn, false);
                 self.send(i, h, &[]);
             }
@@ -479,18 +733,42 @@ impl Driver {
 }
 
 fuzz_target!(|input: Input| {
+    let (max_connections, erl) = match &input {
+        Input::V1(i) => (i.max_connections, None),
+        Input::V2(i) => (i.max_connections, Some(i.erl)),
+    };
     let mut d = Driver {
+        dir: Dir::new(TARGET),
+        erl,
+        snack_on: None,
         conns: Vec::new(),
         session: None,
         tsih: 0,
-        max_connections: u32::from(input.max_connections % 5).max(1),
+        max_connections: u32::from(max_connections % 5).max(1),
         now: Instant::now(),
         next_sn: 0,
         executing: Vec::new(),
         itt_cid: HashMap::new(),
     };
     d.join(0);
-    for op in input.ops.iter().take(MAX_OPS) {
-        d.run(op);
+    match &input {
+        Input::V1(i) => {
+            for op in i.ops.iter().take(MAX_OPS) {
+                d.run(op);
+            }
+        }
+        Input::V2(i) => {
+            for step in i.ops.iter().take(MAX_OPS) {
+                match step {
+                    Step::Op(op) => d.run(op),
+                    Step::Recovery(op) => {
+                        if trace() {
+                            eprintln!("-> {op:?}");
+                        }
+                        d.recovery(op)
+                    }
+                }
+            }
+        }
     }
 });

@@ -14,41 +14,16 @@ use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use iscsi_proto::conn::ConnConfig;
-use iscsi_proto::{ConnEvent, Connection, Directory, Payload, TaskOutcome};
-use iscsi_wire::frame::{encode_bhs_lengths, RawPdu};
-use iscsi_wire::header::{Header, LoginRequest, ScsiCommand};
-use iscsi_wire::{text, Stage};
+use iscsi_proto::{ConnEvent, Connection, Payload, TaskOutcome};
+use testkit::engine::{self, Dir, LoginOpts};
+use testkit::pdu::{self, Request};
 
-const TARGET: &str = "iqn.2026-11.io.ferrite:bench";
 const READ_LEN: usize = 1 << 20;
-
-/// One target, reachable by anyone.
-struct Dir;
-impl Directory for Dir {
-    fn tpg_tag(&self) -> u16 {
-        1
-    }
-    fn target(&self, name: &str, _initiator: &str) -> Option<Option<String>> {
-        (name == TARGET).then_some(None)
-    }
-    fn send_targets(&self, _i: &str, _f: Option<&str>) -> Vec<(String, Vec<String>)> {
-        Vec::new()
-    }
-}
-
-fn raw(h: &Header, data: &[u8]) -> RawPdu {
-    let mut bhs = h.emit();
-    encode_bhs_lengths(&mut bhs, 0, data.len());
-    RawPdu {
-        bhs,
-        ahs: Vec::new(),
-        data: data.to_vec(),
-    }
-}
 
 /// A connection in full feature phase, plus the initiator-side counters.
 struct Session {
     conn: Connection,
+    dir: Dir,
     now: Instant,
     cmd_sn: u32,
     itt: u32,
@@ -64,44 +39,17 @@ impl Session {
         let now = Instant::now();
         let mut conn = Connection::new(ConnConfig::default(), now, 1);
         let digest = if digests { "CRC32C" } else { "None" };
-        let mrdsl = mrdsl.to_string();
-        let keys = [
-            ("InitiatorName", "iqn.2026-11.io.ferrite:micro"),
-            ("TargetName", TARGET),
-            ("SessionType", "Normal"),
-            ("HeaderDigest", digest),
-            ("DataDigest", digest),
-            ("MaxRecvDataSegmentLength", mrdsl.as_str()),
-            ("MaxBurstLength", "1048576"),
-        ];
-        let req = Header::LoginRequest(LoginRequest {
-            transit: true,
-            cont: false,
-            csg: Stage::Operational,
-            nsg: Stage::FullFeature,
-            version_max: 0,
-            version_min: 0,
-            isid: 0x8000_0000_0001,
-            tsih: 0,
-            itt: 1,
-            cid: 0,
-            cmd_sn: 1,
-            exp_stat_sn: 0,
-        });
-        conn.handle_pdu(now, raw(&req, &text::encode(&keys)), &Dir);
-        let result = loop {
-            match conn.poll_event() {
-                Some(ConnEvent::LoginComplete(r)) => break r,
-                Some(_) => {}
-                None => panic!("login did not complete"),
-            }
-        };
-        conn.accept_login(&result, 1);
-        while conn.poll_transmit().is_some() {}
-        while conn.poll_event().is_some() {}
-        assert!(conn.is_full_feature(), "login failed");
+        let opts = LoginOpts::default()
+            .key("SessionType", "Normal")
+            .key("HeaderDigest", digest)
+            .key("DataDigest", digest)
+            .key("MaxRecvDataSegmentLength", &mrdsl.to_string())
+            .key("MaxBurstLength", "1048576");
+        let dir = Dir::new(engine::TARGET);
+        let result = engine::login(&mut conn, now, &dir, &opts, 1);
         Session {
             conn,
+            dir,
             now,
             cmd_sn: result.exp_cmd_sn,
             itt: 0x100,
@@ -112,33 +60,16 @@ impl Session {
 
     /// One READ(10) of 1 MiB from command to the last Data-In; returns the PDUs sent.
     fn read_1mib(&mut self, encode: bool) -> usize {
-        let mut cdb = [0u8; 16];
-        cdb[0] = 0x28;
-        cdb[7..9].copy_from_slice(&((READ_LEN / 512) as u16).to_be_bytes());
-        let cmd = Header::ScsiCommand(ScsiCommand {
-            immediate: false,
-            final_bit: true,
-            read: true,
-            write: false,
-            attr: 1,
-            lun: 0,
-            itt: self.itt,
-            expected_len: READ_LEN as u32,
-            cmd_sn: self.cmd_sn,
-            exp_stat_sn: 0,
-            cdb,
-        });
+        let blocks = (READ_LEN / 512) as u16;
+        let cmd = pdu::read10(self.itt, self.cmd_sn, 0, blocks, 512);
         self.itt = self.itt.wrapping_add(1) & 0x7fff_ffff;
         self.cmd_sn = self.cmd_sn.wrapping_add(1);
-        self.conn.handle_pdu(self.now, raw(&cmd, &[]), &Dir);
+        self.conn.handle_pdu(self.now, cmd.raw(&[]), &self.dir);
         let id = match self.conn.poll_event() {
             Some(ConnEvent::Execute(task)) => task.id,
             other => panic!("expected Execute, got {other:?}"),
         };
-        let data_in = self
-            .spare
-            .take()
-            .unwrap_or_else(|| vec![0x5a; READ_LEN]);
+        let data_in = self.spare.take().unwrap_or_else(|| vec![0x5a; READ_LEN]);
         self.conn.complete_task(
             id,
             TaskOutcome {
@@ -160,7 +91,9 @@ impl Session {
         }
         // Every other Data-In is gone, so the last one holds the only reference to the buffer.
         if let Some(Payload::Shared { buf, .. }) = last.map(|p| p.data) {
-            self.spare = Arc::try_unwrap(buf).ok().map(iscsi_proto::budget::SharedBuf::into_inner);
+            self.spare = Arc::try_unwrap(buf)
+                .ok()
+                .map(iscsi_proto::budget::SharedBuf::into_inner);
         }
         pdus
     }

@@ -6,10 +6,13 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod conformance;
-pub mod initiator;
 pub mod pr;
 pub mod sbc;
 pub mod tpg;
+
+/// The raw TCP test initiator (`Session`, `LoginOpts`, PDU helpers) lives in the `testkit` crate;
+/// the tests name it `common::initiator`.
+pub use testkit::initiator;
 
 use std::ffi::OsString;
 use std::fs;
@@ -21,6 +24,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+/// The daemons' target name; `initiator::LoginOpts::default()` logs in to the same one
+/// (`testkit::initiator::TARGET`).
 pub const IQN: &str = "iqn.2026-11.io.ferrite:itest";
 
 /// A scratch directory under cargo's per-target temp dir, removed on drop.

@@ -4,11 +4,18 @@
 //! joining an existing session by TSIH), WRITE(10) through R2T + Data-Out, READ(10) through
 //! Data-In, REPORT LUNS and other commands on any LUN, SendTargets, log out — and misbehave on
 //! purpose (half a PDU, vanish mid-transfer, corrupt a digest).
+//!
+//! It uses neither `iscsi-wire` nor `iscsi-proto` (the crate depends on them for the sans-IO
+//! modules only): what it sends and checks must not share a bug with the target under test.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
+
+/// The target [`LoginOpts::default`] logs in to: the name the whole-system tests give their
+/// daemon (`crates/ferrite/tests/common`'s `IQN`, which is checked to be the same).
+pub const TARGET: &str = "iqn.2026-11.io.ferrite:itest";
 
 pub const OP_NOP_OUT: u8 = 0x00;
 pub const OP_SCSI_CMD: u8 = 0x01;
@@ -222,7 +229,7 @@ impl Default for LoginOpts<'_> {
     fn default() -> Self {
         LoginOpts {
             initiator: "iqn.2026-11.io.ferrite:test-initiator",
-            target: super::IQN,
+            target: TARGET,
             header_digest: false,
             data_digest: false,
             isid: [0x80, 0x12, 0x34, 0x56, 0x78, 0x9a],
