@@ -261,7 +261,8 @@ def op_tick(secs):
 
 SESSION_OPS = ["Join", "Command", "DataOut", "StrayDataOut", "Complete", "Tmf", "TmfDone",
                "Logout", "Nop", "AbortOutside", "Shutdown", "BudgetReady", "Tick"]
-RECOVERY_OPS = ["Snack", "Ack", "DigestError"]
+RECOVERY_OPS = ["Snack", "Ack", "DigestError", "ConnectionLost", "Expire", "RequestLogout",
+                "DropConnection", "DropAll"]
 FORMAT_2 = b"FzS2"
 SNACK_TYPES = {"data": 0, "status": 1, "data-ack": 2, "r-data": 3}
 
@@ -342,6 +343,12 @@ def r_digest_error(conn, pick=0):
     return r_op("DigestError", bytes([conn, pick]))
 
 
+def r_simple(name, byte=None):
+    """ConnectionLost (conn), Expire (secs), RequestLogout (within), DropConnection (cid),
+    DropAll (no field)."""
+    return r_op(name, b"" if byte is None else b8(byte))
+
+
 def session_seeds():
     read, write = dict(read=True), dict(write=True)
     return {
@@ -398,6 +405,26 @@ def session_seeds():
             2, 1, v2(s_join(1)), v2(s_cmd(1, 4, blocks=1, **read)), v2(s_complete(0, 512)),
             r_snack(0, "data", pick=0xf4), r_snack(1, "status", beg=5),
             v2(s_simple("Shutdown", 0)), r_snack(1, "r-data"), r_ack(1, 1)),
+        # ERL 2: a write's connection is lost after its R2T; a new connection (the third in
+        # join order) removes it for recovery and takes the task over (TASK REASSIGN: R2T for
+        # the data), which completes.
+        "erl2-write-reassigned": session_v2(
+            2, 2, v2(s_join(1)), v2(s_cmd(1, 6, blocks=4, **write)),
+            r_simple("ConnectionLost", 1), v2(s_join(2)), v2(s_logout(2, 2, 1)),
+            v2(s_tmf(2, 7, 6)), v2(s_data_out(2)), v2(s_complete(0))),
+        # ERL 2: a read finishes while its connection is down; the same CID logs in again
+        # and the task is reassigned to it; another task is left to Time2Retain.
+        "erl2-read-reinstated-and-expired": session_v2(
+            2, 2, v2(s_join(1)), v2(s_cmd(1, 7, blocks=2, **read)),
+            v2(s_cmd(1, 8, blocks=2, **write)), r_simple("ConnectionLost", 1),
+            v2(s_complete(0, 1024)), v2(s_join(1)), v2(s_tmf(2, 7, 7)),
+            r_simple("Expire", 30), v2(s_logout(0, 0, 0))),
+        # The operator's asynchronous messages: a logout asked for, one connection dropped,
+        # then all of them.
+        "async-messages": session_v2(
+            3, 2, v2(s_join(1)), v2(s_join(2)), v2(s_cmd(2, 9, blocks=1, **read)),
+            r_simple("RequestLogout", 10), r_simple("DropConnection", 2),
+            v2(s_complete(0, 512)), r_simple("DropAll")),
     }
 
 

@@ -86,7 +86,11 @@ fuzz_target!(|data: &[u8]| {
             other => panic!("unexpected status {other:?}"),
         }
         // No CDB allocation length reaches past 16 MiB (READ of the largest transfer).
-        assert!(r.data_in.len() <= 16 << 20, "{} bytes of data-in", r.data_in.len());
+        assert!(
+            r.data_in.len() <= 16 << 20,
+            "{} bytes of data-in",
+            r.data_in.len()
+        );
         // A sanitize or format started with IMMED = 1 runs in the background: it must end
         // (and its thread be gone before the leak check).
         let start = Instant::now();

@@ -145,7 +145,7 @@ struct InputV1 {
 /// The bytes a format-2 input starts with.
 const FORMAT_2: &[u8; 4] = b"FzS2";
 
-/// Format 2: a login that offers ErrorRecoveryLevel `erl % 3` (the target offers up to 1), and
+/// Format 2: a login that offers ErrorRecoveryLevel `erl % 3` (the target offers up to 2), and
 /// ops that may be [`Recovery`] ops.
 #[derive(Arbitrary, Debug)]
 struct InputV2 {
@@ -217,9 +217,33 @@ enum Recovery {
     },
     /// Acknowledge the connection's responses up to `lag % 4` before the last one (ExpStatSN),
     /// on an immediate NOP-Out that asks for no answer; later PDUs on it carry it too.
-    Ack { conn: u8, lag: u8 },
+    Ack {
+        conn: u8,
+        lag: u8,
+    },
     /// The Data-Out that answers an R2T the connection got arrives with a bad data digest.
-    DigestError { conn: u8, pick: u8 },
+    DigestError {
+        conn: u8,
+        pick: u8,
+    },
+    /// The connection is lost without a logout, as the daemon reports it: the session ends
+    /// below ErrorRecoveryLevel 2; at 2 only this connection, its tasks kept for reassignment.
+    ConnectionLost {
+        conn: u8,
+    },
+    /// `secs` pass and the session's Time2Retain is looked at (the daemon's timer).
+    Expire {
+        secs: u8,
+    },
+    /// The operator's Asynchronous Messages (RFC 7143 §11.9): ask for a logout within
+    /// `within` seconds; drop connection `cid % 6`; drop them all.
+    RequestLogout {
+        within: u8,
+    },
+    DropConnection {
+        cid: u8,
+    },
+    DropAll,
 }
 
 struct Conn {
@@ -431,6 +455,7 @@ impl Driver {
             Header::LogoutResponse(l) => (Some(l.stat_sn), Some(l.exp_cmd_sn), true),
             Header::TextResponse(t) => (Some(t.stat_sn), Some(t.exp_cmd_sn), true),
             Header::Reject(r) => (Some(r.stat_sn), Some(r.exp_cmd_sn), true),
+            Header::AsyncMessage(a) => (Some(a.stat_sn), Some(a.exp_cmd_sn), true),
             Header::LoginResponse(_) => (None, None, false),
             other => panic!("target sent {other:?}"),
         };
@@ -510,6 +535,7 @@ impl Driver {
             Header::LogoutResponse(l) => l.stat_sn,
             Header::TextResponse(t) => t.stat_sn,
             Header::Reject(r) => r.stat_sn,
+            Header::AsyncMessage(a) => a.stat_sn,
             _ => return false,
         };
         if !c.stat_sn.is_some_and(|next| serial::lt(numbered, next)) {
@@ -586,6 +612,37 @@ impl Driver {
                 iscsi_wire::frame::encode_bhs_lengths(&mut bhs, 0, len as usize);
                 bhs[28..32].copy_from_slice(&self.conns[i].acked.to_be_bytes());
                 self.conns[i].c.handle_digest_error(&bhs);
+                self.drain();
+            }
+            Recovery::ConnectionLost { conn } => {
+                let Some(i) = self.pick(conn) else { return };
+                let now = self.now;
+                self.conns[i].c.connection_lost(now, "fuzz");
+                self.drain();
+            }
+            Recovery::Expire { secs } => {
+                self.now += Duration::from_secs(u64::from(secs));
+                if let Some(s) = &self.session {
+                    s.expire(self.now);
+                }
+                self.drain();
+            }
+            Recovery::RequestLogout { within } => {
+                if let Some(s) = &self.session {
+                    s.request_logout(u16::from(within));
+                }
+                self.drain();
+            }
+            Recovery::DropConnection { cid } => {
+                if let Some(s) = &self.session {
+                    s.drop_connection(u16::from(cid % 6), self.now);
+                }
+                self.drain();
+            }
+            Recovery::DropAll => {
+                if let Some(s) = &self.session {
+                    s.drop_all("fuzz");
+                }
                 self.drain();
             }
         }
@@ -669,6 +726,15 @@ impl Driver {
                 sn,
             } => {
                 let Some(i) = self.pick(conn) else { return };
+                if 1 + function % 8 == TmfFunction::TASK_REASSIGN.0 {
+                    // At ErrorRecoveryLevel 2 the task may move here (RFC 7143 §6.2.2): its
+                    // PDUs may come on this connection from now on.
+                    let cid = self.conns[i].cid;
+                    self.itt_cid
+                        .entry(u32::from(ref_itt) + 0x10)
+                        .or_default()
+                        .push(cid);
+                }
                 let h = pdu::tmf(
                     TmfFunction(1 + function % 8),
                     0x4000 + u32::from(ref_itt),
