@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use iscsi_proto::chap::Secret;
 use iscsi_proto::{Access, AuthPolicy, Directory};
-use scsi_core::{DeviceServer, LogicalUnit, TargetPort};
+use scsi_core::{DeviceServer, LogicalUnit, TargetDevice, TargetPort};
 
 use crate::config::{ChapConfig, Config, LunConfig, TargetConfig};
 
@@ -54,6 +54,9 @@ pub struct Target {
     /// LUN views by initiator name ([`DEMO_VIEW`] for demo mode): what REPORT LUNS shows and
     /// which LU each LUN number reaches.
     pub views: HashMap<String, Arc<DeviceServer>>,
+    /// The SCSI target device (scsi-core): its ports, logical units and target-wide resets.
+    /// The same object across reconfigurations, as long as the target exists.
+    pub device: Arc<TargetDevice>,
 }
 
 impl Target {
@@ -102,8 +105,12 @@ impl Runtime {
         build_lu: &mut LuBuilder,
     ) -> anyhow::Result<Runtime> {
         let mut targets = Vec::new();
+        // What each target device will hold, applied once everything is built (a failure
+        // leaves the running devices as they are).
+        let mut devices = Vec::new();
         for tc in &cfg.targets {
             let prev = old.and_then(|o| o.target(&tc.name));
+            let device = prev.map_or_else(|| TargetDevice::new(&tc.name), |p| p.device.clone());
             let mut lus = BTreeMap::new();
             for l in &tc.luns {
                 let reused = prev.and_then(|p| p.lus.get(&l.id)).filter(|(c, _)| c == l);
@@ -118,14 +125,7 @@ impl Runtime {
                 // SPC-4 §7.8.6.x: the relative target port identifier is unique within the
                 // SCSI target device (our iSCSI target) and must not change under the
                 // initiator: it is the portal group tag, stable across restarts and edits.
-                let port = match prev.and_then(|p| p.group(g.tag)) {
-                    Some(pg) => pg.port.clone(),
-                    None => Arc::new(TargetPort {
-                        target_name: tc.name.clone(),
-                        tpg_tag: g.tag,
-                        relative_port_id: g.tag,
-                    }),
-                };
+                let port = device.port(g.tag, g.tag);
                 groups.push(PortalGroup {
                     tag: g.tag,
                     portals: g.portals.iter().filter_map(|p| p.parse().ok()).collect(),
@@ -162,10 +162,13 @@ impl Runtime {
             for (key, map) in wanted {
                 let view = prev
                     .and_then(|p| p.views.get(&key).cloned())
-                    .unwrap_or_else(|| Arc::new(DeviceServer::new()));
+                    .unwrap_or_else(|| Arc::new(DeviceServer::on(device.clone())));
                 sync_view(&view, &map, &lus)?;
                 views.insert(key, view);
             }
+            let tags: Vec<u16> = groups.iter().map(|g| g.tag).collect();
+            let held = lus.iter().map(|(&id, (_, lu))| (id, lu.clone())).collect();
+            devices.push((device.clone(), tags, held));
             targets.push(Arc::new(Target {
                 name: tc.name.clone(),
                 alias: tc.alias.clone(),
@@ -173,7 +176,12 @@ impl Runtime {
                 lus,
                 acls,
                 views,
+                device,
             }));
+        }
+        for (device, tags, lus) in devices {
+            device.retain_ports(&tags);
+            device.set_lus(lus);
         }
         Ok(Runtime {
             config: cfg.clone(),

@@ -207,9 +207,7 @@ impl Daemon {
         let aborter: Arc<dyn scsi_core::TaskAborter> =
             Arc::new(SessionAborter(Arc::downgrade(self)));
         for t in &rt.targets {
-            for v in t.views.values() {
-                v.set_task_aborter(aborter.clone());
-            }
+            t.device.set_task_aborter(aborter.clone());
         }
     }
 
@@ -688,15 +686,10 @@ impl Attached {
                 return Some(m.clone());
             }
         }
-        let name = &self.target.as_ref()?.name;
-        let rt = daemon.runtime();
-        let id = rt
-            .target(name)?
-            .lus
-            .iter()
-            .find(|(_, (_, l))| Arc::ptr_eq(l, &lu))
-            .map(|(id, _)| *id)?;
-        let m = daemon.metrics.lun(name, id);
+        let target = self.target.as_ref()?;
+        // The device is the target's for good: it knows LUNs added since this login too.
+        let id = target.device.id_of(&lu)?;
+        let m = daemon.metrics.lun(&target.name, id);
         self.lun_metrics.insert(lun, (ptr, m.clone()));
         Some(m)
     }
@@ -762,9 +755,7 @@ async fn task_management(
         (TmfAction::LunReset { .. }, Some(lu)) => lu.logical_unit_reset(),
         (TmfAction::TargetWarmReset | TmfAction::TargetColdReset, _) => {
             // The whole SCSI target device, whatever LUNs this initiator's view shows.
-            for (_, lu) in target.lus.values() {
-                lu.hard_reset();
-            }
+            target.device.reset();
         }
         _ => {}
     })

@@ -9,8 +9,9 @@
 //! `tests/module_graph.rs` fails if modules import each other in a circle again.
 //!
 //! ```text
-//! server        DeviceServer: dispatch (UA, reservation and CDB checks), resets; carries out
-//!   |           the effects handlers leave (PREEMPT AND ABORT: TaskAborter, then drain)
+//! server        DeviceServer (one initiator's LUN map onto a target device): dispatch (UA,
+//!   |           reservation and CDB checks), resets; carries out the effects handlers leave
+//!   |           (PREEMPT AND ABORT: the device's TaskAborter, then drain)
 //! opcodes       the opcode table, naming every handler; REPORT SUPPORTED OPERATION CODES
 //!   |
 //! handlers      format, sanitize -> medium (sanitize / format runs, journal records) -> sbc;
@@ -20,12 +21,15 @@
 //!   |           io_fail
 //! luns          LUN field encoding, LunMap (the LUN inventory handlers may read)
 //!   |
+//! device        TargetDevice: target ports, logical units, target-wide resets, the aborter
+//!   |
 //! lu            LogicalUnit: configuration, backstore, and the state it owns (mode parameters,
 //!   |           unit attentions, SPC-2 and persistent reservations, range locks, medium and
-//!   |           operation state, held copy results)
+//!   |           operation state, held copy results, its task set)
 //! pr            persistent reservations: rules, engine, wire formats, stores (no LU in sight)
 //!   |
-//! ua, journal   unit attentions per I_T nexus; where an operation is recorded
+//! ua, journal,  unit attentions per I_T nexus; where an operation is recorded; the task set
+//! task_set      (SAM-5 §8.6) every I_T nexus shares
 //!   |
 //! cdb, sense,   leaves: byte views and handler results (cdb); the one table from SenseReason
 //! locks,        to sense key / ASC / ASCQ (sense); LBA range locks; durable file writes
@@ -37,6 +41,7 @@ use std::sync::Arc;
 
 mod cdb;
 mod cmd;
+mod device;
 mod durable;
 mod format;
 mod journal;
@@ -63,6 +68,7 @@ mod xcopy;
 #[cfg(test)]
 mod tests;
 
+pub use device::{TargetDevice, TaskAborter};
 pub use journal::{FileOpJournal, OpJournal};
 pub use lu::{fnv1a64, limits, naa_from_name, ConfigError, LogicalUnit, LuConfig, NAA_COMPANY_ID};
 pub use luns::{lun_from_wire, lun_to_wire, AddLunError, MAX_FLAT_LUN, MAX_LUN};
@@ -72,7 +78,7 @@ pub use pr::{
     MAX_REGISTRATIONS,
 };
 pub use sense::{Sense, SenseReason};
-pub use server::{DeviceServer, TaskAborter};
+pub use server::DeviceServer;
 pub use task_set::{TaskEntry, TaskSet, TaskWaker};
 pub use vpd::target_port_name;
 

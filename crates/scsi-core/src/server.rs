@@ -17,6 +17,7 @@ use std::sync::{Arc, RwLock};
 
 use crate::cdb::{bad_cdb, Bytes, CmdResult, Fail};
 use crate::cmd::{Cmd, Effect};
+use crate::device::{TargetDevice, TaskAborter};
 use crate::lu::LogicalUnit;
 use crate::luns::{lun_from_wire, AddLunError, LunMap};
 use crate::opcodes::{self, flag, Handler, Lookup, OpDesc};
@@ -24,23 +25,15 @@ use crate::reservations;
 use crate::sense::SenseReason;
 use crate::{Nexus, ScsiRequest, ScsiResponse, ScsiStatus};
 
-/// The transport's side of PREEMPT AND ABORT (SPC-4 §5.13.11.2.5): abort every task of the
-/// given I_T nexuses for one logical unit, on every connection of their sessions, without a
-/// response (as ABORT TASK SET would, SAM-5 §7.2).
-pub trait TaskAborter: Send + Sync {
-    /// `lu` is the logical unit (the same object every view that maps it holds, so compare
-    /// with `std::ptr::eq`); `lun` is the 8-byte LUN field (SAM-5 §4.7 encoding, like
-    /// `ScsiRequest::lun`) through which the PREEMPT AND ABORT arrived — another I_T nexus may
-    /// reach the same logical unit under another LUN when LUN maps differ.
-    fn abort_tasks(&self, lu: &LogicalUnit, lun: u64, nexuses: &[Nexus]);
-}
-
-/// The device server of one target: a set of logical units addressed by LUN.
+/// The device server as one initiator sees a target: a LUN map onto the target device's
+/// logical units (see `device`). Without a device (tests), the map is all there is.
 #[derive(Default)]
 pub struct DeviceServer {
     /// The logical units, and the LUNs this view exposes read-only.
     luns: LunMap,
-    /// The transport's hook for PREEMPT AND ABORT.
+    /// The target device the map is of.
+    device: Option<Arc<TargetDevice>>,
+    /// The transport's hook for PREEMPT AND ABORT, when there is no device (tests).
     aborter: RwLock<Option<Arc<dyn TaskAborter>>>,
 }
 
@@ -53,8 +46,22 @@ impl fmt::Debug for DeviceServer {
 }
 
 impl DeviceServer {
+    /// A LUN map of its own, with no target device behind it (tests).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty LUN map onto `device`: what one initiator (or demo mode) sees of it.
+    pub fn on(device: Arc<TargetDevice>) -> Self {
+        DeviceServer {
+            device: Some(device),
+            ..Self::default()
+        }
+    }
+
+    /// The target device this map is of.
+    pub fn device(&self) -> Option<&Arc<TargetDevice>> {
+        self.device.as_ref()
     }
 
     /// Add a logical unit. Other logical units report REPORTED LUNS DATA HAS CHANGED to the
@@ -269,24 +276,33 @@ impl DeviceServer {
     /// Target (warm or cold) reset, a hard reset for every LU (SAM-5 §6.3.2): as a LUN reset,
     /// but with POWER ON, RESET, OR BUS DEVICE RESET OCCURRED.
     pub fn target_reset(&self) {
-        self.luns.each(|lu| lu.hard_reset());
+        match &self.device {
+            Some(d) => d.reset(),
+            None => self.luns.each(|lu| lu.hard_reset()),
+        }
     }
 
     /// Install the transport's hook that PREEMPT AND ABORT uses to abort the preempted I_T
     /// nexuses' tasks (SPC-4 §5.13.11.2.5). Without one, their queued commands still run into
     /// RESERVATION CONFLICT when they arrive here.
     pub fn set_task_aborter(&self, aborter: Arc<dyn TaskAborter>) {
-        *self.aborter.write().unwrap_or_else(|e| e.into_inner()) = Some(aborter);
+        match &self.device {
+            Some(d) => d.set_task_aborter(aborter),
+            None => *self.aborter.write().unwrap_or_else(|e| e.into_inner()) = Some(aborter),
+        }
     }
 
     /// Ask the transport to abort every task of `nexuses` for the logical unit `lu` (addressed
     /// as `lun_wire` by the command that asks).
     fn abort_tasks(&self, lu: &LogicalUnit, lun_wire: u64, nexuses: &[Nexus]) {
-        let aborter = self
-            .aborter
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let aborter = match &self.device {
+            Some(d) => d.task_aborter(),
+            None => self
+                .aborter
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        };
         match aborter {
             Some(a) => a.abort_tasks(lu, lun_wire, nexuses),
             None => tracing::debug!(
@@ -299,7 +315,10 @@ impl DeviceServer {
     /// I_T nexus loss (session gone): release SPC-2 reservations it held and forget its unit
     /// attentions; if it logs in again it is a new nexus (and sees the power-on UA).
     pub fn nexus_lost(&self, nexus: &Nexus) {
-        self.luns.each(|lu| lu.nexus_lost(nexus));
+        match &self.device {
+            Some(d) => d.nexus_lost(nexus),
+            None => self.luns.each(|lu| lu.nexus_lost(nexus)),
+        }
     }
 }
 

@@ -1818,3 +1818,63 @@ fn quick_commands_are_small_page_cache_io_and_memory_answers() {
     let t = setup();
     assert!(!t.srv.is_quick(l0, &cdb10(0x28, 0, 0, 8)));
 }
+
+/// The target device (SAM-5 §4.6.1): two initiators see different LUN maps of it; a target
+/// reset through one reaches the logical unit only the other sees, and the device keeps its
+/// ports and knows each LU's id.
+#[test]
+fn target_wide_effects_reach_every_logical_unit_of_the_device() {
+    let device = crate::TargetDevice::new("iqn.2024-01.org.ferrite:test");
+    let p = device.port(1, 1);
+    assert!(Arc::ptr_eq(&p, &device.port(1, 1)), "one object per port");
+    let mk = || {
+        Arc::new(
+            LogicalUnit::new(
+                LuConfig {
+                    serial: "S".into(),
+                    ..LuConfig::default()
+                },
+                MemStore::new(BLOCKS * BS, false),
+            )
+            .unwrap(),
+        )
+    };
+    let (lu0, lu1) = (mk(), mk());
+    device.set_lus([(0, lu0.clone()), (1, lu1.clone())].into_iter().collect());
+    assert_eq!(device.id_of(&lu1), Some(1));
+    // A sees target LUN 0 as its LUN 0; B sees target LUN 1 as its LUN 0.
+    let a = DeviceServer::on(device.clone());
+    a.add_lun(0, lu0).unwrap();
+    let b = DeviceServer::on(device.clone());
+    b.add_lun(0, lu1).unwrap();
+    let (na, nb) = (nexus_on(&p, 1), nexus_on(&p, 2));
+    // Both collect their power-on unit attention.
+    for (srv, n) in [(&a, &na), (&b, &nb)] {
+        let r = exec(srv, n, 0, &[0; 6], &[]);
+        assert_sense(&r, 0x06, 0x29, 0x00);
+        assert_eq!(exec(srv, n, 0, &[0; 6], &[]).status, ScsiStatus::GOOD);
+    }
+    // B's target reset reaches A's logical unit, which B's map does not show.
+    b.target_reset();
+    let r = exec(&a, &na, 0, &[0; 6], &[]);
+    assert_sense(&r, 0x06, 0x29, 0x00);
+    // SPC-2 RESERVE by A, then A's nexus is lost through B's map: the reservation goes.
+    assert_eq!(
+        exec(&a, &na, 0, &[0x16, 0, 0, 0, 0, 0], &[]).status,
+        ScsiStatus::GOOD
+    );
+    let nb2 = nexus_on(&p, 3);
+    let _ = exec(&a, &nb2, 0, &[0; 6], &[]);
+    let r = exec(&a, &nb2, 0, &cdb10(0x28, 0, 0, 1), &[]);
+    assert_eq!(r.status, ScsiStatus::RESERVATION_CONFLICT);
+    b.nexus_lost(&na);
+    assert_eq!(
+        exec(&a, &nb2, 0, &cdb10(0x28, 0, 0, 1), &[]).status,
+        ScsiStatus::GOOD
+    );
+    // Ports the configuration no longer has go.
+    device.port(2, 2);
+    device.retain_ports(&[2]);
+    assert_eq!(device.ports().len(), 1);
+    assert_eq!(device.ports()[0].relative_port_id, 2);
+}
