@@ -6,10 +6,12 @@ mod metrics;
 mod pr_cli;
 mod runtime;
 mod server;
+mod systemd;
 mod writer;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use config::{Config, LunConfig, PortalGroupConfig, TargetConfig};
 use tracing::{error, info};
@@ -21,6 +23,7 @@ USAGE:
     ferrite serve [OPTIONS]
     ferrite admin [--socket PATH] [--json] COMMAND [ARGS]   (ferrite admin --help)
     ferrite pr show|clear [--state-dir DIR] ...              (ferrite pr --help)
+    ferrite --version                                        (and the commit it is built from)
 
 With no options, serves the demo target iqn.2026-11.io.ferrite:demo on 127.0.0.1:3260
 with LUN 0 a 1 GiB RAM disk, open to any initiator.
@@ -205,9 +208,39 @@ fn tune_allocator() {
     }
 }
 
+/// SIGHUP (systemd's `ExecReload`): read the configuration file again and apply the difference
+/// live, as `ferrite admin` changes do; a file that does not load changes nothing.
+async fn reload(daemon: &Arc<server::Daemon>, path: Option<&Path>) {
+    let Some(path) = path else {
+        tracing::warn!("SIGHUP: started without --config, nothing to reload");
+        return;
+    };
+    systemd::notify(&format!(
+        "RELOADING=1\nMONOTONIC_USEC={}",
+        systemd::monotonic_usec()
+    ));
+    let result = match Config::load(path) {
+        Ok(cfg) => daemon.apply(cfg).await.map_err(|e| format!("{e:#}")),
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => info!(config = %path.display(), "SIGHUP: configuration reloaded"),
+        Err(e) => error!(config = %path.display(), "SIGHUP: configuration not reloaded: {e}"),
+    }
+    systemd::notify("READY=1\nSTATUS=serving");
+}
+
 fn main() -> ExitCode {
     tune_allocator();
     let argv: Vec<String> = std::env::args().skip(1).collect();
+    if matches!(argv.first().map(String::as_str), Some("--version" | "-V")) {
+        println!(
+            "ferrite {} (commit {})",
+            env!("CARGO_PKG_VERSION"),
+            env!("FERRITE_COMMIT")
+        );
+        return ExitCode::SUCCESS;
+    }
     if argv.first().map(String::as_str) == Some("admin") {
         return admin_main(argv[1..].to_vec());
     }
@@ -268,6 +301,11 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        // Every portal listens before anything says the daemon is ready.
+        if let Err(e) = daemon.sync_listeners().await {
+            error!("{e:#}");
+            return ExitCode::FAILURE;
+        }
         let d2 = daemon.clone();
         let srv = tokio::spawn(server::serve(d2));
         if let Some(addr) = &cfg.settings.metrics_listen {
@@ -304,13 +342,22 @@ fn main() -> ExitCode {
                 }
             });
         }
-        let signals = async {
-            use tokio::signal::unix::{signal, SignalKind};
-            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-            let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-            tokio::select! {
-                _ = term.recv() => "SIGTERM",
-                _ = int.recv() => "SIGINT",
+        // The handlers are in place before anyone hears we are ready: a SIGTERM right after
+        // READY=1 must stop us cleanly, not kill us.
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+        systemd::notify("READY=1\nSTATUS=serving");
+        let reload_from = args.config.clone();
+        let reloader = daemon.clone();
+        let signals = async move {
+            loop {
+                tokio::select! {
+                    _ = term.recv() => return "SIGTERM",
+                    _ = int.recv() => return "SIGINT",
+                    _ = hup.recv() => reload(&reloader, reload_from.as_deref()).await,
+                }
             }
         };
         tokio::select! {
@@ -323,6 +370,7 @@ fn main() -> ExitCode {
             }
             sig = signals => {
                 info!(signal = sig, "shutting down");
+                systemd::notify("STOPPING=1");
                 daemon.shutdown();
                 // Give connections a moment to send what they have.
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;

@@ -372,6 +372,7 @@ fn package_of(tool: &str) -> &'static str {
         t if t.starts_with("iscsi-") => "libiscsi-bin",
         "qemu-img" => "qemu-utils (and qemu-block-extra from bookworm-backports for iscsi://)",
         "python3" => "python3",
+        "systemd-analyze" => "systemd",
         _ => "?",
     }
 }

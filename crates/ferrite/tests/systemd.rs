@@ -1,0 +1,172 @@
+//! Running under systemd: the unit file passes `systemd-analyze verify`; the daemon tells the
+//! service manager READY=1 only once its portals listen and STOPPING=1 when it stops (a fake
+//! `$NOTIFY_SOCKET`); SIGHUP re-reads the configuration file and applies it live.
+
+mod common;
+
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::initiator::{LoginOpts, Session};
+use common::{free_port, require_tool, run, TempDir, IQN};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+#[test]
+fn the_unit_file_verifies() {
+    require_tool("systemd-analyze");
+    let dir = TempDir::new("unit");
+    let unit =
+        std::fs::read_to_string(common::conformance::repo_root().join("ops/ferrite.service"))
+            .unwrap()
+            .replace("/usr/bin/ferrite", env!("CARGO_BIN_EXE_ferrite"));
+    let path = dir.path().join("ferrite.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = run(
+        "systemd-analyze",
+        &["verify", path.to_str().unwrap()],
+        LIMIT,
+    );
+    assert!(out.status.success(), "{}", out.describe());
+    assert!(out.stderr.trim().is_empty(), "{}", out.describe());
+}
+
+/// The daemon with `$NOTIFY_SOCKET` on a datagram socket of ours.
+struct Notified {
+    child: Child,
+    sock: UnixDatagram,
+    _dir: TempDir,
+}
+
+impl Notified {
+    fn start(dir: TempDir, args: &[&str]) -> Notified {
+        let path = dir.path().join("notify.sock");
+        let sock = UnixDatagram::bind(&path).unwrap();
+        sock.set_read_timeout(Some(LIMIT)).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_ferrite"))
+            .arg("serve")
+            .args(["--admin-socket", "none"])
+            .args(args)
+            .env("NOTIFY_SOCKET", &path)
+            .env("XDG_STATE_HOME", dir.path().join("state"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.path().join("ferrite.log")).unwrap(),
+            ))
+            .spawn()
+            .unwrap();
+        Notified {
+            child,
+            sock,
+            _dir: dir,
+        }
+    }
+
+    fn next(&self) -> String {
+        let mut buf = [0u8; 512];
+        let n = self.sock.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+}
+
+impl Drop for Notified {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn ready_once_the_portals_listen_and_stopping_at_the_end() {
+    let port = free_port("127.0.0.1");
+    let portal = format!("127.0.0.1:{port}");
+    let d = Notified::start(
+        TempDir::new("notify"),
+        &["--portal", &portal, "--lun", "ram:16M"],
+    );
+    let msg = d.next();
+    assert!(msg.lines().any(|l| l == "READY=1"), "{msg:?}");
+    // Ready means listening: the portal takes a connection at once.
+    let addr: SocketAddr = portal.parse().unwrap();
+    TcpStream::connect_timeout(&addr, Duration::from_secs(1)).expect("the portal listens");
+    d.signal(libc::SIGTERM);
+    let msg = d.next();
+    assert!(msg.lines().any(|l| l == "STOPPING=1"), "{msg:?}");
+}
+
+fn config(port: u16, luns: &[u64]) -> String {
+    let mut c = format!(
+        "[[target]]\nname = \"{IQN}\"\n[[target.portal_group]]\ntag = 1\n\
+         portals = [\"127.0.0.1:{port}\"]\n"
+    );
+    for l in luns {
+        c.push_str(&format!(
+            "[[target.lun]]\nid = {l}\nbackstore = \"ram:8M\"\n"
+        ));
+    }
+    c
+}
+
+fn luns_seen(addr: SocketAddr) -> Vec<u64> {
+    let mut s = Session::login(addr, &LoginOpts::default()).unwrap();
+    s.report_luns().unwrap()
+}
+
+#[test]
+fn sighup_applies_the_changed_configuration_file_live() {
+    let port = free_port("127.0.0.1");
+    let dir = TempDir::new("reload");
+    let cfg = dir.path().join("ferrite.toml");
+    std::fs::write(&cfg, config(port, &[0])).unwrap();
+    let cfg_s = cfg.display().to_string();
+    let d = Notified::start(dir, &["--config", &cfg_s]);
+    assert!(d.next().lines().any(|l| l == "READY=1"));
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert_eq!(luns_seen(addr), vec![0]);
+    // A session that stays across the reload (its own initiator port: the logins of
+    // `luns_seen` would reinstate it otherwise).
+    let mut kept = Session::login(
+        addr,
+        &LoginOpts {
+            isid: [0x80, 0, 0, 0, 0, 0x42],
+            ..LoginOpts::default()
+        },
+    )
+    .unwrap();
+    std::fs::write(&cfg, config(port, &[0, 3])).unwrap();
+    d.signal(libc::SIGHUP);
+    let msg = d.next();
+    assert!(msg.lines().any(|l| l == "RELOADING=1"), "{msg:?}");
+    assert!(
+        msg.lines().any(|l| l.starts_with("MONOTONIC_USEC=")),
+        "{msg:?}"
+    );
+    assert!(d.next().lines().any(|l| l == "READY=1"));
+    assert_eq!(luns_seen(addr), vec![0, 3]);
+    // A file that does not load changes nothing, and the daemon goes on.
+    std::fs::write(&cfg, "this is not toml [").unwrap();
+    d.signal(libc::SIGHUP);
+    assert!(d.next().lines().any(|l| l == "RELOADING=1"));
+    assert!(d.next().lines().any(|l| l == "READY=1"));
+    assert_eq!(luns_seen(addr), vec![0, 3]);
+    // The kept session sees REPORTED LUNS DATA HAS CHANGED (3Fh/0Eh) once, then reads.
+    let r = kept.command(&[0; 6], 0).unwrap();
+    assert_eq!((r.sense_key(), r.asc()), (Some(0x06), Some((0x3f, 0x0e))));
+    let deadline = Instant::now() + LIMIT;
+    while kept.read10(0, 1, 512).is_err() {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(Path::new(&cfg_s).exists());
+}
