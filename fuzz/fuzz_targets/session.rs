@@ -59,6 +59,7 @@ fn without_window(h: &Header) -> Header {
         Header::LogoutResponse(l) => (l.exp_cmd_sn, l.max_cmd_sn) = (0, 0),
         Header::TextResponse(t) => (t.exp_cmd_sn, t.max_cmd_sn) = (0, 0),
         Header::Reject(r) => (r.exp_cmd_sn, r.max_cmd_sn) = (0, 0),
+        Header::AsyncMessage(a) => (a.exp_cmd_sn, a.max_cmd_sn) = (0, 0),
         _ => {}
     }
     h

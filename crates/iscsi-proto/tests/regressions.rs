@@ -186,3 +186,34 @@ fn a_completion_through_a_replaced_connection_still_reaches_the_session() {
     assert_eq!(out.len(), 1, "the logout response");
     assert!(matches!(ev.as_slice(), [ConnEvent::Close { .. }]), "{ev:?}");
 }
+
+/// fuzz/regressions/session-async-message-resent (a finding of the session harness, whose
+/// check did not know Asynchronous Messages): an operator's logout request (AsyncEvent 1)
+/// takes a StatSN, so at ErrorRecoveryLevel 1 a Status SNACK brings it again, the same but
+/// for ExpCmdSN / MaxCmdSN (RFC 7143 §11.16).
+#[test]
+fn an_async_message_comes_again_on_a_status_snack() {
+    let now = Instant::now();
+    let mut cfg = ConnConfig::default();
+    cfg.offer.error_recovery_level = 1;
+    let mut c = Connection::new(cfg, now, 50);
+    let opts = LoginOpts::default().key("ErrorRecoveryLevel", "1");
+    let r = engine::request_login(&mut c, now, &Dir::new(TARGET), &opts);
+    c.accept_login(&r, 1);
+    drain(&mut c);
+    let session = c.session().expect("a session");
+    assert_eq!(session.request_logout(30), 1);
+    let (out, _) = drain(&mut c);
+    let iscsi_wire::Header::AsyncMessage(first) = out[0].header.clone() else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        (first.event, first.param3),
+        (iscsi_wire::AsyncEvent::LOGOUT_REQUEST, 30)
+    );
+    let snack = pdu::snack(pdu::SNACK_STATUS, RESERVED_TAG, first.stat_sn, 1);
+    c.handle_pdu(now, snack.raw(&[]), &Dir::new(TARGET));
+    let (out, _) = drain(&mut c);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].header, iscsi_wire::Header::AsyncMessage(first));
+}
