@@ -373,6 +373,8 @@ fn package_of(tool: &str) -> &'static str {
         "qemu-img" => "qemu-utils (and qemu-block-extra from bookworm-backports for iscsi://)",
         "python3" => "python3",
         "systemd-analyze" => "systemd",
+        "dpkg" | "dpkg-deb" => "dpkg",
+        "gzip" => "gzip",
         _ => "?",
     }
 }
