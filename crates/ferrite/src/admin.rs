@@ -192,6 +192,25 @@ pub async fn execute(daemon: &Arc<Daemon>, req: &Value) -> anyhow::Result<Value>
     match op {
         "targets" => return Ok(describe(&rt)),
         "sessions" => return Ok(serde_json::to_value(daemon.sessions())?),
+        "stats" => {
+            // Counters since start; the client turns two readings into rates.
+            let luns: Vec<Value> = daemon
+                .metrics
+                .lun_stats()
+                .into_iter()
+                .map(|(t, l, io)| json!({ "target": t, "lun": l, "io": io }))
+                .collect();
+            let sessions: Vec<Value> = daemon
+                .sessions()
+                .into_iter()
+                .map(|s| {
+                    json!({
+                        "tsih": s.tsih, "initiator": s.initiator, "target": s.target, "io": s.io
+                    })
+                })
+                .collect();
+            return Ok(json!({ "luns": luns, "sessions": sessions }));
+        }
         "drop-session" => {
             let tsih = n(req, "tsih")?;
             let tsih = u16::try_from(tsih).map_err(|_| anyhow::anyhow!("tsih out of range"))?;
@@ -463,6 +482,7 @@ USAGE:
 COMMANDS:
     targets                                   the model: targets, groups, portals, LUNs, ACLs
     sessions                                  sessions with negotiated parameters
+    stats [SECONDS [COUNT]]                   per LUN and per session: IOPS, MiB/s, latency, every SECONDS (1)
     drop-session TSIH                         end it (its connections are told: async event 3)
     drop-connection TSIH CID                  end one connection (async event 2; ERL 2 keeps its tasks)
     logout-session TSIH [SECONDS]             ask it to log out (async event 1); dropped after SECONDS (10)
@@ -555,7 +575,7 @@ pub fn request_from_args(cmd: &str, a: &[String]) -> anyhow::Result<Value> {
             .map_err(|_| anyhow::anyhow!("{x:?} is not a number"))
     };
     Ok(match cmd {
-        "targets" | "sessions" | "export" => json!({ "op": cmd }),
+        "targets" | "sessions" | "export" | "stats" => json!({ "op": cmd }),
         "drop-session" => {
             need(1)?;
             json!({ "op": cmd, "tsih": num(&a[0])? })
@@ -806,6 +826,71 @@ pub fn render(cmd: &str, v: &Value) -> String {
             }
         }
         _ => out.push_str(&format!("{v}\n")),
+    }
+    out
+}
+
+/// Rates between two `stats` readings, `secs` apart, as a table.
+pub fn render_stats(prev: &Value, now: &Value, secs: f64) -> String {
+    use crate::metrics::IoSnapshot;
+    let io =
+        |v: &Value| -> IoSnapshot { serde_json::from_value(v["io"].clone()).unwrap_or_default() };
+    let find = |list: &Value, key: &dyn Fn(&Value) -> bool| -> IoSnapshot {
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .find(|x| key(x))
+            .map(io)
+            .unwrap_or_default()
+    };
+    let rates = |a: IoSnapshot, b: IoSnapshot| {
+        let d = |x: u64, y: u64| y.saturating_sub(x) as f64 / secs.max(1e-3);
+        let cmds = (b.reads + b.writes + b.others).saturating_sub(a.reads + a.writes + a.others);
+        let lat_ms = if cmds == 0 {
+            0.0
+        } else {
+            b.busy_ns.saturating_sub(a.busy_ns) as f64 / cmds as f64 / 1e6
+        };
+        format!(
+            "{:>9.0} {:>9.0} {:>9.0} {:>10.1} {:>10.1} {:>9.3}",
+            d(a.reads, b.reads),
+            d(a.writes, b.writes),
+            d(a.others, b.others),
+            d(a.read_bytes, b.read_bytes) / 1048576.0,
+            d(a.written_bytes, b.written_bytes) / 1048576.0,
+            lat_ms
+        )
+    };
+    let mut out = format!(
+        "{:<40} {:>4} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9}\n",
+        "TARGET", "LUN", "READ/s", "WRITE/s", "OTHER/s", "READ MiB/s", "WRITE MiB/s", "AVG ms"
+    );
+    for l in now["luns"].as_array().into_iter().flatten() {
+        let (t, n) = (
+            l["target"].as_str().unwrap_or(""),
+            l["lun"].as_u64().unwrap_or(0),
+        );
+        let before = find(&prev["luns"], &|x| {
+            x["target"].as_str() == Some(t) && x["lun"].as_u64() == Some(n)
+        });
+        out.push_str(&format!("{t:<40} {n:>4} {}\n", rates(before, io(l))));
+    }
+    out.push_str(&format!(
+        "{:<40} {:>4} {:>9} {:>9} {:>9} {:>10} {:>10} {:>9}\n",
+        "SESSION (TSIH INITIATOR)",
+        "",
+        "READ/s",
+        "WRITE/s",
+        "OTHER/s",
+        "READ MiB/s",
+        "WRITE MiB/s",
+        "AVG ms"
+    ));
+    for x in now["sessions"].as_array().into_iter().flatten() {
+        let tsih = x["tsih"].as_u64().unwrap_or(0);
+        let before = find(&prev["sessions"], &|y| y["tsih"].as_u64() == Some(tsih));
+        let name = format!("{tsih} {}", x["initiator"].as_str().unwrap_or(""));
+        out.push_str(&format!("{name:<40} {:>4} {}\n", "", rates(before, io(x))));
     }
     out
 }

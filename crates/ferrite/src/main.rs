@@ -173,6 +173,9 @@ fn admin_main(mut args: Vec<String>) -> ExitCode {
         as_json = true;
         args.remove(i);
     }
+    if cmd == "stats" && !as_json {
+        return stats_main(&socket, &args);
+    }
     let result = admin::request_from_args(&cmd, &args).and_then(|req| admin::call(&socket, &req));
     match result {
         Ok(v) => {
@@ -188,6 +191,55 @@ fn admin_main(mut args: Vec<String>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `ferrite admin stats [SECONDS [COUNT]]`: a table of rates every SECONDS (default 1), COUNT
+/// times (default: until interrupted).
+fn stats_main(socket: &Path, args: &[String]) -> ExitCode {
+    let secs: f64 = match args.first().map(|a| a.parse::<f64>()) {
+        None => 1.0,
+        Some(Ok(s)) if s > 0.0 && s <= 3600.0 => s,
+        Some(_) => {
+            eprintln!("ferrite admin stats: SECONDS must be a number of seconds (0-3600)");
+            return ExitCode::from(2);
+        }
+    };
+    let count: Option<u64> = match args.get(1).map(|a| a.parse::<u64>()) {
+        None => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(_)) => {
+            eprintln!("ferrite admin stats: COUNT must be a whole number");
+            return ExitCode::from(2);
+        }
+    };
+    let req = serde_json::json!({ "op": "stats" });
+    let mut prev = match admin::call(socket, &req) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("ferrite admin: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut shown = 0u64;
+    while count.is_none_or(|c| shown < c) {
+        let t0 = std::time::Instant::now();
+        std::thread::sleep(std::time::Duration::from_secs_f64(secs));
+        let now = match admin::call(socket, &req) {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("ferrite admin: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        print!(
+            "{}",
+            admin::render_stats(&prev, &now, t0.elapsed().as_secs_f64())
+        );
+        println!();
+        prev = now;
+        shown += 1;
+    }
+    ExitCode::SUCCESS
 }
 
 /// Keep large buffers (data segments of 128 KiB and up) in the heap instead of a fresh mmap

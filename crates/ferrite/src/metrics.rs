@@ -11,8 +11,10 @@
 //! The data path touches only counters and histograms it resolved once per LUN ([`LuMetrics`]):
 //! no label is hashed per command.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -116,6 +118,8 @@ pub struct Metrics {
     digest_errors: Family<PortLabels, Counter>,
     tmfs: Family<TmfLabels, Counter>,
     resident: Gauge,
+    /// Every LUN's handles, for `ferrite admin stats`.
+    luns: Mutex<BTreeMap<(String, u64), Arc<LuMetrics>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -146,6 +150,7 @@ impl Metrics {
             tmfs: Family::default(),
             resident: Gauge::default(),
             registry: Registry::default(),
+            luns: Mutex::new(BTreeMap::new()),
         };
         // Prometheus's own name for it (no `ferrite_` prefix).
         m.registry.register_with_unit(
@@ -214,6 +219,10 @@ impl Metrics {
 
     /// The per-LUN handles for LUN `lun` of `target`.
     pub fn lun(self: &Arc<Self>, target: &str, lun: u64) -> Arc<LuMetrics> {
+        let mut all = self.luns.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = all.get(&(target.to_string(), lun)) {
+            return m.clone();
+        }
         let l = LunLabels {
             target: target.to_string(),
             lun: lun.to_string(),
@@ -223,7 +232,7 @@ impl Metrics {
             lun: l.lun.clone(),
             kind,
         };
-        Arc::new(LuMetrics {
+        let m = Arc::new(LuMetrics {
             commands: [Kind::read, Kind::write, Kind::other]
                 .map(|x| self.commands.get_or_create(&k(x)).clone()),
             latency: [Kind::read, Kind::write, Kind::other]
@@ -233,7 +242,18 @@ impl Metrics {
             conflicts: self.conflicts.get_or_create(&l).clone(),
             labels: l,
             all: self.clone(),
-        })
+            io: IoStats::default(),
+        });
+        all.insert((target.to_string(), lun), m.clone());
+        m
+    }
+
+    /// What every LUN has done so far, by target and LUN.
+    pub fn lun_stats(&self) -> Vec<(String, u64, IoSnapshot)> {
+        let all = self.luns.lock().unwrap_or_else(|e| e.into_inner());
+        all.iter()
+            .map(|((t, l), m)| (t.clone(), *l, m.io.snapshot()))
+            .collect()
     }
 
     /// The per-port handles for portal group `tpgt` of `target`.
@@ -278,6 +298,61 @@ pub struct LuMetrics {
     conflicts: Counter,
     labels: LunLabels,
     all: Arc<Metrics>,
+    /// The same counts, readable (`ferrite admin stats`).
+    pub io: IoStats,
+}
+
+/// Commands, bytes and time of one LUN or one session, as plain counters.
+#[derive(Debug, Default)]
+pub struct IoStats {
+    commands: [AtomicU64; 3],
+    read_bytes: AtomicU64,
+    written_bytes: AtomicU64,
+    /// Sum of command durations, nanoseconds.
+    busy_ns: AtomicU64,
+}
+
+/// A reading of [`IoStats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IoSnapshot {
+    pub reads: u64,
+    pub writes: u64,
+    pub others: u64,
+    pub read_bytes: u64,
+    pub written_bytes: u64,
+    pub busy_ns: u64,
+}
+
+impl IoStats {
+    /// One command (see [`LuMetrics::record`]).
+    pub fn record(&self, kind: Kind, took: Duration, good: bool, data_in: usize, data_out: usize) {
+        self.commands[kind as usize].fetch_add(1, Ordering::Relaxed);
+        self.busy_ns.fetch_add(
+            took.as_nanos().min(u128::from(u64::MAX)) as u64,
+            Ordering::Relaxed,
+        );
+        if good {
+            match kind {
+                Kind::read => self.read_bytes.fetch_add(data_in as u64, Ordering::Relaxed),
+                Kind::write => self
+                    .written_bytes
+                    .fetch_add(data_out as u64, Ordering::Relaxed),
+                Kind::other => 0,
+            };
+        }
+    }
+
+    pub fn snapshot(&self) -> IoSnapshot {
+        let c = |i: usize| self.commands[i].load(Ordering::Relaxed);
+        IoSnapshot {
+            reads: c(0),
+            writes: c(1),
+            others: c(2),
+            read_bytes: self.read_bytes.load(Ordering::Relaxed),
+            written_bytes: self.written_bytes.load(Ordering::Relaxed),
+            busy_ns: self.busy_ns.load(Ordering::Relaxed),
+        }
+    }
 }
 
 impl std::fmt::Debug for LuMetrics {
@@ -321,6 +396,7 @@ impl LuMetrics {
         let i = kind as usize;
         self.commands[i].inc();
         self.latency[i].observe(took.as_secs_f64());
+        self.io.record(kind, took, status == 0, data_in, data_out);
         match status {
             0x00 => match kind {
                 Kind::read => {

@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, info, warn};
 
 use crate::config::{BackstoreSpec, Config, LunConfig, TargetConfig};
-use crate::metrics::{Kind, LuMetrics, Metrics, PortMetrics};
+use crate::metrics::{IoSnapshot, IoStats, Kind, LuMetrics, Metrics, PortMetrics};
 use crate::runtime::{PortalView, Runtime, Target};
 use crate::writer::Frames;
 
@@ -49,6 +49,8 @@ struct SessionEntry {
     nexus: Arc<Nexus>,
     /// Tells the device server, exactly once, that the I_T nexus is gone.
     nexus_released: Arc<NexusRelease>,
+    /// What the session's commands did (`ferrite admin stats`).
+    io: Arc<IoStats>,
 }
 
 /// Releases an I_T nexus exactly once, whoever asks first — the connection that ends or a
@@ -440,6 +442,7 @@ impl Daemon {
                     .as_ref()
                     .map(|s| s.connections())
                     .unwrap_or_default(),
+                io: e.io.snapshot(),
                 params: e.params.clone(),
             })
             .collect();
@@ -573,6 +576,8 @@ pub struct SessionInfo {
     pub luns: Vec<u64>,
     /// CIDs of the session's open connections (MC/S).
     pub connections: Vec<u16>,
+    /// What its commands did so far.
+    pub io: IoSnapshot,
     #[serde(serialize_with = "ser_params")]
     pub params: iscsi_proto::Negotiated,
 }
@@ -673,6 +678,8 @@ struct Attached {
     counted: bool,
     /// Per-LUN counters by LUN field, with the logical unit they were resolved for.
     lun_metrics: HashMap<u64, (usize, Arc<LuMetrics>)>,
+    /// The session's own counters.
+    io: Option<Arc<IoStats>>,
 }
 
 impl Attached {
@@ -769,6 +776,7 @@ fn run_task(
     task: &iscsi_proto::ScsiTask,
     cancel: Option<&AtomicBool>,
     metrics: Option<&LuMetrics>,
+    session_io: Option<&IoStats>,
 ) -> TaskOutcome {
     let t0 = Instant::now();
     let req = ScsiRequest {
@@ -781,12 +789,23 @@ fn run_task(
         cancel,
     };
     let r = view.execute(&req);
+    let took = t0.elapsed();
+    let kind = Kind::of(&task.cdb);
     if let Some(m) = metrics {
         m.record(
-            Kind::of(&task.cdb),
-            t0.elapsed(),
+            kind,
+            took,
             r.status.0,
             &r.sense,
+            r.data_in.len(),
+            task.data_out.len(),
+        );
+    }
+    if let Some(io) = session_io {
+        io.record(
+            kind,
+            took,
+            r.status.0 == 0,
             r.data_in.len(),
             task.data_out.len(),
         );
@@ -873,6 +892,7 @@ async fn run_connection(
         port: None,
         counted: false,
         lun_metrics: HashMap::new(),
+        io: None,
     };
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut start = 0usize;
@@ -968,7 +988,8 @@ async fn run_connection(
                         if t.is_quick(task.lun, &task.cdb) {
                             // Microseconds of work: a hand-off to the blocking pool (two thread
                             // wake-ups) would cost more than the command itself.
-                            let o = run_task(&t, &nexus, &task, None, lm.as_deref());
+                            let o =
+                                run_task(&t, &nexus, &task, None, lm.as_deref(), att.io.as_deref());
                             conn.complete_task(task.id, o);
                             continue;
                         }
@@ -976,8 +997,16 @@ async fn run_connection(
                         let cancel = Arc::new(AtomicBool::new(false));
                         cancels.insert(task.id, cancel.clone());
                         let session = conn.session();
+                        let io = att.io.clone();
                         tokio::task::spawn_blocking(move || {
-                            let o = run_task(&t, &nexus, &task, Some(&cancel), lm.as_deref());
+                            let o = run_task(
+                                &t,
+                                &nexus,
+                                &task,
+                                Some(&cancel),
+                                lm.as_deref(),
+                                io.as_deref(),
+                            );
                             if let Err(mpsc::error::SendError((id, o))) = tx.send((task.id, o)) {
                                 // This connection is gone (logged out, replaced) but the
                                 // session may go on and waits for the task.
@@ -1305,7 +1334,9 @@ async fn login_complete(
         target: target.clone(),
         nexus: nexus.clone(),
         nexus_released: att.nexus_released.clone(),
+        io: Arc::new(IoStats::default()),
     };
+    let io = entry.io.clone();
     // RFC 7143 §6.3.5: a leading login from the same initiator port to the same portal group
     // reinstates (closes) the old session. The old one is told to stop at once, and its nexus
     // released below, before this login completes, so that neither its exit nor its state can
@@ -1365,6 +1396,7 @@ async fn login_complete(
     att.view = Some(view.clone());
     att.nexus = Some(nexus);
     att.kill = Some(kill_rx);
+    att.io = Some(io);
     conn.accept_login(r, tsih);
     let pm = daemon.metrics.port(&r.target_name, key_tpgt);
     pm.login_succeeded();
@@ -1425,6 +1457,7 @@ fn join_session(
             e.nexus_released.clone(),
             e.kill.subscribe(),
             e.budget_room.clone(),
+            e.io.clone(),
         )
     });
     let joined = match found {
@@ -1440,7 +1473,7 @@ fn join_session(
             return;
         }
     };
-    let Some((Some(session), target, view, nexus, released, kill, budget_room)) = found else {
+    let Some((Some(session), target, view, nexus, released, kill, budget_room, io)) = found else {
         conn.refuse_login(LoginStatus::SESSION_DOES_NOT_EXIST);
         return;
     };
@@ -1451,6 +1484,7 @@ fn join_session(
     att.nexus_released = released;
     att.kill = Some(kill);
     att.budget_room = budget_room;
+    att.io = Some(io);
     info!(
         %peer,
         initiator = %r.initiator_name,

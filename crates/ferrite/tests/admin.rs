@@ -122,8 +122,17 @@ fn targets_sessions_and_drop_session() {
     // decides, what it declared to us during login.
     let declared = |k: &str| -> u64 { s.negotiated[k].parse().unwrap() };
     let local = s.stream.local_addr().unwrap().to_string();
+    // Its I/O counters (checked in stats_show_what_the_sessions_do): only the TEST UNIT READYs
+    // of the login so far.
+    let mut sessions = admin_json(&d, &["sessions"]);
+    let io = sessions[0]
+        .as_object_mut()
+        .unwrap()
+        .remove("io")
+        .expect("io counters");
+    assert_eq!((&io["reads"], &io["writes"]), (&json!(0), &json!(0)));
     assert_eq!(
-        admin_json(&d, &["sessions"]),
+        sessions,
         json!([{
             "tsih": s.tsih,
             "initiator": INIT,
@@ -248,6 +257,54 @@ fn operator_drops_one_connection_then_asks_the_session_to_log_out() {
     assert_eq!(async_event(&mut s).0, 3);
     assert!(closed_within(&mut s, GONE));
     assert!(admin_err(&d, &["logout-session", "999"]).contains("no session"));
+}
+
+#[test]
+fn stats_show_what_the_sessions_do() {
+    let d = daemon();
+    let mut s = session(d.addr(), &lo(INIT, IQN), 0);
+    s.write10(0, &[7u8; 64 * 1024], 512).unwrap();
+    for _ in 0..4 {
+        s.read10(0, 128, 512).unwrap();
+    }
+    // The counters since start: exactly what the session moved.
+    let v = admin_json(&d, &["stats"]);
+    let lun = &v["luns"].as_array().unwrap()[0];
+    assert_eq!(
+        (lun["target"].as_str(), lun["lun"].as_u64()),
+        (Some(IQN), Some(0))
+    );
+    assert_eq!(lun["io"]["read_bytes"], json!(4 * 64 * 1024));
+    assert_eq!(lun["io"]["written_bytes"], json!(64 * 1024));
+    assert_eq!(
+        (&lun["io"]["reads"], &lun["io"]["writes"]),
+        (&json!(4), &json!(1))
+    );
+    let sess = &v["sessions"].as_array().unwrap()[0];
+    assert_eq!(sess["tsih"], json!(s.tsih));
+    assert_eq!(sess["io"]["read_bytes"], json!(4 * 64 * 1024));
+    // The live table: rates over the interval while the session reads.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                s.read10(0, 8, 512).unwrap();
+            }
+        })
+    };
+    let table = admin_ok(&d, &["stats", "0.5", "1"]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    reader.join().unwrap();
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(IQN))
+        .unwrap_or_else(|| panic!("no LUN row:\n{table}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    let reads_per_sec: f64 = cols[2].parse().unwrap();
+    let read_mib: f64 = cols[5].parse().unwrap();
+    assert!(reads_per_sec > 10.0 && read_mib > 0.0, "{table}");
+    assert!(table.contains("SESSION (TSIH INITIATOR)"), "{table}");
 }
 
 #[test]
@@ -751,6 +808,7 @@ fn admin_help_lists_every_command_exercised_here() {
     let tested = [
         "targets",
         "sessions",
+        "stats",
         "drop-session",
         "drop-connection",
         "logout-session",
