@@ -515,16 +515,8 @@ pub const DEFAULT_SOCKET: &str = "/run/ferrite/admin.sock";
 /// a daemon run by hand can create it.
 pub fn default_socket() -> PathBuf {
     let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
-    if let Some(d) = env("RUNTIME_DIRECTORY") {
-        let first = d
-            .to_string_lossy()
-            .split(':')
-            .next()
-            .unwrap_or("")
-            .to_string();
-        if !first.is_empty() {
-            return PathBuf::from(first).join("admin.sock");
-        }
+    if let Some(d) = crate::systemd::directory("RUNTIME_DIRECTORY") {
+        return d.join("admin.sock");
     }
     // SAFETY: geteuid has no preconditions and cannot fail.
     let root = unsafe { libc::geteuid() } == 0;

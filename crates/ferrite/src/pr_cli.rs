@@ -37,17 +37,8 @@ pub fn state_dir(configured: Option<&Path>) -> (PathBuf, bool) {
         return (d.to_path_buf(), true);
     }
     let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
-    if let Some(d) = env("STATE_DIRECTORY") {
-        // systemd passes a colon-separated list when several are configured.
-        let first = d
-            .to_string_lossy()
-            .split(':')
-            .next()
-            .unwrap_or("")
-            .to_string();
-        if !first.is_empty() {
-            return (PathBuf::from(first), true);
-        }
+    if let Some(d) = crate::systemd::directory("STATE_DIRECTORY") {
+        return (d, true);
     }
     if let Some(x) = env("XDG_STATE_HOME") {
         return (PathBuf::from(x).join("ferrite"), false);

@@ -4,6 +4,15 @@
 //! around a SIGHUP reload, `STOPPING=1` at shutdown. Without `$NOTIFY_SOCKET` nothing happens.
 
 use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+
+/// The first directory systemd gives in `$var` (`$STATE_DIRECTORY`, `$RUNTIME_DIRECTORY`: a
+/// colon-separated list when several are configured), if any.
+pub fn directory(var: &str) -> Option<PathBuf> {
+    let v = std::env::var_os(var).filter(|v| !v.is_empty())?;
+    let first = v.to_string_lossy().split(':').next()?.to_string();
+    (!first.is_empty()).then(|| PathBuf::from(first))
+}
 
 /// Send `state` (newline-separated assignments) to the service manager, if one listens.
 pub fn notify(state: &str) {
