@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the Debian package of Ferrite with dpkg-deb: the binary, the systemd unit, an example
-# configuration (also installed as /etc/ferrite/ferrite.toml, a conffile) and the man page.
+# configuration (also installed as /etc/ferrite/ferrite.toml, a conffile), the man page and
+# shell completions.
 #
 #   ops/build-deb.sh BINARY OUTDIR [VERSION]
 #
@@ -26,6 +27,9 @@ install -D -m 0644 "$here/grafana-dashboard.json" \
     "$stage/usr/share/doc/ferrite/examples/grafana-dashboard.json"
 install -D -m 0644 "$here/ferrite.8" "$stage/usr/share/man/man8/ferrite.8"
 gzip -9n "$stage/usr/share/man/man8/ferrite.8"
+install -d "$stage/usr/share/bash-completion/completions" "$stage/usr/share/zsh/vendor-completions"
+"$bin" completions bash > "$stage/usr/share/bash-completion/completions/ferrite"
+"$bin" completions zsh > "$stage/usr/share/zsh/vendor-completions/_ferrite"
 install -d "$stage/DEBIAN"
 size=$(du -sk --exclude=DEBIAN "$stage" | cut -f1)
 cat > "$stage/DEBIAN/control" <<CONTROL

@@ -473,41 +473,6 @@ impl TargetConfig {
 
 // ---- client ---------------------------------------------------------------------------------
 
-pub const ADMIN_USAGE: &str = "\
-ferrite admin — talk to a running ferrite
-
-USAGE:
-    ferrite admin [--socket PATH] [--json] COMMAND [ARGS]
-
-COMMANDS:
-    targets                                   the model: targets, groups, portals, LUNs, ACLs
-    sessions                                  sessions with negotiated parameters
-    stats [SECONDS [COUNT]]                   per LUN and per session: IOPS, MiB/s, latency, every SECONDS (1)
-    drop-session TSIH                         end it (its connections are told: async event 3)
-    drop-connection TSIH CID                  end one connection (async event 2; ERL 2 keeps its tasks)
-    logout-session TSIH [SECONDS]             ask it to log out (async event 1); dropped after SECONDS (10)
-    add-target IQN PORTAL [PORTAL...]         new target, group 1 on these portals
-    remove-target IQN
-    add-group IQN TAG | remove-group IQN TAG
-    enable-group IQN TAG | disable-group IQN TAG
-    set-group IQN TAG [demo_mode=yes|no] [authentication=yes|no]
-    add-portal IQN TAG ADDR:PORT | remove-portal IQN TAG ADDR:PORT
-    add-lun IQN BACKSTORE [lun=N] [block_size=N] [read_only=yes]
-    remove-lun IQN LUN
-    add-acl IQN INITIATOR [map=MAPPED:LUN[:ro],...]
-    remove-acl IQN INITIATOR
-    set-chap IQN INITIATOR USER SECRET [MUTUAL_USER MUTUAL_SECRET]   (USER '-' clears)
-    set-group-chap IQN TAG USER SECRET [MUTUAL_USER MUTUAL_SECRET]
-    set-discovery [sendtargets_enabled_only=yes|no] [chap=USER:SECRET]
-    pr-show IQN [LUN]                         persistent reservations: keys, holder, type, generation
-    pr-clear IQN [LUN]                        drop them all (like PERSISTENT RESERVE OUT CLEAR)
-    export                                    print the configuration (TOML)
-    save [PATH]                               write it atomically (default: the --config file)
-
-The socket defaults to /run/ferrite/admin.sock for root and $XDG_RUNTIME_DIR/ferrite/admin.sock
-for other users (settings.admin_socket / serve --admin-socket).
-";
-
 pub const DEFAULT_SOCKET: &str = "/run/ferrite/admin.sock";
 
 /// The admin socket when none is configured: [`DEFAULT_SOCKET`] for root (or systemd's

@@ -1,6 +1,7 @@
 //! `ferrite`: the iSCSI target daemon.
 
 mod admin;
+mod cli;
 mod config;
 mod metrics;
 mod pr_cli;
@@ -16,89 +17,7 @@ use std::sync::Arc;
 use config::{Config, LunConfig, PortalGroupConfig, TargetConfig};
 use tracing::{error, info};
 
-const USAGE: &str = "\
-ferrite — an iSCSI target
-
-USAGE:
-    ferrite serve [OPTIONS]
-    ferrite admin [--socket PATH] [--json] COMMAND [ARGS]   (ferrite admin --help)
-    ferrite pr show|clear [--state-dir DIR] ...              (ferrite pr --help)
-    ferrite --version                                        (and the commit it is built from)
-
-With no options, serves the demo target iqn.2026-11.io.ferrite:demo on 127.0.0.1:3260
-with LUN 0 a 1 GiB RAM disk, open to any initiator.
-
-OPTIONS:
-    --config PATH       load the whole model from a TOML file
-    --portal ADDR:PORT  listen here (repeatable; default 127.0.0.1:3260)
-    --target IQN        target name (default iqn.2026-11.io.ferrite:demo)
-    --lun SPEC          ram:SIZE | file:PATH[:SIZE] | block:PATH (repeatable; LUN 0, 1, ...)
-    --block-size N      logical block size of --lun LUNs: 512 (default) or 4096
-    --admin-socket PATH admin API socket (default: settings.admin_socket, else
-                        /run/ferrite/admin.sock as root, $XDG_RUNTIME_DIR/ferrite/admin.sock
-                        otherwise; 'none' disables it)
-    --state-dir DIR     where APTPL persistent reservations are kept (default:
-                        settings.state_dir, $STATE_DIRECTORY, $XDG_STATE_HOME/ferrite,
-                        ~/.local/state/ferrite, ./ferrite-state)
-    --metrics ADDR:PORT serve Prometheus metrics at http://ADDR:PORT/metrics (default:
-                        settings.metrics_listen; off)
-    --log FILTER        log filter (default: info; also FERRITE_LOG)
-    -h, --help          this text
-";
-
-struct Args {
-    config: Option<PathBuf>,
-    portals: Vec<String>,
-    target: Option<String>,
-    luns: Vec<String>,
-    block_size: u32,
-    log: Option<String>,
-    admin_socket: Option<String>,
-    state_dir: Option<PathBuf>,
-    metrics: Option<String>,
-}
-
-fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
-    let mut a = Args {
-        config: None,
-        portals: vec![],
-        target: None,
-        luns: vec![],
-        block_size: 512,
-        log: None,
-        admin_socket: None,
-        state_dir: None,
-        metrics: None,
-    };
-    match it.next().as_deref() {
-        Some("serve") => {}
-        Some("-h") | Some("--help") | None => return Ok(None),
-        Some(other) => return Err(format!("unknown command {other:?}")),
-    }
-    while let Some(flag) = it.next() {
-        let mut val = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
-        match flag.as_str() {
-            "--config" => a.config = Some(val("--config")?.into()),
-            "--portal" => a.portals.push(val("--portal")?),
-            "--target" => a.target = Some(val("--target")?),
-            "--lun" => a.luns.push(val("--lun")?),
-            "--block-size" => {
-                a.block_size = val("--block-size")?
-                    .parse()
-                    .map_err(|_| "--block-size: not a number".to_string())?
-            }
-            "--log" => a.log = Some(val("--log")?),
-            "--admin-socket" => a.admin_socket = Some(val("--admin-socket")?),
-            "--state-dir" => a.state_dir = Some(val("--state-dir")?.into()),
-            "--metrics" => a.metrics = Some(val("--metrics")?),
-            "-h" | "--help" => return Ok(None),
-            f => return Err(format!("unknown option {f:?}")),
-        }
-    }
-    Ok(Some(a))
-}
-
-fn build_config(a: &Args) -> Result<Config, String> {
+fn build_config(a: &cli::ServeArgs) -> Result<Config, String> {
     if let Some(p) = &a.config {
         if !a.portals.is_empty() || a.target.is_some() || !a.luns.is_empty() {
             return Err("--config cannot be combined with --portal/--target/--lun".into());
@@ -147,36 +66,17 @@ fn build_config(a: &Args) -> Result<Config, String> {
 }
 
 /// `ferrite admin ...`: one request to the running daemon.
-fn admin_main(mut args: Vec<String>) -> ExitCode {
-    let mut socket = admin::default_socket();
-    let mut as_json = false;
-    loop {
-        match args.first().map(String::as_str) {
-            Some("--socket") if args.len() >= 2 => {
-                socket = PathBuf::from(&args[1]);
-                args.drain(..2);
-            }
-            Some("--json") => {
-                as_json = true;
-                args.remove(0);
-            }
-            Some("-h") | Some("--help") | None => {
-                print!("{}", admin::ADMIN_USAGE);
-                return ExitCode::SUCCESS;
-            }
-            _ => break,
-        }
-    }
-    let cmd = args.remove(0);
-    // `--json` may also follow the command.
-    if let Some(i) = args.iter().position(|a| a == "--json") {
-        as_json = true;
-        args.remove(i);
-    }
+fn admin_main(args: &cli::AdminArgs, matches: &clap::ArgMatches) -> ExitCode {
+    let socket = args.socket.clone().unwrap_or_else(admin::default_socket);
+    let as_json = args.json;
+    let Some((cmd, words)) = cli::admin_words(matches) else {
+        eprintln!("ferrite admin: a command is needed (ferrite admin --help)");
+        return ExitCode::from(2);
+    };
     if cmd == "stats" && !as_json {
-        return stats_main(&socket, &args);
+        return stats_main(&socket, &words);
     }
-    let result = admin::request_from_args(&cmd, &args).and_then(|req| admin::call(&socket, &req));
+    let result = admin::request_from_args(&cmd, &words).and_then(|req| admin::call(&socket, &req));
     match result {
         Ok(v) => {
             if as_json {
@@ -284,31 +184,27 @@ async fn reload(daemon: &Arc<server::Daemon>, path: Option<&Path>) {
 
 fn main() -> ExitCode {
     tune_allocator();
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    if matches!(argv.first().map(String::as_str), Some("--version" | "-V")) {
-        println!(
-            "ferrite {} (commit {})",
-            env!("CARGO_PKG_VERSION"),
-            env!("FERRITE_COMMIT")
-        );
-        return ExitCode::SUCCESS;
-    }
-    if argv.first().map(String::as_str) == Some("admin") {
-        return admin_main(argv[1..].to_vec());
-    }
-    if argv.first().map(String::as_str) == Some("pr") {
-        return pr_cli::main(&argv[1..]);
-    }
-    let args = match parse_args(argv.into_iter()) {
-        Ok(Some(a)) => a,
-        Ok(None) => {
-            print!("{USAGE}");
+    let matches = <cli::Cli as clap::CommandFactory>::command().get_matches();
+    let parsed = match <cli::Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    let args = match parsed.command {
+        None => {
+            // No command: what there is to do.
+            let _ = <cli::Cli as clap::CommandFactory>::command().print_long_help();
             return ExitCode::SUCCESS;
         }
-        Err(e) => {
-            eprintln!("ferrite: {e}\n\n{USAGE}");
-            return ExitCode::from(2);
+        Some(cli::Cmd::Admin(a)) => {
+            let sub = matches.subcommand_matches("admin").expect("admin matches");
+            return admin_main(&a, sub);
         }
+        Some(cli::Cmd::Pr(p)) => return pr_cli::run(p),
+        Some(cli::Cmd::Completions { shell }) => {
+            cli::completions(shell);
+            return ExitCode::SUCCESS;
+        }
+        Some(cli::Cmd::Serve(a)) => a,
     };
     let filter = args
         .log

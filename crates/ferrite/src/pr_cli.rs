@@ -15,22 +15,6 @@ use std::sync::Arc;
 
 use scsi_core::{FilePrStore, LogicalUnit, PrState, PrStore, Reservation, Who};
 
-pub const PR_USAGE: &str = "\
-ferrite pr — persistent reservation state saved with APTPL (offline: stop the daemon first)
-
-USAGE:
-    ferrite pr show  [--state-dir DIR]
-    ferrite pr clear [--state-dir DIR] --lun-file NAME
-
-show   prints every saved state file in the state directory
-clear  removes one (NAME as `show` prints it, e.g. iqn.2026-11.io.ferrite:demo_lun0.pr);
-       the logical unit starts without registrations next time
-
-The state directory defaults as for `ferrite serve`: $STATE_DIRECTORY, else
-$XDG_STATE_HOME/ferrite, else $HOME/.local/state/ferrite, else ./ferrite-state.
-A running daemon keeps its state in memory and saves it again at the next change.
-";
-
 /// The state directory and whether it was chosen explicitly (settings, flag, systemd).
 pub fn state_dir(configured: Option<&Path>) -> (PathBuf, bool) {
     if let Some(d) = configured {
@@ -165,42 +149,13 @@ pub fn describe(st: &PrState) -> String {
     out
 }
 
-/// `ferrite pr ...`
-pub fn main(args: &[String]) -> ExitCode {
-    let mut dir: Option<PathBuf> = None;
-    let mut lun_file: Option<String> = None;
-    let mut cmd: Option<&str> = None;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "-h" | "--help" => {
-                print!("{PR_USAGE}");
-                return ExitCode::SUCCESS;
-            }
-            "--state-dir" => match it.next() {
-                Some(v) => dir = Some(v.into()),
-                None => return usage_error("--state-dir needs a value"),
-            },
-            "--lun-file" => match it.next() {
-                Some(v) => lun_file = Some(v.clone()),
-                None => return usage_error("--lun-file needs a value"),
-            },
-            "show" | "clear" if cmd.is_none() => cmd = Some(a.as_str()),
-            other => return usage_error(&format!("unexpected argument {other:?}")),
-        }
+/// `ferrite pr show|clear` (see `cli::PrArgs`).
+pub fn run(args: crate::cli::PrArgs) -> ExitCode {
+    let (dir, _) = state_dir(args.state_dir.as_deref());
+    match args.command {
+        crate::cli::PrCmd::Show => show(&dir),
+        crate::cli::PrCmd::Clear { lun_file } => clear(&dir, &lun_file),
     }
-    let (dir, _) = state_dir(dir.as_deref());
-    match (cmd, lun_file) {
-        (Some("show"), None) => show(&dir),
-        (Some("clear"), Some(name)) => clear(&dir, &name),
-        (Some("clear"), None) => usage_error("clear needs --lun-file NAME"),
-        _ => usage_error("expected `show` or `clear`"),
-    }
-}
-
-fn usage_error(msg: &str) -> ExitCode {
-    eprintln!("ferrite pr: {msg}\n\n{PR_USAGE}");
-    ExitCode::from(2)
 }
 
 fn show(dir: &Path) -> ExitCode {
@@ -244,7 +199,8 @@ fn show(dir: &Path) -> ExitCode {
 
 fn clear(dir: &Path, name: &str) -> ExitCode {
     if name.contains('/') || name.starts_with('.') {
-        return usage_error("--lun-file is a file name inside the state directory");
+        eprintln!("ferrite pr: --lun-file is a file name inside the state directory");
+        return ExitCode::from(2);
     }
     let path = dir.join(name);
     if !path.exists() {

@@ -170,3 +170,24 @@ fn sighup_applies_the_changed_configuration_file_live() {
     }
     assert!(Path::new(&cfg_s).exists());
 }
+
+/// The command line (clap): `--version` names the commit; completions know every admin
+/// command; no command prints the help.
+#[test]
+fn version_help_and_completions() {
+    let bin = env!("CARGO_BIN_EXE_ferrite");
+    let v = run(bin, &["--version"], LIMIT).ok().stdout;
+    assert!(v.starts_with("ferrite ") && v.contains("(commit "), "{v}");
+    let help = run(bin, &[], LIMIT).ok().stdout;
+    for c in ["serve", "admin", "pr", "completions"] {
+        assert!(help.contains(c), "{help}");
+    }
+    for shell in ["bash", "zsh", "fish"] {
+        let script = run(bin, &["completions", shell], LIMIT).ok().stdout;
+        for c in ["drop-connection", "logout-session", "add-lun", "metrics"] {
+            assert!(script.contains(c), "{shell} completions lack {c}");
+        }
+    }
+    let bad = run(bin, &["serve", "--no-such-flag"], LIMIT);
+    assert_eq!(bad.status.code(), Some(2), "{}", bad.describe());
+}
