@@ -191,3 +191,25 @@ fn version_help_and_completions() {
     let bad = run(bin, &["serve", "--no-such-flag"], LIMIT);
     assert_eq!(bad.status.code(), Some(2), "{}", bad.describe());
 }
+
+/// The man page (`ops/ferrite.8`, written by hand) names every flag of `ferrite serve` and
+/// every subcommand, so it cannot fall behind the command line unnoticed.
+#[test]
+fn the_man_page_covers_the_command_line() {
+    let bin = env!("CARGO_BIN_EXE_ferrite");
+    let page = std::fs::read_to_string(common::conformance::repo_root().join("ops/ferrite.8"))
+        .unwrap()
+        .replace("\\-", "-");
+    let help = run(bin, &["serve", "--help"], LIMIT).ok().stdout;
+    let flags: Vec<&str> = help
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .filter(|w| w.starts_with("--") && w.len() > 2 && *w != "--help")
+        .collect();
+    assert!(flags.len() >= 9, "{help}");
+    for f in flags {
+        assert!(page.contains(f), "ferrite.8 does not mention {f}");
+    }
+    for c in ["serve", "admin", "pr", "completions", "--version"] {
+        assert!(page.contains(c), "ferrite.8 does not mention {c}");
+    }
+}
