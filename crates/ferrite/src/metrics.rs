@@ -173,7 +173,7 @@ impl Metrics {
         );
         r.register_with_unit(
             "lun_written",
-            "Bytes stored by WRITE commands that succeeded",
+            "Data-out bytes of write commands (WRITE, WRITE AND VERIFY, WRITE SAME, COMPARE AND WRITE) that succeeded",
             Unit::Bytes,
             m.written_bytes.clone(),
         );
