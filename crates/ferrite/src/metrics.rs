@@ -117,6 +117,7 @@ pub struct Metrics {
     logins: Family<LoginLabels, Counter>,
     digest_errors: Family<PortLabels, Counter>,
     tmfs: Family<TmfLabels, Counter>,
+    store_latency: Family<StoreLabels, Histogram, Buckets>,
     resident: Gauge,
     /// Every LUN's handles, for `ferrite admin stats`.
     luns: Mutex<BTreeMap<(String, u64), Arc<LuMetrics>>>,
@@ -148,6 +149,7 @@ impl Metrics {
             logins: Family::default(),
             digest_errors: Family::default(),
             tmfs: Family::default(),
+            store_latency: Family::new_with_constructor(Buckets),
             resident: Gauge::default(),
             registry: Registry::default(),
             luns: Mutex::new(BTreeMap::new()),
@@ -208,6 +210,12 @@ impl Metrics {
             "digest_errors",
             "PDUs received with a header or data digest error",
             m.digest_errors.clone(),
+        );
+        r.register_with_unit(
+            "backstore_duration",
+            "Time the backstore took per operation (read, write, flush, unmap)",
+            Unit::Seconds,
+            m.store_latency.clone(),
         );
         r.register(
             "task_management",
@@ -602,4 +610,109 @@ fn answer(m: &Metrics, req: &Request<hyper::body::Incoming>) -> Response<Full<By
         r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
     }
     r
+}
+
+/// A backstore operation, as the backstore latency histograms split them.
+#[allow(non_camel_case_types)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+enum StoreOp {
+    read,
+    write,
+    flush,
+    unmap,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StoreLabels {
+    target: String,
+    lun: String,
+    op: StoreOp,
+}
+
+impl Metrics {
+    /// `store` with every read, write, flush and unmap timed into
+    /// `ferrite_backstore_duration_seconds{target, lun, op}`.
+    pub fn timed_store(
+        &self,
+        target: &str,
+        lun: u64,
+        store: Arc<dyn backstore::Backstore>,
+    ) -> Arc<dyn backstore::Backstore> {
+        let h = |op| {
+            self.store_latency
+                .get_or_create(&StoreLabels {
+                    target: target.to_string(),
+                    lun: lun.to_string(),
+                    op,
+                })
+                .clone()
+        };
+        Arc::new(TimedBackstore {
+            ops: [
+                h(StoreOp::read),
+                h(StoreOp::write),
+                h(StoreOp::flush),
+                h(StoreOp::unmap),
+            ],
+            inner: store,
+        })
+    }
+}
+
+/// A backstore whose operations are timed (see [`Metrics::timed_store`]); everything else is
+/// the inner store's, default methods included.
+struct TimedBackstore {
+    inner: Arc<dyn backstore::Backstore>,
+    ops: [Histogram; 4],
+}
+
+impl std::fmt::Debug for TimedBackstore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+impl TimedBackstore {
+    fn time<R>(&self, op: StoreOp, f: impl FnOnce() -> R) -> R {
+        let t0 = std::time::Instant::now();
+        let r = f();
+        self.ops[op as usize].observe(t0.elapsed().as_secs_f64());
+        r
+    }
+}
+
+impl backstore::Backstore for TimedBackstore {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.time(StoreOp::read, || self.inner.read_at(buf, offset))
+    }
+    fn read_vec(&self, len: usize, offset: u64) -> std::io::Result<Vec<u8>> {
+        self.time(StoreOp::read, || self.inner.read_vec(len, offset))
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.time(StoreOp::write, || self.inner.write_at(buf, offset))
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        self.time(StoreOp::flush, || self.inner.flush())
+    }
+    fn unmap(&self, offset: u64, len: u64) -> std::io::Result<bool> {
+        self.time(StoreOp::unmap, || self.inner.unmap(offset, len))
+    }
+    fn supports_unmap(&self) -> bool {
+        self.inner.supports_unmap()
+    }
+    fn anchor(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.time(StoreOp::write, || self.inner.anchor(offset, len))
+    }
+    fn space(&self) -> std::io::Result<Option<backstore::Space>> {
+        self.inner.space()
+    }
+    fn extent_at(&self, offset: u64) -> std::io::Result<Option<backstore::Extent>> {
+        self.inner.extent_at(offset)
+    }
 }

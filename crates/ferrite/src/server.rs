@@ -125,11 +125,12 @@ fn open_backstore(spec: &BackstoreSpec) -> anyhow::Result<Arc<dyn Backstore>> {
 /// state file in `state_dir`, see `pr_cli`).
 pub fn build_lu(
     state_dir: Option<&std::path::Path>,
+    metrics: &Metrics,
     t: &TargetConfig,
     l: &LunConfig,
 ) -> anyhow::Result<Arc<LogicalUnit>> {
     let spec = BackstoreSpec::parse(&l.backstore).map_err(anyhow::Error::msg)?;
-    let store = open_backstore(&spec)?;
+    let store = metrics.timed_store(&t.name, l.id, open_backstore(&spec)?);
     let cfg = LuConfig {
         block_size: l.block_size,
         read_only: l.read_only,
@@ -215,7 +216,8 @@ impl Daemon {
 
     pub fn build(cfg: &Config, config_path: Option<PathBuf>) -> anyhow::Result<Arc<Daemon>> {
         let state_dir = cfg.settings.state_dir.as_deref();
-        let rt = Runtime::build(cfg, None, &mut |t, l| build_lu(state_dir, t, l))?;
+        let metrics = Arc::new(Metrics::new());
+        let rt = Runtime::build(cfg, None, &mut |t, l| build_lu(state_dir, &metrics, t, l))?;
         let s = &cfg.settings;
         let conn_cfg = ConnConfig {
             offer: iscsi_proto::TargetOffer {
@@ -270,7 +272,7 @@ impl Daemon {
             budget,
             max_login_connections: s.max_login_connections as usize,
             trim_pending: AtomicBool::new(false),
-            metrics: Arc::new(Metrics::new()),
+            metrics,
         });
         d.wire_aborter(&d.runtime());
         Ok(d)
@@ -390,10 +392,11 @@ impl Daemon {
     pub async fn apply(self: &Arc<Self>, cfg: Config) -> anyhow::Result<()> {
         cfg.validate().map_err(anyhow::Error::msg)?;
         let old = self.runtime();
+        let metrics = self.metrics.clone();
         let new = tokio::task::spawn_blocking(move || {
             let state_dir = cfg.settings.state_dir.clone();
             Runtime::build(&cfg, Some(&old), &mut |t, l| {
-                build_lu(state_dir.as_deref(), t, l)
+                build_lu(state_dir.as_deref(), &metrics, t, l)
             })
         })
         .await??;

@@ -152,6 +152,11 @@ fn counters_move_by_exactly_what_happened() {
             ",sense_key=\"unit_attention\""
         )) >= 1.0
     );
+    // The backstore's own time: at least one timed write and one timed read.
+    for op in ["read", "write"] {
+        let k = lun("backstore_duration_seconds_count", &format!(",op=\"{op}\""));
+        assert!(delta(&k) >= 1.0, "{k}: {}", delta(&k));
+    }
     assert_eq!(get(&during, &port("sessions", "")), 1.0);
     assert_eq!(get(&during, &port("connections", "")), 1.0);
     assert_eq!(delta(&port("logins_total", ",outcome=\"success\"")), 1.0);
