@@ -1035,9 +1035,16 @@ async fn run_connection(
                         {
                             let d = daemon.clone();
                             let done = tmf_done_tx.clone();
+                            let session = conn.session();
                             tokio::spawn(async move {
                                 task_management(&d, a, view, n, t).await;
-                                let _ = done.send(());
+                                if done.send(()).is_err() {
+                                    // This connection is gone (failed at ErrorRecoveryLevel 2,
+                                    // replaced): the session's queue of functions waits still.
+                                    if let Some(s) = session {
+                                        s.tmf_done();
+                                    }
+                                }
                             });
                         } else {
                             conn.tmf_done();

@@ -525,7 +525,11 @@ impl Connection {
     /// The driver carried out the action of the oldest task management function it was handed
     /// (`ConnEvent::Tmf`): answer it, and the ones queued behind it.
     pub fn tmf_done(&mut self) {
-        self.full(|c| c.tmf_done());
+        // Also when this connection failed or was replaced meanwhile: the session's queue of
+        // task management functions waits for it.
+        if let Phase::Full(s) = &self.phase {
+            s.with_or_outside(self.cid, self.link, |c| c.tmf_done());
+        }
     }
 
     /// Tell the engine which LUN fields reach a logical unit, so LUN-scoped task management

@@ -155,8 +155,9 @@ enum Queued {
     Scsi {
         itt: u32,
     },
-    /// A request and the connection it came on.
-    Other(RawPdu, u16),
+    /// A request and the connection (CID, link) it came on: it runs only if that link is still
+    /// there when its turn comes (not on a connection that replaced it).
+    Other(RawPdu, u16, u64),
 }
 
 #[derive(Debug)]
@@ -164,8 +165,10 @@ struct PendingTmf {
     itt: u32,
     /// Its function code (RFC 7143 §11.5.1).
     function: u8,
-    /// The connection it came on (its response goes there).
+    /// The connection (CID and link) it came on: its response goes there, and nowhere if that
+    /// link is gone meanwhile.
     cid: u16,
+    link: u64,
     response: TmfResponse,
     waiting: HashSet<TaskId>,
     action: Option<TmfAction>,
@@ -458,6 +461,12 @@ impl SessionHandle {
     /// (a TMF, a logout, an outside abort) goes on.
     pub fn complete_task(&self, id: TaskId, outcome: TaskOutcome) {
         self.outside(|c| c.complete_task(id, outcome));
+    }
+
+    /// The driver carried out a task management function's action (see
+    /// [`crate::Connection::tmf_done`]), when the connection it was handed to is gone.
+    pub fn tmf_done(&self) {
+        self.outside(|c| c.tmf_done());
     }
 
     /// The buffer budget may have room again.
@@ -933,8 +942,10 @@ impl SessionCore {
                     self.ffp().queued.insert(cmd_sn, Queued::Scsi { itt });
                 }
             } else {
-                let cid = self.cur;
-                self.ffp().queued.insert(cmd_sn, Queued::Other(pdu, cid));
+                let (cid, link) = (self.cur, self.link.id);
+                self.ffp()
+                    .queued
+                    .insert(cmd_sn, Queued::Other(pdu, cid, link));
             }
         } else {
             // RFC 7143 §4.2.2.1: non-immediate commands outside the window are silently ignored.
@@ -958,10 +969,11 @@ impl SessionCore {
             f.exp_cmd_sn = f.exp_cmd_sn.wrapping_add(1);
             match q {
                 Queued::Scsi { itt } => self.deliver_scsi(itt),
-                Queued::Other(pdu, cid) => self.on(cid, |c| {
+                Queued::Other(pdu, cid, link) => self.on(cid, |c| {
                     // A request dispatched just before (a Logout, a TARGET COLD RESET) may
-                    // have closed the connection: nothing queued behind it runs there then.
-                    if !c.link.closed {
+                    // have closed the connection, or a login replaced it: nothing queued
+                    // behind it runs there then.
+                    if !c.link.closed && c.link.id == link {
                         if let Ok(h) = pdu.header() {
                             c.dispatch(pdu, h, dir);
                         }
@@ -1442,8 +1454,9 @@ impl SessionCore {
             self.reject(&pdu.bhs, RejectReason::INVALID_PDU_FIELD);
             return;
         };
-        if t.cid != f.cur {
-            // RFC 7143 §5.1 (connection allegiance): a task's data comes on its connection.
+        if t.link != f.link.id {
+            // RFC 7143 §5.1 (connection allegiance): a task's data comes on its connection
+            // (the very one: not another with its CID, until a TASK REASSIGN).
             self.reject(&pdu.bhs, RejectReason::PROTOCOL_ERROR);
             return;
         }
@@ -1845,11 +1858,12 @@ impl SessionCore {
             TmfFunction::CLEAR_ACA => TmfResponse::COMPLETE,
             _ => TmfResponse::REJECTED,
         };
-        let cid = self.cur;
+        let (cid, link) = (self.cur, self.link.id);
         self.ffp().tmfs.push(PendingTmf {
             itt: t.itt,
             function: t.function,
             cid,
+            link,
             response,
             waiting,
             action,
@@ -1921,13 +1935,20 @@ impl SessionCore {
     /// server state) waits, and holds back the responses behind it, until the driver says the
     /// action is carried out (`tmf_done`).
     fn flush_tmfs(&mut self) {
-        while let Some(first) = self.ffp().tmfs.first() {
+        while let Some(first) = self.tmfs.first() {
             if !first.waiting.is_empty() || first.with_driver {
                 break;
             }
-            // Each function is answered on the connection it came on.
-            let cid = first.cid;
-            if let Some(a) = first.action.clone() {
+            // Each function is answered on the connection it came on; if that one is gone
+            // (closed, or replaced by a login with its CID) there is nobody to answer, and a
+            // driver action it still had to run has no driver to run it.
+            let (cid, link, action) = (first.cid, first.link, first.action.clone());
+            if !self.link_is_open(cid, link) {
+                let t = self.tmfs.remove(0);
+                self.observe_tmf(&t);
+                continue;
+            }
+            if let Some(a) = action {
                 self.ffp().tmfs[0].with_driver = true;
                 self.on(cid, |c| c.emit(ConnEvent::Tmf(a)));
                 return;
@@ -1943,6 +1964,16 @@ impl SessionCore {
         }
     }
 
+    /// Whether connection `cid` is link `link` and open.
+    fn link_is_open(&self, cid: u16, link: u64) -> bool {
+        let l = if self.cur == cid {
+            Some(&self.link)
+        } else {
+            self.parked.get(&cid)
+        };
+        l.is_some_and(|l| l.id == link && !l.closed)
+    }
+
     /// The driver carried out the action of the oldest task management function it was handed
     /// (`ConnEvent::Tmf`): answer it, and the ones queued behind it.
     pub fn tmf_done(&mut self) {
@@ -1954,7 +1985,9 @@ impl SessionCore {
         }
         let t = self.tmfs.remove(0);
         self.observe_tmf(&t);
-        self.on(t.cid, |c| c.send_tmf_response(t.itt, t.response));
+        if self.link_is_open(t.cid, t.link) {
+            self.on(t.cid, |c| c.send_tmf_response(t.itt, t.response));
+        }
         if t.action == Some(TmfAction::TargetColdReset) {
             // RFC 7143 §11.5.1: after a cold reset the target drops all connections.
             self.close_all("target cold reset");

@@ -217,3 +217,46 @@ fn an_async_message_comes_again_on_a_status_snack() {
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].header, iscsi_wire::Header::AsyncMessage(first));
 }
+
+/// fuzz/regressions/session-tmf-answered-on-replacement: task management functions queued
+/// behind a LOGICAL UNIT RESET (whose action the driver was running) on a connection that a
+/// login with its CID then replaced were answered on the replacement once the reset was done
+/// (at ErrorRecoveryLevel 2, a TASK REASSIGN among them even moved a task there). A function
+/// is answered on the very connection it came on, or not at all.
+#[test]
+fn functions_of_a_replaced_connection_are_not_answered_on_its_successor() {
+    let now = Instant::now();
+    let dir = Dir::new(TARGET);
+    let mut cfg = ConnConfig::default();
+    cfg.offer.max_connections = 2;
+    let mut c0 = Connection::new(cfg.clone(), now, 50);
+    let opts = LoginOpts::default().key("MaxConnections", "2");
+    engine::login(&mut c0, now, &dir, &opts, 1);
+    let session = c0.session().expect("a session");
+    // LUN RESET (the driver runs its action), then ABORT TASK queued behind it.
+    let reset = pdu::tmf(TmfFunction::LOGICAL_UNIT_RESET, 0x40, RESERVED_TAG, 100);
+    c0.handle_pdu(now, reset.raw(&[]), &dir);
+    let (_, ev) = drain(&mut c0);
+    assert!(matches!(ev.as_slice(), [ConnEvent::Tmf(_)]), "{ev:?}");
+    let abort = pdu::tmf(TmfFunction::ABORT_TASK, 0x41, 0x99, 100);
+    c0.handle_pdu(now, abort.raw(&[]), &dir);
+    assert!(drain(&mut c0).0.is_empty(), "waits behind the reset");
+    // A login with CID 0 replaces the connection; then the reset's action is done.
+    let mut c1 = Connection::new(cfg, now, 500);
+    engine::login_join(&mut c1, now, &dir, &opts.clone().join(1, 0), &session);
+    c0.tmf_done();
+    let (out, _) = drain(&mut c1);
+    assert!(
+        !out.iter()
+            .any(|o| matches!(o.header, iscsi_wire::Header::TaskMgmtResponse(_))),
+        "the old connection's functions answered on the new one: {out:?}"
+    );
+    // The new connection's own functions are answered as usual.
+    let own = pdu::tmf(TmfFunction::ABORT_TASK, 0x42, 0x98, 100);
+    c1.handle_pdu(now, own.raw(&[]), &dir);
+    let (out, _) = drain(&mut c1);
+    assert!(
+        matches!(&out[..], [o] if matches!(&o.header, iscsi_wire::Header::TaskMgmtResponse(r) if r.itt == 0x42)),
+        "{out:?}"
+    );
+}

@@ -309,8 +309,8 @@ impl SessionCore {
     /// Data/R2T SNACK: Data-In of an answered read, or R2Ts of a write still gathering data.
     fn data_snack(&mut self, pdu: &RawPdu, s: SnackRequest) {
         // R2Ts of a write in progress on this connection (§11.16.1: BegRun is an R2TSN).
-        let cur = self.cur;
-        if let Some(t) = self.tasks.get(&s.itt).filter(|t| t.cid == cur) {
+        let id = self.link.id;
+        if let Some(t) = self.tasks.get(&s.itt).filter(|t| t.link == id) {
             let TaskPhase::Receiving(w) = &t.phase else {
                 self.reject(&pdu.bhs, RejectReason::PROTOCOL_ERROR);
                 return;
@@ -474,8 +474,8 @@ impl SessionCore {
     /// unsolicited data is asked for by the ordinary R2Ts. `false` if the PDU cannot be
     /// placed (no such sequence), or the task went through too many recoveries.
     pub(super) fn recover_data_out(&mut self, itt: u32, ttt: u32, final_bit: bool) -> bool {
-        let cur = self.cur;
-        let Some(t) = self.tasks.get_mut(&itt).filter(|t| t.cid == cur) else {
+        let id = self.link.id;
+        let Some(t) = self.tasks.get_mut(&itt).filter(|t| t.link == id) else {
             return false;
         };
         let TaskPhase::Receiving(w) = &mut t.phase else {
@@ -541,7 +541,8 @@ impl SessionCore {
     pub(super) fn recover_digest_error(&mut self, bhs: &[u8; 48]) {
         match Header::parse(bhs) {
             Ok(Header::DataOut(d)) => {
-                let known = self.tasks.get(&d.itt).is_some_and(|t| t.cid == self.cur);
+                let id = self.link.id;
+                let known = self.tasks.get(&d.itt).is_some_and(|t| t.link == id);
                 if known && !self.recover_data_out(d.itt, d.ttt, d.final_bit) {
                     // RFC 7143 §11.4.7.2: PROTOCOL SERVICE CRC ERROR.
                     self.fail_task(d.itt, &sense_fixed(0x0b, 0x47, 0x05));
