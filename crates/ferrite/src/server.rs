@@ -1445,7 +1445,7 @@ async fn login_complete(
 
 /// A login naming a session (TSIH ≠ 0): a connection joins it (MC/S, RFC 7143 §6.3.4), or
 /// replaces its connection with the same CID (connection reinstatement: the old connection's
-/// tasks end, ErrorRecoveryLevel 0 and 1 having no task reassignment). The session's I_T nexus,
+/// tasks end below ErrorRecoveryLevel 2, and wait for TASK REASSIGN at 2). The session's I_T nexus,
 /// view and parameters are the session's; the connection negotiated only its own keys.
 fn join_session(
     daemon: &Arc<Daemon>,

@@ -8,8 +8,9 @@
 //! MaxCmdSN, RFC 7143 §4.2.2.1), the task table keyed by ITT, the R2T state of writes
 //! (RFC 7143 §4.2.3, §11.8), Data-In sequencing and residuals (§11.7, §11.4.5), NOP keep-alive
 //! (§11.18, §11.19), task management (§11.5, §11.6), text/SendTargets (§11.10, appendix C) and
-//! logout (§11.14). ErrorRecoveryLevel is 0: any error that breaks the PDU stream closes the
-//! connection.
+//! logout (§11.14), and error recovery up to level 2 (`session::recovery`: SNACK, recovery
+//! R2Ts, connection recovery with TASK REASSIGN). At level 0 any error that breaks the PDU
+//! stream closes the connection.
 //!
 //! Inputs: [`Connection::handle_pdu`], [`Connection::handle_digest_error`],
 //! [`Connection::complete_task`], [`Connection::handle_timeout`]. Outputs:

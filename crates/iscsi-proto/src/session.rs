@@ -701,8 +701,8 @@ impl SessionCore {
     }
 
     /// A connection joins the session (MC/S, RFC 7143 §6.3.4 with the TSIH given). A CID
-    /// in use is connection reinstatement: the old link closes first (its tasks are ended, as
-    /// ErrorRecoveryLevel 0 has no task reassignment).
+    /// in use is connection reinstatement: the old link closes first; its tasks end below
+    /// ErrorRecoveryLevel 2, and wait to be reassigned at 2 (an implicit logout for recovery).
     pub(crate) fn add_link(&mut self, cid: u16, mut link: Link) -> u64 {
         link.id = self.next_link_id;
         self.next_link_id += 1;
