@@ -1953,7 +1953,14 @@ impl SessionCore {
                 self.on(cid, |c| c.emit(ConnEvent::Tmf(a)));
                 return;
             }
-            let t = self.ffp().tmfs.remove(0);
+            let mut t = self.tmfs.remove(0);
+            if let Some((itt, _)) = t.reassign {
+                // Judged again now: a TASK REASSIGN queued behind others may find its task
+                // taken over (or ended) meanwhile.
+                if let Err(r) = self.reassignable(itt) {
+                    (t.response, t.reassign) = (r, None);
+                }
+            }
             self.observe_tmf(&t);
             self.on(cid, |c| {
                 c.send_tmf_response(t.itt, t.response);

@@ -260,3 +260,69 @@ fn functions_of_a_replaced_connection_are_not_answered_on_its_successor() {
         "{out:?}"
     );
 }
+
+/// fuzz/regressions/session-task-reassigned-twice: two TASK REASSIGNs of one task, queued
+/// behind a LOGICAL UNIT RESET, were both judged when they arrived (the task's connection had
+/// failed: both fine) and both carried out, so the read's Data-In and status went out twice.
+/// A queued TASK REASSIGN is judged again when its turn comes: the second finds the task
+/// allegiant to its new connection already.
+#[test]
+fn a_task_is_reassigned_once_even_when_asked_twice() {
+    let now = Instant::now();
+    let dir = Dir::new(TARGET);
+    let mut cfg = ConnConfig::default();
+    cfg.offer.max_connections = 2;
+    cfg.offer.error_recovery_level = 2;
+    let opts = LoginOpts::default()
+        .key("MaxConnections", "2")
+        .key("ErrorRecoveryLevel", "2")
+        .key("DefaultTime2Retain", "20");
+    let mut c0 = Connection::new(cfg.clone(), now, 50);
+    engine::login(&mut c0, now, &dir, &opts, 1);
+    let session = c0.session().expect("a session");
+    let mut c1 = Connection::new(cfg, now, 500);
+    engine::login_join(&mut c1, now, &dir, &opts.clone().join(1, 1), &session);
+    // A read runs on connection 0, which then fails: the task waits for reassignment.
+    let read = pdu::read10(0x20, 100, 0, 1, 512);
+    c0.handle_pdu(now, read.raw(&[]), &dir);
+    let (_, ev) = drain(&mut c0);
+    let Some(ConnEvent::Execute(t)) = ev.into_iter().next() else {
+        panic!("no Execute")
+    };
+    assert!(c0.connection_lost(now, "peer gone").is_some());
+    // On connection 1: a LUN RESET of another LUN (its action with the driver), then TASK
+    // REASSIGN twice.
+    let reset = TaskMgmtRequest {
+        lun: 1 << 48,
+        ..pdu::tmf(TmfFunction::LOGICAL_UNIT_RESET, 0x40, RESERVED_TAG, 101)
+    };
+    c1.handle_pdu(now, reset.raw(&[]), &dir);
+    drain(&mut c1);
+    for itt in [0x41, 0x42] {
+        let r = pdu::tmf(TmfFunction::TASK_REASSIGN, itt, 0x20, 101);
+        c1.handle_pdu(now, r.raw(&[]), &dir);
+    }
+    session.complete_task(
+        t.id,
+        iscsi_proto::TaskOutcome {
+            data_in: vec![5; 512],
+            ..Default::default()
+        },
+    );
+    c1.tmf_done();
+    let (out, _) = drain(&mut c1);
+    let statuses = out
+        .iter()
+        .filter(|o| matches!(&o.header, iscsi_wire::Header::ScsiResponse(r) if r.itt == 0x20))
+        .count();
+    assert_eq!(statuses, 1, "{out:?}");
+    let tmf: Vec<(u32, u8)> = out
+        .iter()
+        .filter_map(|o| match &o.header {
+            iscsi_wire::Header::TaskMgmtResponse(r) => Some((r.itt, r.response)),
+            _ => None,
+        })
+        .collect();
+    // LUN RESET and the first reassignment complete; the second finds the task allegiant.
+    assert_eq!(tmf, vec![(0x40, 0), (0x41, 0), (0x42, 3)]);
+}
