@@ -10,7 +10,9 @@ use std::cell::{Cell, RefCell};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use crate::alua::AccessState;
 use crate::cdb::{Bytes, Fail};
+use crate::device::TargetDevice;
 use crate::lu::LogicalUnit;
 use crate::luns::LunMap;
 use crate::pr::Who;
@@ -30,6 +32,8 @@ pub struct Cmd<'a> {
     pub lu: Option<&'a Arc<LogicalUnit>>,
     /// The LU is mapped read-only for this view (DATA PROTECT on writes).
     pub read_only: bool,
+    /// The target device the view is of (none in tests of a bare LUN map).
+    pub device: Option<&'a TargetDevice>,
     out_len: Cell<u32>,
     effects: RefCell<Vec<Effect>>,
 }
@@ -40,6 +44,7 @@ impl<'a> Cmd<'a> {
         luns: &'a LunMap,
         lu: Option<&'a Arc<LogicalUnit>>,
         read_only: bool,
+        device: Option<&'a TargetDevice>,
     ) -> Self {
         Self {
             req,
@@ -48,6 +53,7 @@ impl<'a> Cmd<'a> {
             luns,
             lu,
             read_only,
+            device,
             out_len: Cell::new(0),
             effects: RefCell::new(Vec::new()),
         }
@@ -65,6 +71,23 @@ impl<'a> Cmd<'a> {
 
     pub fn nexus(&self) -> &Nexus {
         self.req.nexus
+    }
+
+    /// The relative target port identifier of the port the command came through.
+    pub fn port_id(&self) -> u16 {
+        self.req.nexus.target_port.relative_port_id
+    }
+
+    /// The ALUA access state of the port the command came through (SPC-4 §5.16).
+    pub fn access_state(&self) -> AccessState {
+        self.device.map_or(AccessState::ActiveOptimized, |d| {
+            d.alua().state_of(self.port_id())
+        })
+    }
+
+    /// The target port group of the port the command came through.
+    pub fn port_group(&self) -> u16 {
+        self.device.map_or(1, |d| d.alua().group_of(self.port_id()))
     }
 
     /// The transport has aborted this task.

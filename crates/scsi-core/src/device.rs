@@ -7,12 +7,19 @@
 //! or COLD RESET resets every logical unit (SAM-5 §7.6, §7.7), an I_T nexus loss releases what
 //! the nexus held on every logical unit (even one unmapped from its view meanwhile), and
 //! PREEMPT AND ABORT reaches the transport through the device's aborter.
+//!
+//! The device also owns its ALUA target port groups (`alua`, SPC-4 §5.16): every change of a
+//! group's state or membership establishes ASYMMETRIC ACCESS STATE CHANGED for every I_T nexus
+//! of every logical unit (but the one whose SET TARGET PORT GROUPS made it), and a change an
+//! initiator made is reported to the daemon's [`AluaObserver`] so that it is saved.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, RwLock};
 
+use crate::alua::{Alua, AluaGroup, Change, SetError};
 use crate::lu::LogicalUnit;
+use crate::sense::SenseReason;
 use crate::{Nexus, TargetPort};
 
 /// The transport's side of PREEMPT AND ABORT (SPC-4 §5.13.11.2.5): abort every task of the
@@ -26,6 +33,13 @@ pub trait TaskAborter: Send + Sync {
     fn abort_tasks(&self, lu: &LogicalUnit, lun: u64, nexuses: &[Nexus]);
 }
 
+/// The daemon's side of explicit ALUA transitions: an initiator changed target port group
+/// states with SET TARGET PORT GROUPS (SPC-4 §6.45), and the new states should outlive a
+/// restart.
+pub trait AluaObserver: Send + Sync {
+    fn explicit_change(&self, device: &TargetDevice);
+}
+
 /// One SCSI target device (see the module docs).
 pub struct TargetDevice {
     name: String,
@@ -34,6 +48,8 @@ pub struct TargetDevice {
     /// By the target's own LUN id (what LUN maps map to).
     lus: RwLock<BTreeMap<u64, Arc<LogicalUnit>>>,
     aborter: RwLock<Option<Arc<dyn TaskAborter>>>,
+    alua: Alua,
+    alua_observer: RwLock<Option<Arc<dyn AluaObserver>>>,
 }
 
 impl fmt::Debug for TargetDevice {
@@ -53,6 +69,8 @@ impl TargetDevice {
             ports: RwLock::new(BTreeMap::new()),
             lus: RwLock::new(BTreeMap::new()),
             aborter: RwLock::new(None),
+            alua: Alua::new(),
+            alua_observer: RwLock::new(None),
         })
     }
 
@@ -120,6 +138,69 @@ impl TargetDevice {
     /// Make the device hold exactly `lus` (by id): logical units not among them leave it.
     pub fn set_lus(&self, lus: BTreeMap<u64, Arc<LogicalUnit>>) {
         *self.lus.write().unwrap_or_else(|e| e.into_inner()) = lus;
+    }
+
+    // ---- ALUA target port groups (SPC-4 §5.16) ---------------------------------------------
+
+    /// The target port groups, for reading.
+    pub fn alua(&self) -> &Alua {
+        &self.alua
+    }
+
+    /// Set the target port groups as configured (an implicit transition, see
+    /// [`Alua::configure`]); if anything changed, every I_T nexus hears of it. When the result
+    /// says `transitioning`, call [`TargetDevice::finish_alua_transition`] after the transition
+    /// time.
+    pub fn configure_alua(&self, groups: Vec<AluaGroup>, transition_secs: u8) -> Change {
+        let change = self.alua.configure(groups, transition_secs);
+        if change.changed {
+            self.alua_changed(None);
+        }
+        change
+    }
+
+    /// End the implicit transition begun at `generation` (false if superseded meanwhile).
+    pub fn finish_alua_transition(&self, generation: u64) -> bool {
+        let done = self.alua.finish(generation);
+        if done {
+            self.alua_changed(None);
+        }
+        done
+    }
+
+    /// SET TARGET PORT GROUPS from `from` (SPC-4 §6.45): an explicit transition.
+    pub(crate) fn set_target_port_groups(&self, from: &Nexus, list: &[u8]) -> Result<(), SetError> {
+        if self.alua.set_explicit(list)? {
+            // SPC-4 §5.16.2.6: every I_T nexus but the one the command came through.
+            self.alua_changed(Some(from));
+            let observer = self
+                .alua_observer
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            if let Some(o) = observer {
+                o.explicit_change(self);
+            }
+        }
+        Ok(())
+    }
+
+    /// Install the daemon's hook for explicit transitions.
+    pub fn set_alua_observer(&self, observer: Arc<dyn AluaObserver>) {
+        *self
+            .alua_observer
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(observer);
+    }
+
+    /// ASYMMETRIC ACCESS STATE CHANGED for every I_T nexus of every logical unit (SPC-4
+    /// §5.16.2.6), but `except`.
+    fn alua_changed(&self, except: Option<&Nexus>) {
+        for (_, lu) in self.lus() {
+            lu.state()
+                .ua
+                .establish_all(SenseReason::AsymmetricAccessStateChanged, except);
+        }
     }
 
     // ---- target-wide effects --------------------------------------------------------------

@@ -16,20 +16,22 @@
 //!   |
 //! handlers      format, sanitize -> medium (sanitize / format runs, journal records) -> sbc;
 //!   |           spc -> reservations, vpd, sbc; xcopy -> sbc; mode, log, media;
-//!   |           reservations: PERSISTENT RESERVE IN / OUT, dispatch's conflict check
+//!   |           reservations: PERSISTENT RESERVE IN / OUT, dispatch's conflict check;
+//!   |           tpgs: REPORT / SET TARGET PORT GROUPS
 //! cmd           Cmd (a command as handlers see it), Effect (what they leave to the server),
 //!   |           io_fail
 //! luns          LUN field encoding, LunMap (the LUN inventory handlers may read)
 //!   |
-//! device        TargetDevice: target ports, logical units, target-wide resets, the aborter
-//!   |
+//! device        TargetDevice: target ports, logical units, target-wide resets, the aborter,
+//!   |           ALUA target port groups (their changes' unit attentions)
 //! lu            LogicalUnit: configuration, backstore, and the state it owns (mode parameters,
 //!   |           unit attentions, SPC-2 and persistent reservations, range locks, medium and
 //!   |           operation state, held copy results, its task set)
 //! pr            persistent reservations: rules, engine, wire formats, stores (no LU in sight)
 //!   |
 //! ua, journal,  unit attentions per I_T nexus; where an operation is recorded; the task set
-//! task_set      (SAM-5 §8.6) every I_T nexus shares
+//! task_set,     (SAM-5 §8.6) every I_T nexus shares; ALUA target port groups and access
+//! alua          states (SPC-4 §5.16), the model and its wire formats
 //!   |
 //! cdb, sense,   leaves: byte views and handler results (cdb); the one table from SenseReason
 //! locks,        to sense key / ASC / ASCQ (sense); LBA range locks; durable file writes
@@ -39,6 +41,7 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
+mod alua;
 mod cdb;
 mod cmd;
 mod device;
@@ -61,6 +64,7 @@ pub mod sense;
 mod server;
 mod spc;
 mod task_set;
+mod tpgs;
 mod ua;
 mod vpd;
 mod xcopy;
@@ -68,7 +72,9 @@ mod xcopy;
 #[cfg(test)]
 mod tests;
 
-pub use device::{TargetDevice, TaskAborter};
+pub use alua::ALL_SUPPORTED as ALUA_ALL_SUPPORTED;
+pub use alua::{status as alua_status, AccessState, AluaGroup, Change as AluaChange, GroupStatus};
+pub use device::{AluaObserver, TargetDevice, TaskAborter};
 pub use journal::{FileOpJournal, OpJournal};
 pub use lu::{fnv1a64, limits, naa_from_name, ConfigError, LogicalUnit, LuConfig, NAA_COMPANY_ID};
 pub use luns::{lun_from_wire, lun_to_wire, AddLunError, MAX_FLAT_LUN, MAX_LUN};

@@ -10,11 +10,12 @@
 //! is reported as 07h; of it only NACA is checked (SAM-5 §5.2: NACA = 1 without NormACA support
 //! is an invalid field).
 
+use crate::alua::Allowed;
 use crate::cdb::{bad_cdb, clip, CmdResult};
 use crate::cmd::Cmd;
 use crate::lu::LogicalUnit;
 use crate::pr::Class;
-use crate::{format, log, media, mode, reservations, sanitize, sbc, spc, xcopy};
+use crate::{format, log, media, mode, reservations, sanitize, sbc, spc, tpgs, xcopy};
 
 /// A handler that needs a configured logical unit.
 pub type LuHandler = fn(&Cmd, &LogicalUnit) -> CmdResult;
@@ -37,6 +38,15 @@ pub mod flag {
     pub const RESV_OK: u8 = 1 << 1;
     /// Only offered on thin-provisioned LUs (LBPME = 1); elsewhere it is an invalid opcode.
     pub const THIN: u8 = 1 << 2;
+    /// Allowed through a target port in the ALUA standby state (SPC-4 §5.16.2.4.4).
+    pub const SB: u8 = 1 << 3;
+    /// Allowed through a target port in the unavailable (SPC-4 §5.16.2.4.5) or offline
+    /// (§5.16.2.4.6) state.
+    pub const UN: u8 = 1 << 4;
+    /// Allowed through a target port group that is transitioning (SPC-4 §5.16.2.5).
+    pub const TR: u8 = 1 << 5;
+    /// Allowed in every ALUA access state.
+    pub const ALUA_ANY: u8 = SB | UN | TR;
 }
 
 pub struct OpDesc {
@@ -70,6 +80,15 @@ impl OpDesc {
         !self.has(flag::THIN) || lu.thin()
     }
 
+    /// The ALUA access states other than the active ones that allow this command.
+    pub fn alua_allowed(&self) -> Allowed {
+        Allowed {
+            standby: self.has(flag::SB),
+            unavailable: self.has(flag::UN),
+            transitioning: self.has(flag::TR),
+        }
+    }
+
     /// The bits of CDB byte `i` a received CDB may have set.
     pub fn accepted_bits(&self, i: usize) -> u8 {
         let u = self.usage.get(i).copied().unwrap_or(0);
@@ -100,20 +119,20 @@ macro_rules! op {
 #[rustfmt::skip]
 pub static TABLE: &[OpDesc] = &[
     op!(0x00, None, "TEST UNIT READY", [0x00, 0, 0, 0, 0, C], Lu(spc::test_unit_ready), 0, Class::Allowed),
-    op!(0x03, None, "REQUEST SENSE", [0x03, 0x01, 0, 0, 0xFF, C], Target(spc::request_sense), UA_EXEMPT | RESV_OK, Class::Allowed),
+    op!(0x03, None, "REQUEST SENSE", [0x03, 0x01, 0, 0, 0xFF, C], Target(spc::request_sense), UA_EXEMPT | RESV_OK | ALUA_ANY, Class::Allowed),
     op!(0x04, None, "FORMAT UNIT", [0x04, 0xFF, 0, 0, 0, C], Lu(format::format_unit), 0),
     op!(0x08, None, "READ(6)", [0x08, 0x1F, 0xFF, 0xFF, 0xFF, C], Lu(sbc::read), 0, Class::Read),
     op!(0x0A, None, "WRITE(6)", [0x0A, 0x1F, 0xFF, 0xFF, 0xFF, C], Lu(sbc::write), 0),
-    op!(0x12, None, "INQUIRY", [0x12, 0x01, 0xFF, 0xFF, 0xFF, C], Target(spc::inquiry), UA_EXEMPT | RESV_OK, Class::Allowed),
-    op!(0x15, None, "MODE SELECT(6)", [0x15, 0x11, 0, 0, 0xFF, C], Lu(|c, l| mode::mode_select(c, l, false)), 0),
+    op!(0x12, None, "INQUIRY", [0x12, 0x01, 0xFF, 0xFF, 0xFF, C], Target(spc::inquiry), UA_EXEMPT | RESV_OK | ALUA_ANY, Class::Allowed),
+    op!(0x15, None, "MODE SELECT(6)", [0x15, 0x11, 0, 0, 0xFF, C], Lu(|c, l| mode::mode_select(c, l, false)), SB),
     op!(0x16, None, "RESERVE(6)", [0x16, 0, 0, 0, 0, C], Lu(spc::reserve), 0, Class::Own),
     op!(0x17, None, "RELEASE(6)", [0x17, 0, 0, 0, 0, C], Lu(spc::release), RESV_OK, Class::Own),
-    op!(0x1A, None, "MODE SENSE(6)", [0x1A, 0x08, 0xFF, 0xFF, 0xFF, C], Lu(|c, l| mode::mode_sense(c, l, false)), 0, Class::Read),
+    op!(0x1A, None, "MODE SENSE(6)", [0x1A, 0x08, 0xFF, 0xFF, 0xFF, C], Lu(|c, l| mode::mode_sense(c, l, false)), SB, Class::Read),
     op!(0x1B, None, "START STOP UNIT", [0x1B, 0x01, 0, 0x0F, 0xF7, C], Lu(media::start_stop_unit), 0, Class::StartStop),
-    op!(0x1C, None, "RECEIVE DIAGNOSTIC RESULTS", [0x1C, 0x01, 0xFF, 0xFF, 0xFF, C], Lu(spc::receive_diagnostic_results), 0),
-    op!(0x1D, None, "SEND DIAGNOSTIC", [0x1D, 0xF7, 0, 0xFF, 0xFF, C], Lu(spc::send_diagnostic), 0),
+    op!(0x1C, None, "RECEIVE DIAGNOSTIC RESULTS", [0x1C, 0x01, 0xFF, 0xFF, 0xFF, C], Lu(spc::receive_diagnostic_results), SB),
+    op!(0x1D, None, "SEND DIAGNOSTIC", [0x1D, 0xF7, 0, 0xFF, 0xFF, C], Lu(spc::send_diagnostic), SB),
     op!(0x1E, None, "PREVENT ALLOW MEDIUM REMOVAL", [0x1E, 0, 0, 0, 0x03, C], Lu(media::prevent_allow), RESV_OK, Class::PreventAllow),
-    op!(0x25, None, "READ CAPACITY(10)", [0x25, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0x01, C], Lu(sbc::read_capacity10), 0, Class::Allowed),
+    op!(0x25, None, "READ CAPACITY(10)", [0x25, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0x01, C], Lu(sbc::read_capacity10), SB, Class::Allowed),
     op!(0x28, None, "READ(10)", [0x28, 0x1E, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, C], Lu(sbc::read), 0, Class::Read),
     op!(0x2A, None, "WRITE(10)", [0x2A, 0x1A, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, C], Lu(sbc::write), 0),
     op!(0x2E, None, "WRITE AND VERIFY(10)", [0x2E, 0x16, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, C], Lu(sbc::write_and_verify), 0),
@@ -126,23 +145,23 @@ pub static TABLE: &[OpDesc] = &[
     op!(0x48, Some(0x01), "SANITIZE OVERWRITE", [0x48, 0xA1, 0, 0, 0, 0, 0, 0xFF, 0xFF, C], Lu(sanitize::sanitize), 0),
     op!(0x48, Some(0x02), "SANITIZE BLOCK ERASE", [0x48, 0xA2, 0, 0, 0, 0, 0, 0xFF, 0xFF, C], Lu(sanitize::sanitize), THIN),
     op!(0x48, Some(0x1F), "SANITIZE EXIT FAILURE MODE", [0x48, 0xBF, 0, 0, 0, 0, 0, 0xFF, 0xFF, C], Lu(sanitize::sanitize), 0),
-    op!(0x4D, None, "LOG SENSE", [0x4D, 0, 0xFF, 0xFF, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(log::log_sense), 0, Class::Allowed),
-    op!(0x55, None, "MODE SELECT(10)", [0x55, 0x11, 0, 0, 0, 0, 0, 0xFF, 0xFF, C], Lu(|c, l| mode::mode_select(c, l, true)), 0),
+    op!(0x4D, None, "LOG SENSE", [0x4D, 0, 0xFF, 0xFF, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(log::log_sense), SB, Class::Allowed),
+    op!(0x55, None, "MODE SELECT(10)", [0x55, 0x11, 0, 0, 0, 0, 0, 0xFF, 0xFF, C], Lu(|c, l| mode::mode_select(c, l, true)), SB),
     op!(0x56, None, "RESERVE(10)", [0x56, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, C], Lu(spc::reserve), 0, Class::Own),
     op!(0x57, None, "RELEASE(10)", [0x57, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, C], Lu(spc::release), RESV_OK, Class::Own),
-    op!(0x5A, None, "MODE SENSE(10)", [0x5A, 0x18, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0xFF, C], Lu(|c, l| mode::mode_sense(c, l, true)), 0, Class::Read),
-    op!(0x5E, Some(0x00), "PERSISTENT RESERVE IN (READ KEYS)", [0x5E, 0x00, 0, 0, 0, 0, 0, 0xFF, 0xFF, C], Lu(reservations::persistent_reserve_in), 0, Class::Allowed),
-    op!(0x5E, Some(0x01), "PERSISTENT RESERVE IN (READ RESERVATION)", [0x5E, 0x01, 0, 0, 0, 0, 0, 0xFF, 0xFF, C], Lu(reservations::persistent_reserve_in), 0, Class::Allowed),
-    op!(0x5E, Some(0x02), "PERSISTENT RESERVE IN (REPORT CAPABILITIES)", [0x5E, 0x02, 0, 0, 0, 0, 0, 0xFF, 0xFF, C], Lu(reservations::persistent_reserve_in), 0, Class::Allowed),
-    op!(0x5E, Some(0x03), "PERSISTENT RESERVE IN (READ FULL STATUS)", [0x5E, 0x03, 0, 0, 0, 0, 0, 0xFF, 0xFF, C], Lu(reservations::persistent_reserve_in), 0, Class::Allowed),
-    op!(0x5F, Some(0x00), "PERSISTENT RESERVE OUT (REGISTER)", [0x5F, 0x00, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(reservations::persistent_reserve_out), 0, Class::Own),
-    op!(0x5F, Some(0x01), "PERSISTENT RESERVE OUT (RESERVE)", [0x5F, 0x01, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(reservations::persistent_reserve_out), 0, Class::Own),
-    op!(0x5F, Some(0x02), "PERSISTENT RESERVE OUT (RELEASE)", [0x5F, 0x02, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(reservations::persistent_reserve_out), 0, Class::Own),
-    op!(0x5F, Some(0x03), "PERSISTENT RESERVE OUT (CLEAR)", [0x5F, 0x03, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(reservations::persistent_reserve_out), 0, Class::Own),
-    op!(0x5F, Some(0x04), "PERSISTENT RESERVE OUT (PREEMPT)", [0x5F, 0x04, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(reservations::persistent_reserve_out), 0, Class::Own),
-    op!(0x5F, Some(0x05), "PERSISTENT RESERVE OUT (PREEMPT AND ABORT)", [0x5F, 0x05, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(reservations::persistent_reserve_out), 0, Class::Own),
-    op!(0x5F, Some(0x06), "PERSISTENT RESERVE OUT (REGISTER AND IGNORE EXISTING KEY)", [0x5F, 0x06, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(reservations::persistent_reserve_out), 0, Class::Own),
-    op!(0x5F, Some(0x07), "PERSISTENT RESERVE OUT (REGISTER AND MOVE)", [0x5F, 0x07, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(reservations::persistent_reserve_out), 0, Class::Own),
+    op!(0x5A, None, "MODE SENSE(10)", [0x5A, 0x18, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0xFF, C], Lu(|c, l| mode::mode_sense(c, l, true)), SB, Class::Read),
+    op!(0x5E, Some(0x00), "PERSISTENT RESERVE IN (READ KEYS)", [0x5E, 0x00, 0, 0, 0, 0, 0, 0xFF, 0xFF, C], Lu(reservations::persistent_reserve_in), SB, Class::Allowed),
+    op!(0x5E, Some(0x01), "PERSISTENT RESERVE IN (READ RESERVATION)", [0x5E, 0x01, 0, 0, 0, 0, 0, 0xFF, 0xFF, C], Lu(reservations::persistent_reserve_in), SB, Class::Allowed),
+    op!(0x5E, Some(0x02), "PERSISTENT RESERVE IN (REPORT CAPABILITIES)", [0x5E, 0x02, 0, 0, 0, 0, 0, 0xFF, 0xFF, C], Lu(reservations::persistent_reserve_in), SB, Class::Allowed),
+    op!(0x5E, Some(0x03), "PERSISTENT RESERVE IN (READ FULL STATUS)", [0x5E, 0x03, 0, 0, 0, 0, 0, 0xFF, 0xFF, C], Lu(reservations::persistent_reserve_in), SB, Class::Allowed),
+    op!(0x5F, Some(0x00), "PERSISTENT RESERVE OUT (REGISTER)", [0x5F, 0x00, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(reservations::persistent_reserve_out), SB, Class::Own),
+    op!(0x5F, Some(0x01), "PERSISTENT RESERVE OUT (RESERVE)", [0x5F, 0x01, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(reservations::persistent_reserve_out), SB, Class::Own),
+    op!(0x5F, Some(0x02), "PERSISTENT RESERVE OUT (RELEASE)", [0x5F, 0x02, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(reservations::persistent_reserve_out), SB, Class::Own),
+    op!(0x5F, Some(0x03), "PERSISTENT RESERVE OUT (CLEAR)", [0x5F, 0x03, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(reservations::persistent_reserve_out), SB, Class::Own),
+    op!(0x5F, Some(0x04), "PERSISTENT RESERVE OUT (PREEMPT)", [0x5F, 0x04, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(reservations::persistent_reserve_out), SB, Class::Own),
+    op!(0x5F, Some(0x05), "PERSISTENT RESERVE OUT (PREEMPT AND ABORT)", [0x5F, 0x05, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(reservations::persistent_reserve_out), SB, Class::Own),
+    op!(0x5F, Some(0x06), "PERSISTENT RESERVE OUT (REGISTER AND IGNORE EXISTING KEY)", [0x5F, 0x06, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(reservations::persistent_reserve_out), SB, Class::Own),
+    op!(0x5F, Some(0x07), "PERSISTENT RESERVE OUT (REGISTER AND MOVE)", [0x5F, 0x07, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(reservations::persistent_reserve_out), SB, Class::Own),
     op!(0x83, Some(0x00), "EXTENDED COPY(LID1)", [0x83, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, C], Lu(xcopy::extended_copy), 0),
     op!(0x84, Some(0x00), "RECEIVE COPY RESULTS (COPY STATUS)", [0x84, 0x00, 0xFF, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, C], Lu(xcopy::receive_copy_results), 0),
     op!(0x84, Some(0x03), "RECEIVE COPY RESULTS (OPERATING PARAMETERS)", [0x84, 0x03, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, C], Lu(xcopy::receive_copy_results), 0),
@@ -156,11 +175,13 @@ pub static TABLE: &[OpDesc] = &[
     op!(0x91, None, "SYNCHRONIZE CACHE(16)", [0x91, 0x06, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, C], Lu(sbc::synchronize_cache), 0),
     op!(0x93, None, "WRITE SAME(16)", [0x93, 0x19, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, C], Lu(sbc::write_same), 0),
     op!(0x9C, None, "WRITE ATOMIC(16)", [0x9C, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, C], Lu(sbc::write_atomic), 0),
-    op!(0x9E, Some(0x10), "READ CAPACITY(16)", [0x9E, 0x10, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01, C], Lu(sbc::read_capacity16), 0, Class::Allowed),
+    op!(0x9E, Some(0x10), "READ CAPACITY(16)", [0x9E, 0x10, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01, C], Lu(sbc::read_capacity16), SB, Class::Allowed),
     op!(0x9E, Some(0x12), "GET LBA STATUS", [0x9E, 0x12, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x03, C], Lu(sbc::get_lba_status), 0, Class::Read),
-    op!(0xA0, None, "REPORT LUNS", [0xA0, 0, 0xFF, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, C], Target(spc::report_luns), UA_EXEMPT | RESV_OK, Class::Allowed),
+    op!(0xA0, None, "REPORT LUNS", [0xA0, 0, 0xFF, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, C], Target(spc::report_luns), UA_EXEMPT | RESV_OK | ALUA_ANY, Class::Allowed),
+    op!(0xA3, Some(0x0A), "REPORT TARGET PORT GROUPS", [0xA3, 0xEA, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, C], Lu(tpgs::report_target_port_groups), RESV_OK | ALUA_ANY, Class::Allowed),
     op!(0xA3, Some(0x0C), "REPORT SUPPORTED OPERATION CODES", [0xA3, 0x0C, 0x87, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, C], Lu(report_supported_opcodes), RESV_OK, Class::Read),
     op!(0xA3, Some(0x0D), "REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS", [0xA3, 0x0D, 0x80, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, C], Lu(spc::report_supported_tmfs), RESV_OK, Class::Read),
+    op!(0xA4, Some(0x0A), "SET TARGET PORT GROUPS", [0xA4, 0x0A, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, C], Lu(tpgs::set_target_port_groups), SB | UN),
     op!(0xA8, None, "READ(12)", [0xA8, 0x1E, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, C], Lu(sbc::read), 0, Class::Read),
     op!(0xAA, None, "WRITE(12)", [0xAA, 0x1A, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, C], Lu(sbc::write), 0),
     op!(0xAE, None, "WRITE AND VERIFY(12)", [0xAE, 0x16, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, C], Lu(sbc::write_and_verify), 0),

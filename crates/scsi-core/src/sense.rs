@@ -60,6 +60,16 @@ pub enum SenseReason {
     NotReadyBecomingReady,
     /// 02/3A/00 MEDIUM NOT PRESENT.
     MediumNotPresent,
+    /// 02/04/0A LOGICAL UNIT NOT ACCESSIBLE, ASYMMETRIC ACCESS STATE TRANSITION.
+    AluaTransitioning,
+    /// 02/04/0B LOGICAL UNIT NOT ACCESSIBLE, TARGET PORT IN STANDBY STATE.
+    AluaStandby,
+    /// 02/04/0C LOGICAL UNIT NOT ACCESSIBLE, TARGET PORT IN UNAVAILABLE STATE.
+    AluaUnavailable,
+    /// 02/04/12 LOGICAL UNIT NOT READY, OFFLINE (a target port group in the offline state).
+    AluaOffline,
+    /// 06/2A/06 ASYMMETRIC ACCESS STATE CHANGED.
+    AsymmetricAccessStateChanged,
     /// 06/29/00 POWER ON, RESET, OR BUS DEVICE RESET OCCURRED.
     PowerOnOrReset,
     /// 06/29/03 BUS DEVICE RESET FUNCTION OCCURRED (logical unit reset).
@@ -138,6 +148,11 @@ impl SenseReason {
             InternalTargetFailure => (HARDWARE_ERROR, 0x44, 0x00),
             NotReady => (NOT_READY, 0x04, 0x00),
             NotReadyBecomingReady => (NOT_READY, 0x04, 0x01),
+            AluaTransitioning => (NOT_READY, 0x04, 0x0A),
+            AluaStandby => (NOT_READY, 0x04, 0x0B),
+            AluaUnavailable => (NOT_READY, 0x04, 0x0C),
+            AluaOffline => (NOT_READY, 0x04, 0x12),
+            AsymmetricAccessStateChanged => (UNIT_ATTENTION, 0x2A, 0x06),
             MediumNotPresent => (NOT_READY, 0x3A, 0x00),
             PowerOnOrReset => (UNIT_ATTENTION, 0x29, 0x00),
             BusDeviceResetFunction => (UNIT_ATTENTION, 0x29, 0x03),

@@ -5,12 +5,16 @@
 //! 1. LUN exists (else LOGICAL UNIT NOT SUPPORTED; INQUIRY, REPORT LUNS and REQUEST SENSE still
 //!    answer, SPC-4 §6.6.1 / §6.33 / §6.39);
 //! 2. pending unit attention for this I_T nexus (SPC-4 §5.14);
-//! 3. opcode / service action known (INVALID COMMAND OPERATION CODE / INVALID FIELD IN CDB);
-//! 4. SPC-2 reservation held by another I_T nexus (RESERVATION CONFLICT, SPC-2 §5.5.1), then
+//! 3. the ALUA access state of the target port the command came through (SPC-4 §5.16.2.4,
+//!    §5.16.2.5): through a standby, unavailable, offline or transitioning port only the
+//!    commands that state allows run; the rest end in NOT READY, LOGICAL UNIT NOT ACCESSIBLE
+//!    (never LOGICAL UNIT NOT SUPPORTED: the logical unit is there);
+//! 4. opcode / service action known (INVALID COMMAND OPERATION CODE / INVALID FIELD IN CDB);
+//! 5. SPC-2 reservation held by another I_T nexus (RESERVATION CONFLICT, SPC-2 §5.5.1), then
 //!    the persistent reservation conflict tables by the entry's conflict class (SPC-4 §5.13.1,
 //!    see `pr`);
-//! 5. CDB length and reserved bits against the opcode table's usage data;
-//! 6. the command's own handler, then the effects it left to the device server (`cmd::Effect`).
+//! 6. CDB length and reserved bits against the opcode table's usage data;
+//! 7. the command's own handler, then the effects it left to the device server (`cmd::Effect`).
 
 use std::fmt;
 use std::sync::{Arc, RwLock};
@@ -135,7 +139,13 @@ impl DeviceServer {
         let lun = lun_from_wire(req.lun);
         let lu = lun.and_then(|l| self.luns.get(l));
         let read_only = lun.is_some_and(|l| self.luns.is_read_only(l));
-        let cmd = Cmd::new(req, &self.luns, lu.as_ref(), read_only);
+        let cmd = Cmd::new(
+            req,
+            &self.luns,
+            lu.as_ref(),
+            read_only,
+            self.device.as_deref(),
+        );
         let result = self.dispatch(&cmd);
         let data_out_len = cmd.out_len();
         match result {
@@ -186,6 +196,15 @@ impl DeviceServer {
                 // SPC-4 §5.14: report (and clear) the unit attention instead of running the
                 // command.
                 return Err(ua.into());
+            }
+            // SPC-4 §5.16.2.4 - §5.16.2.5: what the port's access state allows. An unknown
+            // opcode through an inaccessible port hears about the port first.
+            let state = cmd.access_state();
+            if let Some(refusal) = state.refusal() {
+                let allowed = matches!(lookup, Lookup::Found(d) if d.alua_allowed().allows(state));
+                if !allowed {
+                    return Err(refusal.into());
+                }
             }
             if let Lookup::Found(d) = lookup {
                 // SPC-2 §5.5.1: another nexus's reservation blocks everything but the few

@@ -101,8 +101,15 @@ pub fn inquiry(cmd: &Cmd) -> CmdResult {
         return Err(bad_cdb(2, None));
     }
     let data = match (cmd.lu, evpd) {
-        (Some(lu), false) => vpd::standard(vpd::PERIPHERAL_DISK, lu.config()),
-        (Some(lu), true) => vpd::page(lu, &cmd.nexus().target_port, page)?,
+        (Some(lu), false) => {
+            let mut d = vpd::standard(vpd::PERIPHERAL_DISK, lu.config());
+            // MULTIP (SPC-4 §6.6.2): the target device has more than one target port.
+            if cmd.device.is_some_and(|dev| dev.ports().len() > 1) {
+                d[6] |= 0x10;
+            }
+            d
+        }
+        (Some(lu), true) => vpd::page(lu, &cmd.nexus().target_port, cmd.port_group(), page)?,
         // SPC-4 §6.6.2: no logical unit here: PERIPHERAL QUALIFIER 011b, type 1Fh.
         (None, false) => vpd::standard(vpd::PERIPHERAL_NONE, &LuConfig::default()),
         (None, true) => return Err(SenseReason::LunNotSupported.into()),
@@ -122,7 +129,10 @@ pub fn request_sense(cmd: &Cmd) -> CmdResult {
         Some(lu) => lu.busy().unwrap_or_else(|| {
             let power_on = lu.config().report_power_on_ua;
             let ua = lu.state().ua.take(cmd.nexus(), power_on);
-            Sense::new(ua.unwrap_or(SenseReason::NoSense))
+            // SPC-4 §6.39: with nothing else to report, why the logical unit cannot be
+            // accessed through this port (its ALUA state, §5.16.2.4).
+            let why = ua.or_else(|| cmd.access_state().refusal());
+            Sense::new(why.unwrap_or(SenseReason::NoSense))
         }),
     };
     let data = if desc {

@@ -10,6 +10,7 @@ use backstore::Backstore;
 use crate::*;
 
 /// Thin provisioning from holes, offloads, removable media, sanitize (in `tests/offload.rs`).
+mod alua;
 mod format;
 mod offload;
 
@@ -610,11 +611,13 @@ fn device_identification() {
     assert_eq!(descs[0], (0x01, 0x03, naa));
     assert_eq!(descs[1], (0x02, 0x01, b"FERRITE SER123".to_vec()));
     assert_eq!(descs[2], (0x51, 0x94, vec![0, 0, 0, 1]));
+    // Target port group (type 5): the default group, 1.
+    assert_eq!(descs[3], (0x51, 0x95, vec![0, 0, 0, 1]));
     let name = b"iqn.2024-01.org.ferrite:test,t,0x0001\0\0\0".to_vec();
-    assert_eq!(descs[3], (0x53, 0x98, name));
-    assert_eq!(descs[4].1, 0xA8);
-    assert_eq!(&descs[4].2[..28], b"iqn.2024-01.org.ferrite:test");
-    assert_eq!(descs[4].2.len() % 4, 0);
+    assert_eq!(descs[4], (0x53, 0x98, name));
+    assert_eq!(descs[5].1, 0xA8);
+    assert_eq!(&descs[5].2[..28], b"iqn.2024-01.org.ferrite:test");
+    assert_eq!(descs[5].2.len() % 4, 0);
 }
 
 #[test]

@@ -40,9 +40,10 @@ pub fn standard(byte0: u8, cfg: &LuConfig) -> Vec<u8> {
     d[2] = 0x06; // VERSION: SPC-4
     d[3] = 0x12; // HISUP (bit 4) + RESPONSE DATA FORMAT 2
     d[4] = (d.len() - 5) as u8; // ADDITIONAL LENGTH
-                                // SCCS ACC TPGS=00b PROTECT=0; 3PC: this LU has a copy manager (EXTENDED COPY, SPC-4
-                                // §6.4).
-    d[5] = if lu_here { 0x08 } else { 0x00 };
+                                // SCCS ACC PROTECT=0; TPGS = 11b: asymmetric logical unit access, implicit and explicit
+                                // (SPC-4 §5.16, REPORT / SET TARGET PORT GROUPS); 3PC: this LU has a copy manager
+                                // (EXTENDED COPY, SPC-4 §6.4).
+    d[5] = if lu_here { 0x30 | 0x08 } else { 0x00 };
     d[6] = 0x00; // ENCSERV MULTIP
     d[7] = 0x02; // CMDQUE
     put_ascii(&mut d[8..16], &cfg.vendor);
@@ -94,8 +95,9 @@ pub fn target_port_name(port: &TargetPort) -> String {
     format!("{},t,0x{:04x}", port.target_name, port.tpg_tag)
 }
 
-/// Device Identification page body (SPC-4 §7.8.6).
-fn device_id(lu: &LogicalUnit, port: &TargetPort) -> Vec<u8> {
+/// Device Identification page body (SPC-4 §7.8.6); `group` is the ALUA target port group of
+/// `port`.
+fn device_id(lu: &LogicalUnit, port: &TargetPort, group: u16) -> Vec<u8> {
     const ISCSI: u8 = 0x5 << 4;
     const BINARY: u8 = 0x1;
     const ASCII: u8 = 0x2;
@@ -121,6 +123,10 @@ fn device_id(lu: &LogicalUnit, port: &TargetPort) -> Vec<u8> {
     let mut rtpi = vec![0, 0];
     rtpi.extend_from_slice(&port.relative_port_id.to_be_bytes());
     designator(&mut d, ISCSI | BINARY, PIV | ASSOC_PORT | 0x4, &rtpi);
+    // Target port group (SPC-4 §7.8.6.7, type 5): the ALUA group the port belongs to.
+    let mut tpg = vec![0, 0];
+    tpg.extend_from_slice(&group.to_be_bytes());
+    designator(&mut d, ISCSI | BINARY, PIV | ASSOC_PORT | 0x5, &tpg);
     // Target port: SCSI name string.
     designator(
         &mut d,
@@ -188,11 +194,11 @@ fn logical_block_provisioning(lu: &LogicalUnit) -> Vec<u8> {
 }
 
 /// The full VPD page `code` (header included), or INVALID FIELD IN CDB for a page we lack.
-pub fn page(lu: &LogicalUnit, port: &TargetPort, code: u8) -> Result<Vec<u8>, Fail> {
+pub fn page(lu: &LogicalUnit, port: &TargetPort, group: u16, code: u8) -> Result<Vec<u8>, Fail> {
     let body = match code {
         page::SUPPORTED => supported_pages(lu),
         page::UNIT_SERIAL => lu.serial().as_bytes().to_vec(),
-        page::DEVICE_ID => device_id(lu, port),
+        page::DEVICE_ID => device_id(lu, port, group),
         page::BLOCK_LIMITS => block_limits(lu),
         page::BLOCK_DEVICE_CHARACTERISTICS => block_device_characteristics(lu),
         page::LOGICAL_BLOCK_PROVISIONING if lu.thin() => logical_block_provisioning(lu),
