@@ -16,7 +16,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tracing::{info, warn};
 
 use crate::config::{
-    AclConfig, ChapConfig, Config, LunConfig, MappedLun, PortalGroupConfig, TargetConfig,
+    AclConfig, AluaGroupConfig, ChapConfig, Config, LunConfig, MappedLun, PortalGroupConfig,
+    TargetConfig, DEFAULT_ALUA_TRANSITION_SECS,
 };
 use crate::server::Daemon;
 
@@ -142,6 +143,43 @@ fn group_mut(t: &mut TargetConfig, tag: u64) -> anyhow::Result<&mut PortalGroupC
         .ok_or_else(|| anyhow::anyhow!("target {name:?} has no portal group {tag}"))
 }
 
+/// Write out the default ALUA group (every portal group, id 1) of a target that has none
+/// configured, so that it can be changed.
+fn alua_groups_mut(t: &mut TargetConfig) {
+    if t.alua_groups.is_empty() {
+        t.alua_groups = t
+            .effective_alua_groups()
+            .into_iter()
+            .map(|g| AluaGroupConfig {
+                id: g.id,
+                portal_groups: g.ports,
+                state: g.state,
+                preferred: g.preferred,
+                supported_states: None,
+            })
+            .collect();
+    }
+}
+
+fn alua_group_mut(t: &mut TargetConfig, id: u64) -> anyhow::Result<&mut AluaGroupConfig> {
+    t.alua_groups
+        .iter_mut()
+        .find(|g| u64::from(g.id) == id)
+        .ok_or_else(|| anyhow::anyhow!("no ALUA group {id}"))
+}
+
+fn alua_state(req: &Value) -> anyhow::Result<scsi_core::AccessState> {
+    let name = s(req, "state")?;
+    scsi_core::AccessState::parse(name)
+        .filter(|s| *s != scsi_core::AccessState::Transitioning)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "unknown ALUA state {name:?} (active/optimized, active/non-optimized, \
+                 standby, unavailable, offline)"
+            )
+        })
+}
+
 fn chap_from(req: &Value) -> anyhow::Result<Option<ChapConfig>> {
     match req.get("chap") {
         None | Some(Value::Null) => Ok(None),
@@ -173,6 +211,19 @@ fn describe(rt: &crate::runtime::Runtime) -> Value {
                     "block_size": c.block_size,
                     "read_only": c.read_only,
                     "medium": lu.medium_status(),
+                })).collect::<Vec<_>>(),
+                "alua_transition_secs": t.device.alua().transition_secs(),
+                "alua_groups": t.device.alua().groups().iter().map(|g| json!({
+                    "id": g.group.id,
+                    "state": g.group.state.name(),
+                    "transition_to": g.target.map(|s| s.name()),
+                    "preferred": g.group.preferred,
+                    "portal_groups": g.group.ports,
+                    "changed_by": match g.status {
+                        scsi_core::alua_status::BY_SET_TARGET_PORT_GROUPS => "initiator",
+                        scsi_core::alua_status::BY_IMPLICIT_BEHAVIOR => "operator",
+                        _ => "configuration",
+                    },
                 })).collect::<Vec<_>>(),
                 "acls": t.acls.iter().map(|a| json!({
                     "initiator": a.initiator,
@@ -281,7 +332,12 @@ pub async fn execute(daemon: &Arc<Daemon>, req: &Value) -> anyhow::Result<Value>
         }
         _ => {}
     }
+    // One change at a time, on the configuration as it stands, with the ALUA states initiators
+    // chose meanwhile (SET TARGET PORT GROUPS) kept.
+    let _change = daemon.config_lock.lock().await;
+    let rt = daemon.runtime();
     let mut c = rt.config.clone();
+    crate::server::alua_into_config(&rt, &mut c);
     match op {
         "add-target" => {
             let name = s(req, "target")?.to_string();
@@ -316,6 +372,8 @@ pub async fn execute(daemon: &Arc<Daemon>, req: &Value) -> anyhow::Result<Value>
                 }],
                 luns: Vec::new(),
                 acls: Vec::new(),
+                alua_groups: Vec::new(),
+                alua_transition_secs: DEFAULT_ALUA_TRANSITION_SECS,
             });
         }
         "remove-target" => {
@@ -327,6 +385,11 @@ pub async fn execute(daemon: &Arc<Daemon>, req: &Value) -> anyhow::Result<Value>
         "add-group" => {
             let t = target_mut(&mut c, s(req, "target")?)?;
             let tag = tag_from(n(req, "tag")?)?;
+            if let Some(id) = req.get("alua_group").and_then(Value::as_u64) {
+                alua_groups_mut(t);
+                let g = alua_group_mut(t, id)?;
+                g.portal_groups.push(tag);
+            }
             t.portal_groups.push(PortalGroupConfig {
                 tag,
                 portals: Vec::new(),
@@ -342,6 +405,75 @@ pub async fn execute(daemon: &Arc<Daemon>, req: &Value) -> anyhow::Result<Value>
             let before = t.portal_groups.len();
             t.portal_groups.retain(|g| u64::from(g.tag) != tag);
             anyhow::ensure!(t.portal_groups.len() < before, "no portal group {tag}");
+            // It leaves its ALUA group too.
+            for g in &mut t.alua_groups {
+                g.portal_groups.retain(|&p| u64::from(p) != tag);
+            }
+        }
+        "set-alua" => {
+            let t = target_mut(&mut c, s(req, "target")?)?;
+            alua_groups_mut(t);
+            for st in req
+                .get("states")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let state = alua_state(st)?;
+                alua_group_mut(t, n(st, "id")?)?.state = state;
+            }
+        }
+        "add-alua-group" | "set-alua-group" => {
+            let t = target_mut(&mut c, s(req, "target")?)?;
+            alua_groups_mut(t);
+            let id = n(req, "id")?;
+            if op == "add-alua-group" {
+                let id = u16::try_from(id)
+                    .ok()
+                    .filter(|&i| i > 0)
+                    .ok_or_else(|| anyhow::anyhow!("ALUA group id must be 1..65535"))?;
+                anyhow::ensure!(
+                    t.alua_groups.iter().all(|g| g.id != id),
+                    "ALUA group {id} exists"
+                );
+                t.alua_groups.push(AluaGroupConfig {
+                    id,
+                    portal_groups: Vec::new(),
+                    state: scsi_core::AccessState::ActiveOptimized,
+                    preferred: false,
+                    supported_states: None,
+                });
+            }
+            if let Some(tags) = req.get("portal_groups").and_then(Value::as_array) {
+                let tags: Vec<u16> = tags
+                    .iter()
+                    .map(|v| tag_from(v.as_u64().unwrap_or(0)))
+                    .collect::<anyhow::Result<_>>()?;
+                // Moved: out of whatever group held them.
+                for g in &mut t.alua_groups {
+                    g.portal_groups.retain(|p| !tags.contains(p));
+                }
+                alua_group_mut(t, id)?.portal_groups = tags;
+            }
+            let g = alua_group_mut(t, id)?;
+            if req.get("state").is_some() {
+                g.state = alua_state(req)?;
+            }
+            if let Some(p) = req.get("preferred").and_then(Value::as_bool) {
+                g.preferred = p;
+            }
+        }
+        "remove-alua-group" => {
+            let t = target_mut(&mut c, s(req, "target")?)?;
+            let id = n(req, "id")?;
+            let before = t.alua_groups.len();
+            t.alua_groups.retain(|g| u64::from(g.id) != id);
+            anyhow::ensure!(t.alua_groups.len() < before, "no ALUA group {id}");
+        }
+        "set-alua-transition" => {
+            let t = target_mut(&mut c, s(req, "target")?)?;
+            t.alua_transition_secs = u8::try_from(n(req, "secs")?)
+                .map_err(|_| anyhow::anyhow!("transition time must be 0..255 seconds"))?;
         }
         "enable-group" | "disable-group" => {
             let t = target_mut(&mut c, s(req, "target")?)?;
@@ -455,14 +587,13 @@ pub async fn execute(daemon: &Arc<Daemon>, req: &Value) -> anyhow::Result<Value>
         other => anyhow::bail!("unknown op {other:?}"),
     }
     daemon.apply(c).await?;
-    let rt = daemon.runtime();
-    if let Some(path) = &daemon.config_path {
-        // Run-time changes persist in the file the daemon was started from (fsyncs: off the
-        // workers).
-        let text = toml::to_string(&rt.config)?;
-        tokio::task::block_in_place(|| write_atomic(path, text.as_bytes()))?;
+    // Run-time changes persist in the file the daemon was started from.
+    daemon.save_config().await?;
+    if op.contains("alua") {
+        // An ALUA change answers once its transition is over (at most the transition time).
+        daemon.alua_settled().await;
     }
-    Ok(describe(&rt))
+    Ok(describe(&daemon.runtime()))
 }
 
 impl TargetConfig {
@@ -572,9 +703,57 @@ pub fn request_from_args(cmd: &str, a: &[String]) -> anyhow::Result<Value> {
             need(1)?;
             json!({ "op": cmd, "target": a[0] })
         }
-        "add-group" | "remove-group" | "enable-group" | "disable-group" => {
+        "add-group" => {
+            need(2)?;
+            let mut r = json!({ "op": cmd, "target": a[0], "tag": num(&a[1])? });
+            for (k, v) in kv(&a[2..])? {
+                match k {
+                    "alua_group" => r[k] = json!(num(v)?),
+                    _ => anyhow::bail!("unknown group attribute {k:?}"),
+                }
+            }
+            r
+        }
+        "remove-group" | "enable-group" | "disable-group" => {
             need(2)?;
             json!({ "op": cmd, "target": a[0], "tag": num(&a[1])? })
+        }
+        "alua" => json!({ "op": "targets" }),
+        "set-alua" => {
+            need(2)?;
+            let mut states = Vec::new();
+            for (id, st) in kv(&a[1..])? {
+                states.push(json!({ "id": num(id)?, "state": st }));
+            }
+            json!({ "op": cmd, "target": a[0], "states": states })
+        }
+        "add-alua-group" | "set-alua-group" => {
+            need(2)?;
+            let mut r = json!({ "op": cmd, "target": a[0], "id": num(&a[1])? });
+            for (k, v) in kv(&a[2..])? {
+                match k {
+                    "state" => r[k] = json!(v),
+                    "preferred" => r[k] = json!(yes(v)?),
+                    "portal_groups" => {
+                        let tags = v
+                            .split(',')
+                            .filter(|t| !t.is_empty())
+                            .map(num)
+                            .collect::<anyhow::Result<Vec<u64>>>()?;
+                        r[k] = json!(tags);
+                    }
+                    _ => anyhow::bail!("unknown ALUA group attribute {k:?}"),
+                }
+            }
+            r
+        }
+        "remove-alua-group" => {
+            need(2)?;
+            json!({ "op": cmd, "target": a[0], "id": num(&a[1])? })
+        }
+        "set-alua-transition" => {
+            need(2)?;
+            json!({ "op": cmd, "target": a[0], "secs": num(&a[1])? })
         }
         "set-group" => {
             need(2)?;
@@ -766,6 +945,24 @@ pub fn render(cmd: &str, v: &Value) -> String {
                         } else {
                             ""
                         }
+                    ));
+                }
+                for g in t["alua_groups"].as_array().into_iter().flatten() {
+                    let to = match g["transition_to"].as_str() {
+                        Some(s) => format!(" -> {s}"),
+                        None => String::new(),
+                    };
+                    out.push_str(&format!(
+                        "  alua group {} {}{to}{} portal groups {} (set by {})\n",
+                        g["id"],
+                        g["state"].as_str().unwrap_or(""),
+                        if g["preferred"] == json!(true) {
+                            " preferred"
+                        } else {
+                            ""
+                        },
+                        g["portal_groups"],
+                        g["changed_by"].as_str().unwrap_or(""),
                     ));
                 }
                 for a in t["acls"].as_array().into_iter().flatten() {

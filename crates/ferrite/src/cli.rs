@@ -137,8 +137,16 @@ pub enum AdminCmd {
         #[arg(value_name = "IQN")]
         iqn: String,
     },
-    /// New portal group
-    AddGroup(Group),
+    /// New portal group; alua_group=ID puts it in that ALUA group (needed once the target has
+    /// ALUA groups configured)
+    AddGroup {
+        #[arg(value_name = "IQN")]
+        iqn: String,
+        #[arg(value_name = "TAG")]
+        tag: String,
+        #[arg(value_name = "KEY=VALUE")]
+        settings: Vec<String>,
+    },
     /// Remove a portal group (its sessions end)
     RemoveGroup(Group),
     /// Enable a portal group
@@ -215,6 +223,35 @@ pub enum AdminCmd {
         #[arg(value_name = "KEY=VALUE")]
         settings: Vec<String>,
     },
+    /// ALUA target port groups and their access states, by target
+    Alua,
+    /// Change ALUA states, all at once, through transitioning: ID=STATE... (STATE:
+    /// active/optimized, active/non-optimized, standby, unavailable, offline)
+    SetAlua {
+        #[arg(value_name = "IQN")]
+        iqn: String,
+        #[arg(value_name = "ID=STATE", required = true)]
+        states: Vec<String>,
+    },
+    /// New ALUA group: state=STATE preferred=yes portal_groups=TAG,... (moved from their
+    /// groups)
+    AddAluaGroup(AluaGroupArgs),
+    /// ALUA group attributes: state=STATE preferred=yes|no portal_groups=TAG,... (moved)
+    SetAluaGroup(AluaGroupArgs),
+    /// Remove an ALUA group (its portal groups must be in other groups by then)
+    RemoveAluaGroup {
+        #[arg(value_name = "IQN")]
+        iqn: String,
+        #[arg(value_name = "ID")]
+        id: String,
+    },
+    /// Seconds an operator's ALUA change spends transitioning (0-255)
+    SetAluaTransition {
+        #[arg(value_name = "IQN")]
+        iqn: String,
+        #[arg(value_name = "SECONDS")]
+        secs: String,
+    },
     /// Persistent reservations: keys, holder, type, generation
     PrShow(PrLun),
     /// Drop them all (like PERSISTENT RESERVE OUT CLEAR)
@@ -234,6 +271,16 @@ pub struct Group {
     iqn: String,
     #[arg(value_name = "TAG")]
     tag: String,
+}
+
+#[derive(Args, Debug)]
+pub struct AluaGroupArgs {
+    #[arg(value_name = "IQN")]
+    iqn: String,
+    #[arg(value_name = "ID")]
+    id: String,
+    #[arg(value_name = "KEY=VALUE")]
+    settings: Vec<String>,
 }
 
 #[derive(Args, Debug)]

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use scsi_core::{AccessState, AluaGroup};
 use serde::{Deserialize, Serialize};
 
 pub const DEMO_TARGET: &str = "iqn.2026-11.io.ferrite:demo";
@@ -109,6 +110,13 @@ pub struct TargetConfig {
     pub name: String,
     #[serde(default)]
     pub alias: Option<String>,
+    /// Seconds an ALUA target port group spends transitioning when the operator changes its
+    /// state (SPC-4 §5.16.2.5; reported as the IMPLICIT TRANSITION TIME). 0: at once.
+    #[serde(
+        default = "default_alua_transition",
+        skip_serializing_if = "is_default_alua_transition"
+    )]
+    pub alua_transition_secs: u8,
     #[serde(default, rename = "portal_group")]
     pub portal_groups: Vec<PortalGroupConfig>,
     #[serde(default, rename = "lun")]
@@ -116,6 +124,100 @@ pub struct TargetConfig {
     /// Node ACLs: which initiators may log in, and which LUNs each one sees.
     #[serde(default, rename = "acl")]
     pub acls: Vec<AclConfig>,
+    /// ALUA target port groups (SPC-4 §5.16). None: one group (id 1) of every portal group,
+    /// active/optimized.
+    #[serde(default, rename = "alua_group", skip_serializing_if = "Vec::is_empty")]
+    pub alua_groups: Vec<AluaGroupConfig>,
+}
+
+/// The default ALUA transition time: long enough for initiators to see the transitioning
+/// state, short enough not to stall I/O noticeably.
+pub const DEFAULT_ALUA_TRANSITION_SECS: u8 = 1;
+
+fn default_alua_transition() -> u8 {
+    DEFAULT_ALUA_TRANSITION_SECS
+}
+
+fn is_default_alua_transition(v: &u8) -> bool {
+    *v == DEFAULT_ALUA_TRANSITION_SECS
+}
+
+/// One ALUA target port group: the portal groups (target ports) in it and their access state.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AluaGroupConfig {
+    /// TARGET PORT GROUP, 1..65535, unique within the target (and the same on every node that
+    /// serves the target).
+    pub id: u16,
+    /// Tags of the portal groups in it; every portal group of the target is in exactly one.
+    pub portal_groups: Vec<u16>,
+    /// active/optimized, active/non-optimized, standby, unavailable or offline.
+    #[serde(with = "state_name")]
+    pub state: AccessState,
+    /// PREF: report the group as a preferred path.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub preferred: bool,
+    /// The states the group can be in (default: all, transitioning included). Without
+    /// "transitioning", its changes are immediate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supported_states: Option<Vec<String>>,
+}
+
+impl AluaGroupConfig {
+    /// The *_SUP bits of `supported_states` (every state when absent).
+    pub fn supported_bits(&self) -> Result<u8, String> {
+        match &self.supported_states {
+            None => Ok(scsi_core::ALUA_ALL_SUPPORTED),
+            Some(list) => list.iter().try_fold(0u8, |bits, name| {
+                AccessState::parse(name)
+                    .map(|s| bits | s.sup_bit())
+                    .ok_or_else(|| format!("unknown ALUA state {name:?}"))
+            }),
+        }
+    }
+}
+
+impl TargetConfig {
+    /// The target's ALUA groups as the device gets them: the configured ones, or the default
+    /// group of every portal group (id 1, active/optimized).
+    pub fn effective_alua_groups(&self) -> Vec<AluaGroup> {
+        if self.alua_groups.is_empty() {
+            let ports = self.portal_groups.iter().map(|g| g.tag).collect();
+            return vec![AluaGroup::default_for(ports)];
+        }
+        self.alua_groups
+            .iter()
+            .map(|g| AluaGroup {
+                id: g.id,
+                state: g.state,
+                preferred: g.preferred,
+                supported: g.supported_bits().unwrap_or(scsi_core::ALUA_ALL_SUPPORTED),
+                // The relative target port identifier of a portal group is its tag (see
+                // `runtime`).
+                ports: g.portal_groups.clone(),
+            })
+            .collect()
+    }
+}
+
+/// ALUA states in the configuration by name (`AccessState::name`).
+mod state_name {
+    use scsi_core::AccessState;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(s: &AccessState, ser: S) -> Result<S::Ok, S::Error> {
+        ser.serialize_str(s.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<AccessState, D::Error> {
+        let name = String::deserialize(de)?;
+        AccessState::parse(&name).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "unknown ALUA state {name:?} (active/optimized, active/non-optimized, \
+                 standby, unavailable, offline)"
+            ))
+        })
+    }
 }
 
 /// CHAP credentials (RFC 7143 §12.1.3). `user`/`secret` is what the initiator presents;
@@ -381,6 +483,8 @@ impl Config {
                     sanitize_rate: None,
                 }],
                 acls: Vec::new(),
+                alua_groups: Vec::new(),
+                alua_transition_secs: DEFAULT_ALUA_TRANSITION_SECS,
             }],
         }
     }
@@ -502,6 +606,7 @@ impl Config {
                     ));
                 }
             }
+            validate_alua(t)?;
             let lun_ids: HashSet<u64> = t.luns.iter().map(|l| l.id).collect();
             let mut inits = HashSet::new();
             for a in &t.acls {
@@ -567,6 +672,66 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// ALUA groups (SPC-4 §5.16): unique ids, every portal group in exactly one group, states a
+/// group supports, and no configured transitioning (that state only lives during a change).
+fn validate_alua(t: &TargetConfig) -> Result<(), String> {
+    if t.alua_groups.is_empty() {
+        return Ok(());
+    }
+    let tags: HashSet<u16> = t.portal_groups.iter().map(|g| g.tag).collect();
+    let mut ids = HashSet::new();
+    let mut placed = HashSet::new();
+    for g in &t.alua_groups {
+        let what = format!("target {:?} alua_group {}", t.name, g.id);
+        if g.id == 0 {
+            return Err(format!(
+                "target {:?}: alua_group id must be 1..65535",
+                t.name
+            ));
+        }
+        if !ids.insert(g.id) {
+            return Err(format!("{what}: defined twice"));
+        }
+        for tag in &g.portal_groups {
+            if !tags.contains(tag) {
+                return Err(format!("{what}: no portal group {tag}"));
+            }
+            if !placed.insert(*tag) {
+                return Err(format!("{what}: portal group {tag} is in two ALUA groups"));
+            }
+        }
+        if g.state == AccessState::Transitioning {
+            return Err(format!(
+                "{what}: transitioning is not a state to configure (it only lasts \
+                 alua_transition_secs while a state changes)"
+            ));
+        }
+        let bits = g.supported_bits().map_err(|e| format!("{what}: {e}"))?;
+        if bits & g.state.sup_bit() == 0 {
+            return Err(format!(
+                "{what}: state {} is not among its supported_states",
+                g.state.name()
+            ));
+        }
+        if bits & !AccessState::Transitioning.sup_bit() == 0 {
+            return Err(format!("{what}: supported_states names no state to be in"));
+        }
+    }
+    if let Some(tag) = t
+        .portal_groups
+        .iter()
+        .map(|g| g.tag)
+        .find(|t| !placed.contains(t))
+    {
+        return Err(format!(
+            "target {:?}: portal group {tag} is in no alua_group (with ALUA groups \
+             configured, every portal group belongs to one)",
+            t.name
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

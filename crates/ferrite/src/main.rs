@@ -172,7 +172,10 @@ async fn reload(daemon: &Arc<server::Daemon>, path: Option<&Path>) {
         systemd::monotonic_usec()
     ));
     let result = match Config::load(path) {
-        Ok(cfg) => daemon.apply(cfg).await.map_err(|e| format!("{e:#}")),
+        Ok(cfg) => {
+            let _change = daemon.config_lock.lock().await;
+            daemon.apply(cfg).await.map_err(|e| format!("{e:#}"))
+        }
         Err(e) => Err(e),
     };
     match result {

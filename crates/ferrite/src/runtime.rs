@@ -91,6 +91,17 @@ impl Target {
 pub struct Runtime {
     pub config: Config,
     pub targets: Vec<Arc<Target>>,
+    /// ALUA transitions the build began: finish each after its seconds
+    /// (`TargetDevice::finish_alua_transition`).
+    pub alua_pending: Vec<AluaPending>,
+}
+
+/// An implicit ALUA transition under way (SPC-4 §5.16.2.5).
+#[derive(Debug, Clone)]
+pub struct AluaPending {
+    pub device: Arc<TargetDevice>,
+    pub generation: u64,
+    pub secs: u8,
 }
 
 /// Builds a logical unit for `l`; provided by the daemon (it owns backstore opening).
@@ -168,7 +179,8 @@ impl Runtime {
             }
             let tags: Vec<u16> = groups.iter().map(|g| g.tag).collect();
             let held = lus.iter().map(|(&id, (_, lu))| (id, lu.clone())).collect();
-            devices.push((device.clone(), tags, held));
+            let alua = (tc.effective_alua_groups(), tc.alua_transition_secs);
+            devices.push((device.clone(), tags, held, alua));
             targets.push(Arc::new(Target {
                 name: tc.name.clone(),
                 alias: tc.alias.clone(),
@@ -179,13 +191,25 @@ impl Runtime {
                 device,
             }));
         }
-        for (device, tags, lus) in devices {
+        let mut alua_pending = Vec::new();
+        for (device, tags, lus, (groups, secs)) in devices {
             device.retain_ports(&tags);
             device.set_lus(lus);
+            // A change of states passes through transitioning (on a device that was already
+            // serving; a new one starts in its configured states).
+            let change = device.configure_alua(groups, secs);
+            if change.transitioning {
+                alua_pending.push(AluaPending {
+                    device: device.clone(),
+                    generation: change.generation,
+                    secs,
+                });
+            }
         }
         Ok(Runtime {
             config: cfg.clone(),
             targets,
+            alua_pending,
         })
     }
 

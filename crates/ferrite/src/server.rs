@@ -89,6 +89,11 @@ pub struct Daemon {
     trim_pending: AtomicBool,
     /// What `GET /metrics` reports (see `metrics`).
     pub metrics: Arc<Metrics>,
+    /// Held across "read the configuration, change it, apply it, save it" (the admin API,
+    /// SIGHUP, saving explicit ALUA transitions), so that no change is lost to another.
+    pub config_lock: tokio::sync::Mutex<()>,
+    /// An initiator changed ALUA states (SET TARGET PORT GROUPS): save them (`alua_saver`).
+    alua_dirty: Notify,
 }
 
 /// The default buffer budget: the smaller of 1 GiB and an eighth of the machine's memory.
@@ -204,14 +209,94 @@ impl scsi_core::TaskAborter for SessionAborter {
     }
 }
 
+/// The daemon's side of explicit ALUA transitions: an initiator's SET TARGET PORT GROUPS
+/// changed states, which must outlive a restart. The command's thread only raises a flag; the
+/// saver task writes the configuration (one write for any number of changes meanwhile).
+struct AluaSaver(std::sync::Weak<Daemon>);
+
+impl scsi_core::AluaObserver for AluaSaver {
+    fn explicit_change(&self, device: &scsi_core::TargetDevice) {
+        if let Some(d) = self.0.upgrade() {
+            info!(target = %device.name(), "ALUA states changed by SET TARGET PORT GROUPS");
+            d.alua_dirty.notify_one();
+        }
+    }
+}
+
 impl Daemon {
-    /// Hand every device server (view) of the runtime the session aborter.
-    fn wire_aborter(self: &Arc<Self>, rt: &Runtime) {
+    /// Hand every target device of the runtime the session aborter and the ALUA saver.
+    fn wire_devices(self: &Arc<Self>, rt: &Runtime) {
         let aborter: Arc<dyn scsi_core::TaskAborter> =
             Arc::new(SessionAborter(Arc::downgrade(self)));
+        let saver: Arc<dyn scsi_core::AluaObserver> = Arc::new(AluaSaver(Arc::downgrade(self)));
         for t in &rt.targets {
             t.device.set_task_aborter(aborter.clone());
+            t.device.set_alua_observer(saver.clone());
         }
+    }
+
+    /// Write the running configuration to the file the daemon was started from, atomically (a
+    /// daemon started without one keeps its changes in memory).
+    pub async fn save_config(&self) -> anyhow::Result<()> {
+        if let Some(path) = &self.config_path {
+            let text = toml::to_string(&self.runtime().config)?;
+            // fsyncs: off the workers.
+            tokio::task::block_in_place(|| crate::admin::write_atomic(path, text.as_bytes()))?;
+        }
+        Ok(())
+    }
+
+    /// Finish the implicit ALUA transitions `rt` began, each after its transition time.
+    fn schedule_alua(rt: &Runtime) {
+        for p in rt.alua_pending.iter().cloned() {
+            info!(target = %p.device.name(), secs = p.secs, "ALUA transition begins");
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(p.secs.into())).await;
+                if p.device.finish_alua_transition(p.generation) {
+                    info!(target = %p.device.name(), "ALUA transition done");
+                }
+            });
+        }
+    }
+
+    /// Wait until no target port group of any target is transitioning (bounded: the longest
+    /// transition time plus a margin).
+    pub async fn alua_settled(&self) {
+        let limit = Instant::now() + Duration::from_secs(u64::from(u8::MAX) + 5);
+        loop {
+            let busy = self
+                .runtime()
+                .targets
+                .iter()
+                .any(|t| t.device.alua().groups().iter().any(|g| g.target.is_some()));
+            if !busy || Instant::now() > limit {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Save the ALUA states initiators set (SET TARGET PORT GROUPS) into the configuration,
+    /// whenever they change.
+    async fn alua_saver(self: Arc<Self>) {
+        loop {
+            self.alua_dirty.notified().await;
+            if let Err(e) = self.save_alua_states().await {
+                warn!("saving ALUA states failed: {e:#}");
+            }
+        }
+    }
+
+    async fn save_alua_states(self: &Arc<Self>) -> anyhow::Result<()> {
+        let _g = self.config_lock.lock().await;
+        let rt = self.runtime();
+        let mut c = rt.config.clone();
+        let changed = alua_into_config(&rt, &mut c);
+        if changed {
+            self.apply(c).await?;
+            self.save_config().await?;
+        }
+        Ok(())
     }
 
     pub fn build(cfg: &Config, config_path: Option<PathBuf>) -> anyhow::Result<Arc<Daemon>> {
@@ -273,8 +358,10 @@ impl Daemon {
             max_login_connections: s.max_login_connections as usize,
             trim_pending: AtomicBool::new(false),
             metrics,
+            config_lock: tokio::sync::Mutex::new(()),
+            alua_dirty: Notify::new(),
         });
-        d.wire_aborter(&d.runtime());
+        d.wire_devices(&d.runtime());
         Ok(d)
     }
 
@@ -295,9 +382,54 @@ impl Daemon {
     }
 }
 
+/// Copy into `c` the ALUA states initiators set with SET TARGET PORT GROUPS since `rt`'s
+/// configuration was written, so that a change built from `c` keeps them (the default group is
+/// written out when its state moved). Returns whether `c` changed.
+pub fn alua_into_config(rt: &Runtime, c: &mut Config) -> bool {
+    let mut changed = false;
+    for t in &mut c.targets {
+        let Some(now) = rt.target(&t.name).map(|r| r.device.alua().groups()) else {
+            continue;
+        };
+        let mut groups = t.alua_groups.clone();
+        if groups.is_empty() {
+            groups = t
+                .effective_alua_groups()
+                .into_iter()
+                .map(|g| crate::config::AluaGroupConfig {
+                    id: g.id,
+                    portal_groups: g.ports,
+                    state: g.state,
+                    preferred: g.preferred,
+                    supported_states: None,
+                })
+                .collect();
+        }
+        let mut this = false;
+        for g in &mut groups {
+            let Some(live) = now.iter().find(|x| x.group.id == g.id) else {
+                continue;
+            };
+            // Only a settled state an initiator chose; an operator's transition under way is
+            // in the configuration already.
+            let explicit = live.status == scsi_core::alua_status::BY_SET_TARGET_PORT_GROUPS;
+            if explicit && live.target.is_none() && live.group.state != g.state {
+                g.state = live.group.state;
+                this = true;
+            }
+        }
+        if this {
+            t.alua_groups = groups;
+            changed = true;
+        }
+    }
+    changed
+}
+
 /// Serve until [`Daemon::shutdown`] is called.
 pub async fn serve(daemon: Arc<Daemon>) -> anyhow::Result<()> {
     daemon.sync_listeners().await?;
+    let saver = tokio::spawn(daemon.clone().alua_saver());
     for line in connect_hints(&daemon.runtime()) {
         info!("{line}");
     }
@@ -315,6 +447,7 @@ pub async fn serve(daemon: Arc<Daemon>) -> anyhow::Result<()> {
     {
         t.abort();
     }
+    saver.abort();
     Ok(())
 }
 
@@ -400,7 +533,8 @@ impl Daemon {
             })
         })
         .await??;
-        self.wire_aborter(&new);
+        self.wire_devices(&new);
+        Self::schedule_alua(&new);
         let new = Arc::new(new);
         *self.rt.write().unwrap_or_else(|e| e.into_inner()) = new.clone();
         self.sync_listeners().await?;

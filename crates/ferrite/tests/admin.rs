@@ -87,7 +87,8 @@ fn targets_sessions_and_drop_session() {
             "target {IQN}\n\
              \x20 group 1 enabled demo-mode portals [\"{p1}\"]\n\
              \x20 group 2 enabled demo-mode portals [\"{p2}\"]\n\
-             \x20 lun 0 ram:16M 16777216 bytes\n"
+             \x20 lun 0 ram:16M 16777216 bytes\n\
+             \x20 alua group 1 active/optimized portal groups [1,2] (set by configuration)\n"
         )
     );
     assert_eq!(
@@ -103,6 +104,10 @@ fn targets_sessions_and_drop_session() {
             ],
             "luns": [{ "id": 0, "backstore": "ram:16M", "size": 16u64 << 20, "block_size": 512,
                        "read_only": false, "medium": "ready" }],
+            "alua_transition_secs": 1,
+            "alua_groups": [{ "id": 1, "state": "active/optimized", "transition_to": null,
+                              "preferred": false, "portal_groups": [1, 2],
+                              "changed_by": "configuration" }],
             "acls": [],
         }]})
     );
@@ -835,6 +840,13 @@ fn admin_help_lists_every_command_exercised_here() {
         // Exercised in reservations.rs (operator_sees_and_clears_reservations_live).
         "pr-show",
         "pr-clear",
+        // Exercised in alua.rs.
+        "alua",
+        "set-alua",
+        "add-alua-group",
+        "set-alua-group",
+        "remove-alua-group",
+        "set-alua-transition",
     ];
     let mut listed: Vec<&str> = commands.clone();
     listed.sort();
