@@ -3,7 +3,8 @@
 //! data-in within the allocation limits, and leaves no long operation (SANITIZE, FORMAT UNIT)
 //! running forever. Input: byte 0 picks the LUN (3 is one that does not exist), byte 1 the CDB
 //! length, then the CDB and the data-out bytes. A fresh target per input keeps runs
-//! reproducible.
+//! reproducible. The target device has two ALUA groups (the command arrives through the first),
+//! so SET TARGET PORT GROUPS in the first round changes what the second round may do.
 
 #![no_main]
 
@@ -13,8 +14,8 @@ use std::time::{Duration, Instant};
 use backstore::RamBackstore;
 use libfuzzer_sys::fuzz_target;
 use scsi_core::{
-    lun_to_wire, DeviceServer, LogicalUnit, LuConfig, Nexus, ScsiRequest, ScsiStatus, TargetPort,
-    TaskAttr,
+    lun_to_wire, AccessState, AluaGroup, DeviceServer, LogicalUnit, LuConfig, Nexus, ScsiRequest,
+    ScsiStatus, TargetDevice, TaskAttr, ALUA_ALL_SUPPORTED,
 };
 
 fn lu(cfg: LuConfig) -> Arc<LogicalUnit> {
@@ -26,7 +27,10 @@ fuzz_target!(|data: &[u8]| {
     if data.len() < 2 {
         return;
     }
-    let srv = DeviceServer::new();
+    let device = TargetDevice::new("iqn.2026-11.io.ferrite:t");
+    let port = device.port(1, 1);
+    device.port(2, 2);
+    let srv = DeviceServer::on(device.clone());
     let lus = [
         lu(LuConfig {
             thin: true,
@@ -47,14 +51,25 @@ fuzz_target!(|data: &[u8]| {
     for (i, l) in lus.iter().enumerate() {
         srv.add_lun(i as u64, l.clone()).unwrap();
     }
+    device.set_lus(lus.iter().cloned().enumerate().map(|(i, l)| (i as u64, l)).collect());
+    let group = |id: u16, state| AluaGroup {
+        id,
+        state,
+        preferred: id == 1,
+        supported: ALUA_ALL_SUPPORTED,
+        ports: vec![id],
+    };
+    device.configure_alua(
+        vec![
+            group(1, AccessState::ActiveOptimized),
+            group(2, AccessState::ActiveNonOptimized),
+        ],
+        0,
+    );
     let nexus = Nexus {
         initiator_name: "iqn.2026-11.io.ferrite:fuzz".into(),
         isid: 0x23d0_0000_0001,
-        target_port: Arc::new(TargetPort {
-            target_name: "iqn.2026-11.io.ferrite:t".into(),
-            tpg_tag: 1,
-            relative_port_id: 1,
-        }),
+        target_port: port,
     };
     let lun = u64::from(data[0] % 4);
     let rest = &data[2..];
