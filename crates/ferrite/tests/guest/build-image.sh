@@ -64,6 +64,17 @@ die() {
     exit 1
 }
 
+# Remove a build directory. A build killed mid-way may have left mmdebstrap's mounts (proc,
+# sys, dev) inside it: unmount those first, deepest first, and never let rm cross into another
+# file system.
+remove_tree() {
+    local m
+    while read -r m; do
+        umount -l "$m" 2>/dev/null || true
+    done < <(awk -v d="$1/" 'index($2, d) == 1 { print $2 }' /proc/mounts | sort -r)
+    rm -rf --one-file-system "$1"
+}
+
 key() {
     { cat "${BASH_SOURCE[0]}"; echo "$CODENAME $(uname -m)"; } | sha256sum | cut -c1-16
 }
@@ -95,7 +106,9 @@ if [[ -f "$DEST/root.img" ]]; then
     exit 0
 fi
 # Leftovers of builds that were killed (every builder holds the lock, so none is running).
-rm -rf "$CACHE"/.build-*
+for d in "$CACHE"/.build-*; do
+    if [[ -e "$d" ]]; then remove_tree "$d"; fi
+done
 
 # mmdebstrap's mirror arguments: one-line sources entries for the codename's main suites, from the
 # machine's apt sources (no host name is written into this repository).
@@ -108,7 +121,7 @@ mapfile -t MIRRORS < <(apt_entries | awk -F'\t' -v c="$CODENAME" '
 ((${#MIRRORS[@]})) || die "no '${CODENAME}' archive entry in this machine's apt sources"
 
 WORK="$(mktemp -d "$CACHE/.build-$KEY.XXXXXX")"
-trap 'rm -rf "$WORK"' EXIT
+trap 'remove_tree "$WORK"' EXIT
 ROOT="$WORK/root"
 BUILD_LOG="$WORK/build.log"
 t0=$SECONDS
@@ -143,7 +156,7 @@ mv "$WORK/root.img.tmp" "$WORK/root.img"
 if grep -q " $ROOT/" /proc/mounts; then
     die "mounts left under $ROOT; not removing it"
 fi
-rm -rf "$ROOT"
+rm -rf --one-file-system "$ROOT"
 { echo "key $KEY"; echo "codename $CODENAME"; echo "packages ${PACKAGES[*]}"; echo "built $(date -u +%FT%TZ) in $((SECONDS - t0)) s"; } >"$WORK/info"
 touch "$WORK/last-used"
 chmod 0755 "$WORK"
