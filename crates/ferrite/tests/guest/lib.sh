@@ -4,7 +4,7 @@
 # directory; files there are the host's `GuestOutcome::file` / `Guest::file`).
 #
 #   log TEXT...                  a line in the output with the guest's uptime: "[12.34] TEXT"
-#   mark NAME [TEXT]             tell the host a step is reached: /share/markers/NAME holds TEXT
+#   mark NAME [TEXT...]          tell the host a step is reached: /share/markers/NAME holds TEXT
 #                                (the host's Guest::wait_marker returns it)
 #   wait_for NAME [SECONDS]      wait (default 300 s) for the host's Guest::signal(NAME); its text
 #                                is then in /share/signals/NAME. Fails on timeout.
@@ -45,7 +45,7 @@ log() { echo "[$(cut -d' ' -f1 /proc/uptime)] $*"; }
 
 mark() {
     local name=$1
-    printf '%s' "${2:-}" >"$MARKS/.$name.tmp"
+    printf '%s' "${*:2}" >"$MARKS/.$name.tmp"
     mv -f "$MARKS/.$name.tmp" "$MARKS/$name"
     log "mark $name"
 }

@@ -45,7 +45,7 @@ SHARE="$(cd "$1" && pwd)" || die "no such directory: $1"
 [[ -f "$SHARE/script.sh" ]] || die "$SHARE/script.sh missing"
 [[ "$SHARE" != *,* ]] || die "QEMU cannot take a share path with a comma: $SHARE"
 command -v qemu-system-x86_64 >/dev/null ||
-    die "qemu-system-x86_64 not found: install Debian package qemu-system-x86 from ${CODENAME:-bookworm}-backports (.ci/run does)"
+    die "qemu-system-x86_64 not found: install Debian package qemu-system-x86 from the suite qemu-utils came from (bookworm-backports; .ci/run does)"
 
 IMAGE="${FERRITE_GUEST_IMAGE:-}"
 if [[ -z "$IMAGE" ]]; then
