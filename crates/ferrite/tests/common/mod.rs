@@ -6,6 +6,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod conformance;
+pub mod guest;
 pub mod pr;
 pub mod sbc;
 pub mod tpg;
@@ -375,6 +376,10 @@ fn package_of(tool: &str) -> &'static str {
         "systemd-analyze" => "systemd",
         "dpkg" | "dpkg-deb" => "dpkg",
         "gzip" => "gzip",
+        "qemu-system-x86_64" => {
+            "qemu-system-x86 from bookworm-backports (the suite qemu-utils came from; the plain \
+             suite's conflicts with it)"
+        }
         _ => "?",
     }
 }
