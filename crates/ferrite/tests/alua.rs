@@ -184,7 +184,37 @@ fn the_operator_swaps_states_through_transitioning_and_they_survive_a_restart() 
     let mut d = daemon();
     let mut s1 = login(d.addr(), 1);
     let mut s2 = login(addr2(&d), 1);
-    // The change runs in the background; meanwhile path 1 sees the transition.
+    // A swap of the two active states is immediate: both paths serve I/O before and after.
+    let t0 = Instant::now();
+    let out = admin_ok(
+        &d,
+        &[
+            "set-alua",
+            IQN,
+            "10=active/non-optimized",
+            "20=active/optimized",
+        ],
+    );
+    assert!(
+        t0.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert!(
+        out.contains("alua group 10 active/non-optimized")
+            && out.contains("alua group 20 active/optimized"),
+        "{out}"
+    );
+    assert_eq!(take_uas(&mut s1), 1);
+    assert_eq!(take_uas(&mut s2), 1);
+    assert_eq!(tur(&mut s1).status, 0);
+    let g = groups(&rtpg(&mut s2));
+    assert_eq!(
+        g.iter().map(|x| (x.0, x.1, x.3)).collect::<Vec<_>>(),
+        vec![(10, 0x1, 0x02), (20, 0x0, 0x02)],
+        "states, set implicitly"
+    );
+    // Into standby: through transitioning, in the background; meanwhile path 1 sees it.
     let sock = d.admin_socket();
     let admin = thread::spawn(move || {
         let t0 = Instant::now();
@@ -196,8 +226,7 @@ fn the_operator_swaps_states_through_transitioning_and_they_survive_a_restart() 
                 sock.to_str().unwrap(),
                 "set-alua",
                 IQN,
-                "10=active/non-optimized",
-                "20=active/optimized",
+                "10=standby",
             ],
             Duration::from_secs(30),
         )
@@ -218,21 +247,12 @@ fn the_operator_swaps_states_through_transitioning_and_they_survive_a_restart() 
         took >= Duration::from_millis(900),
         "answered after {took:?}"
     );
-    assert!(
-        out.contains("alua group 10 active/non-optimized")
-            && out.contains("alua group 20 active/optimized"),
-        "{out}"
-    );
-    // The end of the transition is a change too; then both paths run commands again.
+    assert!(out.contains("alua group 10 standby"), "{out}");
+    // The end of the transition is a change too.
     take_uas(&mut s1);
+    assert_eq!(sense(&tur(&mut s1)), (0x02, 0x04, 0x0B));
     assert!(take_uas(&mut s2) >= 1);
-    assert_eq!(tur(&mut s1).status, 0);
-    let g = groups(&rtpg(&mut s2));
-    assert_eq!(
-        g.iter().map(|x| (x.0, x.1, x.3)).collect::<Vec<_>>(),
-        vec![(10, 0x1, 0x02), (20, 0x0, 0x02)],
-        "states, set implicitly"
-    );
+    assert_eq!(tur(&mut s2).status, 0);
     // Standby, then unavailable: path 2 refuses I/O with the state's sense, path 1 carries it.
     admin_ok(&d, &["set-alua", IQN, "20=standby", "10=active/optimized"]);
     take_uas(&mut s1);

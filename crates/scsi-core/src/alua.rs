@@ -5,9 +5,12 @@
 //! portal group is one target port) and has one primary access state for every logical unit of
 //! the device. The table here is the model only: no clock, no I/O. Who changes it:
 //! - the operator (configuration, `ferrite admin`): an implicit transition (SPC-4 §5.16.2.5),
-//!   which passes through *transitioning* when the group supports it and the device's transition
-//!   time is not zero — the caller finishes it with [`Alua::finish`] when the time is up;
-//! - an initiator with SET TARGET PORT GROUPS: an explicit transition, done at once.
+//!   which passes through *transitioning* when the group supports it, the device's transition
+//!   time is not zero and the change is not just between the two active states — the caller
+//!   finishes it with [`Alua::finish`] when the time is up;
+//! - an initiator with SET TARGET PORT GROUPS: an explicit transition, done at once, among
+//!   the active states or towards inaccessible ones (it cannot make a group the target side
+//!   took out of service active again, see [`Alua::set_explicit`]).
 //!
 //! Unit attentions for a change (ASYMMETRIC ACCESS STATE CHANGED) are the device's job, as is
 //! telling the daemon so that it can save the new states (`device`).
@@ -228,6 +231,9 @@ pub enum SetError {
     Length,
     /// INVALID FIELD IN PARAMETER LIST at this byte.
     Field(u16),
+    /// The transition is one the target does not make on an initiator's request (SET TARGET
+    /// PORT GROUPS COMMAND FAILED).
+    Refused,
 }
 
 impl Alua {
@@ -293,7 +299,16 @@ impl Alua {
             if let Some(o) = old {
                 if current != Some(want.state) {
                     status = status::BY_IMPLICIT_BEHAVIOR;
+                    // Between the two active states there is nothing to wait for: the port
+                    // serves I/O before and after, and a transitioning phase would only fail
+                    // the initiators' I/O on both paths at once (seen with Linux: the failed
+                    // paths make dm-multipath switch path groups, and scsi_dh_alua then sends
+                    // SET TARGET PORT GROUPS of its own). Changes into or out of an
+                    // inaccessible state pass through transitioning.
+                    let both_active =
+                        current.is_some_and(AccessState::is_active) && want.state.is_active();
                     let through = transition_secs > 0
+                        && !both_active
                         && want.supported & AccessState::Transitioning.sup_bit() != 0
                         && want.state != AccessState::Transitioning;
                     if through {
@@ -368,6 +383,18 @@ impl Alua {
                 return Err(SetError::Field(at + 2));
             }
             wanted.push((idx, state));
+        }
+        // Every port can serve I/O; what keeps a group out of the active states is the
+        // operator's (or, later, the cluster's) decision: a drained port, a node going away. An
+        // initiator may choose among the active groups and demote groups, but only the target
+        // side makes an inaccessible group active again. Linux asks for exactly that whenever
+        // dm-multipath falls back to a standby path group; refused, it bypasses the group.
+        for &(idx, state) in &wanted {
+            let g = &t.groups[idx];
+            let now = g.target.unwrap_or(g.group.state);
+            if state.is_active() && !now.is_active() {
+                return Err(SetError::Refused);
+            }
         }
         let mut changed = false;
         for (idx, state) in wanted {
@@ -538,10 +565,17 @@ mod tests {
         let a = Alua::new();
         let c = a.configure(two(), 2);
         assert!(c.changed && !c.transitioning);
-        // Swap the two states.
+        // Swapping the two active states is immediate.
         let mut g = two();
         g[0].state = ActiveNonOptimized;
         g[1].state = ActiveOptimized;
+        let c = a.configure(g.clone(), 2);
+        assert!(c.changed && !c.transitioning);
+        assert_eq!(a.state_of(1), ActiveNonOptimized);
+        assert_eq!(a.state_of(3), ActiveOptimized);
+        // Out of an active state into an inaccessible one (and back): through transitioning.
+        g[0].state = Standby;
+        g[1].state = Unavailable;
         let c = a.configure(g.clone(), 2);
         assert!(c.changed && c.transitioning);
         assert_eq!(a.state_of(1), Transitioning);
@@ -554,18 +588,18 @@ mod tests {
         // A stale finish does nothing; the right one lands.
         assert!(!a.finish(c.generation - 1));
         assert!(a.finish(c.generation));
-        assert_eq!(a.state_of(1), ActiveNonOptimized);
-        assert_eq!(a.state_of(2), ActiveOptimized);
+        assert_eq!(a.state_of(1), Standby);
+        assert_eq!(a.state_of(2), Unavailable);
         assert!(!a.finish(c.generation));
         // Without a transition time, or without T_SUP, the change is immediate.
-        g[0].state = Standby;
+        g[0].state = ActiveOptimized;
         let c = a.configure(g.clone(), 0);
         assert!(c.changed && !c.transitioning);
-        assert_eq!(a.state_of(1), Standby);
-        g[0].state = Unavailable;
+        assert_eq!(a.state_of(1), ActiveOptimized);
+        g[0].state = Standby;
         g[0].supported = ALL_SUPPORTED & !Transitioning.sup_bit();
         assert!(!a.configure(g, 5).transitioning);
-        assert_eq!(a.state_of(1), Unavailable);
+        assert_eq!(a.state_of(1), Standby);
     }
 
     #[test]
@@ -619,6 +653,11 @@ mod tests {
         );
         assert_eq!(a.set_explicit(&[0, 0]), Err(SetError::Length));
         assert_eq!(a.set_explicit(&[0, 0, 0, 0, 1]), Err(SetError::Length));
+        // Group 10 is standby now: only the target side makes it active again.
+        assert_eq!(a.set_explicit(&stpg(&[(0x0, 10)])), Err(SetError::Refused));
+        assert_eq!(a.set_explicit(&stpg(&[(0x1, 10)])), Err(SetError::Refused));
+        assert_eq!(a.set_explicit(&stpg(&[(0x3, 10)])), Ok(true));
+        assert_eq!(a.state_of(1), Unavailable);
         // A state the group does not support.
         let mut g = two();
         g[0].supported = ALL_SUPPORTED & !Offline.sup_bit();
@@ -636,10 +675,12 @@ mod tests {
         g[0].state = Standby;
         let c = a.configure(g, 2);
         assert_eq!(a.state_of(1), Transitioning);
-        assert_eq!(a.set_explicit(&stpg(&[(0x0, 10)])), Ok(true));
-        assert_eq!(a.state_of(1), ActiveOptimized);
+        // On its way to standby: not back to active on request, but a demotion ends it.
+        assert_eq!(a.set_explicit(&stpg(&[(0x0, 10)])), Err(SetError::Refused));
+        assert_eq!(a.set_explicit(&stpg(&[(0x3, 10)])), Ok(true));
+        assert_eq!(a.state_of(1), Unavailable);
         assert!(!a.finish(c.generation));
-        assert_eq!(a.state_of(1), ActiveOptimized);
+        assert_eq!(a.state_of(1), Unavailable);
     }
 
     #[test]

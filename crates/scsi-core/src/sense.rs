@@ -70,6 +70,8 @@ pub enum SenseReason {
     AluaOffline,
     /// 06/2A/06 ASYMMETRIC ACCESS STATE CHANGED.
     AsymmetricAccessStateChanged,
+    /// 04/67/0A SET TARGET PORT GROUPS COMMAND FAILED (an explicit transition not made).
+    SetTargetPortGroupsFailed,
     /// 06/29/00 POWER ON, RESET, OR BUS DEVICE RESET OCCURRED.
     PowerOnOrReset,
     /// 06/29/03 BUS DEVICE RESET FUNCTION OCCURRED (logical unit reset).
@@ -153,6 +155,7 @@ impl SenseReason {
             AluaUnavailable => (NOT_READY, 0x04, 0x0C),
             AluaOffline => (NOT_READY, 0x04, 0x12),
             AsymmetricAccessStateChanged => (UNIT_ATTENTION, 0x2A, 0x06),
+            SetTargetPortGroupsFailed => (HARDWARE_ERROR, 0x67, 0x0A),
             MediumNotPresent => (NOT_READY, 0x3A, 0x00),
             PowerOnOrReset => (UNIT_ATTENTION, 0x29, 0x00),
             BusDeviceResetFunction => (UNIT_ATTENTION, 0x29, 0x03),

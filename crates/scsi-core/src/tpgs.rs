@@ -50,5 +50,7 @@ pub fn set_target_port_groups(cmd: &Cmd, _lu: &LogicalUnit) -> CmdResult {
         Ok(()) => Ok(Vec::new()),
         Err(SetError::Length) => Err(SenseReason::ParameterListLengthError.into()),
         Err(SetError::Field(byte)) => Err(bad_param(byte, None)),
+        // SPC-4 §6.45: an explicit transition to a supported state that is not made.
+        Err(SetError::Refused) => Err(SenseReason::SetTargetPortGroupsFailed.into()),
     }
 }

@@ -470,8 +470,7 @@ fn report_target_port_groups_formats() {
     assert_eq!(a.run2(&rtpg(1, 10), &[]).data_in, ext[..10].to_vec());
     assert_invalid_cdb(&a.run2(&rtpg(2, 1024), &[]), 1, Some(7));
     // A transition shows as transitioning with the implicit status code.
-    a.device
-        .configure_alua(groups(ActiveNonOptimized, ActiveOptimized), 7);
+    a.device.configure_alua(groups(Standby, Unavailable), 7);
     a.clear_uas();
     let t = a.run1(&rtpg(1, 1024), &[]).data_in;
     assert_eq!((t[8] & 0x0F, t[13]), (0x0F, 0x02));
@@ -494,8 +493,7 @@ fn report_supported_operation_codes_lists_both() {
 fn changes_reach_every_nexus_as_unit_attentions() {
     let a = alua_setup();
     a.clear_uas();
-    a.device
-        .configure_alua(groups(ActiveNonOptimized, ActiveOptimized), 2);
+    a.device.configure_alua(groups(Standby, ActiveOptimized), 2);
     let ua = SenseReason::AsymmetricAccessStateChanged;
     for n in [&a.n1, &a.n2] {
         assert_eq!(a.lu.state().ua.pending(n), vec![ua]);
@@ -509,20 +507,19 @@ fn changes_reach_every_nexus_as_unit_attentions() {
     assert_eq!(taken(&a.n1), (0x06, 0x2A, 0x06));
     assert_eq!(taken(&a.n1), (0x02, 0x04, 0x0A), "then: transitioning");
     // The transition's end is a change too (one pending copy of a condition is enough).
-    let gen = a
-        .device
-        .configure_alua(groups(ActiveNonOptimized, ActiveOptimized), 2);
+    let gen = a.device.configure_alua(groups(Standby, ActiveOptimized), 2);
     assert!(gen.transitioning && !gen.changed);
     assert!(a.device.finish_alua_transition(gen.generation));
     assert_eq!(a.lu.state().ua.pending(&a.n1), vec![ua]);
     assert_eq!(a.lu.state().ua.pending(&a.n2), vec![ua]);
     let tur = [0u8; 6];
     assert_sense(&a.run1(&tur, &[]), 0x06, 0x2A, 0x06);
-    assert_eq!(a.run1(&tur, &[]).status, ScsiStatus::GOOD);
+    assert_sense(&a.run1(&tur, &[]), 0x02, 0x04, 0x0B);
+    assert_sense(&a.run2(&tur, &[]), 0x06, 0x2A, 0x06);
+    assert_eq!(a.run2(&tur, &[]).status, ScsiStatus::GOOD);
     // Nothing changed, nothing reported.
     a.clear_uas();
-    a.device
-        .configure_alua(groups(ActiveNonOptimized, ActiveOptimized), 2);
+    a.device.configure_alua(groups(Standby, ActiveOptimized), 2);
     assert!(a.lu.state().ua.pending(&a.n1).is_empty());
 }
 
@@ -565,14 +562,20 @@ fn set_target_port_groups_is_explicit_and_observed() {
     );
     let t = a.run2(&rtpg(1, 1024), &[]).data_in;
     assert_eq!((t[8] & 0x0F, t[13]), (0x02, 0x01), "status: by SET TPG");
-    // Through a standby port SET TARGET PORT GROUPS still works (SPC-4 §5.16.2.4.4).
+    // Through a standby port SET TARGET PORT GROUPS still runs (SPC-4 §5.16.2.4.4), but a
+    // group out of service is not made active on an initiator's request: SET TARGET PORT
+    // GROUPS COMMAND FAILED, nothing changed.
     a.clear_uas();
     let back = stpg_list(&[(0x0, 10)]);
-    assert_eq!(
-        a.run1(&stpg_cdb(back.len() as u32), &back).status,
-        ScsiStatus::GOOD
-    );
-    assert_eq!(a.device.alua().state_of(1), ActiveOptimized);
+    let r = a.run1(&stpg_cdb(back.len() as u32), &back);
+    assert_sense(&r, 0x04, 0x67, 0x0A);
+    assert_eq!(a.device.alua().state_of(1), Standby);
+    // Among the active groups the initiator chooses: group 20 non-optimized.
+    let an = stpg_list(&[(0x1, 20)]);
+    let r = a.run1(&stpg_cdb(an.len() as u32), &an);
+    assert_eq!(r.status, ScsiStatus::GOOD, "{:02x?}", r.sense);
+    assert_eq!(a.device.alua().state_of(2), ActiveNonOptimized);
+    a.clear_uas();
     // Bad lists: unknown group, transitioning asked for, a torn descriptor, data short.
     for (list, byte) in [
         (stpg_list(&[(0x0, 99)]), Some(6)),
@@ -591,6 +594,7 @@ fn set_target_port_groups_is_explicit_and_observed() {
     assert_sense(&a.run1(&stpg_cdb(8), &[0; 4]), 0x05, 0x0E, 0x03);
     // Refused lists changed nothing and told nobody.
     assert_eq!(seen.0.lock().unwrap().len(), 2);
+    assert_eq!(a.device.alua().state_of(1), Standby);
     // Transitioning refuses SET TARGET PORT GROUPS.
     a.device
         .configure_alua(groups(ActiveOptimized, Transitioning), 0);
