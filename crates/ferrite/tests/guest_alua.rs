@@ -245,14 +245,12 @@ fn alua_states_steer_dm_multipath_and_survive_a_restart() {
         "{ll1}"
     );
     assert_eq!(active_group(&ll1), Some(50), "{ll1}");
-    for f in ["hwhandler"] {
-        let s = out.file(f);
-        assert_eq!(
-            s.lines().filter(|l| l.trim() == "alua").count(),
-            2,
-            "dh_state: {s}"
-        );
-    }
+    let dh = out.file("hwhandler");
+    assert_eq!(
+        dh.lines().filter(|l| l.trim() == "alua").count(),
+        2,
+        "dh_state of both disks: {dh}"
+    );
     // sg3-utils: TPGS, the groups and their states, the designators.
     let inq = out.file("inq-1");
     assert!(inq.contains("TPGS=3"), "sg_inq:\n{inq}");
