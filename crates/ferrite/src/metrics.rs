@@ -6,7 +6,8 @@
 //! `_bytes`, `_seconds`). Per LUN (labels `target`, `lun`: the target's LUN id): commands by
 //! kind, bytes read and written, command latency, CHECK CONDITIONs by sense key, reservation
 //! conflicts. Per target and portal group (`target`, `tpgt`): sessions, connections, logins
-//! by outcome, digest errors, task management functions. And the process's resident memory.
+//! by outcome, digest errors, task management functions; per target, the state of each ALUA
+//! group. And the process's resident memory.
 //!
 //! The data path touches only counters and histograms it resolved once per LUN ([`LuMetrics`]):
 //! no label is hashed per command.
@@ -119,8 +120,21 @@ pub struct Metrics {
     tmfs: Family<TmfLabels, Counter>,
     store_latency: Family<StoreLabels, Histogram, Buckets>,
     resident: Gauge,
+    /// ALUA group states (a state set), filled from `alua_source` at each scrape.
+    alua: Family<AluaLabels, Gauge>,
+    alua_source: Mutex<Option<AluaSource>>,
     /// Every LUN's handles, for `ferrite admin stats`.
     luns: Mutex<BTreeMap<(String, u64), Arc<LuMetrics>>>,
+}
+
+/// Where a scrape reads the ALUA states: (target, group id, state) of every group now.
+pub type AluaSource = Box<dyn Fn() -> Vec<(String, u16, scsi_core::AccessState)> + Send + Sync>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AluaLabels {
+    target: String,
+    group: String,
+    state: &'static str,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -151,6 +165,8 @@ impl Metrics {
             tmfs: Family::default(),
             store_latency: Family::new_with_constructor(Buckets),
             resident: Gauge::default(),
+            alua: Family::default(),
+            alua_source: Mutex::new(None),
             registry: Registry::default(),
             luns: Mutex::new(BTreeMap::new()),
         };
@@ -216,6 +232,11 @@ impl Metrics {
             "Time the backstore took per operation (read, write, flush, unmap)",
             Unit::Seconds,
             m.store_latency.clone(),
+        );
+        r.register(
+            "alua_group_state",
+            "ALUA target port groups: 1 for the access state each group is in, 0 for the others",
+            m.alua.clone(),
         );
         r.register(
             "task_management",
@@ -286,9 +307,28 @@ impl Metrics {
             .inc();
     }
 
-    /// The whole text exposition, with the process's memory read now.
+    /// Where scrapes read the ALUA states (the daemon's runtime).
+    pub fn set_alua_source(&self, source: AluaSource) {
+        *self.alua_source.lock().unwrap_or_else(|e| e.into_inner()) = Some(source);
+    }
+
+    /// The whole text exposition, with the process's memory and the ALUA states read now.
     pub fn encode(&self) -> String {
         self.resident.set(resident_bytes() as i64);
+        if let Some(source) = &*self.alua_source.lock().unwrap_or_else(|e| e.into_inner()) {
+            // Groups come and go with the configuration: only the current ones are exported.
+            self.alua.clear();
+            for (target, group, now) in source() {
+                for st in scsi_core::AccessState::ALL {
+                    let labels = AluaLabels {
+                        target: target.clone(),
+                        group: group.to_string(),
+                        state: st.name(),
+                    };
+                    self.alua.get_or_create(&labels).set(i64::from(st == now));
+                }
+            }
+        }
         let mut s = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut s, &self.registry) {
             warn!("metrics encoding failed: {e}");

@@ -362,6 +362,20 @@ impl Daemon {
             alua_dirty: Notify::new(),
         });
         d.wire_devices(&d.runtime());
+        let weak = Arc::downgrade(&d);
+        d.metrics.set_alua_source(Box::new(move || {
+            let Some(d) = weak.upgrade() else {
+                return Vec::new();
+            };
+            let rt = d.runtime();
+            let mut v = Vec::new();
+            for t in &rt.targets {
+                for g in t.device.alua().groups() {
+                    v.push((t.name.clone(), g.group.id, g.group.state));
+                }
+            }
+            v
+        }));
         Ok(d)
     }
 

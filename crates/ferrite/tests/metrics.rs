@@ -83,6 +83,18 @@ fn counters_move_by_exactly_what_happened() {
     let before = scrape(maddr);
     assert!(get(&before, "process_resident_memory_bytes") > 1e6);
     assert_eq!(get(&before, &port("sessions", "")), 0.0);
+    // The default ALUA group, as a state set.
+    let alua = |m: &HashMap<String, f64>, state: &str| {
+        get(
+            m,
+            &format!("ferrite_alua_group_state{{target=\"{IQN}\",group=\"1\",state=\"{state}\"}}"),
+        )
+    };
+    assert_eq!(alua(&before, "active/optimized"), 1.0);
+    assert_eq!(alua(&before, "standby"), 0.0);
+    assert!(before.contains_key(&format!(
+        "ferrite_alua_group_state{{target=\"{IQN}\",group=\"1\",state=\"standby\"}}"
+    )));
 
     let opts = LoginOpts {
         initiator: ALLOWED,
@@ -294,4 +306,25 @@ fn the_dashboard_names_only_metrics_that_exist(maddr: SocketAddr) {
         }
     }
     assert!(checked >= 10, "only {checked} metric references found");
+}
+
+#[test]
+fn alua_states_are_exported_as_a_state_set() {
+    let (d, maddr) = daemon();
+    common::tpg::admin_ok(&d, &["set-alua-transition", IQN, "0"]);
+    common::tpg::admin_ok(&d, &["set-alua", IQN, "1=standby"]);
+    let m = scrape(maddr);
+    let key = |state: &str| {
+        format!("ferrite_alua_group_state{{target=\"{IQN}\",group=\"1\",state=\"{state}\"}}")
+    };
+    assert_eq!(get(&m, &key("standby")), 1.0);
+    for other in [
+        "active/optimized",
+        "active/non-optimized",
+        "unavailable",
+        "offline",
+        "transitioning",
+    ] {
+        assert_eq!(m.get(&key(other)).copied(), Some(0.0), "{other}");
+    }
 }
