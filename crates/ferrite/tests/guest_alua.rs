@@ -230,6 +230,13 @@ fn alua_states_steer_dm_multipath_and_survive_a_restart() {
     let out = g.finish(STEP).success();
     println!("---- 6. both active again\n{}", out.file("ll-6"));
     println!("---- guest output\n{}", out.output);
+    // What the kernel did: ALUA state reports, SET TARGET PORT GROUPS, dm-multipath path events.
+    let dmesg = out.file("dmesg");
+    let kernel: Vec<&str> = dmesg
+        .lines()
+        .filter(|l| l.contains("alua") || l.contains("multipath:") || l.contains("Asymmetric"))
+        .collect();
+    println!("---- kernel (alua, multipath)\n{}", kernel.join("\n"));
 
     // 1. The map: ALUA hardware handler, two path groups, 50 for group 1, 10 for group 2.
     let (d1, d2) = {
