@@ -6,9 +6,14 @@
 //!
 //! Compare-and-swap is one etcd transaction comparing the key's `mod_revision`; a watch is one
 //! long-lived streaming request whose newline-separated JSON results become [`Event`]s. Every
-//! request tries the endpoints in order and uses the first that answers. Not yet: TLS client
-//! certificates (the daemon does not use this store until it has them, see the issue).
+//! request tries the endpoints in order and uses the first that answers.
+//!
+//! The link is TLS with a client certificate ([`EtcdTls`]; etcd started with
+//! `--client-cert-auth`): the cluster's state decides who may write to shared LUNs, so nobody
+//! unauthenticated may change it. Plain HTTP ([`EtcdStore::new`]) is for tests on loopback.
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -35,9 +40,61 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 const WATCH_BACKLOG: usize = 4096;
 
 /// An etcd cluster, by its client endpoints (`host:port`).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct EtcdStore {
     endpoints: Vec<String>,
+    tls: Option<tokio_rustls::TlsConnector>,
+}
+
+impl std::fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdStore")
+            .field("endpoints", &self.endpoints)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+/// The files of a TLS link to etcd: the CA that signed etcd's server certificates, and this
+/// node's client certificate and key (PEM).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl EtcdTls {
+    /// The rustls client configuration: only servers the CA signed, this client's certificate.
+    fn client_config(&self) -> Result<rustls::ClientConfig> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let bad = |what: &str, p: &Path, e: &dyn std::fmt::Display| {
+            Error::Invalid(format!("{what} {}: {e}", p.display()))
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(&self.ca).map_err(|e| bad("CA", &self.ca, &e))? {
+            let c = c.map_err(|e| bad("CA", &self.ca, &e))?;
+            roots.add(c).map_err(|e| bad("CA", &self.ca, &e))?;
+        }
+        if roots.is_empty() {
+            return Err(bad("CA", &self.ca, &"no certificate"));
+        }
+        let chain = CertificateDer::pem_file_iter(&self.cert)
+            .map_err(|e| bad("certificate", &self.cert, &e))?
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| bad("certificate", &self.cert, &e))?;
+        // The key's text never reaches an error message: only its path.
+        let key = PrivateKeyDer::from_pem_file(&self.key)
+            .map_err(|_| bad("key", &self.key, &"not a PEM private key"))?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Invalid(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| bad("certificate and key", &self.cert, &e))
+    }
 }
 
 fn b64(b: &[u8]) -> String {
@@ -108,9 +165,23 @@ fn lease_missing(v: &Value) -> bool {
 }
 
 impl EtcdStore {
-    /// A store on these client endpoints (`host:port`, tried in order).
+    /// A store on these client endpoints (`host:port`, tried in order), plain HTTP: for tests
+    /// on loopback only.
     pub fn new(endpoints: Vec<String>) -> EtcdStore {
-        EtcdStore { endpoints }
+        EtcdStore {
+            endpoints,
+            tls: None,
+        }
+    }
+
+    /// A store on these endpoints over TLS with this node's client certificate (the way a
+    /// cluster talks to etcd).
+    pub fn with_tls(endpoints: Vec<String>, tls: &EtcdTls) -> Result<EtcdStore> {
+        let config = tls.client_config()?;
+        Ok(EtcdStore {
+            endpoints,
+            tls: Some(tokio_rustls::TlsConnector::from(Arc::new(config))),
+        })
     }
 
     /// An HTTP/1.1 connection to the first endpoint that accepts one.
@@ -131,14 +202,27 @@ impl EtcdStore {
                 }
             };
             let _ = tcp.set_nodelay(true);
-            let io = hyper_util::rt::TokioIo::new(tcp);
-            match hyper::client::conn::http1::handshake(io).await {
-                Ok((sender, conn)) => {
-                    tokio::spawn(async move {
-                        let _ = conn.await;
-                    });
-                    return Ok((sender, ep.clone()));
+            let shaken = match &self.tls {
+                None => handshake(tcp).await,
+                Some(tls) => {
+                    let host = ep.rsplit_once(':').map_or(ep.as_str(), |(h, _)| h);
+                    let host = host.trim_start_matches('[').trim_end_matches(']');
+                    let name = match rustls_pki_types::ServerName::try_from(host.to_string()) {
+                        Ok(n) => n,
+                        Err(e) => {
+                            last = format!("{ep}: {e}");
+                            continue;
+                        }
+                    };
+                    match tokio::time::timeout(TIMEOUT, tls.connect(name, tcp)).await {
+                        Ok(Ok(stream)) => handshake(stream).await,
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(_) => Err("TLS handshake timed out".to_string()),
+                    }
                 }
+            };
+            match shaken {
+                Ok(sender) => return Ok((sender, ep.clone())),
                 Err(e) => last = format!("{ep}: {e}"),
             }
         }
@@ -371,6 +455,22 @@ impl ClusterStore for EtcdStore {
             }
         })
     }
+}
+
+/// The HTTP/1.1 handshake on `io`; its connection runs on a task of its own.
+async fn handshake<T>(
+    io: T,
+) -> std::result::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, String>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
 }
 
 /// The events of one watch result.

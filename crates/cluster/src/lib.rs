@@ -30,7 +30,7 @@ pub mod conformance;
 mod etcd;
 mod mem;
 
-pub use etcd::EtcdStore;
+pub use etcd::{EtcdStore, EtcdTls};
 pub use mem::MemStore;
 
 /// A store-wide revision: raised by every change.

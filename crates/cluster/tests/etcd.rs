@@ -1,7 +1,8 @@
 //! The etcd store against the conformance suite, on a throw-away single-member etcd that the
-//! test starts (Debian `etcd-server`; `.ci/run` installs it) on free loopback ports, and what is
-//! particular to a remote store: an endpoint that does not answer is skipped, none answering is
-//! `Unavailable`, and a watch sees changes another client makes.
+//! test starts (Debian `etcd-server`; `.ci/run` installs it) on free loopback ports, plain and
+//! with TLS client certificates (made here with `openssl`), and what is particular to a remote
+//! store: an endpoint that does not answer is skipped, none answering is `Unavailable`, a watch
+//! sees changes another client makes, and without the right certificate nothing gets through.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -9,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cluster::{conformance, Cas, ClusterStore, Error, EtcdStore};
+use cluster::{conformance, Cas, ClusterStore, Error, EtcdStore, EtcdTls};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -24,10 +25,96 @@ struct Etcd {
     child: Child,
     dir: PathBuf,
     endpoint: String,
+    /// With TLS: the client's files (CA, certificate, key) and a second, unknown client's.
+    tls: Option<(EtcdTls, EtcdTls)>,
+}
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl is missing: install the Debian package openssl (.ci/run does)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, a server certificate for 127.0.0.1, a client certificate it signed, and a client
+/// certificate from another CA (an outsider).
+fn certificates(dir: &std::path::Path) -> (EtcdTls, EtcdTls) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    for ca in ["ca", "other-ca"] {
+        let mut a = vec!["req", "-x509", "-days", "2", "-subj"];
+        let subj = format!("/CN=ferrite test {ca}");
+        a.push(&subj);
+        a.extend_from_slice(&ec);
+        let (k, c) = (format!("{ca}.key"), format!("{ca}.pem"));
+        a.extend_from_slice(&["-keyout", &k, "-out", &c]);
+        openssl(dir, &a);
+    }
+    std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    for (name, ca, ext) in [
+        ("server", "ca", "server.ext"),
+        ("client", "ca", "client.ext"),
+        ("outsider", "other-ca", "client.ext"),
+    ] {
+        let (k, r, c) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+        );
+        let subj = format!("/CN={name}");
+        let mut a = vec!["req", "-new", "-subj", &subj];
+        a.extend_from_slice(&ec);
+        a.extend_from_slice(&["-keyout", &k, "-out", &r]);
+        openssl(dir, &a);
+        let (cak, cac) = (format!("{ca}.key"), format!("{ca}.pem"));
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-days",
+                "2",
+                "-in",
+                &r,
+                "-CA",
+                &cac,
+                "-CAkey",
+                &cak,
+                "-CAcreateserial",
+                "-extfile",
+                ext,
+                "-out",
+                &c,
+            ],
+        );
+    }
+    let files = |cert: &str| EtcdTls {
+        ca: dir.join("ca.pem"),
+        cert: dir.join(format!("{cert}.pem")),
+        key: dir.join(format!("{cert}.key")),
+    };
+    (files("client"), files("outsider"))
 }
 
 impl Etcd {
     fn start() -> Etcd {
+        Self::start_with(false)
+    }
+
+    /// With `tls`, etcd serves clients over TLS and demands a certificate its CA signed.
+    fn start_with(tls: bool) -> Etcd {
         let found = Command::new("etcd").arg("--version").output();
         assert!(
             found.is_ok_and(|o| o.status.success()),
@@ -42,12 +129,24 @@ impl Etcd {
         let (client, peer) = (free_port(), free_port());
         let endpoint = format!("127.0.0.1:{client}");
         let log = std::fs::File::create(dir.join("etcd.log")).unwrap();
-        let child = Command::new("etcd")
+        let certs = tls.then(|| certificates(&dir));
+        let scheme = if tls { "https" } else { "http" };
+        let mut cmd = Command::new("etcd");
+        if tls {
+            cmd.arg("--client-cert-auth")
+                .arg(format!(
+                    "--trusted-ca-file={}",
+                    dir.join("ca.pem").display()
+                ))
+                .arg(format!("--cert-file={}", dir.join("server.pem").display()))
+                .arg(format!("--key-file={}", dir.join("server.key").display()));
+        }
+        let child = cmd
             .arg("--data-dir")
             .arg(dir.join("data"))
             .args(["--name", "test"])
-            .arg(format!("--listen-client-urls=http://{endpoint}"))
-            .arg(format!("--advertise-client-urls=http://{endpoint}"))
+            .arg(format!("--listen-client-urls={scheme}://{endpoint}"))
+            .arg(format!("--advertise-client-urls={scheme}://{endpoint}"))
             .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
             .arg(format!(
                 "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
@@ -62,12 +161,16 @@ impl Etcd {
             child,
             dir,
             endpoint,
+            tls: certs,
         }
     }
 
     /// Wait until etcd answers a read (at most 20 s).
     async fn store(&self) -> EtcdStore {
-        let s = EtcdStore::new(vec![self.endpoint.clone()]);
+        let s = match &self.tls {
+            None => EtcdStore::new(vec![self.endpoint.clone()]),
+            Some((mine, _)) => EtcdStore::with_tls(vec![self.endpoint.clone()], mine).unwrap(),
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             match s.get(b"/ready").await {
@@ -120,4 +223,37 @@ async fn endpoints_are_tried_in_order_and_another_clients_changes_are_watched() 
     let t0 = Instant::now();
     assert!(matches!(none.get(b"/x").await, Err(Error::Unavailable(_))));
     assert!(t0.elapsed() < Duration::from_secs(6));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conforms_over_tls_with_client_certificates_and_refuses_the_rest() {
+    let etcd = Etcd::start_with(true);
+    let store = etcd.store().await;
+    conformance::all(Arc::new(store)).await;
+    let (mine, outsider) = etcd.tls.clone().unwrap();
+    let ep = vec![etcd.endpoint.clone()];
+    // A client certificate from another CA, or plain HTTP: nothing gets through.
+    let other = EtcdStore::with_tls(ep.clone(), &outsider).unwrap();
+    assert!(matches!(other.get(b"/x").await, Err(Error::Unavailable(_))));
+    let plain = EtcdStore::new(ep.clone());
+    assert!(matches!(plain.get(b"/x").await, Err(Error::Unavailable(_))));
+    // A missing or broken key file is refused up front, naming the file, never its content.
+    let bad = EtcdTls {
+        key: mine.ca.clone(),
+        ..mine.clone()
+    };
+    match EtcdStore::with_tls(ep.clone(), &bad) {
+        Err(Error::Invalid(m)) => {
+            assert!(m.contains("ca.pem") && !m.contains("BEGIN"), "{m}");
+        }
+        other => panic!("a certificate as the key: {other:?}"),
+    }
+    let missing = EtcdTls {
+        cert: mine.cert.with_file_name("nowhere.pem"),
+        ..mine
+    };
+    assert!(matches!(
+        EtcdStore::with_tls(ep, &missing),
+        Err(Error::Invalid(_))
+    ));
 }
