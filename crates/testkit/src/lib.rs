@@ -19,5 +19,6 @@
 //! test and the one testkit links). Its integration tests (`crates/iscsi-proto/tests/`) can.
 
 pub mod engine;
+pub mod etcd;
 pub mod initiator;
 pub mod pdu;
