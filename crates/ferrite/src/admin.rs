@@ -243,6 +243,20 @@ pub async fn execute(daemon: &Arc<Daemon>, req: &Value) -> anyhow::Result<Value>
     match op {
         "targets" => return Ok(describe(&rt)),
         "sessions" => return Ok(serde_json::to_value(daemon.sessions())?),
+        "cluster" => {
+            let c =
+                rt.config.cluster.as_ref().ok_or_else(|| {
+                    anyhow::anyhow!("this node is not in a cluster (no [cluster])")
+                })?;
+            let fenced = daemon.fence.as_ref().is_some_and(|f| f.is_fenced());
+            return Ok(json!({ "cluster": {
+                "node": c.node,
+                "endpoints": c.endpoints,
+                "lease_secs": c.lease_secs,
+                "serving": !fenced,
+                "writes_in_flight": daemon.fence.as_ref().map_or(0, |f| f.inflight()),
+            }}));
+        }
         "stats" => {
             // Counters since start; the client turns two readings into rates.
             let luns: Vec<Value> = daemon
@@ -719,6 +733,7 @@ pub fn request_from_args(cmd: &str, a: &[String]) -> anyhow::Result<Value> {
             json!({ "op": cmd, "target": a[0], "tag": num(&a[1])? })
         }
         "alua" => json!({ "op": "targets" }),
+        "cluster" => json!({ "op": "cluster" }),
         "set-alua" => {
             need(2)?;
             let mut states = Vec::new();
@@ -905,6 +920,20 @@ pub fn render(cmd: &str, v: &Value) -> String {
             }
         }
         "export" => out.push_str(v["toml"].as_str().unwrap_or("")),
+        "cluster" => {
+            let c = &v["cluster"];
+            out.push_str(&format!(
+                "node {} {} (lease {} s, etcd {})\n",
+                c["node"].as_str().unwrap_or(""),
+                if c["serving"] == json!(true) {
+                    "serving"
+                } else {
+                    "fenced"
+                },
+                c["lease_secs"],
+                c["endpoints"]
+            ));
+        }
         _ if v.get("targets").is_some() => {
             for t in v["targets"].as_array().into_iter().flatten() {
                 out.push_str(&format!("target {}\n", t["name"].as_str().unwrap_or("")));

@@ -223,6 +223,8 @@ pub enum AdminCmd {
         #[arg(value_name = "KEY=VALUE")]
         settings: Vec<String>,
     },
+    /// This node in its cluster: name, whether it holds its lease (serving) or is fenced
+    Cluster,
     /// ALUA target port groups and their access states, by target
     Alua,
     /// Change ALUA states, all at once, through transitioning: ID=STATE... (STATE:

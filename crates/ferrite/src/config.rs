@@ -17,8 +17,98 @@ pub const DEFAULT_PORTAL: &str = "127.0.0.1:3260";
 pub struct Config {
     #[serde(default)]
     pub settings: Settings,
+    /// Membership of a cluster of Ferrite nodes (state in etcd); none: a single node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterConfig>,
     #[serde(default, rename = "target")]
     pub targets: Vec<TargetConfig>,
+}
+
+/// `[cluster]`: this node's name and the etcd it keeps the cluster's state in.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's name, unique in the cluster (letters, digits, `.`, `_`, `-`; 1-63).
+    pub node: String,
+    /// etcd client endpoints, `host:port`, tried in order.
+    pub endpoints: Vec<String>,
+    /// TLS to etcd: the CA of etcd's server certificates and this node's client certificate
+    /// and key (PEM). Required unless every endpoint is on loopback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// Seconds of the node's lease: a node that cannot renew it stops serving before it ends.
+    #[serde(default = "default_lease_secs")]
+    pub lease_secs: u64,
+    /// Where the cluster's keys live in etcd.
+    #[serde(default = "default_cluster_prefix")]
+    pub prefix: String,
+}
+
+fn default_lease_secs() -> u64 {
+    5
+}
+
+fn default_cluster_prefix() -> String {
+    "/ferrite/".into()
+}
+
+impl ClusterConfig {
+    /// Every rule, with a message that names the culprit.
+    pub fn validate(&self) -> Result<(), String> {
+        let ok_name = !self.node.is_empty()
+            && self.node.len() <= 63
+            && self
+                .node
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !ok_name {
+            return Err(format!(
+                "cluster.node {:?}: 1-63 letters, digits, '.', '_' or '-'",
+                self.node
+            ));
+        }
+        if self.endpoints.is_empty() {
+            return Err("cluster.endpoints: at least one etcd endpoint (host:port)".into());
+        }
+        let mut loopback_only = true;
+        for e in &self.endpoints {
+            let Some((host, port)) = e.rsplit_once(':') else {
+                return Err(format!("cluster.endpoints: {e:?} is not host:port"));
+            };
+            if port.parse::<u16>().is_err() || host.is_empty() {
+                return Err(format!("cluster.endpoints: {e:?} is not host:port"));
+            }
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let lo = host == "localhost"
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            loopback_only &= lo;
+        }
+        match (&self.ca, &self.cert, &self.key) {
+            (Some(_), Some(_), Some(_)) => {}
+            (None, None, None) if loopback_only => {}
+            (None, None, None) => {
+                return Err(
+                    "cluster: etcd endpoints off this host need TLS (ca, cert, key): the \
+                     cluster's state decides who may write to shared LUNs"
+                        .into(),
+                )
+            }
+            _ => return Err("cluster: ca, cert and key go together".into()),
+        }
+        if !(2..=60).contains(&self.lease_secs) {
+            return Err("cluster.lease_secs must be 2..60".into());
+        }
+        if !self.prefix.starts_with('/') || !self.prefix.ends_with('/') {
+            return Err("cluster.prefix must start and end with '/'".into());
+        }
+        Ok(())
+    }
 }
 
 /// Daemon-wide knobs.
@@ -459,6 +549,7 @@ impl Config {
     pub fn demo() -> Config {
         Config {
             settings: Settings::default(),
+            cluster: None,
             targets: vec![TargetConfig {
                 name: DEMO_TARGET.into(),
                 alias: Some("ferrite-demo".into()),
@@ -503,6 +594,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         if self.targets.is_empty() {
             return Err("no target configured".into());
+        }
+        if let Some(c) = &self.cluster {
+            c.validate()?;
         }
         let s = &self.settings;
         if !(512..=16_777_215).contains(&s.max_recv_data_segment_length) {

@@ -3,6 +3,7 @@
 mod admin;
 mod cli;
 mod config;
+mod membership;
 mod metrics;
 mod pr_cli;
 mod runtime;
@@ -256,6 +257,37 @@ fn main() -> ExitCode {
         if let Err(e) = daemon.sync_listeners().await {
             error!("{e:#}");
             return ExitCode::FAILURE;
+        }
+        // A clustered node: membership and self-fencing (`membership`); it opens its portals
+        // once it holds its lease.
+        if let (Some(c), Some(fence)) = (&cfg.cluster, daemon.fence.clone()) {
+            let store: Arc<dyn cluster::ClusterStore> = match (&c.ca, &c.cert, &c.key) {
+                (Some(ca), Some(cert), Some(key)) => {
+                    let tls = cluster::EtcdTls {
+                        ca: ca.clone(),
+                        cert: cert.clone(),
+                        key: key.clone(),
+                    };
+                    match cluster::EtcdStore::with_tls(c.endpoints.clone(), &tls) {
+                        Ok(s) => Arc::new(s),
+                        Err(e) => {
+                            error!("cluster: {e}");
+                            return ExitCode::FAILURE;
+                        }
+                    }
+                }
+                // Loopback only (the configuration checked it).
+                _ => Arc::new(cluster::EtcdStore::new(c.endpoints.clone())),
+            };
+            info!(node = %c.node, endpoints = ?c.endpoints, "cluster: joining");
+            tokio::spawn(membership::run(
+                daemon.clone(),
+                fence,
+                store,
+                c.prefix.clone(),
+                c.node.clone(),
+                std::time::Duration::from_secs(c.lease_secs),
+            ));
         }
         let d2 = daemon.clone();
         let srv = tokio::spawn(server::serve(d2));

@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, info, warn};
 
 use crate::config::{BackstoreSpec, Config, LunConfig, TargetConfig};
+use crate::membership::{Fence, FencedBackstore};
 use crate::metrics::{IoSnapshot, IoStats, Kind, LuMetrics, Metrics, PortMetrics};
 use crate::runtime::{PortalView, Runtime, Target};
 use crate::writer::Frames;
@@ -94,6 +95,44 @@ pub struct Daemon {
     pub config_lock: tokio::sync::Mutex<()>,
     /// An initiator changed ALUA states (SET TARGET PORT GROUPS): save them (`alua_saver`).
     alua_dirty: Notify,
+    /// A clustered node's fence (`membership`); none on a single node.
+    pub fence: Option<Arc<Fence>>,
+    /// Whether the portals are open: always on a single node; while it holds its lease on a
+    /// clustered one.
+    serving: AtomicBool,
+}
+
+/// A boxed future (the `membership::Serving` hooks).
+pub type BoxFut<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+impl crate::membership::Serving for Daemon {
+    fn start_serving(self: Arc<Self>) -> BoxFut<'static, anyhow::Result<()>> {
+        Box::pin(async move {
+            self.serving.store(true, Ordering::SeqCst);
+            self.sync_listeners().await
+        })
+    }
+
+    fn stop_serving(self: Arc<Self>) -> BoxFut<'static, ()> {
+        Box::pin(async move {
+            self.serving.store(false, Ordering::SeqCst);
+            let _ = self.sync_listeners().await;
+            let tsihs: Vec<u16> = self
+                .sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|(tsih, _, _)| tsih)
+                .collect();
+            for tsih in tsihs {
+                self.drop_session(tsih);
+            }
+        })
+    }
+
+    fn flush_all(&self) {
+        Daemon::flush_all(self);
+    }
 }
 
 /// The default buffer budget: the smaller of 1 GiB and an eighth of the machine's memory.
@@ -131,11 +170,20 @@ fn open_backstore(spec: &BackstoreSpec) -> anyhow::Result<Arc<dyn Backstore>> {
 pub fn build_lu(
     state_dir: Option<&std::path::Path>,
     metrics: &Metrics,
+    fence: Option<&Arc<Fence>>,
     t: &TargetConfig,
     l: &LunConfig,
 ) -> anyhow::Result<Arc<LogicalUnit>> {
     let spec = BackstoreSpec::parse(&l.backstore).map_err(anyhow::Error::msg)?;
-    let store = metrics.timed_store(&t.name, l.id, open_backstore(&spec)?);
+    let mut store = open_backstore(&spec)?;
+    if let Some(f) = fence {
+        // A clustered node's writes stop when it fences itself (`membership`).
+        store = Arc::new(FencedBackstore {
+            inner: store,
+            fence: f.clone(),
+        });
+    }
+    let store = metrics.timed_store(&t.name, l.id, store);
     let cfg = LuConfig {
         block_size: l.block_size,
         read_only: l.read_only,
@@ -302,7 +350,11 @@ impl Daemon {
     pub fn build(cfg: &Config, config_path: Option<PathBuf>) -> anyhow::Result<Arc<Daemon>> {
         let state_dir = cfg.settings.state_dir.as_deref();
         let metrics = Arc::new(Metrics::new());
-        let rt = Runtime::build(cfg, None, &mut |t, l| build_lu(state_dir, &metrics, t, l))?;
+        // A clustered node starts fenced: it serves once it holds its lease (`membership`).
+        let fence = cfg.cluster.as_ref().map(|_| Arc::new(Fence::new(true)));
+        let rt = Runtime::build(cfg, None, &mut |t, l| {
+            build_lu(state_dir, &metrics, fence.as_ref(), t, l)
+        })?;
         let s = &cfg.settings;
         let conn_cfg = ConnConfig {
             offer: iscsi_proto::TargetOffer {
@@ -360,6 +412,8 @@ impl Daemon {
             metrics,
             config_lock: tokio::sync::Mutex::new(()),
             alua_dirty: Notify::new(),
+            serving: AtomicBool::new(fence.is_none()),
+            fence,
         });
         d.wire_devices(&d.runtime());
         let weak = Arc::downgrade(&d);
@@ -500,7 +554,12 @@ impl Daemon {
     /// Listen on every portal of the runtime and stop listening on portals it no longer has.
     /// A portal that cannot be bound is an error (at start, the daemon does not come up).
     pub async fn sync_listeners(self: &Arc<Self>) -> anyhow::Result<()> {
-        let want = self.runtime().listen_addrs();
+        // A fenced cluster node listens nowhere.
+        let want = if self.serving.load(Ordering::SeqCst) {
+            self.runtime().listen_addrs()
+        } else {
+            Vec::new()
+        };
         let have: Vec<SocketAddr> = self
             .listeners
             .lock()
@@ -540,10 +599,15 @@ impl Daemon {
         cfg.validate().map_err(anyhow::Error::msg)?;
         let old = self.runtime();
         let metrics = self.metrics.clone();
+        anyhow::ensure!(
+            cfg.cluster == old.config.cluster,
+            "the [cluster] settings change only with a restart"
+        );
+        let fence = self.fence.clone();
         let new = tokio::task::spawn_blocking(move || {
             let state_dir = cfg.settings.state_dir.clone();
             Runtime::build(&cfg, Some(&old), &mut |t, l| {
-                build_lu(state_dir.as_deref(), &metrics, t, l)
+                build_lu(state_dir.as_deref(), &metrics, fence.as_ref(), t, l)
             })
         })
         .await??;

@@ -840,6 +840,8 @@ fn admin_help_lists_every_command_exercised_here() {
         // Exercised in reservations.rs (operator_sees_and_clears_reservations_live).
         "pr-show",
         "pr-clear",
+        // Exercised in cluster.rs.
+        "cluster",
         // Exercised in alua.rs.
         "alua",
         "set-alua",
