@@ -249,12 +249,41 @@ pub async fn execute(daemon: &Arc<Daemon>, req: &Value) -> anyhow::Result<Value>
                     anyhow::anyhow!("this node is not in a cluster (no [cluster])")
                 })?;
             let fenced = daemon.fence.as_ref().is_some_and(|f| f.is_fenced());
+            // The members as the store has them now (or why it cannot say).
+            let mut nodes = Vec::new();
+            let mut revision = Value::Null;
+            let mut store_error = Value::Null;
+            if let Some(store) = daemon.cluster_store.get() {
+                let prefix = format!("{}nodes/", c.prefix);
+                let read = tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    store.list(prefix.as_bytes()),
+                )
+                .await;
+                match read {
+                    Ok(Ok((kvs, rev))) => {
+                        revision = json!(rev);
+                        for kv in kvs {
+                            nodes.push(json!({
+                                "node": String::from_utf8_lossy(&kv.key[prefix.len()..]),
+                                "lease": kv.lease.map(|l| format!("{:x}", l.0)),
+                                "since_revision": kv.create_revision,
+                            }));
+                        }
+                    }
+                    Ok(Err(e)) => store_error = json!(e.to_string()),
+                    Err(_) => store_error = json!("no answer within 5 s"),
+                }
+            }
             return Ok(json!({ "cluster": {
                 "node": c.node,
                 "endpoints": c.endpoints,
                 "lease_secs": c.lease_secs,
                 "serving": !fenced,
                 "writes_in_flight": daemon.fence.as_ref().map_or(0, |f| f.inflight()),
+                "members": nodes,
+                "revision": revision,
+                "store_error": store_error,
             }}));
         }
         "stats" => {
@@ -933,6 +962,18 @@ pub fn render(cmd: &str, v: &Value) -> String {
                 c["lease_secs"],
                 c["endpoints"]
             ));
+            match c["store_error"].as_str() {
+                Some(e) => out.push_str(&format!("  etcd: {e}\n")),
+                None => out.push_str(&format!("  etcd revision {}\n", c["revision"])),
+            }
+            for m in c["members"].as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "  member {} lease {} since revision {}\n",
+                    m["node"].as_str().unwrap_or(""),
+                    m["lease"].as_str().unwrap_or("-"),
+                    m["since_revision"]
+                ));
+            }
         }
         _ if v.get("targets").is_some() => {
             for t in v["targets"].as_array().into_iter().flatten() {

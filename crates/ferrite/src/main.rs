@@ -279,6 +279,7 @@ fn main() -> ExitCode {
                 // Loopback only (the configuration checked it).
                 _ => Arc::new(cluster::EtcdStore::new(c.endpoints.clone())),
             };
+            let _ = daemon.cluster_store.set(store.clone());
             info!(node = %c.node, endpoints = ?c.endpoints, "cluster: joining");
             tokio::spawn(membership::run(
                 daemon.clone(),

@@ -97,6 +97,8 @@ pub struct Daemon {
     alua_dirty: Notify,
     /// A clustered node's fence (`membership`); none on a single node.
     pub fence: Option<Arc<Fence>>,
+    /// A clustered node's cluster store (set once at start).
+    pub cluster_store: std::sync::OnceLock<Arc<dyn cluster::ClusterStore>>,
     /// Whether the portals are open: always on a single node; while it holds its lease on a
     /// clustered one.
     serving: AtomicBool,
@@ -414,6 +416,7 @@ impl Daemon {
             alua_dirty: Notify::new(),
             serving: AtomicBool::new(fence.is_none()),
             fence,
+            cluster_store: std::sync::OnceLock::new(),
         });
         d.wire_devices(&d.runtime());
         let weak = Arc::downgrade(&d);

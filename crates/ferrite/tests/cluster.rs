@@ -60,6 +60,11 @@ fn a_node_serves_while_it_holds_its_lease_and_fences_itself_when_cut_off() {
     assert!(kv.lease.is_some(), "{kv:?}");
     let out = admin_ok(&d, &["cluster"]);
     assert!(out.starts_with("node node-a serving"), "{out}");
+    let lease = format!("{:x}", kv.lease.unwrap().0);
+    assert!(
+        out.contains(&format!("  member node-a lease {lease} since revision")),
+        "{out}"
+    );
     let mut s = Session::login(d.addr(), &LoginOpts::default()).unwrap();
     s.write10(0, &[7; 512], 512).unwrap();
 
@@ -87,6 +92,7 @@ fn a_node_serves_while_it_holds_its_lease_and_fences_itself_when_cut_off() {
     );
     let out = admin_ok(&d, &["cluster"]);
     assert!(out.starts_with("node node-a fenced"), "{out}");
+    assert!(out.contains("  etcd: "), "etcd does not answer: {out}");
 
     // etcd back: the old lease ends, the node joins again and serves.
     etcd.pause(false);
