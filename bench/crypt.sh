@@ -100,7 +100,9 @@ declare -A S
 for ((r = 1; r <= REPS; r++)); do
     for kind in ram file; do
         for enc in plain encrypted; do
-            [[ $kind == file ]] && lun=$((2 + (enc == "encrypted"))) || lun=$((enc == "encrypted"))
+            lun=0
+            [[ $kind == file ]] && lun=2
+            [[ $enc == encrypted ]] && lun=$((lun + 1))
             S[rr4k.$kind.$enc]+=" $(perf "$lun" -m 32 -b 8 -r)"
             S[r128k.$kind.$enc]+=" $(awk -v i="$(perf "$lun" -m 16 -b 256)" 'BEGIN { printf "%.0f", i / 8 }')"
             S[w128k.$kind.$enc]+=" $(qwrite "$lun" $((SECS * 8 * 600)))"
