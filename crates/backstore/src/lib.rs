@@ -16,17 +16,23 @@
 //! that a range lies inside it. All range arithmetic uses `checked_add`, so an LBA + length
 //! near `u64::MAX` from a peer is an `InvalidInput` error, never an overflow or a panic.
 //!
+//! [`EncryptedBackstore`] wraps any of them and stores every logical block encrypted
+//! (AES-256-XTS; `crypt.rs` says why and how).
+//!
 //! This crate is Linux-only: hole punching, `SEEK_DATA` and the `BLK*` ioctls have no portable
 //! equivalent.
 
 use std::io;
 
 mod block;
+mod crypt;
+pub mod durable;
 mod file;
 mod ram;
 mod sys;
 
 pub use block::BlockBackstore;
+pub use crypt::{EncryptedBackstore, KeyFileKey, KeyOrigin};
 pub use file::FileBackstore;
 pub use ram::RamBackstore;
 
@@ -82,6 +88,19 @@ pub trait Backstore: Send + Sync + std::fmt::Debug {
     fn extent_at(&self, offset: u64) -> io::Result<Option<Extent>> {
         check_range(self.size(), offset, 1)?;
         Ok(None)
+    }
+    /// Whether every block is stored encrypted, so that [`Backstore::crypto_erase`] works.
+    fn encrypted(&self) -> bool {
+        false
+    }
+    /// Replace the key the data is encrypted with by a new one, durably, and forget the old
+    /// one: every block written before reads as noise from now on (SBC-4 §4.11.4 crypto
+    /// erase). `Unsupported` where nothing is encrypted.
+    fn crypto_erase(&self) -> io::Result<()> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "the backstore is not encrypted",
+        ))
     }
 }
 

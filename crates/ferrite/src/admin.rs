@@ -210,6 +210,7 @@ fn describe(rt: &crate::runtime::Runtime) -> Value {
                     "size": lu.backstore().size(),
                     "block_size": c.block_size,
                     "read_only": c.read_only,
+                    "encrypted": lu.encrypted(),
                     "medium": lu.medium_status(),
                 })).collect::<Vec<_>>(),
                 "alua_transition_secs": t.device.alua().transition_secs(),
@@ -1006,12 +1007,17 @@ pub fn render(cmd: &str, v: &Value) -> String {
                         Some(m) => format!(" [{m}]"),
                     };
                     out.push_str(&format!(
-                        "  lun {} {} {} bytes{}{medium}\n",
+                        "  lun {} {} {} bytes{}{}{medium}\n",
                         l["id"],
                         l["backstore"].as_str().unwrap_or(""),
                         l["size"],
                         if l["read_only"] == json!(true) {
                             " read-only"
+                        } else {
+                            ""
+                        },
+                        if l["encrypted"] == json!(true) {
+                            " encrypted"
                         } else {
                             ""
                         }

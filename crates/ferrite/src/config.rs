@@ -448,6 +448,19 @@ pub struct LunConfig {
     /// bandwidth to the other LUNs while a sanitize runs in the background (default: no limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sanitize_rate: Option<String>,
+    /// Encrypt every block (AES-256-XTS) under a data key wrapped with the key in `key_file`;
+    /// offers SANITIZE CRYPTO ERASE (default: not encrypted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionConfig>,
+}
+
+/// `encryption = { key_file = "/etc/ferrite/keys/lun0.key" }`: only the key file's path is
+/// configuration (and is exported); the key stays in the file.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// 32 bytes, raw or as 64 hexadecimal digits; mode 0600 or 0400.
+    pub key_file: PathBuf,
 }
 
 fn default_block_size() -> u32 {
@@ -572,6 +585,7 @@ impl Config {
                     physical_block_size: None,
                     pr_match_initiator_name_only: false,
                     sanitize_rate: None,
+                    encryption: None,
                 }],
                 acls: Vec::new(),
                 alua_groups: Vec::new(),

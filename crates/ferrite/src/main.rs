@@ -57,6 +57,7 @@ fn build_config(a: &cli::ServeArgs) -> Result<Config, String> {
                 physical_block_size: None,
                 pr_match_initiator_name_only: false,
                 sanitize_rate: None,
+                encryption: None,
             })
             .collect();
     } else {

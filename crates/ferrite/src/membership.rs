@@ -91,8 +91,8 @@ impl Fence {
     }
 }
 
-/// A backstore whose changes pass the node's [`Fence`]: once fenced, writes, unmaps and
-/// anchors fail (the initiator gets a write error, if its session is still there); reads and
+/// A backstore whose changes pass the node's [`Fence`]: once fenced, writes, unmaps, anchors
+/// and crypto erases fail (the initiator gets a write error, if its session is still there); reads and
 /// flushes go on. Everything else is the inner store's.
 #[derive(Debug)]
 pub struct FencedBackstore {
@@ -140,6 +140,14 @@ impl backstore::Backstore for FencedBackstore {
     }
     fn extent_at(&self, offset: u64) -> io::Result<Option<backstore::Extent>> {
         self.inner.extent_at(offset)
+    }
+    fn encrypted(&self) -> bool {
+        self.inner.encrypted()
+    }
+    fn crypto_erase(&self) -> io::Result<()> {
+        // A new data key changes what every block reads as: a write like any other.
+        let _w = self.fence.enter().ok_or_else(fenced_error)?;
+        self.inner.crypto_erase()
     }
 }
 

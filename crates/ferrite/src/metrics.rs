@@ -755,4 +755,10 @@ impl backstore::Backstore for TimedBackstore {
     fn extent_at(&self, offset: u64) -> std::io::Result<Option<backstore::Extent>> {
         self.inner.extent_at(offset)
     }
+    fn encrypted(&self) -> bool {
+        self.inner.encrypted()
+    }
+    fn crypto_erase(&self) -> std::io::Result<()> {
+        self.inner.crypto_erase()
+    }
 }

@@ -66,6 +66,11 @@ fn lun_state_file(
     Some(dir.join(format!("{base}.{ext}")))
 }
 
+/// Where an encrypted file or block LUN keeps its wrapped data key (`<target>_lun<N>.dek`).
+pub fn key_state_file(configured: Option<&Path>, target: &str, lun: u64) -> PathBuf {
+    lun_state_file(configured, target, lun, false, "dek").expect("not only explicit")
+}
+
 /// Give `lu` its state file and restore what it holds. A damaged file is an error: the daemon
 /// must not start without the registrations it promised to keep.
 pub fn attach(

@@ -167,6 +167,39 @@ fn open_backstore(spec: &BackstoreSpec) -> anyhow::Result<Arc<dyn Backstore>> {
     })
 }
 
+/// Wrap `store` in the LUN's encryption: the key file's key unwraps the data key kept in the
+/// state directory (`<target>_lun<N>.dek`; a RAM LUN, whose data dies with the process, gets a
+/// data key of its own at each start). A loose or wrong key file stops the start. Errors and
+/// logs name files, never keys.
+fn encrypt(
+    state_dir: Option<&std::path::Path>,
+    t: &TargetConfig,
+    l: &LunConfig,
+    spec: &BackstoreSpec,
+    enc: &crate::config::EncryptionConfig,
+    store: Arc<dyn Backstore>,
+) -> anyhow::Result<Arc<dyn Backstore>> {
+    let ctx = || format!("target {} LUN {}: encryption", t.name, l.id);
+    let kek = backstore::KeyFileKey::load(&enc.key_file).with_context(ctx)?;
+    let state = match spec {
+        BackstoreSpec::Ram { .. } => None,
+        _ => Some(crate::pr_cli::key_state_file(state_dir, &t.name, l.id)),
+    };
+    let (store, origin) =
+        backstore::EncryptedBackstore::open(store, l.block_size, kek, state.clone())
+            .with_context(ctx)?;
+    let state = state.map(|p| p.display().to_string());
+    match origin {
+        backstore::KeyOrigin::Created => {
+            info!(target = %t.name, lun = l.id, state = ?state, "new data key made for an encrypted LUN")
+        }
+        backstore::KeyOrigin::Loaded | backstore::KeyOrigin::Ephemeral => {
+            info!(target = %t.name, lun = l.id, state = ?state, "encrypted LUN")
+        }
+    }
+    Ok(Arc::new(store))
+}
+
 /// Open the backstore of one LUN and build its logical unit (with its persistent reservation
 /// state file in `state_dir`, see `pr_cli`).
 pub fn build_lu(
@@ -178,6 +211,9 @@ pub fn build_lu(
 ) -> anyhow::Result<Arc<LogicalUnit>> {
     let spec = BackstoreSpec::parse(&l.backstore).map_err(anyhow::Error::msg)?;
     let mut store = open_backstore(&spec)?;
+    if let Some(enc) = &l.encryption {
+        store = encrypt(state_dir, t, l, &spec, enc, store)?;
+    }
     if let Some(f) = fence {
         // A clustered node's writes stop when it fences itself (`membership`).
         store = Arc::new(FencedBackstore {

@@ -103,7 +103,7 @@ fn targets_sessions_and_drop_session() {
                   "portals": [p2], "relative_port_id": 2 },
             ],
             "luns": [{ "id": 0, "backstore": "ram:16M", "size": 16u64 << 20, "block_size": 512,
-                       "read_only": false, "medium": "ready" }],
+                       "read_only": false, "encrypted": false, "medium": "ready" }],
             "alua_transition_secs": 1,
             "alua_groups": [{ "id": 1, "state": "active/optimized", "transition_to": null,
                               "preferred": false, "portal_groups": [1, 2],
@@ -488,9 +488,9 @@ fn targets_luns_and_acls_change_live() {
         t["targets"][1]["luns"],
         json!([
             { "id": 0, "backstore": "ram:8M", "size": 8u64 << 20, "block_size": 512, "read_only": false,
-              "medium": "ready" },
+              "encrypted": false, "medium": "ready" },
             { "id": 3, "backstore": "ram:4M", "size": 4u64 << 20, "block_size": 512, "read_only": true,
-              "medium": "ready" },
+              "encrypted": false, "medium": "ready" },
         ])
     );
     admin_ok(&d, &["remove-lun", IQN2, "3"]);

@@ -9,6 +9,12 @@
 //! against a thin file LUN whose sanitize is paced (`sanitize_rate`), so that it is still running
 //! when the test looks.
 //!
+//! A fifth, `encrypted`, runs every test the full run does on a thin file LUN that encrypts
+//! its blocks (`encryption = { key_file }`): the only kind that offers SANITIZE CRYPTO ERASE
+//! (SBC-4 §4.11.4), so `Sanitize.CryptoErase`, and the CRYPTO ERASE halves of
+//! `Sanitize.Readonly` and `Sanitize.Reservations`, pass there; and encryption must change
+//! nothing else.
+//!
 //! Every kind is held to `conformance/known-failures.txt` (a failure not listed fails the test)
 //! and to its floor in `conformance/kinds-min-passed.txt` (`kind passed`, one per line).
 //! `FERRITE_CONFORMANCE_KINDS=thick,removable` runs only some kinds (and skips their floors).
@@ -25,10 +31,13 @@ use common::{require_tool, Daemon, Opts};
 
 struct Kind {
     name: &'static str,
-    /// `[[target.lun]]` body; `{dir}` is the daemon's scratch directory.
+    /// `[[target.lun]]` body; `{dir}` is the daemon's scratch directory, `{key}` a key file
+    /// (32 random bytes, mode 0600) made for the run.
     lun: &'static str,
     /// iscsi-test-cu `-t` patterns (fnmatch, comma separated).
     tests: &'static str,
+    /// Tests that must pass on this kind (skipped is not enough).
+    must_pass: &'static [&'static str],
 }
 
 const KINDS: &[Kind] = &[
@@ -39,6 +48,7 @@ const KINDS: &[Kind] = &[
                 ALL.GetLBAStatus.*,ALL.Inquiry.*,ALL.OrWrite.*,ALL.ReadCapacity16.*,\
                 ALL.Sanitize.[!R]*,ALL.Unmap.*,ALL.WriteAtomic16.*,ALL.WriteSame10.*,\
                 ALL.WriteSame16.*,ALL.Write10.*,ALL.Read10.*,ALL.MultipathIO.*",
+        must_pass: &[],
     },
     Kind {
         name: "read-only",
@@ -48,12 +58,14 @@ const KINDS: &[Kind] = &[
                 ALL.ReadDefectData12.*,ALL.Inquiry.*,ALL.Mandatory.*,ALL.ModeSense6.*,\
                 ALL.Prefetch10.*,ALL.Prefetch16.*,ALL.ReportSupportedOpcodes.*,\
                 ALL.TestUnitReady.*,ALL.Verify10.*,ALL.Verify12.*,ALL.Verify16.*",
+        must_pass: &[],
     },
     Kind {
         name: "removable",
         lun: "backstore = \"ram:128M\"\nremovable = true\nphysical_block_size = 4096",
         tests: "ALL.PreventAllow.*,ALL.StartStopUnit.*,ALL.NoMedia.*,ALL.CompareAndWrite.*,\
                 ALL.WriteSame10.*,ALL.WriteSame16.*,ALL.Unmap.*,ALL.ReadCapacity16.*",
+        must_pass: &[],
     },
     Kind {
         // SBC-4 §4.11.2: a sanitize outlives ABORT TASK, resets and a re-login. The test expects
@@ -63,6 +75,18 @@ const KINDS: &[Kind] = &[
         name: "sanitize-reset",
         lun: "backstore = \"file:{dir}/sanitize.img:128M\"\nsanitize_rate = \"16M\"",
         tests: "ALL.Sanitize.Reset",
+        must_pass: &[],
+    },
+    Kind {
+        name: "encrypted",
+        lun: "backstore = \"file:{dir}/encrypted.img:128M\"\nencryption = { key_file = \"{key}\" }",
+        // Family ALL but Sanitize.Reset, as conformance.rs runs it.
+        tests: "ALL.[!S]*,ALL.S[!a]*,ALL.Sanitize.[!R]*,ALL.Sanitize.Rea*,ALL.Sanitize.Reser*",
+        must_pass: &[
+            "Sanitize.CryptoErase",
+            "Sanitize.Readonly",
+            "Sanitize.Reservations",
+        ],
     },
 ];
 
@@ -71,6 +95,8 @@ struct Outcome {
     failed: usize,
     skipped: usize,
     unexpected: Vec<String>,
+    /// `must_pass` tests that did not pass, with their status.
+    missing: Vec<String>,
 }
 
 fn run_kind(kind: &Kind, known: &BTreeMap<String, String>) -> Outcome {
@@ -79,13 +105,19 @@ fn run_kind(kind: &Kind, known: &BTreeMap<String, String>) -> Outcome {
         .join(kind.name);
     fs::create_dir_all(&out_dir).unwrap();
     let suite_log = out_dir.join("iscsi-test-cu.log");
+    let key = out_dir.join("lun.key");
+    let _ = fs::remove_file(&key);
+    let mut random = [0u8; 32];
+    common::Rng::new(u64::from(std::process::id())).fill(&mut random);
+    fs::write(&key, random).unwrap();
+    fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let config = format!(
         "[settings]\nnop_interval_secs = 0\n\n[[target]]\nname = \"{}\"\n\n\
          [[target.portal_group]]\ntag = 1\nportals = [\"127.0.0.1:{{port}}\", \"{}:{{port2}}\"]\n\n\
          [[target.lun]]\nid = 0\n{}\n",
         common::IQN,
         common::SECOND_IP,
-        kind.lun
+        kind.lun.replace("{key}", &key.display().to_string())
     );
     let d = Daemon::start(Opts {
         second_portal: true,
@@ -106,9 +138,20 @@ fn run_kind(kind: &Kind, known: &BTreeMap<String, String>) -> Outcome {
         failed: 0,
         skipped: 0,
         unexpected: Vec::new(),
+        missing: kind
+            .must_pass
+            .iter()
+            .map(|t| format!("{t} (not run)"))
+            .collect(),
     };
     for v in scored {
         let (name, why) = (v.name, v.why);
+        if kind.must_pass.contains(&name.as_str()) {
+            o.missing.retain(|m| !m.starts_with(&format!("{name} ")));
+            if v.status != "passed" {
+                o.missing.push(format!("{name} ({}: {why})", v.status));
+            }
+        }
         match v.status {
             "passed" => o.passed += 1,
             "skipped" => o.skipped += 1,
@@ -156,6 +199,9 @@ fn libiscsi_conformance_per_lun_kind() {
                 "{}: FAILED, not in known-failures.txt: {u}",
                 kind.name
             ));
+        }
+        for m in &o.missing {
+            problems.push(format!("{}: must pass: {m}", kind.name));
         }
         if o.passed + o.failed + o.skipped == 0 {
             problems.push(format!("{}: the suite ran no test", kind.name));

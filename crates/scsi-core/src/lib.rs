@@ -45,7 +45,7 @@ mod alua;
 mod cdb;
 mod cmd;
 mod device;
-mod durable;
+use backstore::durable;
 mod format;
 mod journal;
 mod locks;

@@ -402,6 +402,11 @@ impl LogicalUnit {
     }
 
     /// Whether logical block provisioning management is on (LBPME, SBC-4 §4.7).
+    /// Whether the backstore encrypts every block, so SANITIZE CRYPTO ERASE applies.
+    pub fn encrypted(&self) -> bool {
+        self.store.encrypted()
+    }
+
     pub fn thin(&self) -> bool {
         self.cfg.thin && self.store.supports_unmap()
     }

@@ -26,8 +26,9 @@
 //! ferrite-medium-op 1
 //! medium 262144 512            (logical blocks and their length: a record is only acted on
 //!                               for the medium it was written for)
-//! running sanitize overwrite   (or: running sanitize deallocate, running format overwrite,
-//!                               running format deallocate, failed sanitize, failed format)
+//! running sanitize overwrite   (or: running sanitize deallocate, running sanitize
+//!                               crypto-erase, running format overwrite, running format
+//!                               deallocate, failed sanitize, failed format)
 //! ause 0                       (sanitize only)
 //! passes 1                     (overwrite only, as are the next two)
 //! invert 0
@@ -67,6 +68,9 @@ pub(crate) enum Work {
     Overwrite(Overwrite),
     /// Deallocate (thin LUs: the blocks read as zeroes, LBPRZ = 1).
     Deallocate,
+    /// Replace the encryption key (encrypted LUs, SBC-4 §4.11.4). Running it again after a
+    /// crash replaces the key again, which is as good.
+    CryptoErase,
 }
 
 /// One operation on the whole medium.
@@ -204,6 +208,13 @@ fn run(lu: &LogicalUnit, op: &Operation) -> Result<(), Fail> {
             .map_err(|e| io_fail("operation flush", SenseReason::WriteError, &e))
     };
     let o = match &op.work {
+        Work::CryptoErase => {
+            lu.backstore()
+                .crypto_erase()
+                .map_err(|e| io_fail("crypto erase", SenseReason::WriteError, &e))?;
+            lu.set_progress(1, 1);
+            return Ok(());
+        }
         Work::Deallocate => {
             deallocate(lu, 0, num)?;
             lu.set_progress(1, 1);
@@ -352,6 +363,7 @@ pub(crate) fn encode(r: &Record, g: Geometry) -> String {
             let work = match op.work {
                 Work::Overwrite(_) => "overwrite",
                 Work::Deallocate => "deallocate",
+                Work::CryptoErase => "crypto-erase",
             };
             let _ = writeln!(t, "running {} {work}", kind_name(op.kind));
             if op.kind == OpKind::Sanitize {
@@ -434,6 +446,7 @@ pub(crate) fn decode(text: &str, g: Geometry) -> Result<Record, String> {
     };
     let work = match work {
         "deallocate" => Work::Deallocate,
+        "crypto-erase" => Work::CryptoErase,
         "overwrite" => {
             let passes: u8 = field("passes")?
                 .parse()
@@ -495,6 +508,11 @@ mod tests {
                 kind: OpKind::Format,
                 work: Work::Deallocate,
                 ause: false,
+            }),
+            Record::Running(Operation {
+                kind: OpKind::Sanitize,
+                work: Work::CryptoErase,
+                ause: true,
             }),
             Record::Running(Operation {
                 kind: OpKind::Format,

@@ -47,6 +47,9 @@ pub mod flag {
     pub const TR: u8 = 1 << 5;
     /// Allowed in every ALUA access state.
     pub const ALUA_ANY: u8 = SB | UN | TR;
+    /// Only offered on LUs whose backstore encrypts every block (SBC-4 §4.11.4: crypto erase
+    /// needs a key to change); elsewhere it is an invalid service action.
+    pub const CRYPT: u8 = 1 << 6;
 }
 
 pub struct OpDesc {
@@ -77,7 +80,7 @@ impl OpDesc {
 
     /// Whether the command is offered on this logical unit.
     pub fn available(&self, lu: &LogicalUnit) -> bool {
-        !self.has(flag::THIN) || lu.thin()
+        (!self.has(flag::THIN) || lu.thin()) && (!self.has(flag::CRYPT) || lu.encrypted())
     }
 
     /// The ALUA access states other than the active ones that allow this command.
@@ -144,6 +147,7 @@ pub static TABLE: &[OpDesc] = &[
     op!(0x42, None, "UNMAP", [0x42, 0x01, 0, 0, 0, 0, 0x1F, 0xFF, 0xFF, C], Lu(sbc::unmap), THIN),
     op!(0x48, Some(0x01), "SANITIZE OVERWRITE", [0x48, 0xA1, 0, 0, 0, 0, 0, 0xFF, 0xFF, C], Lu(sanitize::sanitize), 0),
     op!(0x48, Some(0x02), "SANITIZE BLOCK ERASE", [0x48, 0xA2, 0, 0, 0, 0, 0, 0xFF, 0xFF, C], Lu(sanitize::sanitize), THIN),
+    op!(0x48, Some(0x03), "SANITIZE CRYPTO ERASE", [0x48, 0xA3, 0, 0, 0, 0, 0, 0xFF, 0xFF, C], Lu(sanitize::sanitize), CRYPT),
     op!(0x48, Some(0x1F), "SANITIZE EXIT FAILURE MODE", [0x48, 0xBF, 0, 0, 0, 0, 0, 0xFF, 0xFF, C], Lu(sanitize::sanitize), 0),
     op!(0x4D, None, "LOG SENSE", [0x4D, 0, 0xFF, 0xFF, 0, 0xFF, 0xFF, 0xFF, 0xFF, C], Lu(log::log_sense), SB, Class::Allowed),
     op!(0x55, None, "MODE SELECT(10)", [0x55, 0x11, 0, 0, 0, 0, 0, 0xFF, 0xFF, C], Lu(|c, l| mode::mode_select(c, l, true)), SB),

@@ -8,8 +8,12 @@
 //!   backing file really gives its space back and every block reads as zero (LBPRZ = 1). The
 //!   Block Device Characteristics page says WABEREQ = 01b: reads after it succeed.
 //! * EXIT FAILURE MODE (1Fh): leaves the state a failed sanitize started with AUSE = 1 left.
-//! * CRYPTO ERASE (03h) is not offered: no backstore encrypts its data, so there is no key to
-//!   change (SBC-4 §4.11.4); it is an unknown service action (INVALID FIELD IN CDB).
+//! * CRYPTO ERASE (03h): only on LUs whose backstore encrypts every block (an encrypted LUN):
+//!   the data key is replaced by a new one and the old one forgotten (SBC-4 §4.11.4), which
+//!   takes a moment whatever the size. Blocks written before read as noise, deallocated ones
+//!   still as zeroes; the Block Device Characteristics page says WACEREQ = 01b. Elsewhere it
+//!   is an unknown service action (INVALID FIELD IN CDB), and REPORT SUPPORTED OPERATION CODES
+//!   does not list it.
 //!
 //! The operation itself — in the background, outliving its command, journaled across
 //! restarts — is `medium.rs`'s.
@@ -25,6 +29,7 @@ use crate::sense::SenseReason;
 pub mod sa {
     pub const OVERWRITE: u8 = 0x01;
     pub const BLOCK_ERASE: u8 = 0x02;
+    pub const CRYPTO_ERASE: u8 = 0x03;
     pub const EXIT_FAILURE_MODE: u8 = 0x1F;
 }
 
@@ -104,6 +109,17 @@ pub fn sanitize(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
                 return Err(bad_cdb(1, Some(4)));
             }
             Work::Deallocate
+        }
+        sa::CRYPTO_ERASE => {
+            // SBC-4 §5.30.2.4: PARAMETER LIST LENGTH must be zero.
+            if len != 0 {
+                return Err(bad_cdb(7, None));
+            }
+            // Only an encrypted LU has a key to change (the table hides it elsewhere).
+            if !lu.encrypted() {
+                return Err(bad_cdb(1, Some(4)));
+            }
+            Work::CryptoErase
         }
         sa::OVERWRITE => {
             Work::Overwrite(parse_overwrite(Bytes(cmd.data_out.slice(0, len)), len, bs)?)

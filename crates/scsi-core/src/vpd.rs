@@ -171,11 +171,17 @@ fn block_limits(lu: &LogicalUnit) -> Vec<u8> {
 /// Block Device Characteristics page body (SBC-4 §6.6.2), 60 bytes.
 fn block_device_characteristics(lu: &LogicalUnit) -> Vec<u8> {
     let mut b = vec![0u8; 0x3C];
-    b[0..2].copy_from_slice(&1u16.to_be_bytes()); // MEDIUM ROTATION RATE 1: non-rotating
-                                                  // WABEREQ 01b: reads after SANITIZE BLOCK ERASE succeed (offered on thin LUs only);
-                                                  // WACEREQ 00b: no CRYPTO ERASE.
+    // MEDIUM ROTATION RATE 1: non-rotating.
+    b[0..2].copy_from_slice(&1u16.to_be_bytes());
+    // WABEREQ 01b: reads after SANITIZE BLOCK ERASE succeed (offered on thin LUs only).
     if lu.thin() {
-        b[3] = 0x40;
+        b[3] |= 0x40;
+    }
+    // WACEREQ 01b: reads after SANITIZE CRYPTO ERASE succeed, returning what the old blocks
+    // decrypt to under the new key (offered on encrypted LUs only; 00b elsewhere, SBC-4
+    // §6.6.2: crypto erase not supported).
+    if lu.encrypted() {
+        b[3] |= 0x10;
     }
     b
 }

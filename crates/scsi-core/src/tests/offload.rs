@@ -762,3 +762,81 @@ fn an_inverting_overwrite_ends_with_the_pattern_itself() {
         assert!(back.iter().all(|&b| b == 0x0F), "{passes} passes");
     }
 }
+
+/// A thin LU on an encrypted RAM store (a key of its own, no state file).
+fn setup_encrypted() -> (T, Arc<RamBackstore>, Arc<dyn Backstore>) {
+    let ram = Arc::new(RamBackstore::new(2 * MIB as u64));
+    let (enc, _) = backstore::EncryptedBackstore::open(
+        ram.clone(),
+        512,
+        backstore::KeyFileKey::from_bytes([9; 32]),
+        None,
+    )
+    .unwrap();
+    let enc: Arc<dyn Backstore> = Arc::new(enc);
+    let lu = LogicalUnit::new(thin_cfg(), enc.clone()).unwrap();
+    (serve_lu(Arc::new(lu)), ram, enc)
+}
+
+#[test]
+fn crypto_erase_is_offered_and_changes_the_key_on_encrypted_lus_only() {
+    let plain = setup_thin();
+    assert_eq!(plain.ok(&rsoc(0x02, 0x48, 3, 512), &[]), vec![0, 1, 0, 0]);
+    assert_invalid_cdb(&plain.run(&sanitize(0x03, 0), &[]), 1, Some(4));
+    // Block Device Characteristics: WABEREQ 01b, WACEREQ 00b (no crypto erase).
+    assert_eq!(plain.ok(&inquiry(true, 0xB1, 64), &[])[7] & 0xF0, 0x40);
+
+    let (t, ram, _) = setup_encrypted();
+    let d = t.ok(&rsoc(0x02, 0x48, 3, 512), &[]);
+    assert_eq!(d[1] & 0x07, 0x03);
+    assert_eq!(&d[4..6], &[0x48, 0xA3]);
+    // WACEREQ 01b: reads after a crypto erase succeed.
+    assert_eq!(t.ok(&inquiry(true, 0xB1, 64), &[])[7] & 0xF0, 0x50);
+    t.ok(&cdb10(0x2A, 0, 0, 8), &[b'a'; 4096]);
+    assert_eq!(t.ok(&cdb10(0x28, 0, 0, 8), &[]), vec![b'a'; 4096]);
+    assert_ne!(
+        ram.read_vec(4096, 0).unwrap(),
+        vec![b'a'; 4096],
+        "stored encrypted"
+    );
+    // SBC-4 §5.30.2.4: PARAMETER LIST LENGTH must be zero.
+    assert_invalid_cdb(&t.run(&sanitize(0x03, 8), &[0; 8]), 7, None);
+    t.ok(&sanitize(0x03, 0), &[]);
+    let after = t.ok(&cdb10(0x28, 0, 0, 8), &[]);
+    assert_ne!(after, vec![b'a'; 4096]);
+    assert_ne!(after, vec![0; 4096]);
+    // Never written: still zeroes (LBPRZ).
+    assert_eq!(t.ok(&cdb10(0x28, 0, 64, 8), &[]), vec![0; 4096]);
+    // New data under the new key.
+    t.ok(&cdb10(0x2A, 0, 0, 8), &[b'b'; 4096]);
+    assert_eq!(t.ok(&cdb10(0x28, 0, 0, 8), &[]), vec![b'b'; 4096]);
+}
+
+#[test]
+fn a_crypto_erase_cut_short_by_a_restart_runs_again() {
+    let (t, _ram, enc) = setup_encrypted();
+    t.ok(&cdb10(0x2A, 0, 0, 1), &[b'z'; 512]);
+    let journal = Arc::new(MemJournal::default());
+    let rec = crate::medium::encode(
+        &crate::medium::Record::Running(crate::medium::Operation {
+            kind: OpKind::Sanitize,
+            work: crate::medium::Work::CryptoErase,
+            ause: false,
+        }),
+        crate::medium::Geometry {
+            blocks: (2 * MIB / 512) as u64,
+            block_size: 512,
+        },
+    );
+    *journal.0.lock().unwrap() = Some(rec);
+    let lu = Arc::new(LogicalUnit::new(thin_cfg(), enc).unwrap());
+    assert_eq!(
+        lu.set_journal(journal.clone()).unwrap(),
+        crate::Resume::Restarted
+    );
+    assert_eq!(lu.wait_operation(1, || false), Some(OpOutcome::Done));
+    assert_eq!(*journal.0.lock().unwrap(), None);
+    let t2 = serve_lu(lu);
+    assert_ne!(t2.ok(&cdb10(0x28, 0, 0, 1), &[]), vec![b'z'; 512]);
+    drop(t);
+}

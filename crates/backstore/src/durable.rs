@@ -1,5 +1,6 @@
 //! Small state files written so that a crash at any point leaves the old or the new content:
-//! persistent reservations (APTPL) and running sanitize operations.
+//! persistent reservations (APTPL), running sanitize operations and encrypted LUNs' wrapped
+//! data keys. Here rather than in scsi-core so that backstores can use it too.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
@@ -14,7 +15,7 @@ fn parent_dir(path: &Path) -> &Path {
 }
 
 /// Where `write_durably` stages the new content of `path`.
-pub(crate) fn tmp_path(path: &Path) -> std::path::PathBuf {
+pub fn tmp_path(path: &Path) -> std::path::PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".tmp");
     path.with_file_name(name)
@@ -28,7 +29,7 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 /// Replace `path` with `bytes` atomically and durably: a temporary file in the same directory,
 /// fsync, rename over the old file, fsync the directory (created if missing). A crash at any
 /// point leaves the old or the new content, never a mix.
-pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let ctx = |what: &str, e: io::Error| {
         io::Error::new(e.kind(), format!("{} ({what}): {e}", path.display()))
     };
@@ -55,7 +56,7 @@ pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
 }
 
 /// Remove `path` durably (fsync the directory); a missing file is fine.
-pub(crate) fn remove_durably(path: &Path) -> io::Result<()> {
+pub fn remove_durably(path: &Path) -> io::Result<()> {
     match fs::remove_file(path) {
         Ok(()) => sync_dir(parent_dir(path)).map_err(|e| {
             io::Error::new(e.kind(), format!("{}: sync directory: {e}", path.display()))

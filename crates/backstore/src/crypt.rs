@@ -1,0 +1,655 @@
+//! Encryption at rest: a backstore wrapper that encrypts every logical block.
+//!
+//! * **Cipher**: AES-256 in XTS mode (IEEE 1619, NIST SP 800-38E), the mode dm-crypt's
+//!   `aes-xts-plain64` uses: a length-preserving tweakable mode, so a logical block stays one
+//!   block on the store and no per-block metadata is needed. The sector is the LU's logical
+//!   block and the tweak is its logical block number (little-endian, as plain64), so equal
+//!   data at two LBAs encrypts differently. XTS gives confidentiality only (no integrity): an
+//!   attacker who can write the backing store can garble blocks but not choose plaintext.
+//! * **Key hierarchy**: the operator's key file holds a 256-bit key-encryption key (KEK); it
+//!   never changes and never encrypts data. The 512-bit data key (the two XTS keys) is random,
+//!   wrapped with the KEK (AES key wrap, RFC 3394) and kept in a small state file written
+//!   atomically ([`crate::durable::write_durably`]). SANITIZE CRYPTO ERASE (SBC-4 §4.11.4)
+//!   replaces the data key: the new wrapped key replaces the old file in one rename, the old
+//!   key is dropped from memory (zeroized), and every block written before reads as noise.
+//!   A RAM store, whose data does not outlive the process, gets a key of its own at each start
+//!   and no state file.
+//! * **Wrong key**: RFC 3394 unwrapping checks an integrity value, so a key file that is not
+//!   the one the data key was wrapped with is refused when the store opens, rather than
+//!   serving garbage.
+//! * **Thin provisioning**: a deallocated range of any backstore reads as zeroes (the
+//!   [`Backstore::unmap`] contract), and an XTS ciphertext block of all zeroes has probability
+//!   2^-4096 for a 512-byte block, so a block whose *ciphertext* is all zeroes is read as a
+//!   block of zeroes. Holes, discarded ranges and anchored ranges keep reading as zeroes (LBPRZ
+//!   stays true) on every backstore, block devices included, without asking the store where its
+//!   holes are. What it reveals is what the holes of the backing file reveal anyway: which
+//!   blocks were never written or were unmapped.
+//!
+//! The device server only moves whole logical blocks, so offsets and lengths must be multiples
+//! of the block size (`InvalidInput` otherwise), and the store's size is rounded down to whole
+//! blocks.
+//!
+//! # State file format (version 1)
+//!
+//! ```text
+//! ferrite-lun-key 1
+//! cipher aes-256-xts-plain64 512   (mode and sector length: a key is only used as it was made)
+//! wrapped 3f9c...                  (72 bytes, hex: the 64-byte data key wrapped with the KEK)
+//! crc32c 1b2c3d4e                  (CRC32C of every byte before this line)
+//! ```
+//!
+//! Key material never reaches a log, an error message or `Debug` output: errors name files,
+//! not contents.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read as _};
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use aes::cipher::{BlockDecrypt as _, BlockEncrypt as _, KeyInit as _};
+use aes::Aes256;
+use aes_kw::KekAes256;
+use zeroize::Zeroizing;
+
+use crate::{check_range, Backstore, Extent, Space};
+
+/// Bytes of the key-encryption key (AES-256).
+const KEK_LEN: usize = 32;
+/// Bytes of the data key: two AES-256 keys (data and tweak).
+const DATA_KEY_LEN: usize = 64;
+/// Bytes of the wrapped data key (RFC 3394 adds one 8-byte block).
+const WRAPPED_LEN: usize = DATA_KEY_LEN + 8;
+const MAGIC: &str = "ferrite-lun-key 1";
+const CIPHER: &str = "aes-256-xts-plain64";
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg)
+}
+
+/// The key-encryption key from an operator's key file.
+pub struct KeyFileKey {
+    key: Zeroizing<[u8; KEK_LEN]>,
+    path: PathBuf,
+}
+
+impl fmt::Debug for KeyFileKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyFileKey({})", self.path.display())
+    }
+}
+
+impl KeyFileKey {
+    /// Read a key file: 32 bytes, raw, or as 64 hexadecimal digits (an optional trailing
+    /// newline). It must be a regular file that neither group nor others may access (mode
+    /// 0600 or 0400, as ssh asks of private keys); a looser one is refused, since the key in it
+    /// unlocks every block of the LUN.
+    pub fn load(path: &Path) -> io::Result<Self> {
+        let ctx =
+            |e: io::Error| io::Error::new(e.kind(), format!("key file {}: {e}", path.display()));
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(ctx)?;
+        let meta = f.metadata().map_err(ctx)?;
+        if !meta.is_file() {
+            return Err(invalid(format!(
+                "key file {}: not a regular file",
+                path.display()
+            )));
+        }
+        if meta.mode() & 0o077 != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "key file {}: mode {:04o} lets group or others access it; chmod 600 it",
+                    path.display(),
+                    meta.mode() & 0o7777
+                ),
+            ));
+        }
+        // Bounded: the longest valid file is 64 digits and a newline.
+        let mut buf = Zeroizing::new([0u8; 2 * KEK_LEN + 2]);
+        let mut n = 0;
+        loop {
+            let got = f.read(&mut buf[n..]).map_err(ctx)?;
+            if got == 0 {
+                break;
+            }
+            n += got;
+            if n == buf.len() {
+                break;
+            }
+        }
+        let mut key = Zeroizing::new([0u8; KEK_LEN]);
+        let text = buf[..n].strip_suffix(b"\n").unwrap_or(&buf[..n]);
+        if n == KEK_LEN {
+            key.copy_from_slice(&buf[..KEK_LEN]);
+        } else if text.len() == 2 * KEK_LEN && decode_hex(text, &mut key[..]) {
+        } else {
+            return Err(invalid(format!(
+                "key file {}: expected 32 bytes, raw or as 64 hexadecimal digits",
+                path.display()
+            )));
+        }
+        Ok(Self {
+            key,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// A key from bytes (tests, tools).
+    pub fn from_bytes(key: [u8; KEK_LEN]) -> Self {
+        Self {
+            key: Zeroizing::new(key),
+            path: PathBuf::from("(in memory)"),
+        }
+    }
+
+    fn kek(&self) -> KekAes256 {
+        KekAes256::from(*self.key)
+    }
+}
+
+/// Hex digits into `out` (exactly twice as many digits as bytes); false on anything else.
+fn decode_hex(hex: &[u8], out: &mut [u8]) -> bool {
+    if hex.len() != 2 * out.len() {
+        return false;
+    }
+    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    for (o, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+        match (digit(pair[0]), digit(pair[1])) {
+            (Some(h), Some(l)) => *o = h << 4 | l,
+            _ => return false,
+        }
+    }
+    true
+}
+
+fn random_data_key() -> io::Result<Zeroizing<[u8; DATA_KEY_LEN]>> {
+    let mut k = Zeroizing::new([0u8; DATA_KEY_LEN]);
+    File::open("/dev/urandom")?.read_exact(&mut k[..])?;
+    Ok(k)
+}
+
+/// AES-256-XTS (IEEE 1619) over whole sectors of 16-byte multiples, no ciphertext stealing.
+///
+/// Why not the `xts-mode` crate alone: it runs AES on one 16-byte block at a time, which
+/// measured 490 MiB/s here, a third of what one connection moves; handing the `aes` crate a
+/// batch of blocks lets it pipeline eight AES-NI streams (several times faster). The mode
+/// itself is a few lines; the tests check it against IEEE 1619's vectors and `xts-mode`.
+struct Xts {
+    data: Aes256,
+    tweak: Aes256,
+}
+
+/// Blocks per batch: one 512-byte sector.
+const BATCH: usize = 32;
+
+impl Xts {
+    fn new(key: &[u8; DATA_KEY_LEN]) -> Self {
+        Self {
+            data: Aes256::new_from_slice(&key[..32]).expect("32-byte key"),
+            tweak: Aes256::new_from_slice(&key[32..]).expect("32-byte key"),
+        }
+    }
+
+    fn encrypt_sector(&self, sector: &mut [u8], lba: u64) {
+        self.run(sector, lba, true)
+    }
+
+    fn decrypt_sector(&self, sector: &mut [u8], lba: u64) {
+        self.run(sector, lba, false)
+    }
+
+    /// C_j = E_K1(P_j xor T_j) xor T_j, T_0 = E_K2(tweak), T_j+1 = T_j * alpha in GF(2^128)
+    /// (IEEE 1619 §5.3); decryption the same with D_K1.
+    fn run(&self, sector: &mut [u8], lba: u64, encrypt: bool) {
+        debug_assert!(sector.len().is_multiple_of(16));
+        let mut t = aes::Block::from(tweak(lba));
+        self.tweak.encrypt_block(&mut t);
+        let mut t = u128::from_le_bytes(t.into());
+        let mut blocks = [aes::Block::default(); BATCH];
+        let mut tweaks = [0u128; BATCH];
+        for chunk in sector.chunks_mut(16 * BATCH) {
+            let n = chunk.len() / 16;
+            for ((b, tw), p) in blocks
+                .iter_mut()
+                .zip(&mut tweaks)
+                .zip(chunk.chunks_exact(16))
+            {
+                *tw = t;
+                let x = u128::from_le_bytes(p.try_into().expect("16 bytes")) ^ t;
+                *b = x.to_le_bytes().into();
+                // Multiply by alpha: shift left, reduce by x^128 + x^7 + x^2 + x + 1.
+                t = (t << 1) ^ ((t >> 127) * 0x87);
+            }
+            if encrypt {
+                self.data.encrypt_blocks(&mut blocks[..n]);
+            } else {
+                self.data.decrypt_blocks(&mut blocks[..n]);
+            }
+            for ((b, tw), c) in blocks.iter().zip(&tweaks).zip(chunk.chunks_exact_mut(16)) {
+                let x = u128::from_le_bytes((*b).into()) ^ tw;
+                c.copy_from_slice(&x.to_le_bytes());
+            }
+        }
+    }
+}
+
+fn xts(key: &[u8; DATA_KEY_LEN]) -> Xts {
+    Xts::new(key)
+}
+
+/// The state file text for `key` wrapped with `kek`, for sectors of `sector` bytes.
+fn encode_state(kek: &KeyFileKey, key: &[u8; DATA_KEY_LEN], sector: u32) -> io::Result<String> {
+    let mut wrapped = [0u8; WRAPPED_LEN];
+    kek.kek()
+        .wrap(key, &mut wrapped)
+        .map_err(|e| io::Error::other(format!("key wrap: {e}")))?;
+    let mut t = format!("{MAGIC}\ncipher {CIPHER} {sector}\nwrapped ");
+    for b in wrapped {
+        t.push_str(&format!("{b:02x}"));
+    }
+    t.push('\n');
+    let crc = crc32c::crc32c(t.as_bytes());
+    t.push_str(&format!("crc32c {crc:08x}\n"));
+    Ok(t)
+}
+
+/// Parse a state file and unwrap its data key with `kek`. The text is at most a few hundred
+/// bytes (the caller bounds the read); every malformation is an error, never a panic.
+fn decode_state(
+    text: &str,
+    kek: &KeyFileKey,
+    sector: u32,
+) -> Result<Zeroizing<[u8; DATA_KEY_LEN]>, String> {
+    let body_end = text
+        .trim_end_matches('\n')
+        .rfind('\n')
+        .map(|i| i + 1)
+        .ok_or("truncated")?;
+    let (body, last) = text.split_at(body_end);
+    let crc = last
+        .trim_end()
+        .strip_prefix("crc32c ")
+        .and_then(|h| u32::from_str_radix(h, 16).ok())
+        .ok_or("no checksum line")?;
+    if crc32c::crc32c(body.as_bytes()) != crc {
+        return Err("checksum mismatch (damaged)".into());
+    }
+    let mut lines = body.lines();
+    if lines.next() != Some(MAGIC) {
+        return Err("not a version 1 key state file".into());
+    }
+    let want = format!("cipher {CIPHER} {sector}");
+    match lines.next() {
+        Some(l) if l == want => {}
+        Some(l) => {
+            return Err(format!(
+                "made for {l:?}, this LUN needs {want:?} (was the block size changed?)"
+            ))
+        }
+        None => return Err("missing cipher line".into()),
+    }
+    let hex = lines
+        .next()
+        .and_then(|l| l.strip_prefix("wrapped "))
+        .ok_or("missing wrapped key")?;
+    let mut wrapped = [0u8; WRAPPED_LEN];
+    if !decode_hex(hex.as_bytes(), &mut wrapped) {
+        return Err("bad wrapped key".into());
+    }
+    let mut key = Zeroizing::new([0u8; DATA_KEY_LEN]);
+    kek.kek().unwrap(&wrapped, &mut key[..]).map_err(|_| {
+        format!(
+            "the data key does not unwrap with key file {}: not the key file this LUN was \
+             encrypted with",
+            kek.path.display()
+        )
+    })?;
+    Ok(key)
+}
+
+/// A backstore whose every logical block is stored encrypted (AES-256-XTS, see the module
+/// documentation).
+pub struct EncryptedBackstore {
+    inner: Arc<dyn Backstore>,
+    /// Logical block length: the XTS sector.
+    sector: u32,
+    size: u64,
+    cipher: RwLock<Arc<Xts>>,
+    kek: KeyFileKey,
+    /// Where the wrapped data key lives; `None`: a key for this process only (RAM).
+    state: Option<PathBuf>,
+    /// Serialises key changes.
+    erasing: Mutex<()>,
+}
+
+impl fmt::Debug for EncryptedBackstore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EncryptedBackstore")
+            .field("inner", &self.inner)
+            .field("sector", &self.sector)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How [`EncryptedBackstore::open`] came by its data key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyOrigin {
+    /// Unwrapped from the state file.
+    Loaded,
+    /// Made now and saved in the state file (a new LUN).
+    Created,
+    /// Made now for this process only (no state file).
+    Ephemeral,
+}
+
+impl EncryptedBackstore {
+    /// Encrypt `inner` in blocks of `sector` bytes (the LU's logical block length) under a data
+    /// key unwrapped from `state` with `kek`. A missing state file gets a new data key — but only
+    /// when `inner` holds no data as far as it can tell, so that a lost state file is not
+    /// mistaken for a new LUN and the old blocks served as noise. `state: None` uses a key of
+    /// this process only (a RAM store).
+    pub fn open(
+        inner: Arc<dyn Backstore>,
+        sector: u32,
+        kek: KeyFileKey,
+        state: Option<PathBuf>,
+    ) -> io::Result<(Self, KeyOrigin)> {
+        if !(16..=1 << 16).contains(&sector) || !sector.is_power_of_two() {
+            return Err(invalid(format!("encryption: bad sector length {sector}")));
+        }
+        let size = inner.size() / u64::from(sector) * u64::from(sector);
+        let (key, origin) = match &state {
+            None => (random_data_key()?, KeyOrigin::Ephemeral),
+            Some(path) => match read_state(path)? {
+                Some(text) => {
+                    let key = decode_state(&text, &kek, sector)
+                        .map_err(|m| invalid(format!("{}: {m}", path.display())))?;
+                    (key, KeyOrigin::Loaded)
+                }
+                None => {
+                    if holds_data(inner.as_ref(), size)? {
+                        return Err(io::Error::new(
+                            io::ErrorKind::NotFound,
+                            format!(
+                                "{} is missing but the backstore holds data: without the data \
+                                 key it cannot be read (restore the file, or start from an \
+                                 empty backstore)",
+                                path.display()
+                            ),
+                        ));
+                    }
+                    let key = random_data_key()?;
+                    crate::durable::write_durably(
+                        path,
+                        encode_state(&kek, &key, sector)?.as_bytes(),
+                    )?;
+                    (key, KeyOrigin::Created)
+                }
+            },
+        };
+        let me = Self {
+            inner,
+            sector,
+            size,
+            cipher: RwLock::new(Arc::new(xts(&key))),
+            kek,
+            state,
+            erasing: Mutex::new(()),
+        };
+        Ok((me, origin))
+    }
+
+    fn cipher(&self) -> Arc<Xts> {
+        self.cipher
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Checks that a range is inside the store and made of whole sectors.
+    fn check(&self, offset: u64, len: usize) -> io::Result<()> {
+        check_range(self.size, offset, len as u64)?;
+        let s = u64::from(self.sector);
+        if !offset.is_multiple_of(s) || !(len as u64).is_multiple_of(s) {
+            return Err(invalid(format!(
+                "byte range {offset}+{len} is not made of whole {s}-byte blocks"
+            )));
+        }
+        Ok(())
+    }
+
+    fn decrypt(&self, buf: &mut [u8], offset: u64) {
+        let c = self.cipher();
+        let first = offset / u64::from(self.sector);
+        for (i, block) in buf.chunks_exact_mut(self.sector as usize).enumerate() {
+            // A ciphertext of zeroes is a hole, a discarded or an anchored range: zeroes.
+            if is_zero(block) {
+                continue;
+            }
+            c.decrypt_sector(block, first + i as u64);
+        }
+    }
+}
+
+/// XTS tweak of logical block `lba`: the block number, little-endian (dm-crypt's plain64).
+fn tweak(lba: u64) -> [u8; 16] {
+    u128::from(lba).to_le_bytes()
+}
+
+fn is_zero(b: &[u8]) -> bool {
+    // Ciphertext almost always differs from zero in its first word; holes are scanned whole.
+    let mut words = b.chunks_exact(8);
+    words
+        .by_ref()
+        .all(|w| u64::from_ne_bytes(w.try_into().expect("8 bytes")) == 0)
+        && words.remainder().iter().all(|&x| x == 0)
+}
+
+fn read_state(path: &Path) -> io::Result<Option<String>> {
+    let f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+    };
+    let mut text = String::new();
+    // A valid file is about 220 bytes; read a little more so that a longer one is refused.
+    f.take(4096)
+        .read_to_string(&mut text)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    Ok(Some(text))
+}
+
+/// Whether `store` says it holds data anywhere in its first `size` bytes. A store that cannot
+/// tell (a block device) counts as empty: nothing can be known about it.
+fn holds_data(store: &dyn Backstore, size: u64) -> io::Result<bool> {
+    let mut at = 0;
+    while at < size {
+        match store.extent_at(at)? {
+            None => return Ok(false),
+            Some(Extent { mapped: true, .. }) => return Ok(true),
+            Some(e) => at = e.offset.saturating_add(e.len.max(1)),
+        }
+    }
+    Ok(false)
+}
+
+impl Backstore for EncryptedBackstore {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.check(offset, buf.len())?;
+        self.inner.read_at(buf, offset)?;
+        self.decrypt(buf, offset);
+        Ok(())
+    }
+
+    fn read_vec(&self, len: usize, offset: u64) -> io::Result<Vec<u8>> {
+        self.check(offset, len)?;
+        let mut v = self.inner.read_vec(len, offset)?;
+        self.decrypt(&mut v, offset);
+        Ok(v)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.check(offset, buf.len())?;
+        let mut out = buf.to_vec();
+        let c = self.cipher();
+        let first = offset / u64::from(self.sector);
+        for (i, block) in out.chunks_exact_mut(self.sector as usize).enumerate() {
+            c.encrypt_sector(block, first + i as u64);
+        }
+        self.inner.write_at(&out, offset)
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        self.inner.flush()
+    }
+
+    fn unmap(&self, offset: u64, len: u64) -> io::Result<bool> {
+        // Zeroes below read as zeroes here (see the module documentation).
+        check_range(self.size, offset, len)?;
+        self.inner.unmap(offset, len)
+    }
+
+    fn supports_unmap(&self) -> bool {
+        self.inner.supports_unmap()
+    }
+
+    fn anchor(&self, offset: u64, len: u64) -> io::Result<()> {
+        check_range(self.size, offset, len)?;
+        self.inner.anchor(offset, len)
+    }
+
+    fn space(&self) -> io::Result<Option<Space>> {
+        self.inner.space()
+    }
+
+    fn extent_at(&self, offset: u64) -> io::Result<Option<Extent>> {
+        check_range(self.size, offset, 1)?;
+        Ok(self.inner.extent_at(offset)?.map(|mut e| {
+            e.len = e.len.min(self.size - e.offset);
+            e
+        }))
+    }
+
+    fn encrypted(&self) -> bool {
+        true
+    }
+
+    fn crypto_erase(&self) -> io::Result<()> {
+        let _one = self.erasing.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = random_data_key()?;
+        // SBC-4 §4.11.4: the new key is on disk before it is used, so a crash leaves either the
+        // old key with the old data (the journaled operation runs again) or the new key.
+        if let Some(path) = &self.state {
+            crate::durable::write_durably(
+                path,
+                encode_state(&self.kek, &key, self.sector)?.as_bytes(),
+            )?;
+        }
+        let new = Arc::new(xts(&key));
+        // The old cipher (its key schedules zeroize on drop) goes when the last I/O using it
+        // ends; the caller holds the whole LU's range lock, so that is now.
+        *self.cipher.write().unwrap_or_else(PoisonError::into_inner) = new;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::RamBackstore;
+
+    #[test]
+    fn state_round_trip_and_refusals() {
+        let kek = KeyFileKey::from_bytes([7; 32]);
+        let key = Zeroizing::new([0x5a; DATA_KEY_LEN]);
+        let t = encode_state(&kek, &key, 512).unwrap();
+        assert!(t.starts_with("ferrite-lun-key 1\ncipher aes-256-xts-plain64 512\nwrapped "));
+        assert!(!t.contains("5a5a5a"), "{t}");
+        assert_eq!(*decode_state(&t, &kek, 512).unwrap(), *key);
+        let other = KeyFileKey::from_bytes([8; 32]);
+        assert!(decode_state(&t, &other, 512)
+            .unwrap_err()
+            .contains("does not unwrap"));
+        assert!(decode_state(&t, &kek, 4096)
+            .unwrap_err()
+            .contains("block size"));
+        let damaged = t.replacen("wrapped ", "wrapped 0", 1);
+        assert!(decode_state(&damaged, &kek, 512).is_err());
+        // Any cut but the final newline's.
+        for cut in 0..t.len() - 1 {
+            assert!(decode_state(&t[..cut], &kek, 512).is_err());
+        }
+    }
+
+    #[test]
+    fn xts_matches_ieee_1619_vector_and_zero_ciphertext_reads_as_zeroes() {
+        // IEEE 1619-2007 Annex B vector 10 (XTS-AES-256, data unit 0xff, 512 bytes).
+        let mut key = [0u8; 64];
+        let k1 = "2718281828459045235360287471352662497757247093699959574966967627";
+        let k2 = "3141592653589793238462643383279502884197169399375105820974944592";
+        assert!(decode_hex(format!("{k1}{k2}").as_bytes(), &mut key));
+        let mut block: Vec<u8> = (0..512).map(|i| i as u8).collect();
+        xts(&key).encrypt_sector(&mut block, 0xff);
+        let mut head = [0u8; 16];
+        assert!(decode_hex(b"1c3b3a102f770386e4836c99e370cf9b", &mut head));
+        assert_eq!(block[..16], head);
+        // The same as the xts-mode crate, both ways, for 512- and 4096-byte sectors.
+        for len in [512usize, 4096] {
+            let plain: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+            let reference = xts_mode::Xts128::new(
+                Aes256::new_from_slice(&key[..32]).unwrap(),
+                Aes256::new_from_slice(&key[32..]).unwrap(),
+            );
+            let mut a = plain.clone();
+            reference.encrypt_sector(&mut a, tweak(12345));
+            let mut b = plain.clone();
+            xts(&key).encrypt_sector(&mut b, 12345);
+            assert_eq!(a, b);
+            xts(&key).decrypt_sector(&mut b, 12345);
+            assert_eq!(b, plain);
+        }
+
+        let ram: Arc<dyn Backstore> = Arc::new(RamBackstore::new(1 << 20));
+        let (enc, origin) =
+            EncryptedBackstore::open(ram.clone(), 512, KeyFileKey::from_bytes([1; 32]), None)
+                .unwrap();
+        assert_eq!(origin, KeyOrigin::Ephemeral);
+        enc.write_at(&[0u8; 1024], 0).unwrap();
+        assert_ne!(ram.read_vec(1024, 0).unwrap(), vec![0u8; 1024]);
+        assert_eq!(enc.read_vec(2048, 0).unwrap(), vec![0u8; 2048]);
+        assert!(enc.read_vec(100, 0).is_err());
+        assert!(enc.write_at(&[1; 512], 100).is_err());
+    }
+
+    /// `cargo test --release -p backstore --lib -- --ignored --nocapture throughput`
+    #[test]
+    #[ignore]
+    fn throughput() {
+        let c = xts(&[3; 64]);
+        let mut buf = vec![1u8; 128 << 10];
+        let t0 = std::time::Instant::now();
+        let rounds = 4000u64;
+        for r in 0..rounds {
+            for (i, b) in buf.chunks_exact_mut(512).enumerate() {
+                c.encrypt_sector(b, r + i as u64);
+            }
+        }
+        let s = t0.elapsed().as_secs_f64();
+        eprintln!("{:.0} MiB/s", (rounds * 128) as f64 / 1024.0 / s);
+    }
+}
