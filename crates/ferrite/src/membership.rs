@@ -4,9 +4,10 @@
 //! node key (`<prefix>nodes/<node>`). It renews the lease every third of its TTL. If it cannot
 //! for so long that the lease might end within the guard time, it **fences itself** before
 //! the store can consider it gone: it stops its portals, drops every session, refuses every
-//! new write to its backstores and waits for the writes in flight to finish. If they do not
-//! finish before the lease could end, the process aborts: a node that cannot prove it has
-//! stopped writing must not be running when another node takes over.
+//! new write to its backstores, waits for the writes in flight to finish and flushes the
+//! backstores (so that nothing cached reaches a shared medium later). If that does not finish
+//! before the lease could end, the process aborts: a node that cannot prove it has stopped
+//! writing must not be running when another node takes over.
 //!
 //! Counting is conservative: the lease is taken as renewed at the moment the renewal was
 //! *sent* (the store restarts its TTL when it receives it, later), and etcd only ever keeps a
@@ -30,6 +31,8 @@ use tracing::{error, info, warn};
 pub struct Fence {
     fenced: AtomicBool,
     inflight: AtomicU64,
+    /// A write was let through since the last [`Fence::take_dirty`].
+    dirty: AtomicBool,
 }
 
 /// A write under way (see [`Fence::enter`]); dropping it ends the write's count.
@@ -46,6 +49,7 @@ impl Fence {
         Fence {
             fenced: AtomicBool::new(fenced),
             inflight: AtomicU64::new(0),
+            dirty: AtomicBool::new(false),
         }
     }
 
@@ -62,7 +66,13 @@ impl Fence {
             self.inflight.fetch_sub(1, Ordering::SeqCst);
             return None;
         }
+        self.dirty.store(true, Ordering::SeqCst);
         Some(Writing(self))
+    }
+
+    /// Whether a write went through since the last call (and forget it).
+    pub fn take_dirty(&self) -> bool {
+        self.dirty.swap(false, Ordering::SeqCst)
     }
 
     pub fn raise(&self) {
@@ -194,19 +204,34 @@ pub async fn run<S: Serving + 'static>(
         warn!(node = %node, "cluster: lease in doubt, fencing this node");
         fence.raise();
         serving.clone().stop_serving().await;
-        let margin = Duration::from_millis(100);
-        if !fence.drained(ends - margin.min(ttl / 10)).await {
+        let quiet_by = ends - Duration::from_millis(100).min(ttl / 10);
+        if !fence.drained(quiet_by).await {
             error!(
                 inflight = fence.inflight(),
                 "cluster: writes still under way when the lease may end; aborting the process"
             );
             std::process::abort();
         }
-        let s = serving.clone();
-        let _ = tokio::task::spawn_blocking(move || s.flush_all()).await;
+        // What the writes left in caches goes to the medium while the lease still holds
+        // (a partner may write the same blocks once it is gone).
+        let flushed = if fence.take_dirty() {
+            let s = serving.clone();
+            tokio::time::timeout_at(quiet_by, tokio::task::spawn_blocking(move || s.flush_all()))
+                .await
+                .is_ok()
+        } else {
+            true
+        };
+        if !flushed {
+            error!(
+                "cluster: the backstores' flush did not end within the lease; aborting the process \
+                 (cached writes may still reach a shared medium)"
+            );
+            std::process::abort();
+        }
         info!(
             node = %node,
-            "cluster: fenced (portals closed, sessions dropped, no write under way)"
+            "cluster: fenced (portals closed, sessions dropped, no write under way, flushed)"
         );
         // Let the lease go for good before joining again (a new lease, a new key).
         tokio::time::sleep_until(ends).await;
@@ -234,6 +259,17 @@ async fn join(store: &dyn ClusterStore, key: &[u8], node: &str, ttl: Duration) -
             }
         };
         match attempt.await {
+            // A slow answer (a store that was away) leaves little of the lease as we count
+            // it: renew at once, counting from now.
+            Ok(Some(lease)) if sent.elapsed() > ttl / 3 => {
+                let again = Instant::now();
+                match store.keep_alive(lease.id).await {
+                    Ok(_) if again.elapsed() < ttl / 3 => return (lease, again),
+                    _ => {
+                        let _ = store.revoke(lease.id).await;
+                    }
+                }
+            }
             Ok(Some(lease)) => return (lease, sent),
             Ok(None) => {
                 if !said {
@@ -309,7 +345,10 @@ mod tests {
         drop(w);
         assert_eq!(f.inflight(), 0);
         f.lower();
+        assert!(f.take_dirty(), "a write went through");
+        assert!(!f.take_dirty());
         assert!(f.enter().is_some());
+        assert!(f.take_dirty());
     }
 
     #[test]
