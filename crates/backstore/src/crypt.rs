@@ -254,8 +254,7 @@ fn encode_state(kek: &KeyFileKey, key: &[u8; DATA_KEY_LEN], sector: u32) -> io::
         t.push_str(&format!("{b:02x}"));
     }
     t.push('\n');
-    let crc = crc32c::crc32c(t.as_bytes());
-    t.push_str(&format!("crc32c {crc:08x}\n"));
+    crate::durable::seal(&mut t);
     Ok(t)
 }
 
@@ -266,20 +265,7 @@ fn decode_state(
     kek: &KeyFileKey,
     sector: u32,
 ) -> Result<Zeroizing<[u8; DATA_KEY_LEN]>, String> {
-    let body_end = text
-        .trim_end_matches('\n')
-        .rfind('\n')
-        .map(|i| i + 1)
-        .ok_or("truncated")?;
-    let (body, last) = text.split_at(body_end);
-    let crc = last
-        .trim_end()
-        .strip_prefix("crc32c ")
-        .and_then(|h| u32::from_str_radix(h, 16).ok())
-        .ok_or("no checksum line")?;
-    if crc32c::crc32c(body.as_bytes()) != crc {
-        return Err("checksum mismatch (damaged)".into());
-    }
+    let body = crate::durable::unseal(text)?;
     let mut lines = body.lines();
     if lines.next() != Some(MAGIC) {
         return Err("not a version 1 key state file".into());

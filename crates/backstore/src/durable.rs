@@ -68,3 +68,48 @@ pub fn remove_durably(path: &Path) -> io::Result<()> {
         )),
     }
 }
+
+/// End `text` with its checksum line, `crc32c XXXXXXXX` (the CRC32C of every byte before it):
+/// the last line of every state file, so that a damaged one is told from a valid one.
+pub fn seal(text: &mut String) {
+    let crc = crc32c::crc32c(text.as_bytes());
+    text.push_str(&format!("crc32c {crc:08x}\n"));
+}
+
+/// The part of a [`seal`]ed text before its checksum line, if the checksum holds.
+pub fn unseal(text: &str) -> Result<&str, &'static str> {
+    let body_end = text
+        .trim_end_matches('\n')
+        .rfind('\n')
+        .map(|i| i + 1)
+        .ok_or("truncated")?;
+    let (body, last) = text.split_at(body_end);
+    let crc = last
+        .trim_end()
+        .strip_prefix("crc32c ")
+        .and_then(|h| u32::from_str_radix(h, 16).ok())
+        .ok_or("no checksum line")?;
+    if crc32c::crc32c(body.as_bytes()) != crc {
+        return Err("checksum mismatch (damaged)");
+    }
+    Ok(body)
+}
+
+#[cfg(test)]
+mod seal_tests {
+    use super::*;
+
+    #[test]
+    fn sealed_texts_open_and_damaged_ones_do_not() {
+        let mut t = String::from("magic v1\nkey value\n");
+        seal(&mut t);
+        assert_eq!(unseal(&t), Ok("magic v1\nkey value\n"));
+        assert_eq!(
+            unseal(&t.replace("value", "valve")),
+            Err("checksum mismatch (damaged)")
+        );
+        assert_eq!(unseal("magic v1\n"), Err("truncated"));
+        assert_eq!(unseal("magic v1\nno checksum\n"), Err("no checksum line"));
+        assert_eq!(unseal(""), Err("truncated"));
+    }
+}

@@ -155,6 +155,15 @@ fn header_revision(v: &Value) -> Revision {
     num(&v["header"]["revision"])
 }
 
+/// The key as the failure branch of a compare-and-swap transaction read it (None: absent).
+fn failed_txn_key(v: &Value) -> Result<Option<KeyValue>> {
+    v["responses"][0]["response_range"]["kvs"]
+        .as_array()
+        .and_then(|a| a.first())
+        .map(kv_from)
+        .transpose()
+}
+
 /// etcd's "lease not found" (gRPC NotFound, code 5, with this message).
 fn lease_missing(v: &Value) -> bool {
     let msg = v["error"]
@@ -328,12 +337,7 @@ impl ClusterStore for EtcdStore {
             if v["succeeded"].as_bool().unwrap_or(false) {
                 return Ok(Cas::Done(header_revision(&v)));
             }
-            let current = v["responses"][0]["response_range"]["kvs"]
-                .as_array()
-                .and_then(|a| a.first())
-                .map(kv_from)
-                .transpose()?;
-            Ok(Cas::Conflict(current))
+            Ok(Cas::Conflict(failed_txn_key(&v)?))
         })
     }
 
@@ -354,12 +358,7 @@ impl ClusterStore for EtcdStore {
             if v["succeeded"].as_bool().unwrap_or(false) {
                 return Ok(Cas::Done(header_revision(&v)));
             }
-            let current = v["responses"][0]["response_range"]["kvs"]
-                .as_array()
-                .and_then(|a| a.first())
-                .map(kv_from)
-                .transpose()?;
-            Ok(Cas::Conflict(current))
+            Ok(Cas::Conflict(failed_txn_key(&v)?))
         })
     }
 

@@ -378,28 +378,14 @@ pub(crate) fn encode(r: &Record, g: Geometry) -> String {
             }
         }
     }
-    let crc = crc32c::crc32c(t.as_bytes());
-    let _ = writeln!(t, "crc32c {crc:08x}");
+    backstore::durable::seal(&mut t);
     t
 }
 
 /// Parse a record for a LU of geometry `g`; one written for another medium is refused.
 pub(crate) fn decode(text: &str, g: Geometry) -> Result<Record, String> {
     let bs = g.block_size as usize;
-    let body_end = text
-        .trim_end_matches('\n')
-        .rfind('\n')
-        .map(|i| i + 1)
-        .ok_or("truncated")?;
-    let (body, last) = text.split_at(body_end);
-    let crc = last
-        .trim_end()
-        .strip_prefix("crc32c ")
-        .and_then(|h| u32::from_str_radix(h, 16).ok())
-        .ok_or("no checksum line")?;
-    if crc32c::crc32c(body.as_bytes()) != crc {
-        return Err("checksum mismatch".into());
-    }
+    let body = backstore::durable::unseal(text)?;
     let mut lines = body.lines();
     if lines.next() != Some(MAGIC) {
         return Err("not a version 1 operation journal".into());
@@ -537,7 +523,7 @@ mod tests {
         let good = encode(&records[6], g);
         // A changed byte, a truncation, another medium, nothing at all.
         let changed = good.replacen("passes 3", "passes 4", 1);
-        assert_eq!(decode(&changed, g), Err("checksum mismatch".into()));
+        assert_eq!(decode(&changed, g), Err("checksum mismatch (damaged)".into()));
         assert!(decode(&good[..good.len() - 12], g).is_err());
         let other = Geometry { blocks: 999, ..g };
         assert!(decode(&good, other)
