@@ -621,21 +621,4 @@ mod tests {
         assert!(enc.read_vec(100, 0).is_err());
         assert!(enc.write_at(&[1; 512], 100).is_err());
     }
-
-    /// `cargo test --release -p backstore --lib -- --ignored --nocapture throughput`
-    #[test]
-    #[ignore]
-    fn throughput() {
-        let c = xts(&[3; 64]);
-        let mut buf = vec![1u8; 128 << 10];
-        let t0 = std::time::Instant::now();
-        let rounds = 4000u64;
-        for r in 0..rounds {
-            for (i, b) in buf.chunks_exact_mut(512).enumerate() {
-                c.encrypt_sector(b, r + i as u64);
-            }
-        }
-        let s = t0.elapsed().as_secs_f64();
-        eprintln!("{:.0} MiB/s", (rounds * 128) as f64 / 1024.0 / s);
-    }
 }
