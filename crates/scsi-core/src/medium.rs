@@ -523,7 +523,10 @@ mod tests {
         let good = encode(&records[6], g);
         // A changed byte, a truncation, another medium, nothing at all.
         let changed = good.replacen("passes 3", "passes 4", 1);
-        assert_eq!(decode(&changed, g), Err("checksum mismatch (damaged)".into()));
+        assert_eq!(
+            decode(&changed, g),
+            Err("checksum mismatch (damaged)".into())
+        );
         assert!(decode(&good[..good.len() - 12], g).is_err());
         let other = Geometry { blocks: 999, ..g };
         assert!(decode(&good, other)
