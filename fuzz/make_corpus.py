@@ -473,6 +473,8 @@ def scsi_seeds():
         "send-diagnostic": scsi(0, [0x1D, 0x04, 0, 0, 0, 0]),
         "rsoc-all": scsi(0, [0xA3, 0x0C, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0], big=True),
         "rtpg-extended": scsi(0, [0xA3, 0x2A, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0], big=True),
+        # LUN 0 is encrypted: SANITIZE CRYPTO ERASE with IMMED.
+        "sanitize-crypto-erase": scsi(0, [0x48, 0x83, 0, 0, 0, 0, 0, 0, 0, 0]),
         # SET TARGET PORT GROUPS: group 1 (the command's own) standby, group 2 active/optimized.
         "stpg-swap": scsi(
             0, [0xA4, 0x0A, 0, 0, 0, 0, 0, 0, 0, 12, 0, 0], bytes([0, 0, 0, 0, 2, 0, 0, 1, 0, 0, 0, 2])

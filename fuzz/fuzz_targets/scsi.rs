@@ -1,7 +1,7 @@
 //! The SCSI device server against arbitrary CDBs and data-out: never panics, answers every
 //! command with a well-formed status (fixed-format sense exactly with CHECK CONDITION), keeps
 //! data-in within the allocation limits, and leaves no long operation (SANITIZE, FORMAT UNIT)
-//! running forever. Input: byte 0 picks the LUN (3 is one that does not exist), byte 1 the CDB
+//! running forever. Input: byte 0 picks the LUN (0 is encrypted, 3 does not exist), byte 1 the CDB
 //! length, then the CDB and the data-out bytes. A fresh target per input keeps runs
 //! reproducible. The target device has two ALUA groups (the command arrives through the first),
 //! so SET TARGET PORT GROUPS in the first round changes what the second round may do.
@@ -23,6 +23,15 @@ fn lu(cfg: LuConfig) -> Arc<LogicalUnit> {
     Arc::new(LogicalUnit::new(cfg, store).expect("LU config"))
 }
 
+/// An encrypted RAM LU (AES-256-XTS, a data key of its own): SANITIZE CRYPTO ERASE applies.
+fn encrypted_lu(cfg: LuConfig) -> Arc<LogicalUnit> {
+    let ram: Arc<dyn backstore::Backstore> = Arc::new(RamBackstore::new(256 << 10));
+    let key = backstore::KeyFileKey::from_bytes([0x5c; 32]);
+    let (enc, _) = backstore::EncryptedBackstore::open(ram, cfg.block_size, key, None)
+        .expect("encrypted store");
+    Arc::new(LogicalUnit::new(cfg, Arc::new(enc)).expect("LU config"))
+}
+
 fuzz_target!(|data: &[u8]| {
     if data.len() < 2 {
         return;
@@ -32,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
     device.port(2, 2);
     let srv = DeviceServer::on(device.clone());
     let lus = [
-        lu(LuConfig {
+        encrypted_lu(LuConfig {
             thin: true,
             ..LuConfig::default()
         }),
