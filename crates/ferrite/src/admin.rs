@@ -146,19 +146,7 @@ fn group_mut(t: &mut TargetConfig, tag: u64) -> anyhow::Result<&mut PortalGroupC
 /// Write out the default ALUA group (every portal group, id 1) of a target that has none
 /// configured, so that it can be changed.
 fn alua_groups_mut(t: &mut TargetConfig) {
-    if t.alua_groups.is_empty() {
-        t.alua_groups = t
-            .effective_alua_groups()
-            .into_iter()
-            .map(|g| AluaGroupConfig {
-                id: g.id,
-                portal_groups: g.ports,
-                state: g.state,
-                preferred: g.preferred,
-                supported_states: None,
-            })
-            .collect();
-    }
+    t.alua_groups = t.alua_group_configs();
 }
 
 fn alua_group_mut(t: &mut TargetConfig, id: u64) -> anyhow::Result<&mut AluaGroupConfig> {

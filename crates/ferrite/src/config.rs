@@ -268,6 +268,24 @@ impl AluaGroupConfig {
 }
 
 impl TargetConfig {
+    /// The ALUA groups as configuration entries: the configured ones, or the default group
+    /// written out (so that its state can be changed and kept).
+    pub fn alua_group_configs(&self) -> Vec<AluaGroupConfig> {
+        if !self.alua_groups.is_empty() {
+            return self.alua_groups.clone();
+        }
+        self.effective_alua_groups()
+            .into_iter()
+            .map(|g| AluaGroupConfig {
+                id: g.id,
+                portal_groups: g.ports,
+                state: g.state,
+                preferred: g.preferred,
+                supported_states: None,
+            })
+            .collect()
+    }
+
     /// The target's ALUA groups as the device gets them: the configured ones, or the default
     /// group of every portal group (id 1, active/optimized).
     pub fn effective_alua_groups(&self) -> Vec<AluaGroup> {
@@ -801,6 +819,10 @@ fn validate_alua(t: &TargetConfig) -> Result<(), String> {
         }
         if !ids.insert(g.id) {
             return Err(format!("{what}: defined twice"));
+        }
+        // SPC-4 §6.37: a target port group descriptor counts its ports in one byte.
+        if g.portal_groups.len() > 255 {
+            return Err(format!("{what}: more than 255 portal groups"));
         }
         for tag in &g.portal_groups {
             if !tags.contains(tag) {

@@ -498,20 +498,7 @@ pub fn alua_into_config(rt: &Runtime, c: &mut Config) -> bool {
         let Some(now) = rt.target(&t.name).map(|r| r.device.alua().groups()) else {
             continue;
         };
-        let mut groups = t.alua_groups.clone();
-        if groups.is_empty() {
-            groups = t
-                .effective_alua_groups()
-                .into_iter()
-                .map(|g| crate::config::AluaGroupConfig {
-                    id: g.id,
-                    portal_groups: g.ports,
-                    state: g.state,
-                    preferred: g.preferred,
-                    supported_states: None,
-                })
-                .collect();
-        }
+        let mut groups = t.alua_group_configs();
         let mut this = false;
         for g in &mut groups {
             let Some(live) = now.iter().find(|x| x.group.id == g.id) else {

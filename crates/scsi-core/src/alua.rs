@@ -418,23 +418,18 @@ impl Alua {
     pub fn report(&self, extended: bool, ports: &[u16]) -> Vec<u8> {
         let t = self.read();
         let default;
-        let groups: Vec<&AluaGroup> = if t.groups.is_empty() {
+        let groups: Vec<(&AluaGroup, u8)> = if t.groups.is_empty() {
             default = AluaGroup::default_for(ports.to_vec());
-            vec![&default]
+            vec![(&default, status::NONE)]
         } else {
-            t.groups.iter().map(|g| &g.group).collect()
+            t.groups.iter().map(|g| (&g.group, g.status)).collect()
         };
         let mut out = vec![0u8; if extended { 8 } else { 4 }];
         if extended {
             out[4] = 0x10; // FORMAT TYPE 001b
             out[5] = t.transition_secs;
         }
-        for g in groups {
-            let status = t
-                .groups
-                .iter()
-                .find(|s| s.group.id == g.id)
-                .map_or(status::NONE, |s| s.status);
+        for (g, status) in groups {
             out.push(if g.preferred { 0x80 } else { 0 } | g.state.code());
             out.push(g.supported);
             out.extend_from_slice(&g.id.to_be_bytes());
