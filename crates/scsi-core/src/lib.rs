@@ -80,8 +80,8 @@ pub use lu::{fnv1a64, limits, naa_from_name, ConfigError, LogicalUnit, LuConfig,
 pub use luns::{lun_from_wire, lun_to_wire, AddLunError, MAX_FLAT_LUN, MAX_LUN};
 pub use medium::Resume;
 pub use pr::{
-    FilePrStore, MemPrStore, PrState, PrStore, PrType, Registration, Reservation, Who,
-    MAX_REGISTRATIONS,
+    decode_change, encode_change, FilePrStore, MemPrStore, PrChange, PrState, PrStore, PrType,
+    Publish, Registration, Reservation, SharedPr, Who, MAX_REGISTRATIONS,
 };
 pub use sense::{Sense, SenseReason};
 pub use server::DeviceServer;

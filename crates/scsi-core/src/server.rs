@@ -25,6 +25,7 @@ use crate::device::{TargetDevice, TaskAborter};
 use crate::lu::LogicalUnit;
 use crate::luns::{lun_from_wire, AddLunError, LunMap};
 use crate::opcodes::{self, flag, Handler, Lookup, OpDesc};
+use crate::pr::Who;
 use crate::reservations;
 use crate::sense::SenseReason;
 use crate::{Nexus, ScsiRequest, ScsiResponse, ScsiStatus};
@@ -273,7 +274,7 @@ impl DeviceServer {
                     if !nexuses.is_empty() {
                         self.abort_tasks(lu, cmd.req.lun, &nexuses);
                     }
-                    reservations::drain(lu, &preempted, cmd.nexus());
+                    reservations::drain(lu, &preempted, Some(&Who::exact(cmd.nexus())));
                 }
             }
         }

@@ -12,7 +12,9 @@
 //!   reference model (`model`, tests only).
 //! * `codec` — CDB and parameter list decoding, PERSISTENT RESERVE IN data, TransportIDs.
 //! * `store` — [`PrStore`]: where APTPL state survives restarts ([`FilePrStore`],
-//!   [`MemPrStore`]; an etcd store later).
+//!   [`MemPrStore`]).
+//! * `shared` — [`SharedPr`]: the state several nodes of a cluster share (its module
+//!   documentation has the model).
 //! * this file — [`PrLu`], the persistent reservation state a logical unit keeps.
 //!
 //! The glue to the logical unit — the command handlers, the conflict check and in-flight
@@ -45,6 +47,7 @@
 
 pub(crate) mod codec;
 pub(crate) mod engine;
+mod shared;
 mod state;
 mod store;
 
@@ -61,6 +64,7 @@ use std::sync::{Arc, Condvar};
 use crate::Nexus;
 
 pub use engine::Rules;
+pub use shared::{decode_change, encode_change, PrChange, Publish, SharedPr};
 pub use state::{Access, Class, PrState, PrType, Registration, Reservation, Who};
 pub use store::{FilePrStore, MemPrStore, PrStore};
 
@@ -78,6 +82,13 @@ pub(crate) struct PrLu {
     inflight: HashMap<Nexus, u32>,
     /// Signalled whenever an in-flight count drops.
     drained: Arc<Condvar>,
+    /// A cluster's shared state: `state` is then a copy, read at `revision`.
+    shared: Option<Arc<dyn SharedPr>>,
+    /// The cluster store's revision of the change `state` holds (0: none yet).
+    pub revision: u64,
+    /// Whether the copy can be trusted (it is being read again after the store's change feed
+    /// broke, or was never read).
+    pub trusted: bool,
 }
 
 impl fmt::Debug for PrLu {
@@ -86,6 +97,9 @@ impl fmt::Debug for PrLu {
             .field("state", &self.state)
             .field("store", &self.store.as_ref().map(|s| s.describe()))
             .field("inflight", &self.inflight.len())
+            .field("shared", &self.shared.as_ref().map(|s| s.describe()))
+            .field("revision", &self.revision)
+            .field("trusted", &self.trusted)
             .finish()
     }
 }
@@ -103,9 +117,24 @@ impl PrLu {
         Ok(())
     }
 
-    /// Whether a store keeps the state across restarts (PTPL_C).
+    /// Whether a store keeps the state across restarts (PTPL_C): a local store, or the
+    /// cluster's.
     pub(crate) fn has_store(&self) -> bool {
-        self.store.is_some()
+        self.store.is_some() || self.shared.is_some()
+    }
+
+    pub(crate) fn shared(&self) -> Option<Arc<dyn SharedPr>> {
+        self.shared.clone()
+    }
+
+    pub(crate) fn set_shared(&mut self, shared: Arc<dyn SharedPr>) {
+        self.shared = Some(shared);
+        self.trusted = false;
+    }
+
+    /// Whether commands must not be decided from this copy (see `shared`).
+    pub(crate) fn in_doubt(&self) -> bool {
+        self.shared.is_some() && !self.trusted
     }
 
     pub(crate) fn set_store(&mut self, store: Arc<dyn PrStore>) {

@@ -184,7 +184,7 @@ fn unescape(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-fn who_fields(w: &Who) -> String {
+pub(super) fn who_fields(w: &Who) -> String {
     let port = w.port.map_or("*".to_string(), |p| p.to_string());
     let isid = w.isid.map_or("*".to_string(), |i| format!("{i:012x}"));
     format!("{port} {isid} {}", escape(&w.initiator))
@@ -193,25 +193,11 @@ fn who_fields(w: &Who) -> String {
 /// The file contents for `st` (format version 1).
 pub fn encode(st: &PrState) -> String {
     let mut s = format!("{MAGIC} {FORMAT_VERSION}\n");
-    let _ = writeln!(s, "aptpl {}", u8::from(st.aptpl));
-    for r in &st.registrations {
-        let _ = writeln!(s, "reg {:016x} {}", r.key, who_fields(&r.who));
-    }
-    match &st.reservation {
-        Some(Reservation::Single { ty, holder }) => {
-            let _ = writeln!(s, "resv single {} {}", ty.code(), who_fields(holder));
-        }
-        Some(Reservation::AllRegistrants { ty }) => {
-            let _ = writeln!(s, "resv all {}", ty.code());
-        }
-        None => {}
-    }
-    let crc = crc32c::crc32c(s.as_bytes());
-    let _ = writeln!(s, "crc32c {crc:08x}");
-    s
+    state_lines(st, &mut s);
+    seal(s)
 }
 
-fn parse_who(f: &[&str]) -> Result<Who, String> {
+pub(super) fn parse_who(f: &[&str]) -> Result<Who, String> {
     let [port, isid, name] = f else {
         return Err("expected PORT ISID NAME".into());
     };
@@ -242,17 +228,19 @@ fn parse_who(f: &[&str]) -> Result<Who, String> {
     })
 }
 
-/// Parse a saved file: header, checksum, then every record; anything unexpected is an error.
-pub fn decode(bytes: &[u8]) -> Result<PrState, String> {
+/// Check the framing of a sealed text record: the header `MAGIC VERSION` and the CRC32C line
+/// at the end. Returns the lines between them.
+pub(super) fn unframe<'a>(bytes: &'a [u8], magic: &str, version: u32) -> Result<&'a str, String> {
     let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())?;
     let header = text.lines().next().unwrap_or("");
-    let version = header
-        .strip_prefix(MAGIC)
-        .and_then(|v| v.trim().parse::<u32>().ok())
-        .ok_or_else(|| "not a ferrite persistent reservation file".to_string())?;
-    if version != FORMAT_VERSION {
+    let got = header
+        .strip_prefix(magic)
+        .and_then(|v| v.strip_prefix(' '))
+        .and_then(|v| v.parse::<u32>().ok())
+        .ok_or_else(|| format!("not a {magic} record"))?;
+    if got != version {
         return Err(format!(
-            "format version {version}, this ferrite reads version {FORMAT_VERSION}"
+            "format version {got}, this ferrite reads version {version}"
         ));
     }
     let body_end = text
@@ -264,58 +252,108 @@ pub fn decode(bytes: &[u8]) -> Result<PrState, String> {
     if !last.starts_with("crc32c ") {
         return Err("truncated or damaged (no checksum line)".into());
     }
-    let got = crc32c::crc32c(body.as_bytes());
-    if last != format!("crc32c {got:08x}\n") {
+    let crc = crc32c::crc32c(body.as_bytes());
+    if last != format!("crc32c {crc:08x}\n") {
         return Err(format!(
-            "checksum mismatch (file says {:?}, contents give {got:08x})",
+            "checksum mismatch (record says {:?}, contents give {crc:08x})",
             last.trim_end()
         ));
     }
-    let mut st = PrState::default();
-    let mut seen_aptpl = false;
-    for (n, line) in body.lines().enumerate().skip(1) {
-        let lineno = n + 1;
-        let f: Vec<&str> = line.split(' ').collect();
-        let err = |m: String| format!("line {lineno}: {m}");
-        match f.as_slice() {
-            ["aptpl", v] if !seen_aptpl => {
+    Ok(body.split_once('\n').map_or("", |(_, rest)| rest))
+}
+
+/// Seal `body` (which starts with its header line): append the CRC32C line.
+pub(super) fn seal(mut body: String) -> String {
+    let crc = crc32c::crc32c(body.as_bytes());
+    let _ = writeln!(body, "crc32c {crc:08x}");
+    body
+}
+
+/// The state's records (`aptpl`, `reg`, `resv`), one per line.
+pub(super) fn state_lines(st: &PrState, s: &mut String) {
+    let _ = writeln!(s, "aptpl {}", u8::from(st.aptpl));
+    for r in &st.registrations {
+        let _ = writeln!(s, "reg {:016x} {}", r.key, who_fields(&r.who));
+    }
+    match &st.reservation {
+        Some(Reservation::Single { ty, holder }) => {
+            let _ = writeln!(s, "resv single {} {}", ty.code(), who_fields(holder));
+        }
+        Some(Reservation::AllRegistrants { ty }) => {
+            let _ = writeln!(s, "resv all {}", ty.code());
+        }
+        None => {}
+    }
+}
+
+/// Reads the state's records back, line by line, in the order [`state_lines`] writes them.
+#[derive(Default)]
+pub(super) struct StateParser {
+    pub st: PrState,
+    seen_aptpl: bool,
+}
+
+impl StateParser {
+    /// Take one record; `Ok(false)` if it is not a state record (the caller's, or an error).
+    pub fn line(&mut self, f: &[&str]) -> Result<bool, String> {
+        let st = &mut self.st;
+        match f {
+            ["aptpl", v] if !self.seen_aptpl => {
                 st.aptpl = match *v {
                     "0" => false,
                     "1" => true,
-                    _ => return Err(err(format!("bad aptpl {v:?}"))),
+                    _ => return Err(format!("bad aptpl {v:?}")),
                 };
-                seen_aptpl = true;
+                self.seen_aptpl = true;
             }
-            ["reg", key, rest @ ..] if st.reservation.is_none() => {
+            ["reg", key, rest @ ..] if self.seen_aptpl && st.reservation.is_none() => {
                 let key = u64::from_str_radix(key, 16)
                     .ok()
                     .filter(|_| key.len() == 16)
-                    .ok_or_else(|| err(format!("bad key {key:?}")))?;
-                let who = parse_who(rest).map_err(err)?;
+                    .ok_or_else(|| format!("bad key {key:?}"))?;
+                let who = parse_who(rest)?;
                 st.registrations.push(Registration { key, who });
             }
-            ["resv", "single", ty, rest @ ..] if st.reservation.is_none() => {
-                let ty = parse_type(ty).map_err(err)?;
+            ["resv", "single", ty, rest @ ..] if self.seen_aptpl && st.reservation.is_none() => {
+                let ty = parse_type(ty)?;
                 if ty.all_registrants() {
-                    return Err(err("an all registrants type held by one I_T nexus".into()));
+                    return Err("an all registrants type held by one I_T nexus".into());
                 }
-                let holder = parse_who(rest).map_err(err)?;
+                let holder = parse_who(rest)?;
                 st.reservation = Some(Reservation::Single { ty, holder });
             }
-            ["resv", "all", ty] if st.reservation.is_none() => {
-                let ty = parse_type(ty).map_err(err)?;
+            ["resv", "all", ty] if self.seen_aptpl && st.reservation.is_none() => {
+                let ty = parse_type(ty)?;
                 if !ty.all_registrants() {
-                    return Err(err("not an all registrants type".into()));
+                    return Err("not an all registrants type".into());
                 }
                 st.reservation = Some(Reservation::AllRegistrants { ty });
             }
-            _ => return Err(err(format!("unexpected record {line:?}"))),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    pub fn finish(self) -> Result<PrState, String> {
+        if !self.seen_aptpl {
+            return Err("no aptpl record".into());
+        }
+        Ok(self.st)
+    }
+}
+
+/// Parse a saved file: header, checksum, then every record; anything unexpected is an error.
+pub fn decode(bytes: &[u8]) -> Result<PrState, String> {
+    let body = unframe(bytes, MAGIC, FORMAT_VERSION)?;
+    let mut p = StateParser::default();
+    for (n, line) in body.lines().enumerate() {
+        let f: Vec<&str> = line.split(' ').collect();
+        let err = |m: String| format!("line {}: {m}", n + 2);
+        if !p.line(&f).map_err(err)? {
+            return Err(err(format!("unexpected record {line:?}")));
         }
     }
-    if !seen_aptpl {
-        return Err("no aptpl record".into());
-    }
-    Ok(st)
+    p.finish()
 }
 
 fn parse_type(s: &str) -> Result<PrType, String> {

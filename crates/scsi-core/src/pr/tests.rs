@@ -1396,3 +1396,198 @@ fn registrations_are_bounded() {
     let r = prout(&h, &nx(IQN_B, 1, 1), REG_IGNORE, 0, 0, 0xB, 0);
     assert_eq!(sense_of(&r), (0x05, 0x55, 0x04));
 }
+
+/// Persistent reservations shared by the nodes of a cluster (`shared`), each node a device
+/// server with its own copy of the logical unit, over a store in memory that applies every
+/// change to every node before `publish` returns (as the daemon's etcd store does).
+mod cluster {
+    use super::*;
+    use std::sync::Weak;
+
+    #[derive(Default)]
+    struct Store {
+        /// (revision, last change)
+        record: Mutex<(u64, Option<PrChange>)>,
+        nodes: Mutex<Vec<Weak<LogicalUnit>>>,
+        /// Nodes that do not see changes until `catch_up` (a slow change feed).
+        lagging: Mutex<Vec<usize>>,
+        unavailable: AtomicBool,
+    }
+
+    impl Store {
+        fn apply_to(&self, i: usize) {
+            let (rev, c) = self.record.lock().unwrap().clone();
+            let lu = self.nodes.lock().unwrap()[i].upgrade().unwrap();
+            lu.apply_shared_pr(rev, c.as_ref(), false);
+            if let Some(c) = &c {
+                lu.drain_preempted(c);
+            }
+        }
+
+        fn catch_up(&self, i: usize) {
+            self.lagging.lock().unwrap().retain(|&x| x != i);
+            self.apply_to(i);
+        }
+    }
+
+    impl SharedPr for Store {
+        fn publish(
+            &self,
+            lu: &LogicalUnit,
+            base: u64,
+            change: &PrChange,
+            _cancelled: &dyn Fn() -> bool,
+        ) -> Result<(), Publish> {
+            if self.unavailable.load(Ordering::SeqCst) {
+                return Err(Publish::Unavailable("store away".into()));
+            }
+            let me = self
+                .nodes
+                .lock()
+                .unwrap()
+                .iter()
+                .position(|w| std::ptr::eq(w.as_ptr(), lu))
+                .unwrap();
+            {
+                let mut r = self.record.lock().unwrap();
+                if r.0 != base {
+                    drop(r);
+                    // The watch delivers what the sender missed before it computes again.
+                    self.catch_up(me);
+                    return Err(Publish::Stale);
+                }
+                // Through the record format, as the daemon stores it.
+                let stored = decode_change(encode_change(change).as_bytes()).unwrap();
+                assert_eq!(&stored, change);
+                *r = (r.0 + 1, Some(stored));
+            }
+            let n = self.nodes.lock().unwrap().len();
+            for i in 0..n {
+                if !self.lagging.lock().unwrap().contains(&i) {
+                    self.apply_to(i);
+                }
+            }
+            Ok(())
+        }
+
+        fn describe(&self) -> String {
+            "memory cluster".into()
+        }
+    }
+
+    fn nodes(n: usize) -> (Arc<Store>, Vec<H>) {
+        let store = Arc::new(Store::default());
+        let backing: Arc<dyn Backstore> = Arc::new(RamBackstore::new(1 << 20));
+        let hs: Vec<H> = (0..n)
+            .map(|_| {
+                let lu = Arc::new(LogicalUnit::new(cfg(false), backing.clone()).unwrap());
+                lu.set_shared_pr(store.clone());
+                store.nodes.lock().unwrap().push(Arc::downgrade(&lu));
+                let srv = DeviceServer::new();
+                srv.add_lun(0, lu.clone()).unwrap();
+                H {
+                    srv,
+                    lu,
+                    store: Arc::new(MemPrStore::new()),
+                }
+            })
+            .collect();
+        for h in &hs {
+            h.lu.apply_shared_pr(0, None, true);
+        }
+        (store, hs)
+    }
+
+    #[test]
+    fn every_node_enforces_the_one_state_and_delivers_its_unit_attentions() {
+        let (_store, n) = nodes(3);
+        // Initiator A through node 0 (port 1), B through node 1 (port 2), C through node 2.
+        let a = nx(IQN_A, 1, 1);
+        let b = nx(IQN_B, 2, 2);
+        let c = nx(IQN_C, 3, 3);
+        for (h, x) in [(&n[0], &a), (&n[1], &b), (&n[2], &c)] {
+            drain_ua(h, x);
+        }
+        good(&prout(&n[0], &a, REGISTER, 0, 0, 0xA, 0));
+        good(&prout(&n[1], &b, REGISTER, 0, 0, 0xB, 0));
+        good(&prout(&n[0], &a, RESERVE, 5, 0xA, 0, 0)); // Write Exclusive – Registrants Only
+        for (h, x) in [(&n[0], &a), (&n[1], &b), (&n[2], &c)] {
+            assert_eq!(read_keys(h, x), (2, vec![0xA, 0xB]));
+            assert_eq!(read_resv(h, x), Some((0xA, 5)));
+        }
+        // READ FULL STATUS is the same through every node.
+        let full: Vec<Vec<u8>> = [(&n[0], &a), (&n[1], &b), (&n[2], &c)]
+            .iter()
+            .map(|(h, x)| prin(h, x, 3, 8192).data_in)
+            .collect();
+        assert!(full.windows(2).all(|w| w[0] == w[1]));
+        // C is not registered: its write conflicts on its own node, its read does not.
+        assert!(is_conflict(&write(&n[2], &c)));
+        good(&read(&n[2], &c));
+        good(&write(&n[1], &b));
+        // B preempts A from another node: A's node delivers REGISTRATIONS PREEMPTED and A's
+        // writes conflict there; B gets no unit attention.
+        good(&prout(&n[1], &b, PREEMPT_ABORT, 5, 0xB, 0xA, 0));
+        assert!(drain_ua(&n[1], &b).is_empty());
+        assert_eq!(drain_ua(&n[0], &a), vec![(0x2A, 0x05)]);
+        assert!(is_conflict(&write(&n[0], &a)));
+        good(&read(&n[0], &a));
+        assert_eq!(read_keys(&n[2], &c), (3, vec![0xB]));
+        assert_eq!(read_resv(&n[0], &a), Some((0xB, 5)));
+        // The operator clears it from one node: every node's registrants hear of it.
+        n[2].lu.pr_clear().unwrap();
+        assert_eq!(drain_ua(&n[1], &b), vec![(0x2A, 0x03)]);
+        assert_eq!(read_keys(&n[0], &a), (4, vec![]));
+    }
+
+    #[test]
+    fn a_node_behind_computes_again_on_the_newer_state() {
+        let (store, n) = nodes(2);
+        let a = nx(IQN_A, 1, 1);
+        let b = nx(IQN_B, 2, 2);
+        drain_ua(&n[0], &a);
+        drain_ua(&n[1], &b);
+        store.lagging.lock().unwrap().push(1);
+        good(&prout(&n[0], &a, REGISTER, 0, 0, 0xA, 0));
+        good(&prout(&n[0], &a, RESERVE, 3, 0xA, 0, 0)); // Exclusive Access
+                                                        // Node 1 has not seen either change: its copy says nobody holds anything. Its RESERVE
+                                                        // loses the race, is computed again on the caught-up copy, and conflicts.
+        assert_eq!(n[1].lu.pr_revision(), 0);
+        good(&prout(&n[1], &b, REGISTER, 0, 0, 0xB, 0));
+        assert_eq!(n[1].lu.pr_revision(), 3);
+        assert!(is_conflict(&prout(&n[1], &b, RESERVE, 3, 0xB, 0, 0)));
+        assert_eq!(read_keys(&n[1], &b), (2, vec![0xA, 0xB]));
+        assert!(is_conflict(&read(&n[1], &b)));
+    }
+
+    #[test]
+    fn a_copy_in_doubt_answers_busy_not_stale() {
+        let (store, n) = nodes(1);
+        let a = nx(IQN_A, 1, 1);
+        drain_ua(&n[0], &a);
+        n[0].lu.pr_in_doubt();
+        // What the copy decides: BUSY. What it does not: served.
+        assert_eq!(write(&n[0], &a).status, ScsiStatus::BUSY);
+        assert_eq!(read(&n[0], &a).status, ScsiStatus::BUSY);
+        assert_eq!(prin(&n[0], &a, 0, 64).status, ScsiStatus::BUSY);
+        assert_eq!(
+            prout(&n[0], &a, REGISTER, 0, 0, 0xA, 0).status,
+            ScsiStatus::BUSY
+        );
+        good(&exec(&n[0], &a, &[0x12, 0, 0, 0, 36, 0], &[]));
+        good(&exec(&n[0], &a, &[0, 0, 0, 0, 0, 0], &[]));
+        // Read again in full: trusted.
+        n[0].lu.apply_shared_pr(0, None, true);
+        good(&write(&n[0], &a));
+        // The store away: BUSY, nothing changed.
+        store.unavailable.store(true, Ordering::SeqCst);
+        assert_eq!(
+            prout(&n[0], &a, REGISTER, 0, 0, 0xA, 0).status,
+            ScsiStatus::BUSY
+        );
+        store.unavailable.store(false, Ordering::SeqCst);
+        assert_eq!(read_keys(&n[0], &a), (0, vec![]));
+        // PTPL_C: the cluster keeps the state.
+        assert_eq!(prin(&n[0], &a, 2, 8).data_in[2] & 1, 1);
+    }
+}
