@@ -2,6 +2,7 @@
 
 mod admin;
 mod cli;
+mod cluster_pr;
 mod config;
 mod membership;
 mod metrics;
@@ -281,6 +282,7 @@ fn main() -> ExitCode {
                 _ => Arc::new(cluster::EtcdStore::new(c.endpoints.clone())),
             };
             let _ = daemon.cluster_store.set(store.clone());
+            daemon.start_cluster_pr(store.clone());
             info!(node = %c.node, endpoints = ?c.endpoints, "cluster: joining");
             tokio::spawn(membership::run(
                 daemon.clone(),

@@ -163,8 +163,11 @@ impl backstore::Backstore for FencedBackstore {
 
 /// What the daemon does when membership changes (implemented by `server::Daemon`).
 pub trait Serving: Send + Sync {
-    /// Open the portals and take sessions (the node holds its lease).
-    fn start_serving(self: Arc<Self>) -> crate::server::BoxFut<'static, anyhow::Result<()>>;
+    /// Open the portals and take sessions (the node holds `lease`).
+    fn start_serving(
+        self: Arc<Self>,
+        lease: cluster::LeaseId,
+    ) -> crate::server::BoxFut<'static, anyhow::Result<()>>;
     /// Close the portals and drop every session (the fence is already raised).
     fn stop_serving(self: Arc<Self>) -> crate::server::BoxFut<'static, ()>;
     /// Make every backstore's completed writes durable.
@@ -194,7 +197,7 @@ pub async fn run<S: Serving + 'static>(
     loop {
         let (lease, renewed) = join(&*store, &key, &node, ttl).await;
         fence.lower();
-        if let Err(e) = serving.clone().start_serving().await {
+        if let Err(e) = serving.clone().start_serving(lease.id).await {
             error!("cluster: joined, but the portals do not open: {e:#}");
         }
         info!(node = %node, lease = format!("{:x}", lease.id.0), "cluster: joined, serving");

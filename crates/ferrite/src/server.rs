@@ -27,6 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, info, warn};
 
+use crate::cluster_pr::ClusterPr;
 use crate::config::{BackstoreSpec, Config, LunConfig, TargetConfig};
 use crate::membership::{Fence, FencedBackstore};
 use crate::metrics::{IoSnapshot, IoStats, Kind, LuMetrics, Metrics, PortMetrics};
@@ -99,6 +100,8 @@ pub struct Daemon {
     pub fence: Option<Arc<Fence>>,
     /// A clustered node's cluster store (set once at start).
     pub cluster_store: std::sync::OnceLock<Arc<dyn cluster::ClusterStore>>,
+    /// A clustered node's shared persistent reservations (`cluster_pr`).
+    pub cluster_pr: Option<Arc<ClusterPr>>,
     /// Whether the portals are open: always on a single node; while it holds its lease on a
     /// clustered one.
     serving: AtomicBool,
@@ -108,8 +111,15 @@ pub struct Daemon {
 pub type BoxFut<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 impl crate::membership::Serving for Daemon {
-    fn start_serving(self: Arc<Self>) -> BoxFut<'static, anyhow::Result<()>> {
+    fn start_serving(
+        self: Arc<Self>,
+        lease: cluster::LeaseId,
+    ) -> BoxFut<'static, anyhow::Result<()>> {
         Box::pin(async move {
+            // The shared reservations are read again before anyone can log in.
+            if let Some(pr) = &self.cluster_pr {
+                pr.serving(lease).await;
+            }
             self.serving.store(true, Ordering::SeqCst);
             self.sync_listeners().await
         })
@@ -117,6 +127,9 @@ impl crate::membership::Serving for Daemon {
 
     fn stop_serving(self: Arc<Self>) -> BoxFut<'static, ()> {
         Box::pin(async move {
+            if let Some(pr) = &self.cluster_pr {
+                pr.fenced();
+            }
             self.serving.store(false, Ordering::SeqCst);
             let _ = self.sync_listeners().await;
             let tsihs: Vec<u16> = self
@@ -206,6 +219,7 @@ pub fn build_lu(
     state_dir: Option<&std::path::Path>,
     metrics: &Metrics,
     fence: Option<&Arc<Fence>>,
+    shared_pr: Option<&Arc<ClusterPr>>,
     t: &TargetConfig,
     l: &LunConfig,
 ) -> anyhow::Result<Arc<LogicalUnit>> {
@@ -247,10 +261,16 @@ pub fn build_lu(
     };
     let lu = LogicalUnit::new(cfg, store)
         .map_err(|e| anyhow::anyhow!("target {} LUN {}: {e}", t.name, l.id))?;
-    // Restores APTPL persistent reservations before anyone can log in.
+    // Restores APTPL persistent reservations before anyone can log in; a clustered node's
+    // live in the cluster store instead (`cluster_pr`).
     let ram = matches!(spec, BackstoreSpec::Ram { .. });
-    crate::pr_cli::attach(&lu, state_dir, &t.name, l.id, ram)?;
+    if shared_pr.is_none() {
+        crate::pr_cli::attach(&lu, state_dir, &t.name, l.id, ram)?;
+    }
     let lu = Arc::new(lu);
+    if let Some(pr) = shared_pr {
+        pr.attach(&lu);
+    }
     crate::pr_cli::attach_op_journal(&lu, state_dir, &t.name, l.id, ram)?;
     info!(target = %t.name, lun = l.id, backstore = %l.backstore, "LUN ready");
     Ok(lu)
@@ -319,6 +339,20 @@ impl Daemon {
             t.device.set_task_aborter(aborter.clone());
             t.device.set_alua_observer(saver.clone());
         }
+    }
+
+    /// A clustered node found its cluster store: follow the shared persistent reservations.
+    pub fn start_cluster_pr(self: &Arc<Self>, store: Arc<dyn cluster::ClusterStore>) {
+        let Some(pr) = &self.cluster_pr else { return };
+        let weak = Arc::downgrade(self);
+        pr.start(
+            store,
+            Box::new(move |lu, victims| {
+                if let Some(d) = weak.upgrade() {
+                    drop(d.abort_on_lu(lu, Whom::Only(victims), false));
+                }
+            }),
+        );
     }
 
     /// Write the running configuration to the file the daemon was started from, atomically (a
@@ -390,8 +424,19 @@ impl Daemon {
         let metrics = Arc::new(Metrics::new());
         // A clustered node starts fenced: it serves once it holds its lease (`membership`).
         let fence = cfg.cluster.as_ref().map(|_| Arc::new(Fence::new(true)));
+        let cluster_pr = cfg
+            .cluster
+            .as_ref()
+            .map(|c| ClusterPr::new(&c.prefix, &c.node, Duration::from_secs(c.lease_secs)));
         let rt = Runtime::build(cfg, None, &mut |t, l| {
-            build_lu(state_dir, &metrics, fence.as_ref(), t, l)
+            build_lu(
+                state_dir,
+                &metrics,
+                fence.as_ref(),
+                cluster_pr.as_ref(),
+                t,
+                l,
+            )
         })?;
         let s = &cfg.settings;
         let conn_cfg = ConnConfig {
@@ -453,6 +498,7 @@ impl Daemon {
             serving: AtomicBool::new(fence.is_none()),
             fence,
             cluster_store: std::sync::OnceLock::new(),
+            cluster_pr,
         });
         d.wire_devices(&d.runtime());
         let weak = Arc::downgrade(&d);
@@ -630,10 +676,18 @@ impl Daemon {
             "the [cluster] settings change only with a restart"
         );
         let fence = self.fence.clone();
+        let shared_pr = self.cluster_pr.clone();
         let new = tokio::task::spawn_blocking(move || {
             let state_dir = cfg.settings.state_dir.clone();
             Runtime::build(&cfg, Some(&old), &mut |t, l| {
-                build_lu(state_dir.as_deref(), &metrics, fence.as_ref(), t, l)
+                build_lu(
+                    state_dir.as_deref(),
+                    &metrics,
+                    fence.as_ref(),
+                    shared_pr.as_ref(),
+                    t,
+                    l,
+                )
             })
         })
         .await??;

@@ -414,7 +414,7 @@ impl LogicalUnit {
         self.state().pr.set_shared(shared);
     }
 
-    /// The cluster store's revision of the change the copy holds.
+    /// The cluster store's revision of the change the copy holds (0: none).
     pub fn pr_revision(&self) -> u64 {
         self.state().pr.revision
     }
@@ -424,8 +424,9 @@ impl LogicalUnit {
         self.state().pr.trusted = false;
     }
 
-    /// Apply a change of the shared state seen at store revision `revision` (`None`: the state
-    /// was removed from the store, which means empty). Establishes the change's unit
+    /// Apply a change of the shared state stored at revision `revision` (its `mod_revision`),
+    /// or with `None` the absence of any (known at store revision `revision`; empty state, copy
+    /// revision 0 — the revision a compare-and-swap then expects). Establishes the change's unit
     /// attentions for this node's I_T nexuses (not the sender's) and returns the I_T nexuses
     /// whose tasks the transport must abort before [`drain_preempted`](Self::drain_preempted).
     /// A change at or below the copy's revision is ignored. With `resync` (the state read
@@ -445,11 +446,12 @@ impl LogicalUnit {
         if revision <= st.pr.revision {
             return Vec::new();
         }
-        st.pr.revision = revision;
         let Some(c) = change else {
             st.pr.state = PrState::default();
+            st.pr.revision = 0;
             return Vec::new();
         };
+        st.pr.revision = revision;
         if let Err(m) = c.state.check(name_only, MAX_REGISTRATIONS) {
             // Another node wrote a state this one cannot enforce (a different
             // pr_match_initiator_name_only, or a newer version): keep nothing stale.

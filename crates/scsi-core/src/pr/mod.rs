@@ -84,7 +84,7 @@ pub(crate) struct PrLu {
     drained: Arc<Condvar>,
     /// A cluster's shared state: `state` is then a copy, read at `revision`.
     shared: Option<Arc<dyn SharedPr>>,
-    /// The cluster store's revision of the change `state` holds (0: none yet).
+    /// The cluster store's revision (`mod_revision`) of the change `state` holds (0: none).
     pub revision: u64,
     /// Whether the copy can be trusted (it is being read again after the store's change feed
     /// broke, or was never read).

@@ -1,0 +1,213 @@
+//! Persistent reservations shared by three clustered nodes over a real etcd (started here):
+//! the fence_scsi sequence of `tests/reservations.rs`, with every step through a different
+//! node. Two hosts register (the one to be fenced through two nodes), one reserves Write
+//! Exclusive – Registrants Only, the other PREEMPT AND ABORTs it through a third node. The
+//! fenced host's in-flight write on another node is aborted and never lands, its writes
+//! conflict on every node while its reads are served, READ FULL STATUS is byte for byte the same
+//! through every node, and the state survives SIGKILL of the whole cluster.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::initiator::{LoginOpts, Session};
+use common::pr::*;
+use common::{Daemon, Opts, TempDir, IQN};
+use testkit::etcd::Etcd;
+
+const HOST_1: &str = "iqn.2026-11.io.example:host-1";
+const HOST_2: &str = "iqn.2026-11.io.example:host-2";
+const KEY_1: u64 = 0x1111_0000_0000_0011;
+const KEY_2: u64 = 0x2222_0000_0000_0022;
+const BS: usize = 512;
+const LEASE: u64 = 3;
+
+/// Node `n` (1..=3) serves portal group `n` of the target; the LUN is one file all three open.
+fn node_config(etcd: &Etcd, n: u16, lun: &std::path::Path) -> String {
+    format!(
+        r#"
+        [settings]
+        nop_interval_secs = 0
+        [cluster]
+        node = "node-{n}"
+        endpoints = ["{}"]
+        lease_secs = {LEASE}
+        [[target]]
+        name = "{IQN}"
+        [[target.portal_group]]
+        tag = {n}
+        portals = ["127.0.0.1:{{port}}"]
+        [[target.lun]]
+        id = 0
+        backstore = "file:{}:16M"
+        "#,
+        etcd.endpoint,
+        lun.display()
+    )
+}
+
+fn login(d: &Daemon, initiator: &str, isid_tail: u8) -> Session {
+    let o = LoginOpts {
+        initiator,
+        isid: [0x80, 0, 0, 0, 0, isid_tail],
+        ..LoginOpts::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Session::login(d.addr(), &o) {
+            Ok(s) => return s,
+            Err(e) if Instant::now() > deadline => panic!("login {initiator}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+fn write_status(s: &mut Session, lba: u32, byte: u8) -> u8 {
+    s.write10_result(lba, &vec![byte; BS], BS)
+        .expect("WRITE(10)")
+        .status
+}
+
+fn timed<T>(what: &str, f: impl FnOnce() -> T) -> T {
+    let t0 = Instant::now();
+    let v = f();
+    println!("{what}: {:?}", t0.elapsed());
+    v
+}
+
+#[test]
+fn fence_scsi_across_three_nodes_behaves_as_on_one() {
+    let etcd = Etcd::start();
+    let keep = TempDir::new("cluster-pr");
+    let lun = keep.path().join("lun0.img");
+    let mut nodes: Vec<Daemon> = (1..=3)
+        .map(|n| {
+            Daemon::start(Opts {
+                config: Some(node_config(&etcd, n, &lun)),
+                ..Opts::default()
+            })
+        })
+        .collect();
+
+    // Host 1 through nodes 1 and 3, host 2 through node 2.
+    let mut h1a = login(&nodes[0], HOST_1, 1);
+    let mut h1c = login(&nodes[2], HOST_1, 1);
+    let mut h2 = login(&nodes[1], HOST_2, 2);
+    for s in [&mut h1a, &mut h1c, &mut h2] {
+        s.clear_unit_attentions().unwrap();
+    }
+
+    // fence_scsi: every path registers (APTPL), the first host reserves WE_RO.
+    timed("REGISTER through node 1", || {
+        prout_ok(&mut h1a, REGISTER_AND_IGNORE, 0, 0, KEY_1, APTPL)
+    });
+    prout_ok(&mut h1c, REGISTER_AND_IGNORE, 0, 0, KEY_1, APTPL);
+    prout_ok(&mut h2, REGISTER_AND_IGNORE, 0, 0, KEY_2, APTPL);
+    prout_ok(&mut h1a, RESERVE, WE_RO, KEY_1, 0, 0);
+    // What node 1 did is what node 2 reports, with no delay: the command completed only once
+    // every node applied it.
+    assert_eq!(read_reservation(&mut h2), Some((KEY_1, WE_RO)));
+    assert_eq!(read_keys(&mut h2), (3, vec![KEY_1, KEY_1, KEY_2]));
+    h1a.write10(10, &[0xAA; BS], BS).unwrap();
+    h1c.write10(11, &[0xAC; BS], BS).unwrap();
+    h2.write10(12, &[0xBB; BS], BS).unwrap();
+
+    // Host 1 has a write in flight on node 3: the target has its command and waits for data.
+    let (itt, ttt) = start_write(&mut h1c, 13, BS).unwrap();
+
+    // Host 2 fences host 1 through node 2.
+    timed("PREEMPT AND ABORT through node 2", || {
+        prout_ok(&mut h2, PREEMPT_AND_ABORT, WE_RO, KEY_2, KEY_1, 0)
+    });
+    assert_eq!(read_keys(&mut h2).1, vec![KEY_2]);
+    assert_eq!(read_reservation(&mut h2), Some((KEY_2, WE_RO)));
+
+    // SPC-4 §5.13.11.2.5 on node 3: host 1's in-flight write was aborted there (no response),
+    // and REGISTRATIONS PREEMPTED waits for its next command; the same on node 1.
+    finish_write(&mut h1c, itt, ttt, &[0xEE; BS]).unwrap();
+    let ((status, sense), write) = tur_collecting(&mut h1c, itt).unwrap();
+    assert!(
+        write.is_none(),
+        "the in-flight write on node 3 was answered: {write:?}"
+    );
+    assert_eq!(status, STATUS_CHECK_CONDITION);
+    assert_eq!(sense_code(&sense), Some((0x06, 0x2A, 0x05)));
+    let r = h1a.command(&[0; 6], 0).unwrap();
+    assert_eq!(sense_code(&r.sense), Some((0x06, 0x2A, 0x05)), "node 1");
+    h1a.clear_unit_attentions().unwrap();
+    h1c.clear_unit_attentions().unwrap();
+    assert!(
+        h2.command(&[0; 6], 0).unwrap().sense.is_empty(),
+        "no unit attention for the sender"
+    );
+    assert_eq!(
+        h2.read10(13, 1, BS).unwrap(),
+        vec![0u8; BS],
+        "the fenced write reached the medium"
+    );
+
+    // Fenced on every node: writes conflict, reads are served.
+    assert_eq!(
+        write_status(&mut h1a, 14, 0xEE),
+        STATUS_RESERVATION_CONFLICT
+    );
+    assert_eq!(
+        write_status(&mut h1c, 14, 0xEE),
+        STATUS_RESERVATION_CONFLICT
+    );
+    assert_eq!(h1a.read10(10, 1, BS).unwrap(), vec![0xAA; BS]);
+    assert_eq!(h1c.read10(12, 1, BS).unwrap(), vec![0xBB; BS]);
+    let r = prout(&mut h1c, RESERVE, WE_RO, KEY_1, 0, 0).unwrap();
+    assert_eq!(r.status, STATUS_RESERVATION_CONFLICT);
+    h2.write10(14, &[0xBB; BS], BS).unwrap();
+
+    // READ FULL STATUS, PRGENERATION included, is the same through every node.
+    let full = |s: &mut Session| prin(s, READ_FULL_STATUS).data;
+    let f2 = full(&mut h2);
+    assert_eq!(full(&mut h1a), f2, "node 1");
+    assert_eq!(full(&mut h1c), f2, "node 3");
+    let keys_before = read_keys(&mut h2);
+    let caps = prin(&mut h2, REPORT_CAPABILITIES).data;
+    assert_eq!(caps[2] & 0x01, 0x01, "PTPL_C");
+    assert_eq!(caps[3] & 0x01, 0x01, "PTPL_A");
+
+    // The whole cluster dies (SIGKILL) and comes back: the state is the cluster's (APTPL).
+    drop((h1a, h1c, h2));
+    for d in &mut nodes {
+        kill9(d);
+    }
+    for d in &mut nodes {
+        let cfg = d.config_path();
+        d.restart(&cfg);
+    }
+    let mut h1a = login(&nodes[0], HOST_1, 1);
+    let mut h2 = login(&nodes[1], HOST_2, 2);
+    let mut h1c = login(&nodes[2], HOST_1, 1);
+    for s in [&mut h1a, &mut h1c, &mut h2] {
+        s.clear_unit_attentions().unwrap();
+    }
+    assert_eq!(read_keys(&mut h1c), keys_before);
+    assert_eq!(full(&mut h1a), f2);
+    assert_eq!(
+        write_status(&mut h1a, 15, 0xEE),
+        STATUS_RESERVATION_CONFLICT
+    );
+    h2.write10(15, &[0xBB; BS], BS).unwrap();
+
+    // Host 2 lets host 1 back in through node 3; node 1 sees it at once.
+    prout_ok(&mut h1c, REGISTER_AND_IGNORE, 0, 0, KEY_1, APTPL);
+    prout_ok(&mut h1a, REGISTER_AND_IGNORE, 0, 0, KEY_1, APTPL);
+    h1a.write10(16, &[0xAA; BS], BS).unwrap();
+
+    // The operator clears everything through node 1's admin API: every node's registrants
+    // hear RESERVATIONS PREEMPTED.
+    let out = common::tpg::admin_ok(&nodes[0], &["pr-clear", IQN, "0"]);
+    assert!(out.contains("lun"), "{out}");
+    let r = h2.command(&[0; 6], 0).unwrap();
+    assert_eq!(sense_code(&r.sense), Some((0x06, 0x2A, 0x03)));
+    h2.clear_unit_attentions().unwrap();
+    assert_eq!(read_keys(&mut h2).1, Vec::<u64>::new());
+    for s in [h1a, h1c, h2] {
+        s.logout().unwrap();
+    }
+}
