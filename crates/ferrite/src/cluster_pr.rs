@@ -338,14 +338,46 @@ impl ClusterPr {
             ));
         };
         handle.block_on(async {
-            let value = encode_change(change);
+            let rev = self
+                .write(&**store, key, lu, base, change, cancelled)
+                .await?;
+            self.wait_everywhere(&**store, rev, cancelled).await
+        })
+    }
+
+    /// Write `change` if the key is still at `base`; the revision it was written at.
+    ///
+    /// An answer that does not come (the store away, a timeout) leaves the outcome unknown,
+    /// and the request may still land later: answering BUSY then could be a lie. So the same
+    /// compare-and-swap is sent again until the store answers it. If the first one landed,
+    /// the key holds our change (same id): done. If not, this one decides, and the first can
+    /// never land afterwards, since the key is no longer at `base`. The wait ends when this
+    /// node loses its lease (it fenced itself and dropped the sessions: nobody hears an
+    /// answer) or the initiator gave up on the command.
+    async fn write(
+        &self,
+        store: &dyn ClusterStore,
+        key: &[u8],
+        lu: &LogicalUnit,
+        base: Revision,
+        change: &PrChange,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Revision, Publish> {
+        let value = encode_change(change);
+        let mut said = false;
+        loop {
             let put =
                 tokio::time::timeout(OP_TIMEOUT, store.put_if(key, value.as_bytes(), base, None));
-            let rev = match put.await {
-                Ok(Ok(Cas::Done(rev))) => rev,
+            let why = match put.await {
+                Ok(Ok(Cas::Done(rev))) => return Ok(rev),
+                Ok(Ok(Cas::Conflict(Some(kv))))
+                    if decode_change(&kv.value).is_ok_and(|c| c.id == change.id) =>
+                {
+                    return Ok(kv.mod_revision)
+                }
                 Ok(Ok(Cas::Conflict(now))) => {
-                    // Another node's change came first: let the follower bring the copy up to
-                    // it, then compute again.
+                    // Another node's change came first: let the follower bring the copy up
+                    // to it, then compute again.
                     let seen = now.map_or(0, |kv| kv.mod_revision);
                     let until = Instant::now() + OP_TIMEOUT;
                     while lu.pr_revision() == base && Instant::now() < until {
@@ -357,39 +389,34 @@ impl ClusterPr {
                         now = lu.pr_revision(),
                         "cluster: persistent reservation change lost a race"
                     );
-                    return if lu.pr_revision() == base {
-                        Err(Publish::Unavailable(
-                            "the copy does not catch up with the store".into(),
-                        ))
-                    } else {
-                        Err(Publish::Stale)
-                    };
+                    return Err(Publish::Stale);
                 }
-                Ok(Err(e)) => self.outcome(store, key, change, e.to_string()).await?,
-                Err(_) => self.outcome(store, key, change, "timed out".into()).await?,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "no answer".to_string(),
             };
-            self.wait_everywhere(&**store, rev, cancelled).await
-        })
-    }
-
-    /// The answer to a write was lost: whether the stored change is ours says what happened.
-    async fn outcome(
-        &self,
-        store: &Arc<dyn ClusterStore>,
-        key: &[u8],
-        change: &PrChange,
-        why: String,
-    ) -> Result<Revision, Publish> {
-        match tokio::time::timeout(OP_TIMEOUT, store.get(key)).await {
-            Ok(Ok((Some(kv), _))) if decode_change(&kv.value).is_ok_and(|c| c.id == change.id) => {
-                Ok(kv.mod_revision)
+            if !said {
+                warn!("cluster: persistent reservation change: {why}; sending it again until the store answers");
+                said = true;
             }
-            Ok(Ok(_)) => Err(Publish::Unavailable(format!(
-                "{why}; the change was not made"
-            ))),
-            _ => Err(Publish::Unavailable(format!(
-                "{why}; outcome unknown (the store is unreachable)"
-            ))),
+            if cancelled() {
+                return Err(Publish::Unavailable(format!(
+                    "{why}; the initiator gave up"
+                )));
+            }
+            if self
+                .lease
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_none()
+            {
+                // The fence drops every session right after taking the lease away; give it
+                // the time, so that the BUSY this turns into reaches nobody.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                return Err(Publish::Unavailable(format!(
+                    "{why}; this node lost its lease"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

@@ -74,8 +74,9 @@ pub struct PrChange {
 pub enum Publish {
     /// Another change came first; the local copy has caught up with it (compute again).
     Stale,
-    /// The cluster store cannot be reached, or the outcome is unknown (answer BUSY: the
-    /// initiator retries, and the copy tells it what happened).
+    /// The change was not made (answer BUSY: the initiator retries). An implementation whose
+    /// store does not answer must find out whether the change landed before it says so, or
+    /// make sure nobody hears the answer (the node fenced itself and dropped its sessions).
     Unavailable(String),
 }
 
