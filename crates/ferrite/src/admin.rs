@@ -369,7 +369,11 @@ pub async fn execute(daemon: &Arc<Daemon>, req: &Value) -> anyhow::Result<Value>
     let _change = daemon.config_lock.lock().await;
     let rt = daemon.runtime();
     let mut c = rt.config.clone();
+    if let Some(alua) = &daemon.cluster_alua {
+        alua.intent_into_config(&mut c);
+    }
     crate::server::alua_into_config(&rt, &mut c);
+    let before = c.clone();
     match op {
         "add-target" => {
             let name = s(req, "target")?.to_string();
@@ -474,6 +478,7 @@ pub async fn execute(daemon: &Arc<Daemon>, req: &Value) -> anyhow::Result<Value>
                     state: scsi_core::AccessState::ActiveOptimized,
                     preferred: false,
                     supported_states: None,
+                    node: None,
                 });
             }
             if let Some(tags) = req.get("portal_groups").and_then(Value::as_array) {
@@ -617,6 +622,12 @@ pub async fn execute(daemon: &Arc<Daemon>, req: &Value) -> anyhow::Result<Value>
             }
         }
         other => anyhow::bail!("unknown op {other:?}"),
+    }
+    // A clustered node's ALUA states are the cluster's: written there first (every node
+    // follows), then applied here.
+    if let (Some(alua), Some(store)) = (&daemon.cluster_alua, daemon.cluster_store.get()) {
+        alua.publish(&**store, &before, &c, crate::cluster_alua::By::Operator)
+            .await?;
     }
     daemon.apply(c).await?;
     // Run-time changes persist in the file the daemon was started from.

@@ -56,21 +56,24 @@ fn default_cluster_prefix() -> String {
     "/ferrite/".into()
 }
 
+/// A node name: 1-63 letters, digits, `.`, `_` or `-`.
+pub fn valid_node_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{name:?}: 1-63 letters, digits, '.', '_' or '-'"))
+    }
+}
+
 impl ClusterConfig {
     /// Every rule, with a message that names the culprit.
     pub fn validate(&self) -> Result<(), String> {
-        let ok_name = !self.node.is_empty()
-            && self.node.len() <= 63
-            && self
-                .node
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-        if !ok_name {
-            return Err(format!(
-                "cluster.node {:?}: 1-63 letters, digits, '.', '_' or '-'",
-                self.node
-            ));
-        }
+        valid_node_name(&self.node).map_err(|e| format!("cluster.node {e}"))?;
         if self.endpoints.is_empty() {
             return Err("cluster.endpoints: at least one etcd endpoint (host:port)".into());
         }
@@ -251,6 +254,10 @@ pub struct AluaGroupConfig {
     /// "transitioning", its changes are immediate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub supported_states: Option<Vec<String>>,
+    /// In a cluster: the node whose ports these are. While that node is not a live member,
+    /// the group is unavailable on every node (`cluster_alua`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 impl AluaGroupConfig {
@@ -282,6 +289,7 @@ impl TargetConfig {
                 state: g.state,
                 preferred: g.preferred,
                 supported_states: None,
+                node: None,
             })
             .collect()
     }
@@ -847,6 +855,9 @@ fn validate_alua(t: &TargetConfig) -> Result<(), String> {
         }
         if bits & !AccessState::Transitioning.sup_bit() == 0 {
             return Err(format!("{what}: supported_states names no state to be in"));
+        }
+        if let Some(n) = &g.node {
+            valid_node_name(n).map_err(|e| format!("{what}: node {e}"))?;
         }
     }
     if let Some(tag) = t

@@ -2,6 +2,7 @@
 
 mod admin;
 mod cli;
+mod cluster_alua;
 mod cluster_pr;
 mod config;
 mod membership;
@@ -283,6 +284,7 @@ fn main() -> ExitCode {
             };
             let _ = daemon.cluster_store.set(store.clone());
             daemon.start_cluster_pr(store.clone());
+            daemon.start_cluster_alua(store.clone());
             info!(node = %c.node, endpoints = ?c.endpoints, "cluster: joining");
             tokio::spawn(membership::run(
                 daemon.clone(),

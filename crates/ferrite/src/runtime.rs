@@ -109,11 +109,14 @@ pub type LuBuilder<'a> =
     dyn FnMut(&TargetConfig, &LunConfig) -> anyhow::Result<Arc<LogicalUnit>> + 'a;
 
 impl Runtime {
-    /// Build from `cfg`, reusing unchanged parts of `old`.
+    /// Build from `cfg`, reusing unchanged parts of `old`. `alua` gives each target's ALUA
+    /// groups with the states they should be in (the configuration's, or the cluster's view
+    /// of them, `cluster_alua`).
     pub fn build(
         cfg: &Config,
         old: Option<&Runtime>,
         build_lu: &mut LuBuilder,
+        alua: &dyn Fn(&TargetConfig) -> Vec<scsi_core::AluaGroup>,
     ) -> anyhow::Result<Runtime> {
         let mut targets = Vec::new();
         // What each target device will hold, applied once everything is built (a failure
@@ -179,7 +182,7 @@ impl Runtime {
             }
             let tags: Vec<u16> = groups.iter().map(|g| g.tag).collect();
             let held = lus.iter().map(|(&id, (_, lu))| (id, lu.clone())).collect();
-            let alua = (tc.effective_alua_groups(), tc.alua_transition_secs);
+            let alua = (alua(tc), tc.alua_transition_secs);
             devices.push((device.clone(), tags, held, alua));
             targets.push(Arc::new(Target {
                 name: tc.name.clone(),

@@ -27,6 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, info, warn};
 
+use crate::cluster_alua::ClusterAlua;
 use crate::cluster_pr::ClusterPr;
 use crate::config::{BackstoreSpec, Config, LunConfig, TargetConfig};
 use crate::membership::{Fence, FencedBackstore};
@@ -102,6 +103,8 @@ pub struct Daemon {
     pub cluster_store: std::sync::OnceLock<Arc<dyn cluster::ClusterStore>>,
     /// A clustered node's shared persistent reservations (`cluster_pr`).
     pub cluster_pr: Option<Arc<ClusterPr>>,
+    /// A clustered node's shared ALUA states (`cluster_alua`).
+    pub cluster_alua: Option<Arc<ClusterAlua>>,
     /// Whether the portals are open: always on a single node; while it holds its lease on a
     /// clustered one.
     serving: AtomicBool,
@@ -341,6 +344,49 @@ impl Daemon {
         }
     }
 
+    /// A clustered node found its cluster store: follow the shared ALUA states, applying
+    /// them whenever they or the members change.
+    pub fn start_cluster_alua(self: &Arc<Self>, store: Arc<dyn cluster::ClusterStore>) {
+        let Some(alua) = &self.cluster_alua else {
+            return;
+        };
+        let weak = Arc::downgrade(self);
+        tokio::spawn(alua.clone().follow(
+            store,
+            Box::new(move || {
+                if let Some(d) = weak.upgrade() {
+                    d.refresh_alua();
+                }
+            }),
+        ));
+    }
+
+    /// Put every target's ALUA groups in the states the cluster wants now.
+    fn refresh_alua(&self) {
+        let Some(alua) = &self.cluster_alua else {
+            return;
+        };
+        let rt = self.runtime();
+        for tc in &rt.config.targets {
+            let Some(t) = rt.target(&tc.name) else {
+                continue;
+            };
+            let (groups, status) = alua.groups_and_status(tc);
+            let change = t.device.configure_alua(groups, tc.alua_transition_secs);
+            t.device.alua().set_status(&status);
+            if change.changed {
+                info!(target = %tc.name, "cluster: ALUA states changed");
+            }
+            if change.transitioning {
+                Self::schedule_alua_one(crate::runtime::AluaPending {
+                    device: t.device.clone(),
+                    generation: change.generation,
+                    secs: tc.alua_transition_secs,
+                });
+            }
+        }
+    }
+
     /// A clustered node found its cluster store: follow the shared persistent reservations.
     pub fn start_cluster_pr(self: &Arc<Self>, store: Arc<dyn cluster::ClusterStore>) {
         let Some(pr) = &self.cluster_pr else { return };
@@ -369,14 +415,18 @@ impl Daemon {
     /// Finish the implicit ALUA transitions `rt` began, each after its transition time.
     fn schedule_alua(rt: &Runtime) {
         for p in rt.alua_pending.iter().cloned() {
-            info!(target = %p.device.name(), secs = p.secs, "ALUA transition begins");
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(p.secs.into())).await;
-                if p.device.finish_alua_transition(p.generation) {
-                    info!(target = %p.device.name(), "ALUA transition done");
-                }
-            });
+            Self::schedule_alua_one(p);
         }
+    }
+
+    fn schedule_alua_one(p: crate::runtime::AluaPending) {
+        info!(target = %p.device.name(), secs = p.secs, "ALUA transition begins");
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(p.secs.into())).await;
+            if p.device.finish_alua_transition(p.generation) {
+                info!(target = %p.device.name(), "ALUA transition done");
+            }
+        });
     }
 
     /// Wait until no target port group of any target is transitioning (bounded: the longest
@@ -411,8 +461,17 @@ impl Daemon {
         let _g = self.config_lock.lock().await;
         let rt = self.runtime();
         let mut c = rt.config.clone();
+        if let Some(alua) = &self.cluster_alua {
+            alua.intent_into_config(&mut c);
+        }
+        let before = c.clone();
         let changed = alua_into_config(&rt, &mut c);
         if changed {
+            // A clustered node tells the others (an initiator's choice holds on every node).
+            if let (Some(alua), Some(store)) = (&self.cluster_alua, self.cluster_store.get()) {
+                alua.publish(&**store, &before, &c, crate::cluster_alua::By::Initiator)
+                    .await?;
+            }
             self.apply(c).await?;
             self.save_config().await?;
         }
@@ -428,16 +487,22 @@ impl Daemon {
             .cluster
             .as_ref()
             .map(|c| ClusterPr::new(&c.prefix, &c.node, Duration::from_secs(c.lease_secs)));
-        let rt = Runtime::build(cfg, None, &mut |t, l| {
-            build_lu(
-                state_dir,
-                &metrics,
-                fence.as_ref(),
-                cluster_pr.as_ref(),
-                t,
-                l,
-            )
-        })?;
+        let cluster_alua = cfg.cluster.as_ref().map(|c| ClusterAlua::new(&c.prefix));
+        let rt = Runtime::build(
+            cfg,
+            None,
+            &mut |t, l| {
+                build_lu(
+                    state_dir,
+                    &metrics,
+                    fence.as_ref(),
+                    cluster_pr.as_ref(),
+                    t,
+                    l,
+                )
+            },
+            &|t| alua_groups(cluster_alua.as_ref(), t),
+        )?;
         let s = &cfg.settings;
         let conn_cfg = ConnConfig {
             offer: iscsi_proto::TargetOffer {
@@ -499,6 +564,7 @@ impl Daemon {
             fence,
             cluster_store: std::sync::OnceLock::new(),
             cluster_pr,
+            cluster_alua,
         });
         d.wire_devices(&d.runtime());
         let weak = Arc::downgrade(&d);
@@ -532,6 +598,15 @@ impl Daemon {
                 }
             }
         }
+    }
+}
+
+/// A target's ALUA groups in the states they should be in: the configuration's, or on a
+/// clustered node the cluster's (`cluster_alua`).
+fn alua_groups(cluster: Option<&Arc<ClusterAlua>>, t: &TargetConfig) -> Vec<scsi_core::AluaGroup> {
+    match cluster {
+        Some(c) => c.groups(t),
+        None => t.effective_alua_groups(),
     }
 }
 
@@ -677,24 +752,32 @@ impl Daemon {
         );
         let fence = self.fence.clone();
         let shared_pr = self.cluster_pr.clone();
+        let shared_alua = self.cluster_alua.clone();
         let new = tokio::task::spawn_blocking(move || {
             let state_dir = cfg.settings.state_dir.clone();
-            Runtime::build(&cfg, Some(&old), &mut |t, l| {
-                build_lu(
-                    state_dir.as_deref(),
-                    &metrics,
-                    fence.as_ref(),
-                    shared_pr.as_ref(),
-                    t,
-                    l,
-                )
-            })
+            Runtime::build(
+                &cfg,
+                Some(&old),
+                &mut |t, l| {
+                    build_lu(
+                        state_dir.as_deref(),
+                        &metrics,
+                        fence.as_ref(),
+                        shared_pr.as_ref(),
+                        t,
+                        l,
+                    )
+                },
+                &|t| alua_groups(shared_alua.as_ref(), t),
+            )
         })
         .await??;
         self.wire_devices(&new);
         Self::schedule_alua(&new);
         let new = Arc::new(new);
         *self.rt.write().unwrap_or_else(|e| e.into_inner()) = new.clone();
+        // A clustered node's ALUA STATUS CODEs are the cluster's too.
+        self.refresh_alua();
         self.sync_listeners().await?;
         let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         for (tsih, k, e) in sessions.iter() {

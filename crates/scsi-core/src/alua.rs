@@ -344,6 +344,17 @@ impl Alua {
         }
     }
 
+    /// Set the STATUS CODE of the groups named (by id) without changing their states: a
+    /// cluster derives it from what every node knows, so that every node reports the same.
+    pub fn set_status(&self, statuses: &[(u16, u8)]) {
+        let mut t = self.write();
+        for g in &mut t.groups {
+            if let Some(&(_, st)) = statuses.iter().find(|(id, _)| *id == g.group.id) {
+                g.status = st;
+            }
+        }
+    }
+
     /// End the implicit transitions begun at `generation`: their groups take their target
     /// states. Nothing happens (false) if the table changed since.
     pub fn finish(&self, generation: u64) -> bool {
