@@ -13,13 +13,16 @@
 //!
 //! A regular file is accepted too, with the file's length as size and hole punching as unmap,
 //! so the block code paths run in tests without root or a spare disk.
+//!
+//! [`BlockBackstore::open_direct`] opens with `O_DIRECT` instead, for a device several cluster
+//! nodes share (`direct` says why and how).
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::{check_range, sys, Backstore};
+use crate::{check_range, direct, sys, Backstore};
 
 /// A block device (or, for tests, a regular file) used as a backstore.
 #[derive(Debug)]
@@ -33,13 +36,30 @@ pub struct BlockBackstore {
     device: bool,
     /// Whether hole punching is expected to work (see `supports_unmap`).
     can_punch: bool,
+    /// Opened with `O_DIRECT`: I/O passes aligned bounce buffers (`direct`).
+    direct: bool,
+    /// Serializes direct writes that read-modify-write partial device blocks.
+    rmw: std::sync::Mutex<()>,
+    /// A regular file opened direct whose length is not a whole number of blocks: its last,
+    /// partial block goes through this second, buffered descriptor (a device never has one).
+    tail: Option<File>,
 }
 
 impl BlockBackstore {
     /// Opens the block device (exclusively) or regular file at `path` for reading and writing.
     /// Anything else (directory, character device, …) is `InvalidInput`.
     pub fn open(path: impl AsRef<Path>) -> io::Result<Self> {
-        let path = path.as_ref();
+        Self::open_with(path.as_ref(), false)
+    }
+
+    /// As [`open`](Self::open), but past the page cache (`O_DIRECT`): for a device other
+    /// hosts write too (cluster nodes sharing a LUN), where a cache of one's own would serve
+    /// stale blocks and could write back after a partner took over.
+    pub fn open_direct(path: impl AsRef<Path>) -> io::Result<Self> {
+        Self::open_with(path.as_ref(), true)
+    }
+
+    fn open_with(path: &Path, direct: bool) -> io::Result<Self> {
         let annotate = |e: io::Error| {
             io::Error::new(e.kind(), format!("block backstore {}: {e}", path.display()))
         };
@@ -49,9 +69,14 @@ impl BlockBackstore {
             .is_block_device();
         let mut options = OpenOptions::new();
         options.read(true).write(true);
+        let mut flags = 0;
         if wants_device {
-            options.custom_flags(libc::O_EXCL);
+            flags |= libc::O_EXCL;
         }
+        if direct {
+            flags |= libc::O_DIRECT;
+        }
+        options.custom_flags(flags);
         let file = options.open(path).map_err(annotate)?;
         let meta = file.metadata().map_err(annotate)?;
         let device = meta.file_type().is_block_device();
@@ -80,6 +105,18 @@ impl BlockBackstore {
             logical_block,
             device,
             can_punch,
+            direct,
+            rmw: std::sync::Mutex::new(()),
+            tail: match direct && size % u64::from(logical_block) != 0 {
+                true => Some(
+                    OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .open(path)
+                        .map_err(annotate)?,
+                ),
+                false => None,
+            },
         })
     }
 
@@ -94,12 +131,45 @@ impl BlockBackstore {
         self.logical_block
     }
 
+    /// Whether I/O goes past the page cache (`open_direct`).
+    pub fn is_direct(&self) -> bool {
+        self.direct
+    }
+
     /// Zeroes `offset..offset + len` of the device without deallocating.
     fn zero_device(&self, offset: u64, len: u64) -> io::Result<()> {
         match sys::block_zero_out(&self.file, offset, len) {
-            Err(e) if sys::is_unsupported(&e) => sys::write_zeroes(&self.file, offset, len),
+            Err(e) if sys::is_unsupported(&e) => self.write_zeroes(offset, len),
             other => other,
         }
+    }
+
+    /// Writes zeroes (through the bounce buffers when direct).
+    fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
+        if !self.direct {
+            return sys::write_zeroes(&self.file, offset, len);
+        }
+        let head = self.direct_part(offset, len as usize) as u64;
+        direct::write_zeroes(&self.file, self.logical_block, &self.rmw, offset, head)?;
+        if head < len {
+            sys::write_zeroes(self.tail_file(), offset + head, len - head)?;
+        }
+        Ok(())
+    }
+
+    /// How many bytes of `[offset, offset + len)` lie before the partial last block of a
+    /// direct regular file (all of them on a device).
+    fn direct_part(&self, offset: u64, len: usize) -> usize {
+        if self.tail.is_none() {
+            return len;
+        }
+        let lbs = u64::from(self.logical_block);
+        let cut = self.size / lbs * lbs;
+        cut.saturating_sub(offset).min(len as u64) as usize
+    }
+
+    fn tail_file(&self) -> &File {
+        self.tail.as_ref().unwrap_or(&self.file)
     }
 }
 
@@ -131,15 +201,48 @@ impl Backstore for BlockBackstore {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        sys::read_at(&self.file, self.size, buf, offset)
+        if !self.direct {
+            return sys::read_at(&self.file, self.size, buf, offset);
+        }
+        check_range(self.size, offset, buf.len() as u64)?;
+        let (head, tail) = buf.split_at_mut(self.direct_part(offset, buf.len()));
+        direct::read_at(&self.file, self.size, self.logical_block, head, offset)?;
+        if !tail.is_empty() {
+            let at = offset + head.len() as u64;
+            self.tail_file().read_exact_at(tail, at)?;
+        }
+        Ok(())
     }
 
     fn read_vec(&self, len: usize, offset: u64) -> io::Result<Vec<u8>> {
-        sys::read_vec(&self.file, self.size, len, offset)
+        if !self.direct {
+            return sys::read_vec(&self.file, self.size, len, offset);
+        }
+        check_range(self.size, offset, len as u64)?;
+        let mut v = vec![0u8; len];
+        self.read_at(&mut v, offset)?;
+        Ok(v)
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        sys::write_at(&self.file, self.size, buf, offset)
+        if !self.direct {
+            return sys::write_at(&self.file, self.size, buf, offset);
+        }
+        check_range(self.size, offset, buf.len() as u64)?;
+        let (head, tail) = buf.split_at(self.direct_part(offset, buf.len()));
+        direct::write_at(
+            &self.file,
+            self.size,
+            self.logical_block,
+            &self.rmw,
+            head,
+            offset,
+        )?;
+        if !tail.is_empty() {
+            self.tail_file()
+                .write_all_at(tail, offset + head.len() as u64)?;
+        }
+        Ok(())
     }
 
     fn flush(&self) -> io::Result<()> {
@@ -156,7 +259,7 @@ impl Backstore for BlockBackstore {
             if sys::try_punch_hole(&self.file, self.can_punch, offset, len)? {
                 return Ok(true);
             }
-            sys::write_zeroes(&self.file, offset, len)?;
+            self.write_zeroes(offset, len)?;
             return Ok(false);
         }
         // The kernel takes only whole logical blocks; zero any partial block at either end by hand.
@@ -164,10 +267,10 @@ impl Backstore for BlockBackstore {
         let first = offset.div_ceil(lbs).saturating_mul(lbs).min(end);
         let last = (end / lbs * lbs).max(first);
         if first > offset {
-            sys::write_zeroes(&self.file, offset, first - offset)?;
+            self.write_zeroes(offset, first - offset)?;
         }
         if last < end {
-            sys::write_zeroes(&self.file, last, end - last)?;
+            self.write_zeroes(last, end - last)?;
         }
         if first == last {
             return Ok(false);

@@ -26,6 +26,7 @@ use std::io;
 
 mod block;
 mod crypt;
+mod direct;
 pub mod durable;
 mod file;
 mod ram;

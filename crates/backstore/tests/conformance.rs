@@ -59,6 +59,16 @@ fn block_on_file() -> (Option<TempDir>, Box<dyn Backstore>) {
     (Some(dir), Box::new(b))
 }
 
+/// The same on a file opened with O_DIRECT (what a clustered node does with a shared device).
+fn block_direct_on_file() -> (Option<TempDir>, Box<dyn Backstore>) {
+    let dir = TempDir::new("block-direct");
+    let path = dir.path("disk.img");
+    std::fs::File::create(&path).unwrap().set_len(SIZE).unwrap();
+    let b = BlockBackstore::open_direct(&path).unwrap();
+    assert!(b.is_direct());
+    (Some(dir), Box::new(b))
+}
+
 /// A byte pattern that differs per position and per `seed`, never all zero.
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
@@ -378,7 +388,7 @@ macro_rules! backend_tests {
 }
 
 conformance!(
-    backends: [ram, file, block_on_file],
+    backends: [ram, file, block_on_file, block_direct_on_file],
     checks: [
         check_size,
         check_initially_zero,
@@ -398,7 +408,7 @@ conformance!(
 
 #[test]
 fn fixtures_have_the_requested_size() {
-    for fixture in [ram, file, block_on_file] {
+    for fixture in [ram, file, block_on_file, block_direct_on_file] {
         let (_dir, b) = fixture();
         assert_eq!(b.size(), SIZE, "{}", b.kind());
     }

@@ -167,14 +167,28 @@ fn default_buffer_budget() -> u64 {
     mem.map_or(gib, |m| (m / 8).min(gib))
 }
 
-fn open_backstore(spec: &BackstoreSpec) -> anyhow::Result<Arc<dyn Backstore>> {
+/// Open a LUN's backstore. `shared`: a clustered node, whose partners open the same storage
+/// (`block:` devices then go past the page cache, see `backstore::BlockBackstore::open_direct`).
+fn open_backstore(spec: &BackstoreSpec, shared: bool) -> anyhow::Result<Arc<dyn Backstore>> {
     Ok(match spec {
         BackstoreSpec::Ram { size } => {
             Arc::new(RamBackstore::try_new(*size).context("RAM backstore")?)
         }
-        BackstoreSpec::File { path, size } => Arc::new(
-            FileBackstore::open(path, *size)
-                .with_context(|| format!("file backstore {}", path.display()))?,
+        BackstoreSpec::File { path, size } => {
+            if shared {
+                warn!(
+                    path = %path.display(),
+                    "a file LUN on a clustered node goes through this node's page cache:                      share storage between nodes as a block: device (opened O_DIRECT)"
+                );
+            }
+            Arc::new(
+                FileBackstore::open(path, *size)
+                    .with_context(|| format!("file backstore {}", path.display()))?,
+            )
+        }
+        BackstoreSpec::Block { path } if shared => Arc::new(
+            BlockBackstore::open_direct(path)
+                .with_context(|| format!("block backstore {} (O_DIRECT)", path.display()))?,
         ),
         BackstoreSpec::Block { path } => Arc::new(
             BlockBackstore::open(path)
@@ -227,7 +241,7 @@ pub fn build_lu(
     l: &LunConfig,
 ) -> anyhow::Result<Arc<LogicalUnit>> {
     let spec = BackstoreSpec::parse(&l.backstore).map_err(anyhow::Error::msg)?;
-    let mut store = open_backstore(&spec)?;
+    let mut store = open_backstore(&spec, fence.is_some())?;
     if let Some(enc) = &l.encryption {
         store = encrypt(state_dir, t, l, &spec, enc, store)?;
     }

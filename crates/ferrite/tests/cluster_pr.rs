@@ -22,7 +22,8 @@ const KEY_2: u64 = 0x2222_0000_0000_0022;
 const BS: usize = 512;
 const LEASE: u64 = 3;
 
-/// Node `n` (1..=3) serves portal group `n` of the target; the LUN is one file all three open.
+/// Node `n` (1..=3) serves portal group `n` of the target; the LUN is one "device" (a file
+/// opened as a block device, which clustered nodes do with O_DIRECT) all three open.
 fn node_config(etcd: &Etcd, n: u16, lun: &std::path::Path) -> String {
     format!(
         r#"
@@ -39,7 +40,7 @@ fn node_config(etcd: &Etcd, n: u16, lun: &std::path::Path) -> String {
         portals = ["127.0.0.1:{{port}}"]
         [[target.lun]]
         id = 0
-        backstore = "file:{}:16M"
+        backstore = "block:{}"
         "#,
         etcd.endpoint,
         lun.display()
@@ -68,6 +69,24 @@ fn write_status(s: &mut Session, lba: u32, byte: u8) -> u8 {
         .status
 }
 
+/// Whether process `pid` holds `path` open with O_DIRECT (from /proc/PID/fdinfo).
+fn opened_direct(pid: u32, path: &std::path::Path) -> bool {
+    let dir = format!("/proc/{pid}/fd");
+    std::fs::read_dir(&dir).unwrap().flatten().any(|fd| {
+        std::fs::read_link(fd.path()).is_ok_and(|p| p == path) && {
+            let info = std::fs::read_to_string(format!(
+                "/proc/{pid}/fdinfo/{}",
+                fd.file_name().to_string_lossy()
+            ))
+            .unwrap_or_default();
+            info.lines()
+                .find_map(|l| l.strip_prefix("flags:"))
+                .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+                .is_some_and(|f| f & libc::O_DIRECT as u32 != 0)
+        }
+    })
+}
+
 fn timed<T>(what: &str, f: impl FnOnce() -> T) -> T {
     let t0 = Instant::now();
     let v = f();
@@ -80,6 +99,10 @@ fn fence_scsi_across_three_nodes_behaves_as_on_one() {
     let etcd = Etcd::start();
     let keep = TempDir::new("cluster-pr");
     let lun = keep.path().join("lun0.img");
+    std::fs::File::create(&lun)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
     let mut nodes: Vec<Daemon> = (1..=3)
         .map(|n| {
             Daemon::start(Opts {
@@ -88,6 +111,11 @@ fn fence_scsi_across_three_nodes_behaves_as_on_one() {
             })
         })
         .collect();
+
+    // Every node reads and writes the shared device past its page cache.
+    for d in &nodes {
+        assert!(opened_direct(d.pid(), &lun), "O_DIRECT");
+    }
 
     // Host 1 through nodes 1 and 3, host 2 through node 2.
     let mut h1a = login(&nodes[0], HOST_1, 1);
@@ -221,6 +249,10 @@ fn concurrent_changes_through_three_nodes_serialize() {
     let etcd = Etcd::start();
     let keep = TempDir::new("cluster-pr-race");
     let lun = keep.path().join("lun0.img");
+    std::fs::File::create(&lun)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
     let nodes: Vec<Daemon> = (1..=3)
         .map(|n| {
             Daemon::start(Opts {
