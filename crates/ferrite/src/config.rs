@@ -46,6 +46,50 @@ pub struct ClusterConfig {
     /// Where the cluster's keys live in etcd.
     #[serde(default = "default_cluster_prefix")]
     pub prefix: String,
+    /// Floating portal addresses (`[[cluster.portal]]`): the one live node that owns each
+    /// (in etcd) holds the address and listens there (`portals`).
+    #[serde(default, rename = "portal", skip_serializing_if = "Vec::is_empty")]
+    pub portals: Vec<ClusterPortal>,
+    /// Whether a portal goes back to a more preferred node when it rejoins.
+    #[serde(default)]
+    pub failback: Failback,
+    /// A command that adds or removes a floating address instead of `ip addr` (and announces
+    /// it): run as `HOOK... add|del ADDRESS/PREFIX_LEN INTERFACE`; exit status 0 means done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address_hook: Option<Vec<String>>,
+}
+
+/// One floating portal address and the nodes that may hold it, most preferred first. The
+/// address must be a portal of a portal group in the target configuration (identical on every
+/// node), so it keeps its portal group tag wherever it moves.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterPortal {
+    /// `IP:PORT`, as in the portal group.
+    pub address: SocketAddr,
+    /// The interface the address goes on.
+    pub interface: String,
+    /// The address's prefix length on that interface.
+    pub prefix_len: u8,
+    /// Who may hold it: the first live one (not drained) does.
+    pub nodes: Vec<String>,
+}
+
+/// `failback`: `manual` (a portal stays with its holder until it fails or is moved) or `auto`
+/// (a more preferred node takes it back when it is live again; the holder lets it go cleanly).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Failback {
+    #[default]
+    Manual,
+    Auto,
+}
+
+fn valid_node_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 63
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 fn default_lease_secs() -> u64 {
@@ -59,13 +103,7 @@ fn default_cluster_prefix() -> String {
 impl ClusterConfig {
     /// Every rule, with a message that names the culprit.
     pub fn validate(&self) -> Result<(), String> {
-        let ok_name = !self.node.is_empty()
-            && self.node.len() <= 63
-            && self
-                .node
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-        if !ok_name {
+        if !valid_node_name(&self.node) {
             return Err(format!(
                 "cluster.node {:?}: 1-63 letters, digits, '.', '_' or '-'",
                 self.node
@@ -106,6 +144,49 @@ impl ClusterConfig {
         }
         if !self.prefix.starts_with('/') || !self.prefix.ends_with('/') {
             return Err("cluster.prefix must start and end with '/'".into());
+        }
+        let mut seen = HashSet::new();
+        for p in &self.portals {
+            let a = p.address;
+            if !seen.insert(a.ip()) {
+                return Err(format!(
+                    "cluster.portal {a}: the address is listed twice (one owner per address)"
+                ));
+            }
+            if a.ip().is_unspecified() || a.ip().is_loopback() {
+                return Err(format!(
+                    "cluster.portal {a}: a floating address must be a real one"
+                ));
+            }
+            let max = if a.is_ipv4() { 32 } else { 128 };
+            if p.prefix_len == 0 || p.prefix_len > max {
+                return Err(format!("cluster.portal {a}: prefix_len must be 1..{max}"));
+            }
+            let ok_if = !p.interface.is_empty()
+                && p.interface.len() <= 15
+                && p.interface
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b));
+            if !ok_if {
+                return Err(format!(
+                    "cluster.portal {a}: interface {:?} is not an interface name",
+                    p.interface
+                ));
+            }
+            if p.nodes.is_empty() || p.nodes.len() > 64 {
+                return Err(format!("cluster.portal {a}: nodes must list 1..64 nodes"));
+            }
+            let mut names = HashSet::new();
+            for n in &p.nodes {
+                if !valid_node_name(n) || !names.insert(n) {
+                    return Err(format!(
+                        "cluster.portal {a}: node {n:?} is not a node name or is listed twice"
+                    ));
+                }
+            }
+        }
+        if self.address_hook.as_ref().is_some_and(|h| h.is_empty()) {
+            return Err("cluster.address_hook: name a program".into());
         }
         Ok(())
     }
@@ -629,6 +710,22 @@ impl Config {
         }
         if let Some(c) = &self.cluster {
             c.validate()?;
+            // A floating address keeps the portal group tag the target configuration gives it.
+            for p in &c.portals {
+                let listed = self.targets.iter().any(|t| {
+                    t.portal_groups.iter().any(|g| {
+                        g.portals
+                            .iter()
+                            .any(|x| x.parse::<SocketAddr>().is_ok_and(|x| x == p.address))
+                    })
+                });
+                if !listed {
+                    return Err(format!(
+                        "cluster.portal {}: no portal group lists this portal",
+                        p.address
+                    ));
+                }
+            }
         }
         let s = &self.settings;
         if !(512..=16_777_215).contains(&s.max_recv_data_segment_length) {

@@ -5,6 +5,7 @@ mod cli;
 mod config;
 mod membership;
 mod metrics;
+mod portals;
 mod pr_cli;
 mod runtime;
 mod server;
@@ -282,6 +283,12 @@ fn main() -> ExitCode {
             };
             let _ = daemon.cluster_store.set(store.clone());
             info!(node = %c.node, endpoints = ?c.endpoints, "cluster: joining");
+            if !c.portals.is_empty() {
+                // A previous run may have died with floating addresses up: down they go
+                // before this one may hold any.
+                portals::release_all(&daemon, c).await;
+                tokio::spawn(portals::run(daemon.clone(), store.clone(), c.clone()));
+            }
             tokio::spawn(membership::run(
                 daemon.clone(),
                 fence,
