@@ -1,0 +1,565 @@
+//! Portal takeover between two nodes, on a network lab (`testkit::netns`, needs root): etcd in
+//! a namespace of its own (TLS, as off-host endpoints must be), nodes `a` and `b` in theirs
+//! sharing one file LUN, and an initiator namespace. The floating portal address belongs to `a`
+//! by preference, `b` takes it over.
+//!
+//! - `sigkill_failover_keeps_every_acknowledged_write`: the initiator writes sequence-numbered
+//!   blocks through the floating address without a pause, reconnecting and retrying the write
+//!   that was not acknowledged; `a` is killed (SIGKILL) ten times and restarted in between
+//!   (failback auto brings the address home each time). Every acknowledged write reads back;
+//!   the longest I/O pause per kill is printed (min/median/max).
+//! - `a_node_cut_off_from_etcd_stops_before_the_other_takes_over`: `a` loses etcd (a blackhole
+//!   route) but not the initiator; from both daemons' logs, `a` had fenced itself (no write
+//!   under way, none accepted after) before `b` owned the address.
+
+mod common;
+
+use std::io::Write as _;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::initiator::{LoginOpts, Session};
+use common::{TempDir, IQN};
+use testkit::etcd::Etcd;
+use testkit::netns::Lab;
+
+const BLOCK: usize = 512;
+/// The ring of blocks the writer goes round (sequence number modulo this).
+const BLOCKS: u64 = 256;
+const PORT: u16 = 3260;
+
+struct Node {
+    name: &'static str,
+    child: Option<Child>,
+    dir: PathBuf,
+}
+
+impl Node {
+    fn log_path(&self) -> PathBuf {
+        self.dir.join(format!("{}.log", self.name))
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn start(&mut self, lab: &Lab) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let child = lab
+            .command(self.name, env!("CARGO_BIN_EXE_ferrite"))
+            .args(["serve", "--log", "info", "--admin-socket"])
+            .arg(self.dir.join(format!("{}.sock", self.name)))
+            .arg("--config")
+            .arg(self.dir.join(format!("{}.toml", self.name)))
+            .env(
+                "XDG_STATE_HOME",
+                self.dir.join(format!("{}-state", self.name)),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn ferrite");
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn admin(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferrite"))
+            .arg("admin")
+            .arg("--socket")
+            .arg(self.dir.join(format!("{}.sock", self.name)))
+            .args(args)
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One acknowledged write.
+#[derive(Clone, Copy, Debug)]
+struct Ack {
+    seq: u64,
+    at: Instant,
+}
+
+struct Writer {
+    stop: Arc<AtomicBool>,
+    acks: Arc<Mutex<Vec<Ack>>>,
+    /// The blocks as read back at the end (LBA order).
+    handle: thread::JoinHandle<Vec<u64>>,
+}
+
+fn block_of(seq: u64) -> Vec<u8> {
+    let mut b = vec![0u8; BLOCK];
+    for (i, c) in b.chunks_mut(8).enumerate() {
+        c.copy_from_slice(&(seq ^ ((i as u64) << 56)).to_le_bytes());
+    }
+    b
+}
+
+fn seq_in(b: &[u8]) -> Option<u64> {
+    let s = u64::from_le_bytes(b[..8].try_into().unwrap());
+    (b == block_of(s)).then_some(s)
+}
+
+/// Log in through `addr` (short connect timeout: a dead address is tried again at once).
+fn session(addr: SocketAddr) -> Option<Session> {
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
+    let s = Session::login_on(stream, &LoginOpts::default()).ok()?;
+    // A write whose answer takes longer is given up and retried on a new connection.
+    s.stream
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .ok()?;
+    Some(s)
+}
+
+/// The initiator, on a thread inside the initiator's namespace.
+fn start_writer(lab: &Lab, addr: SocketAddr) -> Writer {
+    let stop = Arc::new(AtomicBool::new(false));
+    let acks = Arc::new(Mutex::new(Vec::new()));
+    let (st, ac) = (stop.clone(), acks.clone());
+    let handle = lab.in_host("ini", move || {
+        let mut s: Option<Session> = None;
+        let mut seq = 1u64;
+        while !st.load(Ordering::SeqCst) {
+            let Some(sess) = s.as_mut() else {
+                s = session(addr);
+                if s.is_none() {
+                    thread::sleep(Duration::from_millis(20));
+                }
+                continue;
+            };
+            match sess.write10((seq % BLOCKS) as u32, &block_of(seq), BLOCK) {
+                Ok(()) => {
+                    ac.lock().unwrap().push(Ack {
+                        seq,
+                        at: Instant::now(),
+                    });
+                    seq += 1;
+                }
+                // Not acknowledged: again, on a new connection.
+                Err(_) => s = None,
+            }
+        }
+        // Read the ring back.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            assert!(Instant::now() < deadline, "cannot read back");
+            let Some(mut sess) = s.take().or_else(|| session(addr)) else {
+                thread::sleep(Duration::from_millis(50));
+                continue;
+            };
+            let mut out = Vec::new();
+            let mut ok = true;
+            for lba in 0..BLOCKS {
+                match sess.read10(lba as u32, 1, BLOCK) {
+                    Ok(b) => out.push(seq_in(&b).unwrap_or(u64::MAX)),
+                    Err(_) => {
+                        ok = false;
+                        break;
+                    }
+                }
+            }
+            if ok {
+                return out;
+            }
+        }
+    });
+    Writer { stop, acks, handle }
+}
+
+impl Writer {
+    fn acked_after(&self, t: Instant) -> Option<Ack> {
+        self.acks.lock().unwrap().iter().find(|a| a.at > t).copied()
+    }
+
+    fn wait_acked_after(
+        &self,
+        t: Instant,
+        limit: Duration,
+        what: &str,
+        logs: &dyn Fn() -> String,
+    ) -> Ack {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(a) = self.acked_after(t) {
+                return a;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: no write acknowledged\n{}",
+                logs()
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The longest gap between acknowledgements around `[from, to]` (the last one before
+    /// `from` counts).
+    fn pause(&self, from: Instant, to: Instant) -> Duration {
+        let acks = self.acks.lock().unwrap();
+        let start = acks.iter().rposition(|a| a.at <= from).unwrap_or(0);
+        let mut worst = Duration::ZERO;
+        for w in acks[start..].windows(2) {
+            if w[0].at > to {
+                break;
+            }
+            worst = worst.max(w[1].at - w[0].at);
+        }
+        worst
+    }
+
+    /// Stop writing; check that every block holds its last acknowledged write (or a later
+    /// attempt at that block); the number of acknowledged writes.
+    fn finish_and_check(self) -> usize {
+        self.stop.store(true, Ordering::SeqCst);
+        let blocks = self.handle.join().expect("writer");
+        let acks = self.acks.lock().unwrap();
+        let last_seq = acks.last().map_or(0, |a| a.seq);
+        for a in acks.iter().rev().take(BLOCKS as usize) {
+            let lba = a.seq % BLOCKS;
+            let have = blocks[lba as usize];
+            // The write after the last acknowledged one may have landed unacknowledged.
+            assert!(
+                have == a.seq || have == last_seq + 1 && have % BLOCKS == lba,
+                "block {lba}: holds {have:?}, the last acknowledged write there was {}",
+                a.seq
+            );
+        }
+        acks.len()
+    }
+}
+
+struct Cluster {
+    // Dropped in this order: nodes, then etcd, then the lab (which kills the rest).
+    nodes: Vec<Node>,
+    etcd: Etcd,
+    lab: Lab,
+    vip: Ipv4Addr,
+    _dir: TempDir,
+}
+
+impl Cluster {
+    fn new(failback: &str) -> Option<Cluster> {
+        if let Err(e) = Lab::available() {
+            eprintln!("skipped: {e}");
+            return None;
+        }
+        common::require_tool("arping");
+        let lab = Lab::new(&["etcd", "a", "b", "ini"]);
+        let etcd = Etcd::start_in(&lab, "etcd", true);
+        let vip = lab.spare_addr(100);
+        let dir = TempDir::new("failover");
+        let lun = dir.path().join("shared.img");
+        std::fs::File::create(&lun)
+            .unwrap()
+            .set_len(16 << 20)
+            .unwrap();
+        let (tls, _) = etcd.tls.clone().unwrap();
+        let mut nodes = Vec::new();
+        for name in ["a", "b"] {
+            let config = format!(
+                r#"
+                [cluster]
+                node = "{name}"
+                endpoints = ["{endpoint}"]
+                ca = "{ca}"
+                cert = "{cert}"
+                key = "{key}"
+                failback = "{failback}"
+                [[cluster.portal]]
+                address = "{vip}:{PORT}"
+                interface = "eth0"
+                prefix_len = 24
+                nodes = ["a", "b"]
+                [[target]]
+                name = "{IQN}"
+                [[target.portal_group]]
+                tag = 7
+                portals = ["{vip}:{PORT}"]
+                [[target.lun]]
+                id = 0
+                backstore = "file:{lun}"
+                "#,
+                endpoint = etcd.endpoint,
+                ca = tls.ca.display(),
+                cert = tls.cert.display(),
+                key = tls.key.display(),
+                lun = lun.display(),
+            );
+            let mut f = std::fs::File::create(dir.path().join(format!("{name}.toml"))).unwrap();
+            f.write_all(config.as_bytes()).unwrap();
+            nodes.push(Node {
+                name,
+                child: None,
+                dir: dir.path().to_path_buf(),
+            });
+        }
+        Some(Cluster {
+            nodes,
+            etcd,
+            lab,
+            vip,
+            _dir: dir,
+        })
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from((self.vip, PORT))
+    }
+
+    fn logs(&self) -> String {
+        let mut s = String::new();
+        for n in &self.nodes {
+            s.push_str(&format!("---- {} ----\n{}\n", n.name, n.log()));
+        }
+        s.push_str(&format!("---- etcd ----\n{}\n", tail(&self.etcd.log(), 30)));
+        s
+    }
+
+    fn holds(&self, node: &str) -> bool {
+        self.lab
+            .addrs(node)
+            .iter()
+            .any(|a| a.starts_with(&format!("{}/", self.vip)))
+    }
+
+    /// Wait until `node` has the floating address up and nobody else has (but a killed node's
+    /// host: its kernel keeps the address until the node starts again and takes it down).
+    fn wait_holder(&self, node: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let other = if node == "a" { "b" } else { "a" };
+        let dead = |n: &str| self.nodes.iter().any(|x| x.name == n && x.child.is_none());
+        while !(self.holds(node) && (dead(other) || !self.holds(other))) {
+            assert!(
+                Instant::now() < deadline,
+                "{node} does not hold {} after {limit:?}\n{}",
+                self.vip,
+                self.logs()
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Seconds of the day of a log line's timestamp (`2026-11-30T12:05:01.123456Z ...`, UTC; both
+/// daemons run on this machine's clock).
+fn stamp(line: &str) -> f64 {
+    let t = line.split('T').nth(1).expect("timestamp");
+    let t = t.split('Z').next().unwrap();
+    let mut p = t.split(':');
+    let h: f64 = p.next().unwrap().parse().unwrap();
+    let m: f64 = p.next().unwrap().parse().unwrap();
+    let s: f64 = p.next().unwrap().parse().unwrap();
+    h * 3600.0 + m * 60.0 + s
+}
+
+/// The first line of `log` after its first `skip` bytes that contains `what`.
+fn line_with<'a>(log: &'a str, skip: usize, what: &str) -> Option<&'a str> {
+    log.get(skip..)?.lines().find(|l| l.contains(what))
+}
+
+fn stats(v: &mut [Duration]) -> (Duration, Duration, Duration) {
+    v.sort();
+    (v[0], v[v.len() / 2], v[v.len() - 1])
+}
+
+#[test]
+fn sigkill_failover_keeps_every_acknowledged_write() {
+    let Some(mut c) = Cluster::new("auto") else {
+        return;
+    };
+    c.nodes[0].start(&c.lab);
+    c.wait_holder("a", Duration::from_secs(30));
+    c.nodes[1].start(&c.lab);
+    let w = start_writer(&c.lab, c.addr());
+    let logs = || String::new();
+    w.wait_acked_after(Instant::now(), Duration::from_secs(30), "start", &logs);
+    // b is a member before the first kill.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !c.nodes[0].admin(&["cluster"]).contains("member b ") {
+        assert!(Instant::now() < deadline, "b never joined\n{}", c.logs());
+        thread::sleep(Duration::from_millis(100));
+    }
+    println!("{}", c.nodes[0].admin(&["cluster"]));
+
+    const KILLS: usize = 10;
+    let mut failover = Vec::new();
+    let mut failback = Vec::new();
+    for i in 0..KILLS {
+        thread::sleep(Duration::from_millis(1500));
+        // At different moments of a's renewal period (one renewal every third of the lease).
+        thread::sleep(Duration::from_millis((i as u64 * 577) % 1700));
+        let killed = Instant::now();
+        c.nodes[0].kill();
+        c.wait_holder("b", Duration::from_secs(20));
+        let b_holds = Instant::now();
+        let all = c.logs();
+        let first = w.wait_acked_after(b_holds, Duration::from_secs(20), "after the kill", &|| {
+            all.clone()
+        });
+        let p = w.pause(killed, first.at);
+        println!(
+            "kill {}: b holds the address {:.2} s after the kill; I/O pause {:.2} s",
+            i + 1,
+            (b_holds - killed).as_secs_f64(),
+            p.as_secs_f64(),
+        );
+        failover.push(p);
+        // a comes back and takes its address home (failback auto).
+        let restarted = Instant::now();
+        c.nodes[0].start(&c.lab);
+        c.wait_holder("a", Duration::from_secs(30));
+        let home = Instant::now();
+        let all = c.logs();
+        let first = w.wait_acked_after(home, Duration::from_secs(20), "after failback", &|| {
+            all.clone()
+        });
+        let p = w.pause(restarted, first.at);
+        println!(
+            "  a back: holds the address {:.2} s after its start; failback pause {:.2} s",
+            (home - restarted).as_secs_f64(),
+            p.as_secs_f64()
+        );
+        failback.push(p);
+    }
+    println!("{}", c.nodes[0].admin(&["cluster"]));
+    let n = w.finish_and_check();
+    let (lo, med, hi) = stats(&mut failover);
+    println!(
+        "SIGKILL failover over {KILLS} kills (lease 5 s): I/O pause min {:.2} s, median {:.2} s, max {:.2} s; \
+         {n} writes acknowledged, every one read back",
+        lo.as_secs_f64(),
+        med.as_secs_f64(),
+        hi.as_secs_f64()
+    );
+    let (flo, fmed, fhi) = stats(&mut failback);
+    println!(
+        "failback (auto) pause: min {:.2} s, median {:.2} s, max {:.2} s",
+        flo.as_secs_f64(),
+        fmed.as_secs_f64(),
+        fhi.as_secs_f64()
+    );
+    // The lease is 5 s; the node's last renewal came up to a third of it before the kill.
+    assert!(hi < Duration::from_secs(8), "a failover took {hi:?}");
+}
+
+#[test]
+fn a_node_cut_off_from_etcd_stops_before_the_other_takes_over() {
+    let Some(mut c) = Cluster::new("manual") else {
+        return;
+    };
+    c.nodes[0].start(&c.lab);
+    c.wait_holder("a", Duration::from_secs(30));
+    c.nodes[1].start(&c.lab);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !c.nodes[0].admin(&["cluster"]).contains("member b ") {
+        assert!(Instant::now() < deadline, "b never joined\n{}", c.logs());
+        thread::sleep(Duration::from_millis(100));
+    }
+    let w = start_writer(&c.lab, c.addr());
+    w.wait_acked_after(Instant::now(), Duration::from_secs(30), "start", &|| {
+        String::new()
+    });
+    thread::sleep(Duration::from_secs(1));
+    let (a_skip, b_skip) = (c.nodes[0].log().len(), c.nodes[1].log().len());
+    // a loses etcd, not the initiator.
+    let etcd_ip = c.lab.addr("etcd");
+    let cut = Instant::now();
+    c.lab.blackhole("a", etcd_ip);
+    c.wait_holder("b", Duration::from_secs(20));
+    let b_holds = Instant::now();
+    let all = c.logs();
+    let first = w.wait_acked_after(
+        b_holds,
+        Duration::from_secs(20),
+        "after the partition",
+        &|| all.clone(),
+    );
+    let pause = w.pause(cut, first.at);
+    let (a_log, b_log) = (c.nodes[0].log(), c.nodes[1].log());
+    let need = |log: &str, skip: usize, what: &str| {
+        line_with(log, skip, what)
+            .map(|l| (stamp(l), l.to_string()))
+            .unwrap_or_else(|| panic!("no {what:?} in the log\n{}", c.logs()))
+    };
+    let (doubt, _) = need(&a_log, a_skip, "lease in doubt");
+    let (fenced, fenced_line) = need(&a_log, a_skip, "cluster: fenced (");
+    let (released, _) = need(&a_log, a_skip, "portal released");
+    let (owned, owned_line) = need(&b_log, b_skip, "portal owned");
+    let (listening, _) = need(&b_log, b_skip, "portal taken");
+    println!("partition: a fencing at {doubt:.3}, fenced (no write under way, none accepted after) at {fenced:.3}, address down at {released:.3}");
+    println!("           b owns the address at {owned:.3}, listening at {listening:.3}: {:.3} s after a stopped", owned - fenced);
+    println!("           I/O pause {:.2} s", pause.as_secs_f64());
+    assert!(
+        fenced < owned && released < owned,
+        "a stopped after b took over:\n{fenced_line}\n{owned_line}"
+    );
+    // a, healed, joins again and leaves the address with b (failback manual).
+    c.lab.unblackhole("a", etcd_ip);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !c.nodes[1].admin(&["cluster"]).contains("member a ") {
+        assert!(
+            Instant::now() < deadline,
+            "a never joined again\n{}",
+            c.logs()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    thread::sleep(Duration::from_secs(2));
+    assert!(c.holds("b") && !c.holds("a"));
+    let shown = c.nodes[1].admin(&["cluster"]);
+    assert!(
+        shown.contains(&format!("portal {}:{PORT} tag 7 owner b", c.vip)),
+        "{shown}"
+    );
+    // A planned move: a takes it, b lets it go.
+    let moved = Instant::now();
+    let out = c.nodes[1].admin(&["cluster", "move-portal", &format!("{}:{PORT}", c.vip), "a"]);
+    assert!(out.contains("moving to a"), "{out}");
+    c.wait_holder("a", Duration::from_secs(10));
+    let all = c.logs();
+    let first = w.wait_acked_after(
+        Instant::now(),
+        Duration::from_secs(20),
+        "after the move",
+        &|| all.clone(),
+    );
+    println!(
+        "planned move to a: I/O pause {:.2} s",
+        w.pause(moved, first.at).as_secs_f64()
+    );
+    let n = w.finish_and_check();
+    println!("{n} writes acknowledged, every one read back");
+}
