@@ -192,6 +192,16 @@ pub fn view_of(prefix: &str, nodes: &[KeyValue], portals: &[KeyValue]) -> View {
 pub struct Held {
     pub lease: Option<LeaseId>,
     pub addrs: BTreeSet<SocketAddr>,
+    /// The gratuitous ARP still being sent per address: dropping the sender stops it, so
+    /// that an announcement of ours never comes after the address went to another node.
+    announcing: BTreeMap<SocketAddr, tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Held {
+    fn forget(&mut self, a: &SocketAddr) {
+        self.addrs.remove(a);
+        self.announcing.remove(a);
+    }
 }
 
 /// How long one `ip`, `arping` or hook command may take.
@@ -226,13 +236,17 @@ async fn run_cmd(program: &str, args: &[String]) -> Result<(), String> {
     }
 }
 
-/// Bring `p`'s address up on its interface (or the hook) and announce it.
-async fn address_up(c: &ClusterConfig, p: &ClusterPortal) -> Result<(), String> {
+/// Bring `p`'s address up on its interface (or the hook) and announce it; the announcement
+/// goes on until it ends or the returned sender is dropped.
+async fn address_up(
+    c: &ClusterConfig,
+    p: &ClusterPortal,
+) -> Result<Option<tokio::sync::oneshot::Sender<()>>, String> {
     let cidr = format!("{}/{}", p.address.ip(), p.prefix_len);
     if let Some(hook) = &c.address_hook {
         let mut args: Vec<String> = hook[1..].to_vec();
         args.extend(["add".into(), cidr, p.interface.clone()]);
-        return run_cmd(&hook[0], &args).await;
+        return run_cmd(&hook[0], &args).await.map(|()| None);
     }
     let args: Vec<String> = ["addr", "add", &cidr, "dev", &p.interface]
         .iter()
@@ -244,29 +258,40 @@ async fn address_up(c: &ClusterConfig, p: &ClusterPortal) -> Result<(), String> 
         Err(e) if e.contains("File exists") => {}
         Err(e) => return Err(e),
     }
-    if p.address.is_ipv4() {
-        // A gratuitous ARP, so that peers send to this host's MAC at once (without it a peer
-        // keeps the old holder's for about 30 s). arping idles about a second per packet:
-        // in the background, reaped by its own task.
-        let ip = p.address.ip().to_string();
-        match Command::new("arping")
-            .args(["-q", "-U", "-c", "2", "-I", &p.interface, &ip])
-            .kill_on_drop(true)
-            .spawn()
-        {
-            Ok(mut child) => {
-                tokio::spawn(async move {
-                    let _ = tokio::time::timeout(COMMAND_LIMIT, child.wait()).await;
-                });
-            }
-            Err(e) => warn!(
+    if !p.address.is_ipv4() {
+        // An IPv6 address would need an unsolicited neighbour advertisement (not done).
+        return Ok(None);
+    }
+    // A gratuitous ARP, so that peers send to this host's MAC at once (without it a peer
+    // keeps the old holder's for about 30 s). arping idles about a second per packet: in the
+    // background, reaped by its own task, stopped when the address goes (its second packet
+    // must not point peers back here once another node holds the address).
+    let ip = p.address.ip().to_string();
+    match Command::new("arping")
+        .args(["-q", "-U", "-c", "2", "-I", &p.interface, &ip])
+        .kill_on_drop(true)
+        .spawn()
+    {
+        Ok(mut child) => {
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = tokio::time::timeout(COMMAND_LIMIT, child.wait()) => {}
+                    _ = stopped => {}
+                }
+                // Dropping the child kills it if it still runs.
+            });
+            Ok(Some(stop))
+        }
+        Err(e) => {
+            warn!(
                 "portal {}: no gratuitous ARP (arping, Debian iputils-arping: {e}); peers \
                  find the new holder only when their ARP entry expires",
                 p.address
-            ),
+            );
+            Ok(None)
         }
     }
-    Ok(())
 }
 
 /// Take `p`'s address off its interface (gone already is fine).
@@ -297,6 +322,7 @@ pub async fn release_all(d: &Arc<Daemon>, c: &ClusterConfig) {
     let mut held = d.portals.lock().await;
     held.lease = None;
     let had = std::mem::take(&mut held.addrs);
+    held.announcing.clear();
     d.set_floating_up(&held.addrs);
     let _ = d.sync_listeners().await;
     for a in &had {
@@ -343,16 +369,22 @@ async fn apply(
                 }
             }
             // The key is ours: only now does the address come up here.
-            if let Err(e) = address_up(c, p).await {
-                // Let the next node try.
-                if let Ok(Ok((Some(kv), _))) =
-                    tokio::time::timeout(STORE_LIMIT, store.get(key.as_bytes())).await
-                {
-                    if kv.lease == Some(lease) {
-                        let _ = store.delete_if(key.as_bytes(), kv.mod_revision).await;
+            let announcing = match address_up(c, p).await {
+                Ok(a) => a,
+                Err(e) => {
+                    // Let the next node try.
+                    if let Ok(Ok((Some(kv), _))) =
+                        tokio::time::timeout(STORE_LIMIT, store.get(key.as_bytes())).await
+                    {
+                        if kv.lease == Some(lease) {
+                            let _ = store.delete_if(key.as_bytes(), kv.mod_revision).await;
+                        }
                     }
+                    return Err(format!("cannot bring the address up: {e}"));
                 }
-                return Err(format!("cannot bring the address up: {e}"));
+            };
+            if let Some(stop) = announcing {
+                held.announcing.insert(a, stop);
             }
             held.addrs.insert(a);
             d.set_floating_up(&held.addrs);
@@ -363,7 +395,7 @@ async fn apply(
         }
         Step::Release(a, revision) => {
             let p = portal(c, &a).ok_or("not a configured portal")?;
-            held.addrs.remove(&a);
+            held.forget(&a);
             d.set_floating_up(&held.addrs);
             let _ = d.sync_listeners().await;
             d.close_portal_connections(&a);
@@ -383,7 +415,7 @@ async fn apply(
         }
         Step::Drop(a) => {
             let p = portal(c, &a).ok_or("not a configured portal")?;
-            held.addrs.remove(&a);
+            held.forget(&a);
             d.set_floating_up(&held.addrs);
             let _ = d.sync_listeners().await;
             d.close_portal_connections(&a);

@@ -340,6 +340,18 @@ impl Cluster {
             s.push_str(&format!("---- {} ----\n{}\n", n.name, n.log()));
         }
         s.push_str(&format!("---- etcd ----\n{}\n", tail(&self.etcd.log(), 30)));
+        for h in ["a", "b", "ini"] {
+            let out = self.lab.command(h, "ip").args(["-s", "neigh"]).output();
+            let link = self.lab.command(h, "ip").args(["-br", "link"]).output();
+            s.push_str(&format!(
+                "---- {h}: {:?}, neighbours:\n{}{}\n",
+                self.lab.addrs(h),
+                out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default(),
+                link.map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default(),
+            ));
+        }
         s
     }
 
