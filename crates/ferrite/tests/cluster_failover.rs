@@ -110,6 +110,8 @@ struct Ack {
 
 struct Writer {
     stop: Arc<AtomicBool>,
+    /// What the writer does now (for failure messages).
+    phase: Arc<Mutex<String>>,
     acks: Arc<Mutex<Vec<Ack>>>,
     /// The blocks as read back at the end (LBA order).
     handle: thread::JoinHandle<Vec<u64>>,
@@ -129,32 +131,38 @@ fn seq_in(b: &[u8]) -> Option<u64> {
 }
 
 /// Log in through `addr` (short connect timeout: a dead address is tried again at once).
-fn session(addr: SocketAddr) -> Option<Session> {
+fn session(addr: SocketAddr, phase: &Mutex<String>) -> Option<Session> {
+    *phase.lock().unwrap() = format!("connecting at {:?}", Instant::now());
     let stream = TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
-    let s = Session::login_on(stream, &LoginOpts::default()).ok()?;
-    // A write whose answer takes longer is given up and retried on a new connection.
-    s.stream
-        .set_read_timeout(Some(Duration::from_secs(1)))
-        .ok()?;
-    Some(s)
+    // A login or write whose answer takes longer is given up and tried again on a new
+    // connection.
+    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    *phase.lock().unwrap() = format!(
+        "logging in at {:?} from {:?}",
+        Instant::now(),
+        stream.local_addr()
+    );
+    Session::login_on(stream, &LoginOpts::default()).ok()
 }
 
 /// The initiator, on a thread inside the initiator's namespace.
 fn start_writer(lab: &Lab, addr: SocketAddr) -> Writer {
     let stop = Arc::new(AtomicBool::new(false));
     let acks = Arc::new(Mutex::new(Vec::new()));
-    let (st, ac) = (stop.clone(), acks.clone());
+    let phase = Arc::new(Mutex::new(String::new()));
+    let (st, ac, ph) = (stop.clone(), acks.clone(), phase.clone());
     let handle = lab.in_host("ini", move || {
         let mut s: Option<Session> = None;
         let mut seq = 1u64;
         while !st.load(Ordering::SeqCst) {
             let Some(sess) = s.as_mut() else {
-                s = session(addr);
+                s = session(addr, &ph);
                 if s.is_none() {
                     thread::sleep(Duration::from_millis(20));
                 }
                 continue;
             };
+            *ph.lock().unwrap() = format!("writing {seq} at {:?}", Instant::now());
             match sess.write10((seq % BLOCKS) as u32, &block_of(seq), BLOCK) {
                 Ok(()) => {
                     ac.lock().unwrap().push(Ack {
@@ -171,7 +179,7 @@ fn start_writer(lab: &Lab, addr: SocketAddr) -> Writer {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             assert!(Instant::now() < deadline, "cannot read back");
-            let Some(mut sess) = s.take().or_else(|| session(addr)) else {
+            let Some(mut sess) = s.take().or_else(|| session(addr, &ph)) else {
                 thread::sleep(Duration::from_millis(50));
                 continue;
             };
@@ -191,7 +199,12 @@ fn start_writer(lab: &Lab, addr: SocketAddr) -> Writer {
             }
         }
     });
-    Writer { stop, acks, handle }
+    Writer {
+        stop,
+        phase,
+        acks,
+        handle,
+    }
 }
 
 impl Writer {
@@ -213,7 +226,9 @@ impl Writer {
             }
             assert!(
                 Instant::now() < deadline,
-                "{what}: no write acknowledged\n{}",
+                "{what}: no write acknowledged; the initiator is {} (now {:?})\n{}",
+                self.phase.lock().unwrap(),
+                Instant::now(),
                 logs()
             );
             thread::sleep(Duration::from_millis(10));

@@ -392,9 +392,12 @@ impl Session {
         Ok(s)
     }
 
-    /// [`Session::connect`] over a connection the caller opened.
+    /// [`Session::connect`] over a connection the caller opened (a read timeout it set is
+    /// kept; 30 s otherwise).
     pub fn connect_on(stream: TcpStream, o: &LoginOpts) -> Result<Session, LoginError> {
-        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        if stream.read_timeout()?.is_none() {
+            stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        }
         stream.set_nodelay(true)?;
         let mut s = Session {
             stream,
