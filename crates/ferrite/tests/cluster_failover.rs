@@ -79,6 +79,22 @@ impl Node {
         }
     }
 
+    /// SIGTERM, and wait for the exit (a clean stop).
+    fn term(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let pid = c.id().to_string();
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(10));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     fn admin(&self, args: &[&str]) -> String {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferrite"))
             .arg("admin")
@@ -482,6 +498,27 @@ fn sigkill_failover_keeps_every_acknowledged_write() {
         failback.push(p);
     }
     println!("{}", c.nodes[0].admin(&["cluster"]));
+    // A clean stop hands over at once (lease revoked after the address went down).
+    thread::sleep(Duration::from_secs(1));
+    let stopped = Instant::now();
+    c.nodes[0].term();
+    c.wait_holder("b", Duration::from_secs(10));
+    let b_holds = Instant::now();
+    assert!(!c.holds("a"), "a stopped cleanly: its address is down");
+    let all = c.logs();
+    let first = w.wait_acked_after(b_holds, Duration::from_secs(20), "after SIGTERM", &|| {
+        all.clone()
+    });
+    let clean = w.pause(stopped, first.at);
+    println!(
+        "SIGTERM: b holds the address {:.2} s after the signal; I/O pause {:.2} s",
+        (b_holds - stopped).as_secs_f64(),
+        clean.as_secs_f64()
+    );
+    assert!(
+        clean < Duration::from_secs(3),
+        "a clean stop paused I/O for {clean:?}"
+    );
     let n = w.finish_and_check();
     let (lo, med, hi) = stats(&mut failover);
     println!(
