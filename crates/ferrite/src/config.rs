@@ -982,6 +982,51 @@ mod tests {
     }
 
     #[test]
+    fn floating_portals_are_checked_against_the_targets_and_each_other() {
+        let with = |portal: &str, extra: &str| {
+            let t = format!(
+                r#"
+                [cluster]
+                node = "a"
+                endpoints = ["127.0.0.1:2379"]
+                {extra}
+                [[cluster.portal]]
+                {portal}
+                [[target]]
+                name = "iqn.2026-11.io.ferrite:t"
+                [[target.portal_group]]
+                tag = 3
+                portals = ["10.0.0.100:3260"]
+                "#
+            );
+            toml::from_str::<Config>(&t)
+                .map_err(|e| e.to_string())
+                .and_then(|c| c.validate().map(|()| c))
+        };
+        let good = r#"address = "10.0.0.100:3260"
+                interface = "eth0"
+                prefix_len = 24
+                nodes = ["a", "b"]"#;
+        let cl = with(good, "").unwrap().cluster.unwrap();
+        assert_eq!(cl.failback, Failback::Manual, "the default");
+        let cl = with(good, r#"failback = "auto""#).unwrap().cluster.unwrap();
+        assert_eq!(cl.failback, Failback::Auto);
+        assert_eq!(cl.portals[0].nodes, ["a", "b"]);
+        let e = with(&good.replace(".100:", ".101:"), "").unwrap_err();
+        assert!(e.contains("no portal group lists"), "{e}");
+        let e = with(&good.replace("24", "33"), "").unwrap_err();
+        assert!(e.contains("prefix_len"), "{e}");
+        let e = with(&good.replace(r#"["a", "b"]"#, r#"["a", "a"]"#), "").unwrap_err();
+        assert!(e.contains("listed twice"), "{e}");
+        let e = with(&good.replace("eth0", "eth0; rm"), "").unwrap_err();
+        assert!(e.contains("interface"), "{e}");
+        let e = with(good, "address_hook = []").unwrap_err();
+        assert!(e.contains("address_hook"), "{e}");
+        let e = with(good, r#"failback = "sometimes""#).unwrap_err();
+        assert!(e.contains("sometimes"), "{e}");
+    }
+
+    #[test]
     fn chap_secrets_are_not_in_debug_output() {
         let c = ChapConfig {
             user: "u".into(),
