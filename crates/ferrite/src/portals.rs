@@ -368,7 +368,11 @@ async fn apply(
                     Cas::Conflict(_) => return Ok(()),
                 }
             }
-            // The key is ours: only now does the address come up here.
+            // The key is ours: only now does the address come up here (unless a fence came
+            // meanwhile: then the key goes with the lease, and the address stays down).
+            if d.fence.as_ref().is_some_and(|f| f.is_fenced()) {
+                return Ok(());
+            }
             let announcing = match address_up(c, p).await {
                 Ok(a) => a,
                 Err(e) => {
