@@ -1080,7 +1080,7 @@ pub fn render(cmd: &str, v: &Value) -> String {
                         .join(","),
                     c["failback"].as_str().unwrap_or(""),
                     match p["move_to"].as_str() {
-                        Some(n) => format!(" moving to {n}"),
+                        Some(n) => format!(" moved by hand to {n}"),
                         None => String::new(),
                     }
                 ));

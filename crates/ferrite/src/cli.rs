@@ -225,7 +225,7 @@ pub enum AdminCmd {
     },
     /// This node in its cluster: name, whether it holds its lease (serving) or is fenced,
     /// the members and the floating portals' holders; or an action: move-portal ADDR NODE
-    /// (planned move; NODE "-" cancels it), drain NODE (it holds no portal), undrain NODE
+    /// (planned move, kept until cancelled with NODE "-"), drain NODE (it holds no portal), undrain NODE
     Cluster {
         #[arg(value_name = "ACTION")]
         action: Vec<String>,

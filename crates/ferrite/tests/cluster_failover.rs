@@ -439,6 +439,12 @@ fn stamp(line: &str) -> f64 {
     h * 3600.0 + m * 60.0 + s
 }
 
+/// Seconds of the UTC day of `t` (to compare with [`stamp`]).
+fn day_seconds(t: std::time::SystemTime) -> f64 {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap();
+    (d.as_secs() % 86400) as f64 + f64::from(d.subsec_nanos()) / 1e9
+}
+
 /// The first line of `log` after its first `skip` bytes that contains `what`.
 fn line_with<'a>(log: &'a str, skip: usize, what: &str) -> Option<&'a str> {
     log.get(skip..)?.lines().find(|l| l.contains(what))
@@ -575,6 +581,7 @@ fn a_node_cut_off_from_etcd_stops_before_the_other_takes_over() {
     // a loses etcd, not the initiator.
     let etcd_ip = c.lab.addr("etcd");
     let cut = Instant::now();
+    let cut_wall = day_seconds(std::time::SystemTime::now());
     c.lab.blackhole("a", etcd_ip);
     c.wait_holder("b", Duration::from_secs(20));
     let b_holds = Instant::now();
@@ -597,12 +604,34 @@ fn a_node_cut_off_from_etcd_stops_before_the_other_takes_over() {
     let (released, _) = need(&a_log, a_skip, "portal released");
     let (owned, owned_line) = need(&b_log, b_skip, "portal owned");
     let (listening, _) = need(&b_log, b_skip, "portal taken");
+    let (b_login, _) = need(&b_log, b_skip, "login complete");
+    // The initiator's side: the last write a acknowledged (just before the gap) and the first
+    // b did, on the logs' clock.
+    let (last_a, first_b) = {
+        let acks = w.acks.lock().unwrap();
+        let i = acks.iter().position(|a| a.at >= first.at).unwrap();
+        (acks[i - 1], acks[i])
+    };
+    let wall = |t: Instant| cut_wall + (t - cut).as_secs_f64();
+    println!(
+        "partition: cut from etcd at {cut_wall:.3}; the initiator's last write acknowledged by a \
+         (seq {}) at {:.3}, its first by b (seq {}) at {:.3}",
+        last_a.seq,
+        wall(last_a.at),
+        first_b.seq,
+        wall(first_b.at)
+    );
+    println!("           b's first login on the address at {b_login:.3}");
     println!("partition: a fencing at {doubt:.3}, fenced (no write under way, none accepted after) at {fenced:.3}, address down at {released:.3}");
     println!("           b owns the address at {owned:.3}, listening at {listening:.3}: {:.3} s after a stopped", owned - fenced);
     println!("           I/O pause {:.2} s", pause.as_secs_f64());
     assert!(
         fenced < owned && released < owned,
         "a stopped after b took over:\n{fenced_line}\n{owned_line}"
+    );
+    assert!(
+        wall(last_a.at) < owned && first_b.seq == last_a.seq + 1,
+        "a acknowledged a write after b owned the address"
     );
     // a, healed, joins again and leaves the address with b (failback manual).
     c.lab.unblackhole("a", etcd_ip);
@@ -625,7 +654,7 @@ fn a_node_cut_off_from_etcd_stops_before_the_other_takes_over() {
     // A planned move: a takes it, b lets it go.
     let moved = Instant::now();
     let out = c.nodes[1].admin(&["cluster", "move-portal", &format!("{}:{PORT}", c.vip), "a"]);
-    assert!(out.contains("moving to a"), "{out}");
+    assert!(out.contains("moved by hand to a"), "{out}");
     c.wait_holder("a", Duration::from_secs(10));
     let all = c.logs();
     let first = w.wait_acked_after(
