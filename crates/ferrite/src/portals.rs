@@ -460,6 +460,10 @@ pub async fn run(d: Arc<Daemon>, store: Arc<dyn ClusterStore>, c: ClusterConfig)
         };
         let v = view_of(&c.prefix, &nodes, &ps);
         let held = d.portals.lock().await.addrs.clone();
+        // A listener that could not be bound when its address came up is tried again.
+        if let Err(e) = d.sync_listeners().await {
+            warn!("portals: {e:#}");
+        }
         for step in decide(&c.node, lease, &c.portals, c.failback, &v, &held) {
             if let Err(e) = apply(&d, &*store, &c, lease, step.clone()).await {
                 warn!("portals: {step:?}: {e}");

@@ -297,7 +297,9 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn new(failback: &str) -> Option<Cluster> {
+    /// Two nodes with `failback`; with `hook`, node b brings addresses up and down through an
+    /// `address_hook` script that logs its calls to `hook.log`.
+    fn new(failback: &str, hook: bool) -> Option<Cluster> {
         if let Err(e) = Lab::available() {
             eprintln!("skipped: {e}");
             return None;
@@ -314,7 +316,28 @@ impl Cluster {
             .unwrap();
         let (tls, _) = etcd.tls.clone().unwrap();
         let mut nodes = Vec::new();
+        let script = dir.path().join("hook.sh");
+        std::fs::write(
+            &script,
+            format!(
+                "echo \"$*\" >> {log}\n\
+                 if [ \"$1\" = add ]; then\n\
+                 \x20 ip addr add \"$2\" dev \"$3\" || exit 1\n\
+                 \x20 arping -q -U -c 1 -I \"$3\" \"${{2%/*}}\" >/dev/null 2>&1 &\n\
+                 else\n\
+                 \x20 ip addr del \"$2\" dev \"$3\" 2>/dev/null\n\
+                 fi\n\
+                 exit 0\n",
+                log = dir.path().join("hook.log").display()
+            ),
+        )
+        .unwrap();
         for name in ["a", "b"] {
+            let hook_line = if hook && name == "b" {
+                format!("address_hook = [\"/bin/sh\", \"{}\"]", script.display())
+            } else {
+                String::new()
+            };
             let config = format!(
                 r#"
                 [cluster]
@@ -324,6 +347,7 @@ impl Cluster {
                 cert = "{cert}"
                 key = "{key}"
                 failback = "{failback}"
+                {hook_line}
                 lease_secs = {lease}
                 [[cluster.portal]]
                 address = "{vip}:{PORT}"
@@ -457,7 +481,7 @@ fn stats(v: &mut [Duration]) -> (Duration, Duration, Duration) {
 
 #[test]
 fn sigkill_failover_keeps_every_acknowledged_write() {
-    let Some(mut c) = Cluster::new("auto") else {
+    let Some(mut c) = Cluster::new("auto", false) else {
         return;
     };
     c.nodes[0].start(&c.lab);
@@ -561,7 +585,7 @@ fn sigkill_failover_keeps_every_acknowledged_write() {
 
 #[test]
 fn a_node_cut_off_from_etcd_stops_before_the_other_takes_over() {
-    let Some(mut c) = Cluster::new("manual") else {
+    let Some(mut c) = Cluster::new("manual", true) else {
         return;
     };
     c.nodes[0].start(&c.lab);
@@ -694,4 +718,11 @@ fn a_node_cut_off_from_etcd_stops_before_the_other_takes_over() {
     assert!(c.holds("b") && !c.holds("a"), "{}", c.logs());
     let n = w.finish_and_check();
     println!("{n} writes acknowledged, every one read back");
+    // b went through its hook: down at its start, up when it took over.
+    let hook = std::fs::read_to_string(c._dir.path().join("hook.log")).unwrap_or_default();
+    let cidr = format!("{}/24 eth0", c.vip);
+    assert!(
+        hook.starts_with(&format!("del {cidr}\n")) && hook.contains(&format!("add {cidr}\n")),
+        "hook calls:\n{hook}"
+    );
 }
