@@ -624,6 +624,43 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_view_reads_members_owners_moves_and_drains() {
+        let kv = |k: &str, v: &str, lease: Option<i64>| KeyValue {
+            key: k.as_bytes().to_vec(),
+            value: v.as_bytes().to_vec(),
+            create_revision: 3,
+            mod_revision: 4,
+            lease: lease.map(LeaseId),
+        };
+        let v = view_of(
+            "/f/",
+            &[
+                kv("/f/nodes/a", "{}", Some(1)),
+                kv("/f/nodes/b", "{}", Some(2)),
+            ],
+            &[
+                kv(&format!("/f/portals/{A}"), r#"{"node":"b"}"#, Some(2)),
+                kv(&format!("/f/portals/want/{A}"), "a", None),
+                kv("/f/portals/drain/b", "drained", None),
+                kv("/f/portals/nonsense", "x", None),
+            ],
+        );
+        assert_eq!(v.live, ["a", "b"].map(String::from).into());
+        assert_eq!(v.drained, ["b"].map(String::from).into());
+        let a: SocketAddr = A.parse().unwrap();
+        assert_eq!(v.wants[&a], "a");
+        assert_eq!(
+            v.owners[&a],
+            Owner {
+                node: "b".into(),
+                lease: Some(LeaseId(2)),
+                revision: 4
+            }
+        );
+        assert_eq!(v.owners.len(), 1);
+    }
+
     #[tokio::test]
     async fn the_store_view_and_compare_and_swap_give_one_owner() {
         // Two nodes decide from the same MemStore; only one compare-and-swap wins, and the
