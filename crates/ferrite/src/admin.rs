@@ -264,7 +264,40 @@ pub async fn execute(daemon: &Arc<Daemon>, req: &Value) -> anyhow::Result<Value>
                     Err(_) => store_error = json!("no answer within 5 s"),
                 }
             }
+            let mut portals = Vec::new();
+            if let Some(store) = daemon.cluster_store.get().filter(|_| !c.portals.is_empty()) {
+                let prefix = format!("{}portals/", c.prefix);
+                let read = tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    store.list(prefix.as_bytes()),
+                )
+                .await;
+                if let Ok(Ok((kvs, _))) = read {
+                    let v = crate::portals::view_of(&c.prefix, &[], &kvs);
+                    for p in &c.portals {
+                        let owner = v.owners.get(&p.address);
+                        portals.push(json!({
+                            "address": p.address.to_string(),
+                            "tag": rt.config.targets.iter().find_map(|t| {
+                                t.portal_groups.iter().find(|g| g.portals.iter().any(|x| {
+                                    x.parse::<std::net::SocketAddr>().is_ok_and(|x| x == p.address)
+                                })).map(|g| g.tag)
+                            }),
+                            "nodes": p.nodes,
+                            "owner": owner.map(|o| o.node.clone()),
+                            "owner_revision": owner.map(|o| o.revision),
+                            "move_to": v.wants.get(&p.address),
+                        }));
+                    }
+                    nodes.iter_mut().for_each(|m: &mut Value| {
+                        let n = m["node"].as_str().unwrap_or("").to_string();
+                        m["drained"] = json!(v.drained.contains(&n));
+                    });
+                }
+            }
             return Ok(json!({ "cluster": {
+                "portals": portals,
+                "failback": c.failback,
                 "node": c.node,
                 "endpoints": c.endpoints,
                 "lease_secs": c.lease_secs,
@@ -274,6 +307,59 @@ pub async fn execute(daemon: &Arc<Daemon>, req: &Value) -> anyhow::Result<Value>
                 "revision": revision,
                 "store_error": store_error,
             }}));
+        }
+        "cluster-move-portal" | "cluster-drain" | "cluster-undrain" => {
+            let c =
+                rt.config.cluster.as_ref().ok_or_else(|| {
+                    anyhow::anyhow!("this node is not in a cluster (no [cluster])")
+                })?;
+            let store = daemon
+                .cluster_store
+                .get()
+                .ok_or_else(|| anyhow::anyhow!("no cluster store yet"))?;
+            let node = s(req, "node")?;
+            let (key, value) = if op == "cluster-move-portal" {
+                let a: std::net::SocketAddr = s(req, "address")?
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("address: {e}"))?;
+                let p = c.portals.iter().find(|p| p.address == a).ok_or_else(|| {
+                    anyhow::anyhow!("{a} is not a floating portal ([[cluster.portal]])")
+                })?;
+                anyhow::ensure!(
+                    node == "-" || p.nodes.iter().any(|n| n == node),
+                    "{node} is not one of {a}'s nodes ({})",
+                    p.nodes.join(", ")
+                );
+                (
+                    format!("{}portals/want/{a}", c.prefix),
+                    (node != "-").then(|| node.to_string()),
+                )
+            } else {
+                (
+                    format!("{}portals/drain/{node}", c.prefix),
+                    (op == "cluster-drain").then(|| "drained".to_string()),
+                )
+            };
+            let limit = std::time::Duration::from_secs(5);
+            let change = async {
+                let (kv, _) = store.get(key.as_bytes()).await?;
+                let rev = kv.as_ref().map_or(0, |kv| kv.mod_revision);
+                match (&value, kv) {
+                    (Some(v), _) => store.put_if(key.as_bytes(), v.as_bytes(), rev, None).await,
+                    (None, Some(_)) => store.delete_if(key.as_bytes(), rev).await,
+                    (None, None) => Ok(cluster::Cas::Done(0)),
+                }
+            };
+            match tokio::time::timeout(limit, change).await {
+                Ok(Ok(cluster::Cas::Done(_))) => {}
+                Ok(Ok(cluster::Cas::Conflict(_))) => {
+                    anyhow::bail!("changed meanwhile by somebody else; try again")
+                }
+                Ok(Err(e)) => anyhow::bail!("{e}"),
+                Err(_) => anyhow::bail!("the cluster store did not answer within 5 s"),
+            }
+            info!(op, node, "cluster: {key} changed");
+            return Box::pin(execute(daemon, &json!({ "op": "cluster" }))).await;
         }
         "stats" => {
             // Counters since start; the client turns two readings into rates.
@@ -762,7 +848,18 @@ pub fn request_from_args(cmd: &str, a: &[String]) -> anyhow::Result<Value> {
             json!({ "op": cmd, "target": a[0], "tag": num(&a[1])? })
         }
         "alua" => json!({ "op": "targets" }),
-        "cluster" => json!({ "op": "cluster" }),
+        "cluster" => match a.first().map(String::as_str) {
+            None => json!({ "op": "cluster" }),
+            Some("move-portal") => {
+                anyhow::ensure!(a.len() == 3, "cluster move-portal ADDR:PORT NODE|-");
+                json!({ "op": "cluster-move-portal", "address": a[1], "node": a[2] })
+            }
+            Some(x @ ("drain" | "undrain")) => {
+                anyhow::ensure!(a.len() == 2, "cluster {x} NODE");
+                json!({ "op": format!("cluster-{x}"), "node": a[1] })
+            }
+            Some(x) => anyhow::bail!("cluster {x:?}: move-portal, drain or undrain"),
+        },
         "set-alua" => {
             need(2)?;
             let mut states = Vec::new();
@@ -968,10 +1065,35 @@ pub fn render(cmd: &str, v: &Value) -> String {
             }
             for m in c["members"].as_array().into_iter().flatten() {
                 out.push_str(&format!(
-                    "  member {} lease {} since revision {}\n",
+                    "  member {} lease {} since revision {}{}\n",
                     m["node"].as_str().unwrap_or(""),
                     m["lease"].as_str().unwrap_or("-"),
-                    m["since_revision"]
+                    m["since_revision"],
+                    if m["drained"] == json!(true) {
+                        " drained"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+            for p in c["portals"].as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "  portal {} tag {} owner {} (nodes {}, failback {}){}\n",
+                    p["address"].as_str().unwrap_or(""),
+                    p["tag"],
+                    p["owner"].as_str().unwrap_or("-"),
+                    p["nodes"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    c["failback"].as_str().unwrap_or(""),
+                    match p["move_to"].as_str() {
+                        Some(n) => format!(" moved by hand to {n}"),
+                        None => String::new(),
+                    }
                 ));
             }
         }

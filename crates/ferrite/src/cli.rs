@@ -223,8 +223,13 @@ pub enum AdminCmd {
         #[arg(value_name = "KEY=VALUE")]
         settings: Vec<String>,
     },
-    /// This node in its cluster: name, whether it holds its lease (serving) or is fenced
-    Cluster,
+    /// This node in its cluster: name, whether it holds its lease (serving) or is fenced,
+    /// the members and the floating portals' holders; or an action: move-portal ADDR NODE
+    /// (planned move, kept until cancelled with NODE "-"), drain NODE (it holds no portal), undrain NODE
+    Cluster {
+        #[arg(value_name = "ACTION")]
+        action: Vec<String>,
+    },
     /// ALUA target port groups and their access states, by target
     Alua,
     /// Change ALUA states, all at once, through transitioning: ID=STATE... (STATE:

@@ -46,6 +46,43 @@ pub struct ClusterConfig {
     /// Where the cluster's keys live in etcd.
     #[serde(default = "default_cluster_prefix")]
     pub prefix: String,
+    /// Floating portal addresses (`[[cluster.portal]]`): the one live node that owns each
+    /// (in etcd) holds the address and listens there (`portals`).
+    #[serde(default, rename = "portal", skip_serializing_if = "Vec::is_empty")]
+    pub portals: Vec<ClusterPortal>,
+    /// Whether a portal goes back to a more preferred node when it rejoins.
+    #[serde(default)]
+    pub failback: Failback,
+    /// A command that adds or removes a floating address instead of `ip addr` (and announces
+    /// it): run as `HOOK... add|del ADDRESS/PREFIX_LEN INTERFACE`; exit status 0 means done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address_hook: Option<Vec<String>>,
+}
+
+/// One floating portal address and the nodes that may hold it, most preferred first. The
+/// address must be a portal of a portal group in the target configuration (identical on every
+/// node), so it keeps its portal group tag wherever it moves.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterPortal {
+    /// `IP:PORT`, as in the portal group.
+    pub address: SocketAddr,
+    /// The interface the address goes on.
+    pub interface: String,
+    /// The address's prefix length on that interface.
+    pub prefix_len: u8,
+    /// Who may hold it: the first live one (not drained) does.
+    pub nodes: Vec<String>,
+}
+
+/// `failback`: `manual` (a portal stays with its holder until it fails or is moved) or `auto`
+/// (a more preferred node takes it back when it is live again; the holder lets it go cleanly).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Failback {
+    #[default]
+    Manual,
+    Auto,
 }
 
 fn default_lease_secs() -> u64 {
@@ -109,6 +146,49 @@ impl ClusterConfig {
         }
         if !self.prefix.starts_with('/') || !self.prefix.ends_with('/') {
             return Err("cluster.prefix must start and end with '/'".into());
+        }
+        let mut seen = HashSet::new();
+        for p in &self.portals {
+            let a = p.address;
+            if !seen.insert(a.ip()) {
+                return Err(format!(
+                    "cluster.portal {a}: the address is listed twice (one owner per address)"
+                ));
+            }
+            if a.ip().is_unspecified() || a.ip().is_loopback() {
+                return Err(format!(
+                    "cluster.portal {a}: a floating address must be a real one"
+                ));
+            }
+            let max = if a.is_ipv4() { 32 } else { 128 };
+            if p.prefix_len == 0 || p.prefix_len > max {
+                return Err(format!("cluster.portal {a}: prefix_len must be 1..{max}"));
+            }
+            let ok_if = !p.interface.is_empty()
+                && p.interface.len() <= 15
+                && p.interface
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b));
+            if !ok_if {
+                return Err(format!(
+                    "cluster.portal {a}: interface {:?} is not an interface name",
+                    p.interface
+                ));
+            }
+            if p.nodes.is_empty() || p.nodes.len() > 64 {
+                return Err(format!("cluster.portal {a}: nodes must list 1..64 nodes"));
+            }
+            let mut names = HashSet::new();
+            for n in &p.nodes {
+                if valid_node_name(n).is_err() || !names.insert(n) {
+                    return Err(format!(
+                        "cluster.portal {a}: node {n:?} is not a node name or is listed twice"
+                    ));
+                }
+            }
+        }
+        if self.address_hook.as_ref().is_some_and(|h| h.is_empty()) {
+            return Err("cluster.address_hook: name a program".into());
         }
         Ok(())
     }
@@ -637,6 +717,22 @@ impl Config {
         }
         if let Some(c) = &self.cluster {
             c.validate()?;
+            // A floating address keeps the portal group tag the target configuration gives it.
+            for p in &c.portals {
+                let listed = self.targets.iter().any(|t| {
+                    t.portal_groups.iter().any(|g| {
+                        g.portals
+                            .iter()
+                            .any(|x| x.parse::<SocketAddr>().is_ok_and(|x| x == p.address))
+                    })
+                });
+                if !listed {
+                    return Err(format!(
+                        "cluster.portal {}: no portal group lists this portal",
+                        p.address
+                    ));
+                }
+            }
         }
         let s = &self.settings;
         if !(512..=16_777_215).contains(&s.max_recv_data_segment_length) {
@@ -893,6 +989,51 @@ mod tests {
         let e = Config::load(&p).unwrap_err();
         assert!(e.contains("line 2"), "{e}");
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn floating_portals_are_checked_against_the_targets_and_each_other() {
+        let with = |portal: &str, extra: &str| {
+            let t = format!(
+                r#"
+                [cluster]
+                node = "a"
+                endpoints = ["127.0.0.1:2379"]
+                {extra}
+                [[cluster.portal]]
+                {portal}
+                [[target]]
+                name = "iqn.2026-11.io.ferrite:t"
+                [[target.portal_group]]
+                tag = 3
+                portals = ["10.0.0.100:3260"]
+                "#
+            );
+            toml::from_str::<Config>(&t)
+                .map_err(|e| e.to_string())
+                .and_then(|c| c.validate().map(|()| c))
+        };
+        let good = r#"address = "10.0.0.100:3260"
+                interface = "eth0"
+                prefix_len = 24
+                nodes = ["a", "b"]"#;
+        let cl = with(good, "").unwrap().cluster.unwrap();
+        assert_eq!(cl.failback, Failback::Manual, "the default");
+        let cl = with(good, r#"failback = "auto""#).unwrap().cluster.unwrap();
+        assert_eq!(cl.failback, Failback::Auto);
+        assert_eq!(cl.portals[0].nodes, ["a", "b"]);
+        let e = with(&good.replace(".100:", ".101:"), "").unwrap_err();
+        assert!(e.contains("no portal group lists"), "{e}");
+        let e = with(&good.replace("24", "33"), "").unwrap_err();
+        assert!(e.contains("prefix_len"), "{e}");
+        let e = with(&good.replace(r#"["a", "b"]"#, r#"["a", "a"]"#), "").unwrap_err();
+        assert!(e.contains("listed twice"), "{e}");
+        let e = with(&good.replace("eth0", "eth0; rm"), "").unwrap_err();
+        assert!(e.contains("interface"), "{e}");
+        let e = with(good, "address_hook = []").unwrap_err();
+        assert!(e.contains("address_hook"), "{e}");
+        let e = with(good, r#"failback = "sometimes""#).unwrap_err();
+        assert!(e.contains("sometimes"), "{e}");
     }
 
     #[test]

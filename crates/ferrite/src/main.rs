@@ -7,6 +7,7 @@ mod cluster_pr;
 mod config;
 mod membership;
 mod metrics;
+mod portals;
 mod pr_cli;
 mod runtime;
 mod server;
@@ -286,6 +287,12 @@ fn main() -> ExitCode {
             daemon.start_cluster_pr(store.clone());
             daemon.start_cluster_alua(store.clone());
             info!(node = %c.node, endpoints = ?c.endpoints, "cluster: joining");
+            if !c.portals.is_empty() {
+                // A previous run may have died with floating addresses up: down they go
+                // before this one may hold any.
+                portals::release_all(&daemon, c).await;
+                tokio::spawn(portals::run(daemon.clone(), store.clone(), c.clone()));
+            }
             tokio::spawn(membership::run(
                 daemon.clone(),
                 fence,
@@ -365,9 +372,46 @@ fn main() -> ExitCode {
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
         }
+        if let (Some(c), Some(fence)) = (&cfg.cluster, daemon.fence.clone()) {
+            hand_over(&daemon, c, &fence).await;
+        }
         let d = daemon.clone();
         let _ = tokio::task::spawn_blocking(move || d.flush_all()).await;
         info!("stopped");
         ExitCode::SUCCESS
     })
+}
+
+/// A clustered node that stops cleanly hands over at once instead of letting its lease run out:
+/// no write may start, those under way finish, the backstores are flushed, the floating
+/// addresses go down, and only then is the lease revoked (its keys, the portals' included, go
+/// with it, and the next nodes take them).
+async fn hand_over(
+    daemon: &Arc<server::Daemon>,
+    c: &config::ClusterConfig,
+    fence: &membership::Fence,
+) {
+    use std::time::Duration;
+    fence.raise();
+    let quiet = fence
+        .drained(tokio::time::Instant::now() + Duration::from_secs(5))
+        .await;
+    let d = daemon.clone();
+    let _ = tokio::task::spawn_blocking(move || d.flush_all()).await;
+    let lease = daemon.portals.lock().await.lease;
+    if !c.portals.is_empty() {
+        portals::release_all(daemon, c).await;
+    }
+    let (Some(lease), Some(store)) = (lease, daemon.cluster_store.get()) else {
+        return;
+    };
+    if !quiet {
+        tracing::warn!("cluster: writes still under way at shutdown; the lease is left to run out");
+        return;
+    }
+    match tokio::time::timeout(Duration::from_secs(2), store.revoke(lease)).await {
+        Ok(Ok(())) => info!("cluster: lease revoked; the other nodes take over now"),
+        Ok(Err(e)) => tracing::warn!("cluster: cannot revoke the lease ({e}); it runs out"),
+        Err(_) => tracing::warn!("cluster: etcd does not answer; the lease runs out"),
+    }
 }

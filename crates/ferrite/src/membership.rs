@@ -172,6 +172,11 @@ pub trait Serving: Send + Sync {
     fn stop_serving(self: Arc<Self>) -> crate::server::BoxFut<'static, ()>;
     /// Make every backstore's completed writes durable.
     fn flush_all(&self);
+    /// The node holds this lease now (what its floating portals' keys live with, `portals`);
+    /// called before `start_serving`. `stop_serving` forgets it.
+    fn set_lease(self: Arc<Self>, _lease: cluster::LeaseId) -> crate::server::BoxFut<'static, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// The guard: fence this long before the lease could end at the earliest.
@@ -197,6 +202,7 @@ pub async fn run<S: Serving + 'static>(
     loop {
         let (lease, renewed) = join(&*store, &key, &node, ttl).await;
         fence.lower();
+        serving.clone().set_lease(lease.id).await;
         if let Err(e) = serving.clone().start_serving(lease.id).await {
             error!("cluster: joined, but the portals do not open: {e:#}");
         }

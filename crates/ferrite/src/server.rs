@@ -108,6 +108,14 @@ pub struct Daemon {
     /// Whether the portals are open: always on a single node; while it holds its lease on a
     /// clustered one.
     serving: AtomicBool,
+    /// The floating portals this node holds and its lease (`portals`).
+    pub portals: tokio::sync::Mutex<crate::portals::Held>,
+    /// Membership got or lost a lease.
+    pub lease_changed: Notify,
+    /// The floating portal addresses up here now (what `sync_listeners` listens on of them).
+    floating_up: Mutex<std::collections::BTreeSet<SocketAddr>>,
+    /// Per listening portal: ends the connections accepted there (a floating portal let go).
+    portal_close: Mutex<HashMap<SocketAddr, watch::Sender<bool>>>,
 }
 
 /// A boxed future (the `membership::Serving` hooks).
@@ -145,6 +153,18 @@ impl crate::membership::Serving for Daemon {
             for tsih in tsihs {
                 self.drop_session(tsih);
             }
+            // The floating addresses go down while the lease still holds (`portals`).
+            let c = self.runtime().config.cluster.clone();
+            if let Some(c) = c.filter(|c| !c.portals.is_empty()) {
+                crate::portals::release_all(&self, &c).await;
+            }
+        })
+    }
+
+    fn set_lease(self: Arc<Self>, lease: cluster::LeaseId) -> BoxFut<'static, ()> {
+        Box::pin(async move {
+            self.portals.lock().await.lease = Some(lease);
+            self.lease_changed.notify_one();
         })
     }
 
@@ -579,6 +599,10 @@ impl Daemon {
             cluster_store: std::sync::OnceLock::new(),
             cluster_pr,
             cluster_alua,
+            portals: tokio::sync::Mutex::new(Default::default()),
+            lease_changed: Notify::new(),
+            floating_up: Mutex::new(Default::default()),
+            portal_close: Mutex::new(HashMap::new()),
         });
         d.wire_devices(&d.runtime());
         let weak = Arc::downgrade(&d);
@@ -712,12 +736,45 @@ impl Daemon {
         self.shutdown.subscribe()
     }
 
+    /// Which floating portal addresses are up here (`portals`); `sync_listeners` listens on
+    /// those of them only.
+    pub fn set_floating_up(&self, up: &std::collections::BTreeSet<SocketAddr>) {
+        *self.floating_up.lock().unwrap_or_else(|e| e.into_inner()) = up.clone();
+    }
+
+    /// End every connection accepted on portal `addr` (its address is let go).
+    pub fn close_portal_connections(&self, addr: &SocketAddr) {
+        if let Some(tx) = self
+            .portal_close
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(addr)
+        {
+            let _ = tx.send(true);
+        }
+    }
+
     /// Listen on every portal of the runtime and stop listening on portals it no longer has.
     /// A portal that cannot be bound is an error (at start, the daemon does not come up).
     pub async fn sync_listeners(self: &Arc<Self>) -> anyhow::Result<()> {
-        // A fenced cluster node listens nowhere.
+        // A fenced cluster node listens nowhere; a floating portal only where it is up.
         let want = if self.serving.load(Ordering::SeqCst) {
-            self.runtime().listen_addrs()
+            let rt = self.runtime();
+            let floating: Vec<SocketAddr> = rt
+                .config
+                .cluster
+                .iter()
+                .flat_map(|c| c.portals.iter().map(|p| p.address))
+                .collect();
+            let up = self
+                .floating_up
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            rt.listen_addrs()
+                .into_iter()
+                .filter(|a| !floating.contains(a) || up.contains(a))
+                .collect()
         } else {
             Vec::new()
         };
@@ -744,7 +801,21 @@ impl Daemon {
                 .await
                 .with_context(|| format!("listen on {addr}"))?;
             info!(%addr, "portal listening");
-            let task = tokio::spawn(accept_loop(l, self.clone(), self.shutdown_rx()));
+            // The connections accepted here end on shutdown, or when the portal is let go.
+            let (close, conns) = watch::channel(false);
+            let mut sd = self.shutdown_rx();
+            let fwd = close.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = sd.changed() => { let _ = fwd.send(true); }
+                    _ = fwd.closed() => {}
+                }
+            });
+            self.portal_close
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(addr, close);
+            let task = tokio::spawn(accept_loop(l, self.clone(), conns));
             self.listeners
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

@@ -1,6 +1,7 @@
 //! A throw-away etcd member for tests (Debian `etcd-server`; `.ci/run` installs it): started on
-//! free loopback ports with its data under the test's scratch directory, plain HTTP or TLS with
-//! client certificates (a CA, a server certificate for 127.0.0.1, a client certificate, and an
+//! free loopback ports (or inside a host of a [`crate::netns::Lab`], on its address) with its
+//! data under the test's scratch directory, plain HTTP or TLS with client certificates (a CA, a
+//! server certificate for its address, a client certificate, and an
 //! outsider's from another CA, made with `openssl`), killed and removed on drop.
 
 use std::net::TcpListener;
@@ -47,9 +48,9 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
-/// A CA, a server certificate for 127.0.0.1, a client certificate it signed, and a client
+/// A CA, a server certificate for `ip`, a client certificate it signed, and a client
 /// certificate from another CA (an outsider).
-fn certificates(dir: &Path) -> (TlsFiles, TlsFiles) {
+fn certificates(dir: &Path, ip: &str) -> (TlsFiles, TlsFiles) {
     let ec = [
         "-newkey",
         "ec",
@@ -66,7 +67,7 @@ fn certificates(dir: &Path) -> (TlsFiles, TlsFiles) {
         a.extend_from_slice(&["-keyout", &k, "-out", &c]);
         openssl(dir, &a);
     }
-    std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    std::fs::write(dir.join("server.ext"), format!("subjectAltName=IP:{ip}\n")).unwrap();
     std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
     for (name, ca, ext) in [
         ("server", "ca", "server.ext"),
@@ -121,6 +122,19 @@ impl Etcd {
 
     /// With `tls`, etcd serves clients over TLS and demands a certificate its CA signed.
     pub fn start_with(tls: bool) -> Etcd {
+        let (client, peer) = (free_port(), free_port());
+        Self::spawn(Command::new("etcd"), "127.0.0.1", client, peer, tls)
+    }
+
+    /// A member inside `host` of a network lab, listening on that host's address (ports 2379
+    /// and 2380: the namespace is the lab's own), over TLS if `tls` (the server certificate
+    /// names that address). Killed with the lab at the latest.
+    pub fn start_in(lab: &crate::netns::Lab, host: &str, tls: bool) -> Etcd {
+        let ip = lab.addr(host).to_string();
+        Self::spawn(lab.command(host, "etcd"), &ip, 2379, 2380, tls)
+    }
+
+    fn spawn(mut cmd: Command, ip: &str, client: u16, peer: u16, tls: bool) -> Etcd {
         let found = Command::new("etcd").arg("--version").output();
         assert!(
             found.is_ok_and(|o| o.status.success()),
@@ -128,12 +142,10 @@ impl Etcd {
         );
         let dir = std::env::temp_dir().join(format!("etcd-{}-{}", std::process::id(), free_port()));
         std::fs::create_dir_all(&dir).unwrap();
-        let (client, peer) = (free_port(), free_port());
-        let endpoint = format!("127.0.0.1:{client}");
+        let endpoint = format!("{ip}:{client}");
         let log = std::fs::File::create(dir.join("etcd.log")).unwrap();
-        let certs = tls.then(|| certificates(&dir));
+        let certs = tls.then(|| certificates(&dir, ip));
         let scheme = if tls { "https" } else { "http" };
-        let mut cmd = Command::new("etcd");
         if tls {
             cmd.arg("--client-cert-auth")
                 .arg(format!(
@@ -149,11 +161,9 @@ impl Etcd {
             .args(["--name", "test"])
             .arg(format!("--listen-client-urls={scheme}://{endpoint}"))
             .arg(format!("--advertise-client-urls={scheme}://{endpoint}"))
-            .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
-            .arg(format!(
-                "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
-            ))
-            .arg(format!("--initial-cluster=test=http://127.0.0.1:{peer}"))
+            .arg(format!("--listen-peer-urls=http://{ip}:{peer}"))
+            .arg(format!("--initial-advertise-peer-urls=http://{ip}:{peer}"))
+            .arg(format!("--initial-cluster=test=http://{ip}:{peer}"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -381,7 +381,23 @@ impl Session {
     /// [`LoginError::Refused`] with the status bytes of the login response.
     pub fn connect(addr: SocketAddr, o: &LoginOpts) -> Result<Session, LoginError> {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        Session::connect_on(stream, o)
+    }
+
+    /// [`Session::login`] over a connection the caller opened (its own connect timeout, or a
+    /// socket made inside another network namespace).
+    pub fn login_on(stream: TcpStream, o: &LoginOpts) -> io::Result<Session> {
+        let mut s = Session::connect_on(stream, o).map_err(|e| err(e.to_string()))?;
+        s.clear_unit_attentions().map_err(err)?;
+        Ok(s)
+    }
+
+    /// [`Session::connect`] over a connection the caller opened (a read timeout it set is
+    /// kept; 30 s otherwise).
+    pub fn connect_on(stream: TcpStream, o: &LoginOpts) -> Result<Session, LoginError> {
+        if stream.read_timeout()?.is_none() {
+            stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        }
         stream.set_nodelay(true)?;
         let mut s = Session {
             stream,

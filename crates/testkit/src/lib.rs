@@ -21,4 +21,5 @@
 pub mod engine;
 pub mod etcd;
 pub mod initiator;
+pub mod netns;
 pub mod pdu;
