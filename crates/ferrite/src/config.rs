@@ -85,8 +85,11 @@ pub enum Failback {
     Auto,
 }
 
+/// 4 s: a crashed node's partner takes over within the lease plus etcd's expiry check
+/// (4.5 s at most), while a node rides out an etcd leader election (1-2 s) without fencing
+/// itself (it fences 3 s after its last successful renewal).
 fn default_lease_secs() -> u64 {
-    5
+    4
 }
 
 fn default_cluster_prefix() -> String {

@@ -15,7 +15,7 @@
 //!   `b` owned the address. Then a planned move back to `a`, a drain of `a`, and `b`'s
 //!   address hook.
 //!
-//! `FERRITE_FAILOVER_LEASE=SECS` measures another lease than the default 5 s.
+//! `FERRITE_FAILOVER_LEASE=SECS` measures another lease than the default 4 s.
 
 mod common;
 
@@ -442,13 +442,13 @@ impl Cluster {
     }
 }
 
-/// The nodes' lease: the default (5 s) unless `FERRITE_FAILOVER_LEASE` says otherwise (to
+/// The nodes' lease: the default (4 s) unless `FERRITE_FAILOVER_LEASE` says otherwise (to
 /// measure other leases by hand).
 fn lease_secs() -> u64 {
     std::env::var("FERRITE_FAILOVER_LEASE")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(5)
+        .unwrap_or(4)
 }
 
 fn tail(s: &str, n: usize) -> String {
