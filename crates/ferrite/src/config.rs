@@ -737,6 +737,29 @@ impl Config {
                 }
             }
         }
+        // An ALUA group bound to a node goes unavailable with it (`cluster_alua`); a floating
+        // portal moves to a partner instead, so its group must stay served: never both.
+        for t in &self.targets {
+            for g in t.alua_groups.iter().filter(|g| g.node.is_some()) {
+                let what = format!("target {:?} alua_group {}", t.name, g.id);
+                let Some(c) = &self.cluster else {
+                    return Err(format!("{what}: node needs a [cluster] section"));
+                };
+                let floats = t
+                    .portal_groups
+                    .iter()
+                    .filter(|pg| g.portal_groups.contains(&pg.tag))
+                    .flat_map(|pg| &pg.portals)
+                    .filter_map(|x| x.parse::<SocketAddr>().ok())
+                    .find(|a| c.portals.iter().any(|p| p.address == *a));
+                if let Some(a) = floats {
+                    return Err(format!(
+                        "{what}: bound to node {:?}, but its portal {a} floats between nodes                          (cluster.portal): a group either stays with its node or moves with                          its address",
+                        g.node.as_deref().unwrap_or_default()
+                    ));
+                }
+            }
+        }
         let s = &self.settings;
         if !(512..=16_777_215).contains(&s.max_recv_data_segment_length) {
             return Err("settings.max_recv_data_segment_length must be 512..16777215".into());
@@ -1037,6 +1060,44 @@ mod tests {
         assert!(e.contains("address_hook"), "{e}");
         let e = with(good, r#"failback = "sometimes""#).unwrap_err();
         assert!(e.contains("sometimes"), "{e}");
+    }
+
+    #[test]
+    fn an_alua_group_follows_its_node_or_its_floating_address_not_both() {
+        let cfg = |cluster: bool, floating: bool| {
+            let mut t = String::new();
+            if cluster {
+                t.push_str("[cluster]\nnode = \"a\"\nendpoints = [\"127.0.0.1:2379\"]\n");
+                if floating {
+                    t.push_str(
+                        "[[cluster.portal]]\naddress = \"10.0.0.100:3260\"\ninterface = \"eth0\"\n\
+                         prefix_len = 24\nnodes = [\"a\", \"b\"]\n",
+                    );
+                }
+            }
+            t.push_str(
+                r#"
+                [[target]]
+                name = "iqn.2026-11.io.ferrite:t"
+                [[target.portal_group]]
+                tag = 1
+                portals = ["10.0.0.100:3260"]
+                [[target.alua_group]]
+                id = 1
+                portal_groups = [1]
+                state = "active/optimized"
+                node = "a"
+                "#,
+            );
+            toml::from_str::<Config>(&t)
+                .map_err(|e| e.to_string())
+                .and_then(|c| c.validate())
+        };
+        assert_eq!(cfg(true, false), Ok(()));
+        let e = cfg(true, true).unwrap_err();
+        assert!(e.contains("floats between nodes"), "{e}");
+        let e = cfg(false, false).unwrap_err();
+        assert!(e.contains("needs a [cluster]"), "{e}");
     }
 
     #[test]
