@@ -20,8 +20,6 @@ mod common;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
 use common::guest::{Guest, GuestOpts, HOST_FROM_GUEST};
 use common::tpg::{admin_json, admin_ok};
 use common::{Daemon, Opts, IQN};
@@ -304,20 +302,7 @@ fn alua_states_steer_dm_multipath_and_survive_a_restart() {
     let rtpg5 = out.file("rtpg-5");
     assert!(rtpg5.contains("unavailable"), "{rtpg5}");
     // fio: every round without error, every write read back.
-    let rounds: u32 = out.file("fio-rounds").trim().parse().unwrap();
-    assert!(rounds >= 1);
-    for r in 1..=rounds {
-        let text = out.file(&format!("fio-{r}.json"));
-        let v: Value = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("fio-{r}.json is not fio JSON ({e}):\n{text}"));
-        let job = &v["jobs"][0];
-        assert_eq!(job["error"], 0, "fio round {r}: {text}");
-        assert_eq!(job["write"]["io_bytes"], 32u64 << 20, "fio round {r}");
-        assert!(
-            job["read"]["io_bytes"].as_u64().unwrap_or(0) >= 32 << 20,
-            "round {r}"
-        );
-    }
+    let rounds = out.verified_fio_rounds(32 << 20).len();
     println!("fio: {rounds} verified rounds of 32 MiB, no error");
     // 6. Persistent reservations through the map.
     let keys = out.file("pr-keys");

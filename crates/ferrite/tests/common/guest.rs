@@ -121,6 +121,9 @@ pub struct GuestOpts {
     pub timeout: Duration,
     /// Guest memory in MiB.
     pub mem_mib: u32,
+    /// Run QEMU inside this network namespace (`ip netns exec`): the guest's user-mode network
+    /// then reaches what that namespace reaches (`testkit::netns` hosts).
+    pub netns: Option<String>,
 }
 
 impl Default for GuestOpts {
@@ -131,6 +134,7 @@ impl Default for GuestOpts {
             env: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
             mem_mib: 1024,
+            netns: None,
         }
     }
 }
@@ -160,6 +164,10 @@ impl GuestOpts {
     }
     pub fn timeout(mut self, limit: Duration) -> Self {
         self.timeout = limit;
+        self
+    }
+    pub fn netns(mut self, ns: &str) -> Self {
+        self.netns = Some(ns.into());
         self
     }
 }
@@ -234,7 +242,15 @@ impl Guest {
             fs::write(p.join("multipath.conf"), conf).unwrap();
         }
         let log = fs::File::create(p.join("runner.log")).unwrap();
-        let child = Command::new("bash")
+        let mut cmd = match &opts.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "bash"]);
+                c
+            }
+            None => Command::new("bash"),
+        };
+        let child = cmd
             .arg(scripts_dir().join("run-guest.sh"))
             .arg(p)
             .env("FERRITE_GUEST_IMAGE", &image)
@@ -437,6 +453,29 @@ impl GuestOutcome {
     }
 
     /// A file the script wrote into its working directory (`$OUT/NAME`).
+    /// The rounds of verified writes the guest's fio ran (`fio-rounds`, `fio-N.json`, each
+    /// `bytes` of random writes read back and checked): every round without error, all of its
+    /// writes verified. Returns each round's job (fio JSON) for figures.
+    pub fn verified_fio_rounds(&self, bytes: u64) -> Vec<serde_json::Value> {
+        let rounds: u32 = self.file("fio-rounds").trim().parse().unwrap();
+        assert!(rounds >= 1, "no fio round finished");
+        (1..=rounds)
+            .map(|r| {
+                let text = self.file(&format!("fio-{r}.json"));
+                let v: serde_json::Value = serde_json::from_str(&text)
+                    .unwrap_or_else(|e| panic!("fio-{r}.json is not fio JSON ({e}):\n{text}"));
+                let job = v["jobs"][0].clone();
+                assert_eq!(job["error"], 0, "fio round {r}: {text}");
+                assert_eq!(job["write"]["io_bytes"], bytes, "fio round {r}");
+                assert!(
+                    job["read"]["io_bytes"].as_u64().unwrap_or(0) >= bytes,
+                    "fio round {r}: not every write was read back"
+                );
+                job
+            })
+            .collect()
+    }
+
     pub fn file(&self, name: &str) -> String {
         let p = self.share.as_ref().expect("share").path();
         match fs::read(p.join("out").join(name)) {
