@@ -16,6 +16,10 @@
 //! that a range lies inside it. All range arithmetic uses `checked_add`, so an LBA + length
 //! near `u64::MAX` from a peer is an `InvalidInput` error, never an overflow or a panic.
 //!
+//! [`RbdBackstore`] is a Ceph RBD image, reached through librbd loaded at run time (`rbd.rs`);
+//! it also offers [`AsyncBackstore`], so that its I/O can be in flight without a thread waiting
+//! for each.
+//!
 //! [`EncryptedBackstore`] wraps any of them and stores every logical block encrypted
 //! (AES-256-XTS; `crypt.rs` says why and how).
 //!
@@ -29,17 +33,19 @@ mod crypt;
 pub mod durable;
 mod file;
 mod ram;
+pub mod rbd;
 mod sys;
 
 pub use block::BlockBackstore;
 pub use crypt::{EncryptedBackstore, KeyFileKey, KeyOrigin};
 pub use file::FileBackstore;
 pub use ram::RamBackstore;
+pub use rbd::{RbdBackstore, RbdOptions};
 
 /// Storage behind a logical unit. All methods take `&self` so several commands can run
 /// concurrently on one LUN; implementations use positional I/O (pread/pwrite) or their own locking.
 pub trait Backstore: Send + Sync + std::fmt::Debug {
-    /// Short kind name for logs and the CLI: "ram", "file", "block".
+    /// Short kind name for logs and the CLI: "ram", "file", "block", "rbd".
     fn kind(&self) -> &'static str;
     /// Capacity in bytes.
     fn size(&self) -> u64;
@@ -89,6 +95,35 @@ pub trait Backstore: Send + Sync + std::fmt::Debug {
         check_range(self.size(), offset, 1)?;
         Ok(None)
     }
+    /// Compare `compare` with the bytes at `offset` and, only if they are equal, write `data`
+    /// (of the same length) there: `Ok(None)` written, `Ok(Some(i))` not written because byte
+    /// `i` of the range differs. The caller excludes this node's other commands on the range
+    /// (the device server's range lock); a store shared by several nodes makes it atomic
+    /// against theirs too (SBC-4 §5.3). The default reads, compares and writes.
+    fn compare_and_write(
+        &self,
+        offset: u64,
+        compare: &[u8],
+        data: &[u8],
+    ) -> io::Result<Option<u64>> {
+        if data.len() != compare.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "compare and write: buffers of different lengths",
+            ));
+        }
+        let medium = self.read_vec(compare.len(), offset)?;
+        if let Some(i) = compare.iter().zip(&medium).position(|(a, b)| a != b) {
+            return Ok(Some(i as u64));
+        }
+        self.write_at(data, offset)?;
+        Ok(None)
+    }
+    /// The asynchronous interface, for stores whose operations complete on threads of their
+    /// own (`None`: only the synchronous methods).
+    fn as_async(&self) -> Option<&dyn AsyncBackstore> {
+        None
+    }
     /// Whether every block is stored encrypted, so that [`Backstore::crypto_erase`] works.
     fn encrypted(&self) -> bool {
         false
@@ -102,6 +137,20 @@ pub trait Backstore: Send + Sync + std::fmt::Debug {
             "the backstore is not encrypted",
         ))
     }
+}
+
+/// Called once with an asynchronous operation's result, on whatever thread completed it.
+pub type Done<T> = Box<dyn FnOnce(io::Result<T>) + Send>;
+
+/// Operations that start now and report later through a [`Done`], so that a caller need not
+/// park a thread per operation in flight. Same ranges, errors and meaning as the synchronous
+/// [`Backstore`] methods of the same name; `done` may run before the method returns (an error
+/// found at once) or on another thread.
+pub trait AsyncBackstore: Send + Sync {
+    fn read_async(&self, offset: u64, len: usize, done: Done<Vec<u8>>);
+    /// Write `data` at `offset`; `done` gets the buffer back for reuse.
+    fn write_async(&self, data: Vec<u8>, offset: u64, done: Done<Vec<u8>>);
+    fn flush_async(&self, done: Done<()>);
 }
 
 /// How much storage a thin backstore holds and could still get (the Logical Block
