@@ -441,7 +441,7 @@ fn yes() -> bool {
 #[serde(deny_unknown_fields)]
 pub struct LunConfig {
     pub id: u64,
-    /// `ram:SIZE`, `file:PATH[:SIZE]` or `block:PATH`.
+    /// `ram:SIZE`, `file:PATH[:SIZE]`, `block:PATH` or `rbd:POOL/IMAGE`.
     pub backstore: String,
     #[serde(default = "default_block_size")]
     pub block_size: u32,
@@ -470,6 +470,28 @@ pub struct LunConfig {
     /// offers SANITIZE CRYPTO ERASE (default: not encrypted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<EncryptionConfig>,
+    /// How an `rbd:` LUN reaches its Ceph cluster (default: as the `rbd` command does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ceph: Option<CephConfig>,
+}
+
+/// `ceph = { conf = "/etc/ceph/ceph.conf", client_id = "admin", keyring = "..." }`: the
+/// client settings of an `rbd:` LUN. Every field is optional; the defaults are the `rbd`
+/// command's: the configuration file `$CEPH_CONF` or `/etc/ceph/ceph.conf`, client
+/// `client.admin`, the keyring that configuration names (or librados's search path).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CephConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conf: Option<PathBuf>,
+    /// Client id, with or without `client.` (`admin`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyring: Option<PathBuf>,
+    /// Seconds connecting and each cluster operation may take before it is an error (30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u32>,
 }
 
 /// `encryption = { key_file = "/etc/ferrite/keys/lun0.key" }`: only the key file's path is
@@ -491,6 +513,7 @@ pub enum BackstoreSpec {
     Ram { size: u64 },
     File { path: PathBuf, size: Option<u64> },
     Block { path: PathBuf },
+    Rbd { pool: String, image: String },
 }
 
 /// Parse sizes like `1G`, `512M`, `4096`, `10GiB`.
@@ -544,7 +567,20 @@ impl BackstoreSpec {
                 }
                 Ok(BackstoreSpec::Block { path: rest.into() })
             }
-            _ => Err(format!("backstore {s:?}: kind must be ram, file or block")),
+            "rbd" => match rest.split_once('/') {
+                Some((pool, image))
+                    if !pool.is_empty() && !image.is_empty() && !image.contains('/') =>
+                {
+                    Ok(BackstoreSpec::Rbd {
+                        pool: pool.into(),
+                        image: image.into(),
+                    })
+                }
+                _ => Err(format!("backstore {s:?}: expected rbd:POOL/IMAGE")),
+            },
+            _ => Err(format!(
+                "backstore {s:?}: kind must be ram, file, block or rbd"
+            )),
         }
     }
 }
@@ -604,6 +640,7 @@ impl Config {
                     pr_match_initiator_name_only: false,
                     sanitize_rate: None,
                     encryption: None,
+                    ceph: None,
                 }],
                 acls: Vec::new(),
                 alua_groups: Vec::new(),
@@ -767,8 +804,14 @@ impl Config {
                 if !ids.insert(l.id) {
                     return Err(format!("target {:?}: LUN {} twice", t.name, l.id));
                 }
-                BackstoreSpec::parse(&l.backstore)
+                let spec = BackstoreSpec::parse(&l.backstore)
                     .map_err(|e| format!("target {:?} LUN {}: {e}", t.name, l.id))?;
+                if l.ceph.is_some() && !matches!(spec, BackstoreSpec::Rbd { .. }) {
+                    return Err(format!(
+                        "target {:?} LUN {}: ceph settings belong to rbd: backstores",
+                        t.name, l.id
+                    ));
+                }
                 if l.block_size != 512 && l.block_size != 4096 {
                     return Err(format!(
                         "target {:?} LUN {}: block_size must be 512 or 4096",
@@ -931,6 +974,16 @@ mod tests {
             })
         );
         assert!(BackstoreSpec::parse("nbd:x").is_err());
+        assert_eq!(
+            BackstoreSpec::parse("rbd:rbd/disk0"),
+            Ok(BackstoreSpec::Rbd {
+                pool: "rbd".into(),
+                image: "disk0".into()
+            })
+        );
+        for bad in ["rbd:", "rbd:pool", "rbd:/image", "rbd:pool/", "rbd:a/b/c"] {
+            assert!(BackstoreSpec::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

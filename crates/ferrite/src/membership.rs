@@ -154,6 +154,15 @@ impl backstore::Backstore for FencedBackstore {
     fn encrypted(&self) -> bool {
         self.inner.encrypted()
     }
+    fn compare_and_write(
+        &self,
+        offset: u64,
+        compare: &[u8],
+        data: &[u8],
+    ) -> io::Result<Option<u64>> {
+        let _w = self.fence.enter().ok_or_else(fenced_error)?;
+        self.inner.compare_and_write(offset, compare, data)
+    }
     fn crypto_erase(&self) -> io::Result<()> {
         // A new data key changes what every block reads as: a write like any other.
         let _w = self.fence.enter().ok_or_else(fenced_error)?;

@@ -761,4 +761,14 @@ impl backstore::Backstore for TimedBackstore {
     fn crypto_erase(&self) -> std::io::Result<()> {
         self.inner.crypto_erase()
     }
+    fn compare_and_write(
+        &self,
+        offset: u64,
+        compare: &[u8],
+        data: &[u8],
+    ) -> std::io::Result<Option<u64>> {
+        self.time(StoreOp::write, || {
+            self.inner.compare_and_write(offset, compare, data)
+        })
+    }
 }

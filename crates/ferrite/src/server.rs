@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use backstore::{Backstore, BlockBackstore, FileBackstore, RamBackstore};
+use backstore::{Backstore, BlockBackstore, FileBackstore, RamBackstore, RbdBackstore};
 use iscsi_proto::budget::BufferBudget;
 use iscsi_proto::conn::ConnConfig;
 use iscsi_proto::table::{Joined, SessionKey, SessionTable};
@@ -151,7 +151,7 @@ fn default_buffer_budget() -> u64 {
     mem.map_or(gib, |m| (m / 8).min(gib))
 }
 
-fn open_backstore(spec: &BackstoreSpec) -> anyhow::Result<Arc<dyn Backstore>> {
+fn open_backstore(spec: &BackstoreSpec, l: &LunConfig) -> anyhow::Result<Arc<dyn Backstore>> {
     Ok(match spec {
         BackstoreSpec::Ram { size } => {
             Arc::new(RamBackstore::try_new(*size).context("RAM backstore")?)
@@ -164,6 +164,25 @@ fn open_backstore(spec: &BackstoreSpec) -> anyhow::Result<Arc<dyn Backstore>> {
             BlockBackstore::open(path)
                 .with_context(|| format!("block backstore {}", path.display()))?,
         ),
+        BackstoreSpec::Rbd { pool, image } => {
+            let c = l.ceph.clone().unwrap_or_default();
+            let o = backstore::RbdOptions {
+                pool: pool.clone(),
+                image: image.clone(),
+                conf: c.conf,
+                client_id: c.client_id,
+                keyring: c.keyring,
+                timeout_secs: c.timeout_secs,
+            };
+            // Connecting takes network round trips (at most the timeout): off the workers.
+            let store = match tokio::runtime::Handle::try_current() {
+                Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                    tokio::task::block_in_place(|| RbdBackstore::open(&o))
+                }
+                _ => RbdBackstore::open(&o),
+            };
+            Arc::new(store.context("RBD backstore")?)
+        }
     })
 }
 
@@ -210,7 +229,7 @@ pub fn build_lu(
     l: &LunConfig,
 ) -> anyhow::Result<Arc<LogicalUnit>> {
     let spec = BackstoreSpec::parse(&l.backstore).map_err(anyhow::Error::msg)?;
-    let mut store = open_backstore(&spec)?;
+    let mut store = open_backstore(&spec, l)?;
     if let Some(enc) = &l.encryption {
         store = encrypt(state_dir, t, l, &spec, enc, store)?;
     }

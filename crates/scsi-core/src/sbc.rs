@@ -628,13 +628,15 @@ pub fn compare_and_write(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
     let half = (nlb * bs) as usize;
     let verify = cmd.data_out.slice(0, half);
     let data = cmd.data_out.slice(half, half);
+    // The range lock makes it indivisible against this node's commands; the backstore makes
+    // it so against other nodes sharing the medium (an RBD image: see backstore's rbd.rs).
     let _w = lu.lock_range(lba, nlb, true)?;
-    let medium = read_blocks(lu, lba, nlb)?;
-    if let Some(off) = first_mismatch(verify, &medium) {
+    match lu.backstore().compare_and_write(lba * bs, verify, data) {
         // SBC-4 §5.3: INFORMATION = offset of the first byte that did not match.
-        return Err(miscompare(off));
+        Ok(Some(off)) => return Err(miscompare(off as usize)),
+        Ok(None) => {}
+        Err(e) => return Err(io_fail("compare and write", SenseReason::WriteError, &e)),
     }
-    write_blocks(lu, lba, data)?;
     flush_if(lu, fua)?;
     Ok(Vec::new())
 }
