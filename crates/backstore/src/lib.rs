@@ -188,3 +188,80 @@ pub(crate) fn check_range(size: u64, offset: u64, len: u64) -> io::Result<()> {
         )),
     }
 }
+
+/// Futures over [`AsyncBackstore`] operations, for callers that are `async` (the device
+/// server's READ and WRITE path). No runtime is assumed: the operation's completion wakes
+/// whatever executor polls the future. Dropping a future does not cancel its operation (the
+/// store owns the operation's buffers until it completes).
+pub mod aio {
+    use std::future::Future;
+    use std::io;
+    use std::pin::Pin;
+    use std::sync::{Arc, Mutex, PoisonError};
+    use std::task::{Context, Poll, Waker};
+
+    use crate::{AsyncBackstore, Done};
+
+    struct Slot<T> {
+        result: Option<io::Result<T>>,
+        waker: Option<Waker>,
+    }
+
+    /// The result of one operation, once its completion has run.
+    pub struct Pending<T>(Arc<Mutex<Slot<T>>>);
+
+    fn pending<T: Send + 'static>() -> (Pending<T>, Done<T>) {
+        let slot = Arc::new(Mutex::new(Slot {
+            result: None,
+            waker: None,
+        }));
+        let theirs = slot.clone();
+        let done: Done<T> = Box::new(move |r| {
+            let waker = {
+                let mut s = theirs.lock().unwrap_or_else(PoisonError::into_inner);
+                s.result = Some(r);
+                s.waker.take()
+            };
+            if let Some(w) = waker {
+                w.wake();
+            }
+        });
+        (Pending(slot), done)
+    }
+
+    impl<T> Future for Pending<T> {
+        type Output = io::Result<T>;
+
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+            let mut s = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            match s.result.take() {
+                Some(r) => Poll::Ready(r),
+                None => {
+                    s.waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        }
+    }
+
+    /// [`AsyncBackstore::read_async`] as a future.
+    pub fn read(store: &dyn AsyncBackstore, offset: u64, len: usize) -> Pending<Vec<u8>> {
+        let (p, done) = pending();
+        store.read_async(offset, len, done);
+        p
+    }
+
+    /// [`AsyncBackstore::write_async`] as a future (it yields the buffer back).
+    pub fn write(store: &dyn AsyncBackstore, data: Vec<u8>, offset: u64) -> Pending<Vec<u8>> {
+        let (p, done) = pending();
+        store.write_async(data, offset, done);
+        p
+    }
+
+    /// [`AsyncBackstore::flush_async`] as a future.
+    pub fn flush(store: &dyn AsyncBackstore) -> Pending<()> {
+        let (p, done) = pending();
+        store.flush_async(done);
+        p
+    }
+}

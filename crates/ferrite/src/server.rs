@@ -1030,16 +1030,12 @@ async fn task_management(
 }
 
 /// Run one SCSI task on the device server (the view of the session).
-fn run_task(
-    view: &DeviceServer,
-    nexus: &Nexus,
-    task: &iscsi_proto::ScsiTask,
-    cancel: Option<&AtomicBool>,
-    metrics: Option<&LuMetrics>,
-    session_io: Option<&IoStats>,
-) -> TaskOutcome {
-    let t0 = Instant::now();
-    let req = ScsiRequest {
+fn request<'a>(
+    nexus: &'a Nexus,
+    task: &'a iscsi_proto::ScsiTask,
+    cancel: Option<&'a AtomicBool>,
+) -> ScsiRequest<'a> {
+    ScsiRequest {
         nexus,
         lun: task.lun,
         cdb: &task.cdb,
@@ -1047,9 +1043,17 @@ fn run_task(
         expected_data_in: if task.read { task.expected_len } else { 0 },
         attr: task_attr(task.attr),
         cancel,
-    };
-    let r = view.execute(&req);
-    let took = t0.elapsed();
+    }
+}
+
+/// What a command did: metrics, session statistics, and the outcome for the session engine.
+fn finish_task(
+    task: &iscsi_proto::ScsiTask,
+    r: scsi_core::ScsiResponse,
+    took: Duration,
+    metrics: Option<&LuMetrics>,
+    session_io: Option<&IoStats>,
+) -> TaskOutcome {
     let kind = Kind::of(&task.cdb);
     if let Some(m) = metrics {
         m.record(
@@ -1076,6 +1080,32 @@ fn run_task(
         data_in: r.data_in,
         data_out_len: r.data_out_len,
     }
+}
+
+/// [`run_task`] for the commands `DeviceServer::is_async` picks: awaits the backstore.
+async fn run_task_async(
+    view: &DeviceServer,
+    nexus: &Nexus,
+    task: &iscsi_proto::ScsiTask,
+    metrics: Option<&LuMetrics>,
+    session_io: Option<&IoStats>,
+) -> TaskOutcome {
+    let t0 = Instant::now();
+    let r = view.execute_async(&request(nexus, task, None)).await;
+    finish_task(task, r, t0.elapsed(), metrics, session_io)
+}
+
+fn run_task(
+    view: &DeviceServer,
+    nexus: &Nexus,
+    task: &iscsi_proto::ScsiTask,
+    cancel: Option<&AtomicBool>,
+    metrics: Option<&LuMetrics>,
+    session_io: Option<&IoStats>,
+) -> TaskOutcome {
+    let t0 = Instant::now();
+    let r = view.execute(&request(nexus, task, cancel));
+    finish_task(task, r, t0.elapsed(), metrics, session_io)
 }
 
 /// A task's place in its logical unit's task set, as the session engine holds it.
@@ -1251,6 +1281,25 @@ async fn run_connection(
                             let o =
                                 run_task(&t, &nexus, &task, None, lm.as_deref(), att.io.as_deref());
                             conn.complete_task(task.id, o);
+                            continue;
+                        }
+                        if t.is_async(task.lun, &task.cdb) {
+                            // READ/WRITE on an asynchronous backstore (RBD): a task, not a
+                            // blocking thread, waits for the data (see `execute_async`).
+                            let tx = done_tx.clone();
+                            let session = conn.session();
+                            let io = att.io.clone();
+                            tokio::spawn(async move {
+                                let o =
+                                    run_task_async(&t, &nexus, &task, lm.as_deref(), io.as_deref())
+                                        .await;
+                                if let Err(mpsc::error::SendError((id, o))) = tx.send((task.id, o))
+                                {
+                                    if let Some(s) = session {
+                                        s.complete_task(id, o);
+                                    }
+                                }
+                            });
                             continue;
                         }
                         let tx = done_tx.clone();
