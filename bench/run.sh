@@ -522,5 +522,5 @@ python3 "$REPO/bench/report.py" "$RESULTS" ${JSON_OUT:+--json "$JSON_OUT"}
 if ((RBD)); then
     log "RBD rows (bench/rbd.sh)"
     "$REPO/bench/rbd.sh" --secs "$SECS" --reps "$REPS" --ferrite "$FERRITE_BIN" \
-        --port $((PORT_BASE + 2)) ${CEPH_CONF_ARG:+--ceph-conf "$CEPH_CONF_ARG"}
+        --port $((PORT_BASE + 3)) ${CEPH_CONF_ARG:+--ceph-conf "$CEPH_CONF_ARG"}
 fi
