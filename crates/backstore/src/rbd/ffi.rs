@@ -126,6 +126,17 @@ fn open(name: &CStr) -> Result<*mut c_void, String> {
     }
 }
 
+/// A symbol's address as the function pointer type `F`.
+///
+/// # Safety
+/// `F` must be an `extern "C"` function pointer type matching the symbol's C signature.
+unsafe fn fn_ptr<F: Copy>(p: *mut c_void) -> F {
+    // Function and data pointers have the same size on Linux.
+    assert_eq!(std::mem::size_of::<F>(), std::mem::size_of::<*mut c_void>());
+    // SAFETY: same size, and the caller vouches for the type.
+    unsafe { std::mem::transmute_copy(&p) }
+}
+
 fn load() -> Result<Lib, String> {
     let rados = open(LIBRADOS)?;
     let rbd = open(LIBRBD)?;
@@ -142,8 +153,8 @@ fn load() -> Result<Lib, String> {
                 ));
             }
             // SAFETY: the symbol has the C signature declared for the field (see the module
-            // documentation); function and data pointers have the same size on Linux.
-            unsafe { std::mem::transmute::<*mut c_void, _>(p) }
+            // documentation).
+            unsafe { fn_ptr(p) }
         }};
     }
     Ok(Lib {
