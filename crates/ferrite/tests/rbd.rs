@@ -311,4 +311,17 @@ fn missing_image_or_cluster_stops_the_start() {
     let (err, took) = refused(config(&dead, "x", false));
     assert!(err.contains("connecting to the Ceph cluster"), "{err}");
     assert!(took < Duration::from_secs(30), "{took:?}");
+
+    // At run time, through the admin API: a missing image is refused with the reason and
+    // changes nothing; an existing one becomes LUN 1.
+    ceph.create_image("first", 8 << 20, 22);
+    ceph.create_image("second", 8 << 20, 22);
+    let d = daemon(&ceph, "first", false);
+    let conf = format!("ceph_conf={}", ceph.conf().display());
+    let err = common::tpg::admin_err(&d, &["add-lun", IQN, "rbd:rbd/nosuchimage", &conf]);
+    assert!(err.contains("image nosuchimage"), "{err}");
+    common::tpg::admin_ok(&d, &["add-lun", IQN, "rbd:rbd/second", "lun=1", &conf]);
+    let targets = common::tpg::admin_json(&d, &["targets"]).to_string();
+    assert!(targets.contains("rbd:rbd/second"), "{targets}");
+    assert!(!targets.contains("nosuchimage"), "{targets}");
 }
