@@ -494,6 +494,23 @@ fn rbd_image() {
         b.compare_and_write(SIZE - 1, &[0, 0], &[1, 1]),
         "caw past the end",
     );
+    // Allocation as GET LBA STATUS sees it, at object granularity (1 MiB objects here).
+    ceph.create_image("extents", SIZE, 20);
+    let b = open("extents");
+    let hole = b.extent_at(0).unwrap().unwrap();
+    assert_eq!((hole.len, hole.mapped), (SIZE, false), "{hole:?}");
+    b.write_at(&pattern(4096, 5), MIB + 8192).unwrap();
+    let e = b.extent_at(0).unwrap().unwrap();
+    assert!(!e.mapped && e.len <= MIB + 8192 && e.len >= MIB, "{e:?}");
+    let e = b.extent_at(MIB + 8192).unwrap().unwrap();
+    assert!(e.mapped && e.len >= 4096, "{e:?}");
+    let e = b.extent_at(2 * MIB).unwrap().unwrap();
+    assert_eq!((e.len, e.mapped), (SIZE - 2 * MIB, false), "{e:?}");
+    // A whole object discarded is a hole again.
+    b.unmap(MIB, MIB).unwrap();
+    let e = b.extent_at(0).unwrap().unwrap();
+    assert_eq!((e.len, e.mapped), (SIZE, false), "{e:?}");
+    assert_zero(&b, MIB, MIB);
     // Missing images and pools are errors at open, saying which.
     let mut o = backstore::RbdOptions::new("rbd", "nonexistent");
     o.conf = Some(ceph.conf());

@@ -1018,6 +1018,41 @@ mod tests {
     }
 
     #[test]
+    fn rbd_luns_and_their_ceph_settings() {
+        let t = r#"
+            [[target]]
+            name = "iqn.2026-11.io.example:rbd"
+            [[target.portal_group]]
+            tag = 1
+            portals = ["127.0.0.1:3260"]
+            [[target.lun]]
+            id = 0
+            backstore = "rbd:pool0/disk"
+            ceph = { conf = "/etc/ceph/other.conf", client_id = "iscsi", timeout_secs = 5 }
+            [[target.lun]]
+            id = 1
+            backstore = "rbd:pool0/disk2"
+        "#;
+        let c: Config = toml::from_str(t).unwrap();
+        c.validate().unwrap();
+        let ceph = c.targets[0].luns[0].ceph.clone().unwrap();
+        assert_eq!(ceph.client_id.as_deref(), Some("iscsi"));
+        assert_eq!(ceph.timeout_secs, Some(5));
+        assert!(ceph.keyring.is_none());
+        assert!(c.targets[0].luns[1].ceph.is_none());
+        // Written back the same way (no empty fields), and read again equal.
+        let text = toml::to_string(&c).unwrap();
+        assert!(!text.contains("keyring"), "{text}");
+        assert_eq!(toml::from_str::<Config>(&text).unwrap(), c);
+        // Ceph settings on another kind of backstore are a mistake; so are unknown fields.
+        let mut bad = c.clone();
+        bad.targets[0].luns[1].backstore = "ram:1M".into();
+        bad.targets[0].luns[1].ceph = Some(CephConfig::default());
+        assert!(bad.validate().unwrap_err().contains("ceph settings"));
+        assert!(toml::from_str::<Config>(&t.replace("timeout_secs", "timeout")).is_err());
+    }
+
+    #[test]
     fn validation_errors_name_the_culprit() {
         let mut c = Config::demo();
         c.targets[0].name = "Bad Name".into();
