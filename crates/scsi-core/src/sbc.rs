@@ -213,10 +213,13 @@ pub fn read(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
     read_blocks(lu, x.lba, x.len)
 }
 
-/// A READ or WRITE that passed every check and waits only for its data to move: what the
-/// device server's asynchronous path ([`crate::DeviceServer::execute_async`]) hands to an
-/// asynchronous backstore. The checks are exactly those of [`read`] and [`write`].
+/// A READ, WRITE or SYNCHRONIZE CACHE that passed every check and waits only for its data to
+/// move: what the device server's asynchronous path ([`crate::DeviceServer::execute_async`])
+/// hands to an asynchronous backstore. The checks are exactly those of [`read`], [`write`] and
+/// [`synchronize_cache`].
 pub(crate) enum Transfer<'a> {
+    /// SYNCHRONIZE CACHE: make every completed write durable (SBC-4 §5.26, §5.27).
+    Flush,
     /// Nothing to move: TRANSFER LENGTH 0, or no whole block of data-out.
     Nothing,
     Read {
@@ -230,9 +233,16 @@ pub(crate) enum Transfer<'a> {
     },
 }
 
-/// The checks of READ(6/10/12/16) or WRITE(6/10/12/16), in the same order as [`read`] and
-/// [`write`] make them (see the module documentation), without moving data.
+/// The checks of READ(6/10/12/16), WRITE(6/10/12/16) or SYNCHRONIZE CACHE(10/16), in the
+/// same order as [`read`], [`write`] and [`synchronize_cache`] make them (see the module
+/// documentation), without moving data.
 pub(crate) fn plan_transfer<'a>(cmd: &Cmd<'a>, lu: &LogicalUnit) -> Result<Transfer<'a>, Fail> {
+    if is_flush_opcode(cmd.cdb.u8(0)) {
+        let (lba, count) = lba_count(cmd.cdb);
+        lu.check_ready()?;
+        check_range(lu, lba, count)?;
+        return Ok(Transfer::Flush);
+    }
     let x = decode(cmd.cdb);
     let bs = u64::from(lu.block_size());
     if is_write_opcode(cmd.cdb.u8(0)) {
@@ -260,9 +270,14 @@ pub(crate) fn plan_transfer<'a>(cmd: &Cmd<'a>, lu: &LogicalUnit) -> Result<Trans
     })
 }
 
-/// READ(6/10/12/16) and WRITE(6/10/12/16): the commands the asynchronous path takes.
+/// READ(6/10/12/16), WRITE(6/10/12/16) and SYNCHRONIZE CACHE(10/16): the commands the
+/// asynchronous path takes.
 pub(crate) fn is_transfer_opcode(op: u8) -> bool {
-    matches!(op, 0x08 | 0x28 | 0xa8 | 0x88) || is_write_opcode(op)
+    matches!(op, 0x08 | 0x28 | 0xa8 | 0x88) || is_write_opcode(op) || is_flush_opcode(op)
+}
+
+fn is_flush_opcode(op: u8) -> bool {
+    matches!(op, 0x35 | 0x91)
 }
 
 fn is_write_opcode(op: u8) -> bool {
@@ -287,6 +302,7 @@ pub(crate) async fn transfer(lu: &LogicalUnit, t: Transfer<'_>) -> CmdResult {
                 flush_if(lu, fua)?;
                 Ok(Vec::new())
             }
+            Transfer::Flush => flush(lu).map(|()| Vec::new()),
         };
     };
     match t {
@@ -311,6 +327,10 @@ pub(crate) async fn transfer(lu: &LogicalUnit, t: Transfer<'_>) -> CmdResult {
             }
             Ok(Vec::new())
         }
+        Transfer::Flush => backstore::aio::flush(aio)
+            .await
+            .map(|()| Vec::new())
+            .map_err(|e| io_fail("flush", SenseReason::WriteError, &e)),
     }
 }
 

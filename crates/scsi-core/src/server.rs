@@ -136,8 +136,8 @@ impl DeviceServer {
     }
 
     /// Whether [`DeviceServer::execute_async`] moves this command's data without blocking a
-    /// thread: READ and WRITE (6/10/12/16) to a logical unit whose backstore has an
-    /// asynchronous interface (an RBD image). The transport runs everything else through
+    /// thread: READ and WRITE (6/10/12/16) and SYNCHRONIZE CACHE (10/16) to a logical unit
+    /// whose backstore has an asynchronous interface (an RBD image). The transport runs everything else through
     /// [`DeviceServer::execute`] (on a thread that may block).
     pub fn is_async(&self, lun_wire: u64, cdb: &[u8]) -> bool {
         cdb.first().is_some_and(|&op| sbc::is_transfer_opcode(op))
@@ -147,7 +147,7 @@ impl DeviceServer {
     }
 
     /// Execute one command as [`DeviceServer::execute`] does, the same checks in the same
-    /// order, but wait for a READ's or WRITE's data transfer without blocking the thread (see
+    /// order, but wait for a READ's, WRITE's or flush's backstore operation without blocking the thread (see
     /// [`DeviceServer::is_async`]); other commands run synchronously inside the future. Still
     /// sans-IO: the future only waits for the backstore's completion, whatever executor polls
     /// it.

@@ -135,6 +135,18 @@ fn reads_and_writes_move_through_the_asynchronous_interface() {
     let r = block_on(srv.execute_async(&req(&n, &fua, &data)));
     assert_eq!(r.status, ScsiStatus::GOOD);
     assert_eq!(store.flushes.load(Ordering::SeqCst), 1);
+    // SYNCHRONIZE CACHE(10) and (16) flush asynchronously; out of range is refused first.
+    for cdb in [cdb10(0x35, 0, 0, 0), cdb16(0x91, 0, 0, 0)] {
+        assert!(srv.is_async(lun_to_wire(0), &cdb));
+        let r = block_on(srv.execute_async(&req(&n, &cdb, &[])));
+        assert_eq!(r.status, ScsiStatus::GOOD);
+    }
+    assert_eq!(store.flushes.load(Ordering::SeqCst), 3);
+    let past = cdb10(0x35, 0, 2048, 1);
+    let r = block_on(srv.execute_async(&req(&n, &past, &[])));
+    assert_eq!(r, srv.execute(&req(&n, &past, &[])));
+    assert_eq!(r.status, ScsiStatus::CHECK_CONDITION);
+    assert_eq!(store.flushes.load(Ordering::SeqCst), 3);
     // Other commands are not asynchronous, and run synchronously inside the future.
     let tur = [0u8; 6];
     assert!(!srv.is_async(lun_to_wire(0), &tur));
