@@ -25,6 +25,10 @@ use testkit::ceph::Ceph;
 
 /// A configuration with one portal and LUN 0 on `rbd/IMAGE` of the cluster `conf`.
 fn config(conf: &Path, image: &str, second_portal: bool) -> String {
+    config_with_timeout(conf, image, second_portal, 10)
+}
+
+fn config_with_timeout(conf: &Path, image: &str, second_portal: bool, timeout: u32) -> String {
     let portals = if second_portal {
         format!(
             "\"127.0.0.1:{{port}}\", \"{}:{{port2}}\"",
@@ -37,7 +41,7 @@ fn config(conf: &Path, image: &str, second_portal: bool) -> String {
         "[settings]\nnop_interval_secs = 0\n\n[[target]]\nname = \"{IQN}\"\n\n\
          [[target.portal_group]]\ntag = 1\nportals = [{portals}]\n\n\
          [[target.lun]]\nid = 0\nbackstore = \"rbd:rbd/{image}\"\n\
-         ceph = {{ conf = \"{}\", timeout_secs = 10 }}\n",
+         ceph = {{ conf = \"{}\", timeout_secs = {timeout} }}\n",
         conf.display()
     )
 }
@@ -324,4 +328,48 @@ fn missing_image_or_cluster_stops_the_start() {
     let targets = common::tpg::admin_json(&d, &["targets"]).to_string();
     assert!(targets.contains("rbd:rbd/second"), "{targets}");
     assert!(!targets.contains("nosuchimage"), "{targets}");
+}
+
+/// An OSD that stops answering (SIGSTOP) turns I/O into an error after the LUN's timeout, not
+/// a command stuck for ever; once it answers again, I/O works.
+#[test]
+fn a_stalled_osd_is_an_error_not_a_hang() {
+    let Some(ceph) = Ceph::start() else { return };
+    ceph.create_image("stall", 8 << 20, 22);
+    let d = Daemon::start(Opts {
+        config: Some(config_with_timeout(&ceph.conf(), "stall", false, 3)),
+        ..Opts::default()
+    });
+    let mut s = session(&d);
+    s.write10(0, &[7u8; 4096], 512).unwrap();
+    ceph.pause_osd(true);
+    let t0 = Instant::now();
+    // READ(10) of 8 blocks at LBA 0.
+    let r = s.command(&[0x28, 0, 0, 0, 0, 0, 0, 0, 8, 0], 4096);
+    let took = t0.elapsed();
+    ceph.pause_osd(false);
+    let r = r.unwrap();
+    eprintln!(
+        "stalled OSD: status {:#x}, sense key {:?} after {took:.1?}",
+        r.status,
+        r.sense_key()
+    );
+    assert_eq!(r.status, 2, "CHECK CONDITION");
+    assert_eq!(r.sense_key(), Some(3), "MEDIUM ERROR");
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    // Back: the data is there.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match s.read10(0, 8, 512) {
+            Ok(v) => {
+                assert_eq!(v, vec![7u8; 4096]);
+                break;
+            }
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("after the OSD resumed: {e}");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
 }

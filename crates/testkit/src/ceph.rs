@@ -344,6 +344,16 @@ impl Ceph {
         .unwrap_or_else(|e| panic!("{e}"));
     }
 
+    /// Stop (SIGSTOP) or resume (SIGCONT) the OSD: a disk server that stops answering, as its
+    /// clients see it.
+    pub fn pause_osd(&self, paused: bool) {
+        let sig = if paused { "-STOP" } else { "-CONT" };
+        // The monitor was started first, the OSD second.
+        let pid = self.children[1].id().to_string();
+        let ok = Command::new("kill").args([sig, &pid]).status();
+        assert!(ok.is_ok_and(|s| s.success()), "kill {sig} {pid}");
+    }
+
     /// The logs of the monitor and the OSD so far (for failure messages).
     pub fn log_dir(&self) -> &Path {
         &self.dir
