@@ -340,10 +340,7 @@ impl RbdBackstore {
         };
         if r < 0 {
             // The lease ends it anyway.
-            eprintln!(
-                "ferrite: {}: releasing the COMPARE AND WRITE lock: errno {}",
-                self.name, -r
-            );
+            tracing::warn!(image = %self.name, errno = -r, "releasing the COMPARE AND WRITE lock failed (its lease ends it)");
         }
     }
 }
@@ -391,7 +388,7 @@ impl Drop for RbdBackstore {
         unsafe {
             let c = self.wait(|c| (self.lib.rbd_aio_flush)(self.image, c) as isize);
             if c < 0 {
-                eprintln!("ferrite: {}: flush at close: errno {}", self.name, -c);
+                tracing::warn!(image = %self.name, errno = -c, "flush at close failed");
             }
             (self.lib.rbd_close)(self.image);
             (self.lib.rados_ioctx_destroy)(self.ioctx);
