@@ -37,6 +37,10 @@ OPTIONS
   --port-base P      ports P..P+3 (default 3500; must stay within 3500-3549)
   --ferrite BIN      use this ferrite binary instead of building one
   --keep             keep the scratch directory (logs, raw outputs) and print its path
+  --rbd              then the RBD rows: Ferrite on a Ceph RBD image against `rbd bench` on the
+                     same image (bench/rbd.sh, same --secs/--reps; starts a throw-away
+                     single-node cluster: Debian ceph-mon, ceph-osd, ceph-common)
+  --ceph-conf FILE   the RBD rows on this cluster's pool rbd instead (implies --rbd)
   -h, --help         this text
 
 Defaults take about 4-5 minutes (8 workloads x 2 targets x reps x secs, plus the session runs
@@ -48,7 +52,7 @@ EOF
 # Options
 # ---------------------------------------------------------------------------------------------
 SECS="" REPS="" QUICK=0 JSON_OUT="" SCRATCH_PARENT="/var/tmp" PORT_BASE=3500
-SESSIONS="64 256" FERRITE_BIN="" KEEP=0
+SESSIONS="64 256" FERRITE_BIN="" KEEP=0 RBD=0 CEPH_CONF_ARG=""
 while (($#)); do
     case "$1" in
     --quick) QUICK=1 ;;
@@ -60,6 +64,8 @@ while (($#)); do
     --port-base) PORT_BASE="${2:?--port-base needs a value}"; shift ;;
     --ferrite) FERRITE_BIN="${2:?--ferrite needs a path}"; shift ;;
     --keep) KEEP=1 ;;
+    --rbd) RBD=1 ;;
+    --ceph-conf) RBD=1; CEPH_CONF_ARG="${2:?--ceph-conf needs a file}"; shift ;;
     -h | --help) usage; exit 0 ;;
     *) echo "bench: unknown option '$1' (see --help)" >&2; exit 2 ;;
     esac
@@ -509,3 +515,12 @@ meta loadavg_end "$(cut -d' ' -f1 /proc/loadavg)"
 # ---------------------------------------------------------------------------------------------
 python3 "$REPO/bench/report.py" "$RESULTS" ${JSON_OUT:+--json "$JSON_OUT"}
 [[ -z "$JSON_OUT" ]] || log "results written to $JSON_OUT"
+
+# ---------------------------------------------------------------------------------------------
+# RBD rows (--rbd): Ferrite on an RBD image against librbd's own `rbd bench`, the ceiling
+# ---------------------------------------------------------------------------------------------
+if ((RBD)); then
+    log "RBD rows (bench/rbd.sh)"
+    "$REPO/bench/rbd.sh" --secs "$SECS" --reps "$REPS" --ferrite "$FERRITE_BIN" \
+        --port $((PORT_BASE + 3)) ${CEPH_CONF_ARG:+--ceph-conf "$CEPH_CONF_ARG"}
+fi

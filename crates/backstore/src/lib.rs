@@ -16,6 +16,10 @@
 //! that a range lies inside it. All range arithmetic uses `checked_add`, so an LBA + length
 //! near `u64::MAX` from a peer is an `InvalidInput` error, never an overflow or a panic.
 //!
+//! [`RbdBackstore`] is a Ceph RBD image, reached through librbd loaded at run time (`rbd.rs`);
+//! it also offers [`AsyncBackstore`], so that its I/O can be in flight without a thread waiting
+//! for each.
+//!
 //! [`EncryptedBackstore`] wraps any of them and stores every logical block encrypted
 //! (AES-256-XTS; `crypt.rs` says why and how).
 //!
@@ -30,17 +34,19 @@ mod direct;
 pub mod durable;
 mod file;
 mod ram;
+pub mod rbd;
 mod sys;
 
 pub use block::BlockBackstore;
 pub use crypt::{EncryptedBackstore, KeyFileKey, KeyOrigin};
 pub use file::FileBackstore;
 pub use ram::RamBackstore;
+pub use rbd::{RbdBackstore, RbdOptions};
 
 /// Storage behind a logical unit. All methods take `&self` so several commands can run
 /// concurrently on one LUN; implementations use positional I/O (pread/pwrite) or their own locking.
 pub trait Backstore: Send + Sync + std::fmt::Debug {
-    /// Short kind name for logs and the CLI: "ram", "file", "block".
+    /// Short kind name for logs and the CLI: "ram", "file", "block", "rbd".
     fn kind(&self) -> &'static str;
     /// Capacity in bytes.
     fn size(&self) -> u64;
@@ -90,6 +96,35 @@ pub trait Backstore: Send + Sync + std::fmt::Debug {
         check_range(self.size(), offset, 1)?;
         Ok(None)
     }
+    /// Compare `compare` with the bytes at `offset` and, only if they are equal, write `data`
+    /// (of the same length) there: `Ok(None)` written, `Ok(Some(i))` not written because byte
+    /// `i` of the range differs. The caller excludes this node's other commands on the range
+    /// (the device server's range lock); a store shared by several nodes makes it atomic
+    /// against theirs too (SBC-4 §5.3). The default reads, compares and writes.
+    fn compare_and_write(
+        &self,
+        offset: u64,
+        compare: &[u8],
+        data: &[u8],
+    ) -> io::Result<Option<u64>> {
+        if data.len() != compare.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "compare and write: buffers of different lengths",
+            ));
+        }
+        let medium = self.read_vec(compare.len(), offset)?;
+        if let Some(i) = compare.iter().zip(&medium).position(|(a, b)| a != b) {
+            return Ok(Some(i as u64));
+        }
+        self.write_at(data, offset)?;
+        Ok(None)
+    }
+    /// The asynchronous interface, for stores whose operations complete on threads of their
+    /// own (`None`: only the synchronous methods).
+    fn as_async(&self) -> Option<&dyn AsyncBackstore> {
+        None
+    }
     /// Whether every block is stored encrypted, so that [`Backstore::crypto_erase`] works.
     fn encrypted(&self) -> bool {
         false
@@ -103,6 +138,20 @@ pub trait Backstore: Send + Sync + std::fmt::Debug {
             "the backstore is not encrypted",
         ))
     }
+}
+
+/// Called once with an asynchronous operation's result, on whatever thread completed it.
+pub type Done<T> = Box<dyn FnOnce(io::Result<T>) + Send>;
+
+/// Operations that start now and report later through a [`Done`], so that a caller need not
+/// park a thread per operation in flight. Same ranges, errors and meaning as the synchronous
+/// [`Backstore`] methods of the same name; `done` may run before the method returns (an error
+/// found at once) or on another thread.
+pub trait AsyncBackstore: Send + Sync {
+    fn read_async(&self, offset: u64, len: usize, done: Done<Vec<u8>>);
+    /// Write `data` at `offset`; `done` gets the buffer back for reuse.
+    fn write_async(&self, data: Vec<u8>, offset: u64, done: Done<Vec<u8>>);
+    fn flush_async(&self, done: Done<()>);
 }
 
 /// How much storage a thin backstore holds and could still get (the Logical Block
@@ -138,5 +187,82 @@ pub(crate) fn check_range(size: u64, offset: u64, len: u64) -> io::Result<()> {
             io::ErrorKind::InvalidInput,
             format!("byte range {offset}+{len} is outside the backstore ({size} bytes)"),
         )),
+    }
+}
+
+/// Futures over [`AsyncBackstore`] operations, for callers that are `async` (the device
+/// server's READ and WRITE path). No runtime is assumed: the operation's completion wakes
+/// whatever executor polls the future. Dropping a future does not cancel its operation (the
+/// store owns the operation's buffers until it completes).
+pub mod aio {
+    use std::future::Future;
+    use std::io;
+    use std::pin::Pin;
+    use std::sync::{Arc, Mutex, PoisonError};
+    use std::task::{Context, Poll, Waker};
+
+    use crate::{AsyncBackstore, Done};
+
+    struct Slot<T> {
+        result: Option<io::Result<T>>,
+        waker: Option<Waker>,
+    }
+
+    /// The result of one operation, once its completion has run.
+    pub struct Pending<T>(Arc<Mutex<Slot<T>>>);
+
+    fn pending<T: Send + 'static>() -> (Pending<T>, Done<T>) {
+        let slot = Arc::new(Mutex::new(Slot {
+            result: None,
+            waker: None,
+        }));
+        let theirs = slot.clone();
+        let done: Done<T> = Box::new(move |r| {
+            let waker = {
+                let mut s = theirs.lock().unwrap_or_else(PoisonError::into_inner);
+                s.result = Some(r);
+                s.waker.take()
+            };
+            if let Some(w) = waker {
+                w.wake();
+            }
+        });
+        (Pending(slot), done)
+    }
+
+    impl<T> Future for Pending<T> {
+        type Output = io::Result<T>;
+
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+            let mut s = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            match s.result.take() {
+                Some(r) => Poll::Ready(r),
+                None => {
+                    s.waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        }
+    }
+
+    /// [`AsyncBackstore::read_async`] as a future.
+    pub fn read(store: &dyn AsyncBackstore, offset: u64, len: usize) -> Pending<Vec<u8>> {
+        let (p, done) = pending();
+        store.read_async(offset, len, done);
+        p
+    }
+
+    /// [`AsyncBackstore::write_async`] as a future (it yields the buffer back).
+    pub fn write(store: &dyn AsyncBackstore, data: Vec<u8>, offset: u64) -> Pending<Vec<u8>> {
+        let (p, done) = pending();
+        store.write_async(data, offset, done);
+        p
+    }
+
+    /// [`AsyncBackstore::flush_async`] as a future.
+    pub fn flush(store: &dyn AsyncBackstore) -> Pending<()> {
+        let (p, done) = pending();
+        store.flush_async(done);
+        p
     }
 }

@@ -104,7 +104,7 @@ fn assert_invalid<T: std::fmt::Debug>(r: io::Result<T>, what: &str) {
 fn check_size(b: &dyn Backstore) {
     let size = b.size();
     assert!(size > 3 * MIB, "the suite needs a store of more than 3 MiB");
-    assert!(["ram", "file", "block"].contains(&b.kind()));
+    assert!(["ram", "file", "block", "rbd"].contains(&b.kind()));
     assert!(!format!("{b:?}").is_empty());
     // The last byte is inside the store.
     b.write_at(&[9], size - 1).unwrap();
@@ -444,6 +444,141 @@ fn real_block_device() {
         eprintln!("{name}");
         check(&b);
     }
+}
+
+/// The whole suite against Ceph RBD images in a throw-away single-node cluster
+/// (`testkit::ceph`), one fresh image per check, 1 MiB objects so that the suite's ranges
+/// cross objects. Skipped with a message where Ceph is not installed, unless under CI.
+#[test]
+fn rbd_image() {
+    let Some(ceph) = testkit::ceph::Ceph::start() else {
+        return;
+    };
+    let open = |name: &str| {
+        let mut o = backstore::RbdOptions::new("rbd", name);
+        o.conf = Some(ceph.conf());
+        o.timeout_secs = Some(20);
+        backstore::RbdBackstore::open(&o).unwrap()
+    };
+    for (i, (name, check)) in CHECKS.iter().enumerate() {
+        let image = format!("conformance{i}");
+        ceph.create_image(&image, SIZE, 20);
+        let b = open(&image);
+        assert_eq!(b.size(), SIZE);
+        eprintln!("rbd: {name}");
+        check(&b);
+    }
+    // What is particular to RBD: COMPARE AND WRITE within one sector (librbd's) and across
+    // sectors (under the RADOS lock), matching and not.
+    ceph.create_image("caw", SIZE, 20);
+    let b = open("caw");
+    for (offset, len) in [
+        (512u64, 512usize),
+        (4096, 4096),
+        (MIB - 1024, 3072),
+        (100, 10),
+    ] {
+        let old = pattern(len, 1);
+        let new = pattern(len, 2);
+        b.write_at(&old, offset).unwrap();
+        let mut wrong = old.clone();
+        wrong[len / 2] ^= 0xff;
+        assert_eq!(
+            b.compare_and_write(offset, &wrong, &new).unwrap(),
+            Some(len as u64 / 2),
+            "miscompare at {offset}+{len}"
+        );
+        assert_eq!(read(&b, offset, len as u64), old);
+        assert_eq!(b.compare_and_write(offset, &old, &new).unwrap(), None);
+        assert_eq!(read(&b, offset, len as u64), new);
+    }
+    // Never written: compares equal to zeroes.
+    let zero = vec![0u8; 512];
+    assert_eq!(
+        b.compare_and_write(2 * MIB, &zero, &pattern(512, 3))
+            .unwrap(),
+        None
+    );
+    assert_eq!(read(&b, 2 * MIB, 512), pattern(512, 3));
+    assert_invalid(
+        b.compare_and_write(SIZE - 1, &[0, 0], &[1, 1]),
+        "caw past the end",
+    );
+    // What atomicity across nodes costs: one sector (the OSD compares) against eight (under
+    // the RADOS lock), and a plain write, one at a time.
+    for (what, len) in [("write 512", 0usize), ("caw 512", 512), ("caw 4096", 4096)] {
+        let n = 100;
+        let t0 = std::time::Instant::now();
+        for i in 0..n {
+            let off = 3 * MIB - 8192;
+            if len == 0 {
+                b.write_at(&[i as u8; 512], off).unwrap();
+            } else {
+                let cur = read(&b, off, len as u64);
+                let next = vec![i as u8 ^ 0x5a; len];
+                assert_eq!(b.compare_and_write(off, &cur, &next).unwrap(), None);
+            }
+        }
+        eprintln!("rbd: {what}: {:.0?} each", t0.elapsed() / n);
+    }
+    // Allocation as GET LBA STATUS sees it, at object granularity (1 MiB objects here).
+    ceph.create_image("extents", SIZE, 20);
+    let b = open("extents");
+    let hole = b.extent_at(0).unwrap().unwrap();
+    assert_eq!((hole.len, hole.mapped), (SIZE, false), "{hole:?}");
+    b.write_at(&pattern(4096, 5), MIB + 8192).unwrap();
+    let e = b.extent_at(0).unwrap().unwrap();
+    assert!(!e.mapped && e.len <= MIB + 8192 && e.len >= MIB, "{e:?}");
+    let e = b.extent_at(MIB + 8192).unwrap().unwrap();
+    assert!(e.mapped && e.len >= 4096, "{e:?}");
+    let e = b.extent_at(2 * MIB).unwrap().unwrap();
+    assert_eq!((e.len, e.mapped), (SIZE - 2 * MIB, false), "{e:?}");
+    // A whole object discarded is a hole again.
+    b.unmap(MIB, MIB).unwrap();
+    let e = b.extent_at(0).unwrap().unwrap();
+    assert_eq!((e.len, e.mapped), (SIZE, false), "{e:?}");
+    assert_zero(&b, MIB, MIB);
+    // Missing images and pools are errors at open, saying which.
+    let mut o = backstore::RbdOptions::new("rbd", "nonexistent");
+    o.conf = Some(ceph.conf());
+    let e = backstore::RbdBackstore::open(&o).unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
+    assert!(e.to_string().contains("image nonexistent"), "{e}");
+    let mut o = backstore::RbdOptions::new("nopool", "x");
+    o.conf = Some(ceph.conf());
+    let e = backstore::RbdBackstore::open(&o).unwrap_err();
+    assert!(e.to_string().contains("pool nopool"), "{e}");
+}
+
+/// An unreachable cluster is an error within the timeout, not a hang.
+#[test]
+fn rbd_unreachable_cluster_is_an_error() {
+    if !testkit::ceph::available() {
+        return;
+    }
+    let dir = TempDir::new("rbd-unreachable");
+    let port = testkit::etcd::free_port();
+    let conf = dir.path("ceph.conf");
+    std::fs::write(
+        &conf,
+        format!("[global]\nmon host = 127.0.0.1:{port}\nauth client required = none\n"),
+    )
+    .unwrap();
+    let mut o = backstore::RbdOptions::new("rbd", "x");
+    o.conf = Some(conf);
+    o.timeout_secs = Some(3);
+    let t0 = std::time::Instant::now();
+    let e = backstore::RbdBackstore::open(&o).unwrap_err();
+    eprintln!(
+        "rbd: unreachable cluster refused after {:.1?}",
+        t0.elapsed()
+    );
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(15),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert!(e.to_string().contains("connecting"), "{e}");
 }
 
 // ---- File-specific behaviour -------------------------------------------------------------

@@ -646,6 +646,9 @@ pub async fn execute(daemon: &Arc<Daemon>, req: &Value) -> anyhow::Result<Value>
             if let Some(ro) = req.get("read_only").and_then(Value::as_bool) {
                 l.read_only = ro;
             }
+            if let Some(c) = req.get("ceph") {
+                l.ceph = Some(serde_json::from_value(c.clone())?);
+            }
             t.luns.push(l);
         }
         "remove-lun" => {
@@ -923,6 +926,17 @@ pub fn request_from_args(cmd: &str, a: &[String]) -> anyhow::Result<Value> {
                     "lun" => r["lun"] = json!(num(v)?),
                     "block_size" => r["block_size"] = json!(num(v)?),
                     "read_only" => r["read_only"] = json!(yes(v)?),
+                    "ceph_conf" | "ceph_keyring" | "ceph_id" => {
+                        let field = match k {
+                            "ceph_conf" => "conf",
+                            "ceph_keyring" => "keyring",
+                            _ => "client_id",
+                        };
+                        if r.get("ceph").is_none() {
+                            r["ceph"] = json!({});
+                        }
+                        r["ceph"][field] = json!(v);
+                    }
                     _ => anyhow::bail!("unknown LUN option {k:?}"),
                 }
             }

@@ -44,6 +44,19 @@ pub enum Cmd {
     },
 }
 
+impl ServeArgs {
+    /// The `--ceph-*` settings, if any was given.
+    pub fn ceph(&self) -> Option<crate::config::CephConfig> {
+        let c = crate::config::CephConfig {
+            conf: self.ceph_conf.clone(),
+            client_id: self.ceph_id.clone(),
+            keyring: self.ceph_keyring.clone(),
+            timeout_secs: None,
+        };
+        (c != crate::config::CephConfig::default()).then_some(c)
+    }
+}
+
 #[derive(Args, Debug, Default)]
 pub struct ServeArgs {
     /// Load the whole configuration from a TOML file
@@ -55,12 +68,21 @@ pub struct ServeArgs {
     /// Target name (default iqn.2026-11.io.ferrite:demo)
     #[arg(long, value_name = "IQN")]
     pub target: Option<String>,
-    /// ram:SIZE | file:PATH[:SIZE] | block:PATH (repeatable; LUN 0, 1, ...)
+    /// ram:SIZE | file:PATH[:SIZE] | block:PATH | rbd:POOL/IMAGE (repeatable; LUN 0, 1, ...)
     #[arg(long = "lun", value_name = "SPEC")]
     pub luns: Vec<String>,
     /// Logical block size of the --lun LUNs: 512 or 4096
     #[arg(long, value_name = "N", default_value_t = 512)]
     pub block_size: u32,
+    /// Ceph configuration file of the rbd: LUNs (default $CEPH_CONF, /etc/ceph/ceph.conf)
+    #[arg(long, value_name = "PATH", conflicts_with = "config")]
+    pub ceph_conf: Option<PathBuf>,
+    /// Ceph client id of the rbd: LUNs (default admin)
+    #[arg(long, value_name = "ID", conflicts_with = "config")]
+    pub ceph_id: Option<String>,
+    /// Ceph keyring of the rbd: LUNs (default: the one the configuration file names)
+    #[arg(long, value_name = "PATH", conflicts_with = "config")]
+    pub ceph_keyring: Option<PathBuf>,
     /// Admin API socket (default: settings.admin_socket, else /run/ferrite/admin.sock as root,
     /// $XDG_RUNTIME_DIR/ferrite/admin.sock otherwise; 'none' disables it)
     #[arg(long, value_name = "PATH")]
@@ -176,7 +198,8 @@ pub enum AdminCmd {
     AddPortal(Portal),
     /// Stop listening on a portal of a group
     RemovePortal(Portal),
-    /// New LUN: lun=N block_size=N read_only=yes
+    /// New LUN: lun=N block_size=N read_only=yes (rbd: also ceph_conf=PATH ceph_id=ID
+    /// ceph_keyring=PATH)
     AddLun {
         #[arg(value_name = "IQN")]
         iqn: String,

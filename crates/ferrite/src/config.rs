@@ -532,7 +532,7 @@ fn yes() -> bool {
 #[serde(deny_unknown_fields)]
 pub struct LunConfig {
     pub id: u64,
-    /// `ram:SIZE`, `file:PATH[:SIZE]` or `block:PATH`.
+    /// `ram:SIZE`, `file:PATH[:SIZE]`, `block:PATH` or `rbd:POOL/IMAGE`.
     pub backstore: String,
     #[serde(default = "default_block_size")]
     pub block_size: u32,
@@ -561,6 +561,28 @@ pub struct LunConfig {
     /// offers SANITIZE CRYPTO ERASE (default: not encrypted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<EncryptionConfig>,
+    /// How an `rbd:` LUN reaches its Ceph cluster (default: as the `rbd` command does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ceph: Option<CephConfig>,
+}
+
+/// `ceph = { conf = "/etc/ceph/ceph.conf", client_id = "admin", keyring = "..." }`: the
+/// client settings of an `rbd:` LUN. Every field is optional; the defaults are the `rbd`
+/// command's: the configuration file `$CEPH_CONF` or `/etc/ceph/ceph.conf`, client
+/// `client.admin`, the keyring that configuration names (or librados's search path).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CephConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conf: Option<PathBuf>,
+    /// Client id, with or without `client.` (`admin`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyring: Option<PathBuf>,
+    /// Seconds connecting and each cluster operation may take before it is an error (30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u32>,
 }
 
 /// `encryption = { key_file = "/etc/ferrite/keys/lun0.key" }`: only the key file's path is
@@ -582,6 +604,7 @@ pub enum BackstoreSpec {
     Ram { size: u64 },
     File { path: PathBuf, size: Option<u64> },
     Block { path: PathBuf },
+    Rbd { pool: String, image: String },
 }
 
 /// Parse sizes like `1G`, `512M`, `4096`, `10GiB`.
@@ -635,7 +658,20 @@ impl BackstoreSpec {
                 }
                 Ok(BackstoreSpec::Block { path: rest.into() })
             }
-            _ => Err(format!("backstore {s:?}: kind must be ram, file or block")),
+            "rbd" => match rest.split_once('/') {
+                Some((pool, image))
+                    if !pool.is_empty() && !image.is_empty() && !image.contains('/') =>
+                {
+                    Ok(BackstoreSpec::Rbd {
+                        pool: pool.into(),
+                        image: image.into(),
+                    })
+                }
+                _ => Err(format!("backstore {s:?}: expected rbd:POOL/IMAGE")),
+            },
+            _ => Err(format!(
+                "backstore {s:?}: kind must be ram, file, block or rbd"
+            )),
         }
     }
 }
@@ -695,6 +731,7 @@ impl Config {
                     pr_match_initiator_name_only: false,
                     sanitize_rate: None,
                     encryption: None,
+                    ceph: None,
                 }],
                 acls: Vec::new(),
                 alua_groups: Vec::new(),
@@ -897,8 +934,14 @@ impl Config {
                 if !ids.insert(l.id) {
                     return Err(format!("target {:?}: LUN {} twice", t.name, l.id));
                 }
-                BackstoreSpec::parse(&l.backstore)
+                let spec = BackstoreSpec::parse(&l.backstore)
                     .map_err(|e| format!("target {:?} LUN {}: {e}", t.name, l.id))?;
+                if l.ceph.is_some() && !matches!(spec, BackstoreSpec::Rbd { .. }) {
+                    return Err(format!(
+                        "target {:?} LUN {}: ceph settings belong to rbd: backstores",
+                        t.name, l.id
+                    ));
+                }
                 if l.block_size != 512 && l.block_size != 4096 {
                     return Err(format!(
                         "target {:?} LUN {}: block_size must be 512 or 4096",
@@ -1147,6 +1190,16 @@ mod tests {
             })
         );
         assert!(BackstoreSpec::parse("nbd:x").is_err());
+        assert_eq!(
+            BackstoreSpec::parse("rbd:rbd/disk0"),
+            Ok(BackstoreSpec::Rbd {
+                pool: "rbd".into(),
+                image: "disk0".into()
+            })
+        );
+        for bad in ["rbd:", "rbd:pool", "rbd:/image", "rbd:pool/", "rbd:a/b/c"] {
+            assert!(BackstoreSpec::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -1178,6 +1231,41 @@ mod tests {
         assert_eq!(c.settings.queue_depth, 64);
         assert_eq!(c.targets[0].portal_groups.len(), 2);
         assert!(!c.targets[0].portal_groups[1].enabled);
+    }
+
+    #[test]
+    fn rbd_luns_and_their_ceph_settings() {
+        let t = r#"
+            [[target]]
+            name = "iqn.2026-11.io.example:rbd"
+            [[target.portal_group]]
+            tag = 1
+            portals = ["127.0.0.1:3260"]
+            [[target.lun]]
+            id = 0
+            backstore = "rbd:pool0/disk"
+            ceph = { conf = "/etc/ceph/other.conf", client_id = "iscsi", timeout_secs = 5 }
+            [[target.lun]]
+            id = 1
+            backstore = "rbd:pool0/disk2"
+        "#;
+        let c: Config = toml::from_str(t).unwrap();
+        c.validate().unwrap();
+        let ceph = c.targets[0].luns[0].ceph.clone().unwrap();
+        assert_eq!(ceph.client_id.as_deref(), Some("iscsi"));
+        assert_eq!(ceph.timeout_secs, Some(5));
+        assert!(ceph.keyring.is_none());
+        assert!(c.targets[0].luns[1].ceph.is_none());
+        // Written back the same way (no empty fields), and read again equal.
+        let text = toml::to_string(&c).unwrap();
+        assert!(!text.contains("keyring"), "{text}");
+        assert_eq!(toml::from_str::<Config>(&text).unwrap(), c);
+        // Ceph settings on another kind of backstore are a mistake; so are unknown fields.
+        let mut bad = c.clone();
+        bad.targets[0].luns[1].backstore = "ram:1M".into();
+        bad.targets[0].luns[1].ceph = Some(CephConfig::default());
+        assert!(bad.validate().unwrap_err().contains("ceph settings"));
+        assert!(toml::from_str::<Config>(&t.replace("timeout_secs", "timeout")).is_err());
     }
 
     #[test]

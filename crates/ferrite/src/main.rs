@@ -61,6 +61,7 @@ fn build_config(a: &cli::ServeArgs) -> Result<Config, String> {
                 pr_match_initiator_name_only: false,
                 sanitize_rate: None,
                 encryption: None,
+                ceph: spec.starts_with("rbd:").then(|| a.ceph()).flatten(),
             })
             .collect();
     } else {

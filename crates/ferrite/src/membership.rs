@@ -44,6 +44,15 @@ impl Drop for Writing<'_> {
     }
 }
 
+/// A [`Writing`] that owns its fence: an asynchronous write holds it until it completes.
+pub struct OwnedWriting(Arc<Fence>);
+
+impl Drop for OwnedWriting {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 impl Fence {
     pub fn new(fenced: bool) -> Fence {
         Fence {
@@ -68,6 +77,13 @@ impl Fence {
         }
         self.dirty.store(true, Ordering::SeqCst);
         Some(Writing(self))
+    }
+
+    /// As [`Fence::enter`], for a write that completes later, elsewhere.
+    pub fn enter_owned(self: &Arc<Self>) -> Option<OwnedWriting> {
+        let w = self.enter()?;
+        std::mem::forget(w);
+        Some(OwnedWriting(self.clone()))
     }
 
     /// Whether a write went through since the last call (and forget it).
@@ -154,10 +170,61 @@ impl backstore::Backstore for FencedBackstore {
     fn encrypted(&self) -> bool {
         self.inner.encrypted()
     }
+    fn compare_and_write(
+        &self,
+        offset: u64,
+        compare: &[u8],
+        data: &[u8],
+    ) -> io::Result<Option<u64>> {
+        let _w = self.fence.enter().ok_or_else(fenced_error)?;
+        self.inner.compare_and_write(offset, compare, data)
+    }
+    fn as_async(&self) -> Option<&dyn backstore::AsyncBackstore> {
+        self.inner
+            .as_async()
+            .map(|_| self as &dyn backstore::AsyncBackstore)
+    }
     fn crypto_erase(&self) -> io::Result<()> {
         // A new data key changes what every block reads as: a write like any other.
         let _w = self.fence.enter().ok_or_else(fenced_error)?;
         self.inner.crypto_erase()
+    }
+}
+
+/// The asynchronous path passes the same fence: a write counts as in flight until it
+/// completes, so fencing waits for it as for a synchronous one.
+impl backstore::AsyncBackstore for FencedBackstore {
+    fn read_async(&self, offset: u64, len: usize, done: backstore::Done<Vec<u8>>) {
+        match self.inner.as_async() {
+            Some(a) => a.read_async(offset, len, done),
+            None => done(self.inner.read_vec(len, offset)),
+        }
+    }
+    fn write_async(&self, data: Vec<u8>, offset: u64, done: backstore::Done<Vec<u8>>) {
+        let Some(w) = self.fence.enter_owned() else {
+            return done(Err(fenced_error()));
+        };
+        match self.inner.as_async() {
+            Some(a) => a.write_async(
+                data,
+                offset,
+                Box::new(move |r| {
+                    drop(w);
+                    done(r)
+                }),
+            ),
+            None => {
+                let r = self.inner.write_at(&data, offset).map(|()| data);
+                drop(w);
+                done(r)
+            }
+        }
+    }
+    fn flush_async(&self, done: backstore::Done<()>) {
+        match self.inner.as_async() {
+            Some(a) => a.flush_async(done),
+            None => done(self.inner.flush()),
+        }
     }
 }
 

@@ -761,4 +761,70 @@ impl backstore::Backstore for TimedBackstore {
     fn crypto_erase(&self) -> std::io::Result<()> {
         self.inner.crypto_erase()
     }
+    fn compare_and_write(
+        &self,
+        offset: u64,
+        compare: &[u8],
+        data: &[u8],
+    ) -> std::io::Result<Option<u64>> {
+        self.time(StoreOp::write, || {
+            self.inner.compare_and_write(offset, compare, data)
+        })
+    }
+    fn as_async(&self) -> Option<&dyn backstore::AsyncBackstore> {
+        self.inner
+            .as_async()
+            .map(|_| self as &dyn backstore::AsyncBackstore)
+    }
+}
+
+/// The asynchronous operations, timed from submission to completion.
+impl backstore::AsyncBackstore for TimedBackstore {
+    fn read_async(&self, offset: u64, len: usize, done: backstore::Done<Vec<u8>>) {
+        let Some(a) = self.inner.as_async() else {
+            return done(backstore::Backstore::read_vec(self, len, offset));
+        };
+        let (h, t0) = (
+            self.ops[StoreOp::read as usize].clone(),
+            std::time::Instant::now(),
+        );
+        a.read_async(
+            offset,
+            len,
+            Box::new(move |r| {
+                h.observe(t0.elapsed().as_secs_f64());
+                done(r)
+            }),
+        );
+    }
+    fn write_async(&self, data: Vec<u8>, offset: u64, done: backstore::Done<Vec<u8>>) {
+        let Some(a) = self.inner.as_async() else {
+            return done(backstore::Backstore::write_at(self, &data, offset).map(|()| data));
+        };
+        let (h, t0) = (
+            self.ops[StoreOp::write as usize].clone(),
+            std::time::Instant::now(),
+        );
+        a.write_async(
+            data,
+            offset,
+            Box::new(move |r| {
+                h.observe(t0.elapsed().as_secs_f64());
+                done(r)
+            }),
+        );
+    }
+    fn flush_async(&self, done: backstore::Done<()>) {
+        let Some(a) = self.inner.as_async() else {
+            return done(backstore::Backstore::flush(self));
+        };
+        let (h, t0) = (
+            self.ops[StoreOp::flush as usize].clone(),
+            std::time::Instant::now(),
+        );
+        a.flush_async(Box::new(move |r| {
+            h.observe(t0.elapsed().as_secs_f64());
+            done(r)
+        }));
+    }
 }

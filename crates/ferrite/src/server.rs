@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use backstore::{Backstore, BlockBackstore, FileBackstore, RamBackstore};
+use backstore::{Backstore, BlockBackstore, FileBackstore, RamBackstore, RbdBackstore};
 use iscsi_proto::budget::BufferBudget;
 use iscsi_proto::conn::ConnConfig;
 use iscsi_proto::table::{Joined, SessionKey, SessionTable};
@@ -189,7 +189,11 @@ fn default_buffer_budget() -> u64 {
 
 /// Open a LUN's backstore. `shared`: a clustered node, whose partners open the same storage
 /// (`block:` devices then go past the page cache, see `backstore::BlockBackstore::open_direct`).
-fn open_backstore(spec: &BackstoreSpec, shared: bool) -> anyhow::Result<Arc<dyn Backstore>> {
+fn open_backstore(
+    spec: &BackstoreSpec,
+    l: &LunConfig,
+    shared: bool,
+) -> anyhow::Result<Arc<dyn Backstore>> {
     Ok(match spec {
         BackstoreSpec::Ram { size } => {
             Arc::new(RamBackstore::try_new(*size).context("RAM backstore")?)
@@ -214,6 +218,25 @@ fn open_backstore(spec: &BackstoreSpec, shared: bool) -> anyhow::Result<Arc<dyn 
             BlockBackstore::open(path)
                 .with_context(|| format!("block backstore {}", path.display()))?,
         ),
+        BackstoreSpec::Rbd { pool, image } => {
+            let c = l.ceph.clone().unwrap_or_default();
+            let o = backstore::RbdOptions {
+                pool: pool.clone(),
+                image: image.clone(),
+                conf: c.conf,
+                client_id: c.client_id,
+                keyring: c.keyring,
+                timeout_secs: c.timeout_secs,
+            };
+            // Connecting takes network round trips (at most the timeout): off the workers.
+            let store = match tokio::runtime::Handle::try_current() {
+                Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                    tokio::task::block_in_place(|| RbdBackstore::open(&o))
+                }
+                _ => RbdBackstore::open(&o),
+            };
+            Arc::new(store.context("RBD backstore")?)
+        }
     })
 }
 
@@ -261,7 +284,7 @@ pub fn build_lu(
     l: &LunConfig,
 ) -> anyhow::Result<Arc<LogicalUnit>> {
     let spec = BackstoreSpec::parse(&l.backstore).map_err(anyhow::Error::msg)?;
-    let mut store = open_backstore(&spec, fence.is_some())?;
+    let mut store = open_backstore(&spec, l, fence.is_some())?;
     if let Some(enc) = &l.encryption {
         store = encrypt(state_dir, t, l, &spec, enc, store)?;
     }
@@ -1233,16 +1256,12 @@ async fn task_management(
 }
 
 /// Run one SCSI task on the device server (the view of the session).
-fn run_task(
-    view: &DeviceServer,
-    nexus: &Nexus,
-    task: &iscsi_proto::ScsiTask,
-    cancel: Option<&AtomicBool>,
-    metrics: Option<&LuMetrics>,
-    session_io: Option<&IoStats>,
-) -> TaskOutcome {
-    let t0 = Instant::now();
-    let req = ScsiRequest {
+fn request<'a>(
+    nexus: &'a Nexus,
+    task: &'a iscsi_proto::ScsiTask,
+    cancel: Option<&'a AtomicBool>,
+) -> ScsiRequest<'a> {
+    ScsiRequest {
         nexus,
         lun: task.lun,
         cdb: &task.cdb,
@@ -1250,9 +1269,17 @@ fn run_task(
         expected_data_in: if task.read { task.expected_len } else { 0 },
         attr: task_attr(task.attr),
         cancel,
-    };
-    let r = view.execute(&req);
-    let took = t0.elapsed();
+    }
+}
+
+/// What a command did: metrics, session statistics, and the outcome for the session engine.
+fn finish_task(
+    task: &iscsi_proto::ScsiTask,
+    r: scsi_core::ScsiResponse,
+    took: Duration,
+    metrics: Option<&LuMetrics>,
+    session_io: Option<&IoStats>,
+) -> TaskOutcome {
     let kind = Kind::of(&task.cdb);
     if let Some(m) = metrics {
         m.record(
@@ -1279,6 +1306,32 @@ fn run_task(
         data_in: r.data_in,
         data_out_len: r.data_out_len,
     }
+}
+
+/// [`run_task`] for the commands `DeviceServer::is_async` picks: awaits the backstore.
+async fn run_task_async(
+    view: &DeviceServer,
+    nexus: &Nexus,
+    task: &iscsi_proto::ScsiTask,
+    metrics: Option<&LuMetrics>,
+    session_io: Option<&IoStats>,
+) -> TaskOutcome {
+    let t0 = Instant::now();
+    let r = view.execute_async(&request(nexus, task, None)).await;
+    finish_task(task, r, t0.elapsed(), metrics, session_io)
+}
+
+fn run_task(
+    view: &DeviceServer,
+    nexus: &Nexus,
+    task: &iscsi_proto::ScsiTask,
+    cancel: Option<&AtomicBool>,
+    metrics: Option<&LuMetrics>,
+    session_io: Option<&IoStats>,
+) -> TaskOutcome {
+    let t0 = Instant::now();
+    let r = view.execute(&request(nexus, task, cancel));
+    finish_task(task, r, t0.elapsed(), metrics, session_io)
 }
 
 /// A task's place in its logical unit's task set, as the session engine holds it.
@@ -1454,6 +1507,25 @@ async fn run_connection(
                             let o =
                                 run_task(&t, &nexus, &task, None, lm.as_deref(), att.io.as_deref());
                             conn.complete_task(task.id, o);
+                            continue;
+                        }
+                        if t.is_async(task.lun, &task.cdb) {
+                            // READ/WRITE on an asynchronous backstore (RBD): a task, not a
+                            // blocking thread, waits for the data (see `execute_async`).
+                            let tx = done_tx.clone();
+                            let session = conn.session();
+                            let io = att.io.clone();
+                            tokio::spawn(async move {
+                                let o =
+                                    run_task_async(&t, &nexus, &task, lm.as_deref(), io.as_deref())
+                                        .await;
+                                if let Err(mpsc::error::SendError((id, o))) = tx.send((task.id, o))
+                                {
+                                    if let Some(s) = session {
+                                        s.complete_task(id, o);
+                                    }
+                                }
+                            });
                             continue;
                         }
                         let tx = done_tx.clone();

@@ -516,6 +516,28 @@ impl LogicalUnit {
             })
     }
 
+    /// As [`LogicalUnit::lock_range`], for the asynchronous path: instead of blocking the
+    /// thread while a conflicting range is held, the future yields to its executor and tries
+    /// again (the holder may be another future that needs this very thread to finish). It
+    /// keeps no place in the queue while it yields, so overlapping synchronous commands go
+    /// first; overlapping transfers are rare, and each waits only for the one before it.
+    pub(crate) async fn lock_range_async(
+        &self,
+        lba: u64,
+        count: u64,
+        exclusive: bool,
+    ) -> Result<RangeGuard<'_>, Fail> {
+        loop {
+            if let Some(g) = self.ranges.lock_unless(lba, count, exclusive, || true) {
+                return Ok(g);
+            }
+            if let Some(busy) = self.busy() {
+                return Err(Fail::Check(busy));
+            }
+            YieldNow(false).await;
+        }
+    }
+
     /// Range lock requests granted or waiting (tests).
     #[cfg(test)]
     pub(crate) fn range_requests(&self) -> usize {
@@ -775,6 +797,25 @@ impl LogicalUnit {
 /// at every step, so carry on rather than take the whole target down.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Ready on the second poll: lets the executor run other tasks once.
+struct YieldNow(bool);
+
+impl std::future::Future for YieldNow {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
 }
 
 #[cfg(test)]

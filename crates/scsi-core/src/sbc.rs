@@ -213,6 +213,127 @@ pub fn read(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
     read_blocks(lu, x.lba, x.len)
 }
 
+/// A READ, WRITE or SYNCHRONIZE CACHE that passed every check and waits only for its data to
+/// move: what the device server's asynchronous path ([`crate::DeviceServer::execute_async`])
+/// hands to an asynchronous backstore. The checks are exactly those of [`read`], [`write`] and
+/// [`synchronize_cache`].
+pub(crate) enum Transfer<'a> {
+    /// SYNCHRONIZE CACHE: make every completed write durable (SBC-4 §5.26, §5.27).
+    Flush,
+    /// Nothing to move: TRANSFER LENGTH 0, or no whole block of data-out.
+    Nothing,
+    Read {
+        lba: u64,
+        blocks: u64,
+    },
+    Write {
+        lba: u64,
+        data: &'a [u8],
+        fua: bool,
+    },
+}
+
+/// The checks of READ(6/10/12/16), WRITE(6/10/12/16) or SYNCHRONIZE CACHE(10/16), in the
+/// same order as [`read`], [`write`] and [`synchronize_cache`] make them (see the module
+/// documentation), without moving data.
+pub(crate) fn plan_transfer<'a>(cmd: &Cmd<'a>, lu: &LogicalUnit) -> Result<Transfer<'a>, Fail> {
+    if is_flush_opcode(cmd.cdb.u8(0)) {
+        let (lba, count) = lba_count(cmd.cdb);
+        lu.check_ready()?;
+        check_range(lu, lba, count)?;
+        return Ok(Transfer::Flush);
+    }
+    let x = decode(cmd.cdb);
+    let bs = u64::from(lu.block_size());
+    if is_write_opcode(cmd.cdb.u8(0)) {
+        cmd.expect_out(x.len * bs);
+        let data = checked_write_data(cmd, lu, &x, bs)?;
+        if data.is_empty() {
+            return Ok(Transfer::Nothing);
+        }
+        return Ok(Transfer::Write {
+            lba: x.lba,
+            data,
+            fua: x.fua,
+        });
+    }
+    lu.check_ready()?;
+    check_max_transfer(lu, &x)?;
+    check_range(lu, x.lba, x.len)?;
+    if x.len == 0 {
+        // SBC-4 §5.16: TRANSFER LENGTH 0 is not an error and transfers nothing.
+        return Ok(Transfer::Nothing);
+    }
+    Ok(Transfer::Read {
+        lba: x.lba,
+        blocks: x.len,
+    })
+}
+
+/// READ(6/10/12/16), WRITE(6/10/12/16) and SYNCHRONIZE CACHE(10/16): the commands the
+/// asynchronous path takes.
+pub(crate) fn is_transfer_opcode(op: u8) -> bool {
+    matches!(op, 0x08 | 0x28 | 0xa8 | 0x88) || is_write_opcode(op) || is_flush_opcode(op)
+}
+
+fn is_flush_opcode(op: u8) -> bool {
+    matches!(op, 0x35 | 0x91)
+}
+
+fn is_write_opcode(op: u8) -> bool {
+    matches!(op, 0x0a | 0x2a | 0xaa | 0x8a)
+}
+
+/// Move a planned transfer's data through the LU's asynchronous backstore, under the same
+/// range lock and with the same flush rule (FUA or WCE = 0, SBC-4 §6.5.5) as [`read`] and
+/// [`write`]. A backstore without an asynchronous interface is used synchronously.
+pub(crate) async fn transfer(lu: &LogicalUnit, t: Transfer<'_>) -> CmdResult {
+    let bs = u64::from(lu.block_size());
+    let Some(aio) = lu.backstore().as_async() else {
+        return match t {
+            Transfer::Nothing => Ok(Vec::new()),
+            Transfer::Read { lba, blocks } => {
+                let _r = lu.lock_range(lba, blocks, false)?;
+                read_blocks(lu, lba, blocks)
+            }
+            Transfer::Write { lba, data, fua } => {
+                let _w = lu.lock_range(lba, data.len() as u64 / bs, true)?;
+                write_blocks(lu, lba, data)?;
+                flush_if(lu, fua)?;
+                Ok(Vec::new())
+            }
+            Transfer::Flush => flush(lu).map(|()| Vec::new()),
+        };
+    };
+    match t {
+        Transfer::Nothing => Ok(Vec::new()),
+        Transfer::Read { lba, blocks } => {
+            let _r = lu.lock_range_async(lba, blocks, false).await?;
+            backstore::aio::read(aio, lba * bs, (blocks * bs) as usize)
+                .await
+                .map_err(|e| io_fail("read", SenseReason::UnrecoveredReadError, &e))
+        }
+        Transfer::Write { lba, data, fua } => {
+            let _w = lu
+                .lock_range_async(lba, data.len() as u64 / bs, true)
+                .await?;
+            backstore::aio::write(aio, data.to_vec(), lba * bs)
+                .await
+                .map_err(|e| io_fail("write", SenseReason::WriteError, &e))?;
+            if fua || !lu.mode().wce {
+                backstore::aio::flush(aio)
+                    .await
+                    .map_err(|e| io_fail("flush", SenseReason::WriteError, &e))?;
+            }
+            Ok(Vec::new())
+        }
+        Transfer::Flush => backstore::aio::flush(aio)
+            .await
+            .map(|()| Vec::new())
+            .map_err(|e| io_fail("flush", SenseReason::WriteError, &e)),
+    }
+}
+
 /// The checks every write of TRANSFER LENGTH blocks makes, in the order SBC-4 gives them
 /// (medium ready, transfer limit, LBA range, write protection), then the whole blocks of
 /// data-out that arrived.
@@ -628,13 +749,15 @@ pub fn compare_and_write(cmd: &Cmd, lu: &LogicalUnit) -> CmdResult {
     let half = (nlb * bs) as usize;
     let verify = cmd.data_out.slice(0, half);
     let data = cmd.data_out.slice(half, half);
+    // The range lock makes it indivisible against this node's commands; the backstore makes
+    // it so against other nodes sharing the medium (an RBD image: see backstore's rbd.rs).
     let _w = lu.lock_range(lba, nlb, true)?;
-    let medium = read_blocks(lu, lba, nlb)?;
-    if let Some(off) = first_mismatch(verify, &medium) {
+    match lu.backstore().compare_and_write(lba * bs, verify, data) {
         // SBC-4 §5.3: INFORMATION = offset of the first byte that did not match.
-        return Err(miscompare(off));
+        Ok(Some(off)) => return Err(miscompare(off as usize)),
+        Ok(None) => {}
+        Err(e) => return Err(io_fail("compare and write", SenseReason::WriteError, &e)),
     }
-    write_blocks(lu, lba, data)?;
     flush_if(lu, fua)?;
     Ok(Vec::new())
 }

@@ -27,6 +27,7 @@ use crate::luns::{lun_from_wire, AddLunError, LunMap};
 use crate::opcodes::{self, flag, Handler, Lookup, OpDesc};
 use crate::pr::Who;
 use crate::reservations;
+use crate::sbc;
 use crate::sense::SenseReason;
 use crate::{Nexus, ScsiRequest, ScsiResponse, ScsiStatus};
 
@@ -135,6 +136,65 @@ impl DeviceServer {
         }
     }
 
+    /// Whether [`DeviceServer::execute_async`] moves this command's data without blocking a
+    /// thread: READ and WRITE (6/10/12/16) and SYNCHRONIZE CACHE (10/16) to a logical unit
+    /// whose backstore has an asynchronous interface (an RBD image). The transport runs everything else through
+    /// [`DeviceServer::execute`] (on a thread that may block).
+    pub fn is_async(&self, lun_wire: u64, cdb: &[u8]) -> bool {
+        cdb.first().is_some_and(|&op| sbc::is_transfer_opcode(op))
+            && lun_from_wire(lun_wire)
+                .and_then(|l| self.lu(l))
+                .is_some_and(|lu| lu.backstore().as_async().is_some())
+    }
+
+    /// Execute one command as [`DeviceServer::execute`] does, the same checks in the same
+    /// order, but wait for a READ's, WRITE's or flush's backstore operation without blocking the thread (see
+    /// [`DeviceServer::is_async`]); other commands run synchronously inside the future. Still
+    /// sans-IO: the future only waits for the backstore's completion, whatever executor polls
+    /// it.
+    pub async fn execute_async(&self, req: &ScsiRequest<'_>) -> ScsiResponse {
+        let lun = lun_from_wire(req.lun);
+        let lu = match lun.and_then(|l| self.luns.get(l)) {
+            Some(lu)
+                if req
+                    .cdb
+                    .first()
+                    .is_some_and(|&op| sbc::is_transfer_opcode(op)) =>
+            {
+                lu
+            }
+            _ => return self.execute(req),
+        };
+        let read_only = lun.is_some_and(|l| self.luns.is_read_only(l));
+        let (planned, data_out_len) = self.plan_transfer(req, &lu, read_only);
+        let result = match planned {
+            // The in-flight mark (reservations) stays until the transfer is done.
+            Ok((t, _inflight)) => sbc::transfer(&lu, t).await,
+            Err(f) => Err(f),
+        };
+        respond(req, result, data_out_len)
+    }
+
+    /// The synchronous half of [`DeviceServer::execute_async`]: admission and the command's
+    /// checks (no `Cmd` lives across an await).
+    #[allow(clippy::type_complexity)]
+    fn plan_transfer<'a>(
+        &'a self,
+        req: &'a ScsiRequest<'a>,
+        lu: &'a Arc<LogicalUnit>,
+        read_only: bool,
+    ) -> (
+        Result<(sbc::Transfer<'a>, Option<reservations::Inflight<'a>>), Fail>,
+        u32,
+    ) {
+        let cmd = Cmd::new(req, &self.luns, Some(lu), read_only, self.device.as_deref());
+        let planned = self
+            .admit(&cmd)
+            .and_then(|(_desc, inflight)| sbc::plan_transfer(&cmd, lu).map(|t| (t, inflight)));
+        // READ and WRITE leave no effects; nothing to carry out.
+        (planned, cmd.out_len())
+    }
+
     /// Execute one command. Callable from many threads at once.
     pub fn execute(&self, req: &ScsiRequest) -> ScsiResponse {
         let lun = lun_from_wire(req.lun);
@@ -148,46 +208,37 @@ impl DeviceServer {
             self.device.as_deref(),
         );
         let result = self.dispatch(&cmd);
-        let data_out_len = cmd.out_len();
-        match result {
-            Ok(data_in) => ScsiResponse {
-                status: ScsiStatus::GOOD,
-                sense: Vec::new(),
-                data_in,
-                data_out_len,
-            },
-            Err(Fail::Check(sense)) => {
-                tracing::debug!(
-                    opcode = req.cdb.first().copied().unwrap_or(0),
-                    reason = ?sense.reason,
-                    "check condition"
-                );
-                ScsiResponse {
-                    status: ScsiStatus::CHECK_CONDITION,
-                    sense: sense.to_fixed(),
-                    data_in: Vec::new(),
-                    data_out_len,
-                }
-            }
-            Err(Fail::Status(status)) => ScsiResponse {
-                status,
-                sense: Vec::new(),
-                data_in: Vec::new(),
-                data_out_len,
-            },
-        }
+        respond(req, result, cmd.out_len())
     }
 
     fn dispatch(&self, cmd: &Cmd) -> CmdResult {
+        // A command that may change the medium stays marked from its reservation check until
+        // it completes (PREEMPT AND ABORT waits for such marks to go).
+        let (desc, _inflight) = self.admit(cmd)?;
+        let result = match desc.handler {
+            Handler::Target(f) => f(cmd),
+            Handler::Lu(f) => match cmd.lu {
+                Some(lu) => f(cmd, lu),
+                None => Err(SenseReason::LunNotSupported.into()),
+            },
+        };
+        self.carry_out(cmd);
+        result
+    }
+
+    /// The checks in front of every command (steps 1 to 6 of the module documentation): the
+    /// command's table entry, and the in-flight mark of a command that may change the medium.
+    fn admit<'a>(
+        &self,
+        cmd: &Cmd<'a>,
+    ) -> Result<(&'static OpDesc, Option<reservations::Inflight<'a>>), Fail> {
         let Some(&opcode) = cmd.req.cdb.first() else {
             return Err(SenseReason::InvalidCommandOperationCode.into());
         };
         let lookup = opcodes::lookup(opcode, cmd.cdb.u8(1));
         let exempt = matches!(lookup, Lookup::Found(d) if d.has(flag::UA_EXEMPT));
 
-        // A command that may change the medium stays marked from its reservation check until
-        // it completes (PREEMPT AND ABORT waits for such marks to go).
-        let mut _inflight = None;
+        let mut inflight = None;
         if let Some(lu) = cmd.lu {
             let power_on = lu.config().report_power_on_ua;
             let mut st = lu.state();
@@ -216,7 +267,7 @@ impl DeviceServer {
                     }
                 }
                 // SPC-4 §5.13.1 and SBC-4: persistent reservation conflicts.
-                _inflight = reservations::admit(&mut st, lu, cmd.nexus(), d.pr, cmd.cdb)?;
+                inflight = reservations::admit(&mut st, lu, cmd.req.nexus, d.pr, cmd.cdb)?;
             }
             // SBC-4 §4.11.2, §5.4.1: while a sanitize or a format runs, only INQUIRY, REPORT
             // LUNS and REQUEST SENSE (exactly the UA-exempt commands) are processed.
@@ -253,15 +304,7 @@ impl DeviceServer {
             }
         }
         check_cdb(desc, cmd.cdb)?;
-        let result = match desc.handler {
-            Handler::Target(f) => f(cmd),
-            Handler::Lu(f) => match cmd.lu {
-                Some(lu) => f(cmd, lu),
-                None => Err(SenseReason::LunNotSupported.into()),
-            },
-        };
-        self.carry_out(cmd);
-        result
+        Ok((desc, inflight))
     }
 
     /// Carry out what the handler left to the device server (see `cmd`), before the command
@@ -362,4 +405,35 @@ fn check_cdb(desc: &OpDesc, cdb: Bytes) -> Result<(), Fail> {
         return Err(bad_cdb(control as u16, Some(2)));
     }
     Ok(())
+}
+
+/// The answer to a command that ended with `result`.
+fn respond(req: &ScsiRequest, result: CmdResult, data_out_len: u32) -> ScsiResponse {
+    match result {
+        Ok(data_in) => ScsiResponse {
+            status: ScsiStatus::GOOD,
+            sense: Vec::new(),
+            data_in,
+            data_out_len,
+        },
+        Err(Fail::Check(sense)) => {
+            tracing::debug!(
+                opcode = req.cdb.first().copied().unwrap_or(0),
+                reason = ?sense.reason,
+                "check condition"
+            );
+            ScsiResponse {
+                status: ScsiStatus::CHECK_CONDITION,
+                sense: sense.to_fixed(),
+                data_in: Vec::new(),
+                data_out_len,
+            }
+        }
+        Err(Fail::Status(status)) => ScsiResponse {
+            status,
+            sense: Vec::new(),
+            data_in: Vec::new(),
+            data_out_len,
+        },
+    }
 }

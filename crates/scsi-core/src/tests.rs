@@ -11,6 +11,7 @@ use crate::*;
 
 /// Thin provisioning from holes, offloads, removable media, sanitize (in `tests/offload.rs`).
 mod alua;
+mod async_io;
 mod format;
 mod offload;
 

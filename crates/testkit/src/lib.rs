@@ -18,6 +18,7 @@
 //! iscsi-proto, so a unit test of iscsi-proto would see two copies of its types (the crate under
 //! test and the one testkit links). Its integration tests (`crates/iscsi-proto/tests/`) can.
 
+pub mod ceph;
 pub mod engine;
 pub mod etcd;
 pub mod initiator;
