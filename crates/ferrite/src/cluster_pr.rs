@@ -327,7 +327,7 @@ impl ClusterPr {
     fn publish(
         &self,
         key: &[u8],
-        lu: &LogicalUnit,
+        copy: &dyn Fn() -> u64,
         base: Revision,
         change: &PrChange,
         cancelled: &dyn Fn() -> bool,
@@ -339,7 +339,7 @@ impl ClusterPr {
         };
         handle.block_on(async {
             let rev = self
-                .write(&**store, key, lu, base, change, cancelled)
+                .write(&**store, key, copy, base, change, cancelled)
                 .await?;
             self.wait_everywhere(&**store, rev, cancelled).await
         })
@@ -358,7 +358,7 @@ impl ClusterPr {
         &self,
         store: &dyn ClusterStore,
         key: &[u8],
-        lu: &LogicalUnit,
+        copy: &dyn Fn() -> u64,
         base: Revision,
         change: &PrChange,
         cancelled: &dyn Fn() -> bool,
@@ -380,13 +380,13 @@ impl ClusterPr {
                     // to it, then compute again.
                     let seen = now.map_or(0, |kv| kv.mod_revision);
                     let until = Instant::now() + OP_TIMEOUT;
-                    while lu.pr_revision() == base && Instant::now() < until {
+                    while copy() == base && Instant::now() < until {
                         tokio::time::sleep(Duration::from_millis(2)).await;
                     }
                     debug!(
                         base,
                         seen,
-                        now = lu.pr_revision(),
+                        now = copy(),
                         "cluster: persistent reservation change lost a race"
                     );
                     return Err(Publish::Stale);
@@ -489,13 +489,13 @@ impl ClusterPr {
 impl SharedPr for LuShared {
     fn publish(
         &self,
-        lu: &LogicalUnit,
         base: u64,
         change: &PrChange,
+        copy: &dyn Fn() -> u64,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<(), Publish> {
         match self.cluster.upgrade() {
-            Some(c) => c.publish(&self.key, lu, base, change, cancelled),
+            Some(c) => c.publish(&self.key, copy, base, change, cancelled),
             None => Err(Publish::Unavailable("the daemon is stopping".into())),
         }
     }

@@ -226,7 +226,7 @@ fn shared_reserve_out(
             ua: fx.ua,
             abort: fx.abort,
         };
-        match shared.publish(lu, base, &change, &|| cmd.cancelled()) {
+        match shared.publish(base, &change, &|| lu.pr_revision(), &|| cmd.cancelled()) {
             Ok(()) => {
                 log_change(from, req, &change.state);
                 return Ok(Vec::new());
@@ -387,7 +387,7 @@ impl LogicalUnit {
                 ua,
                 abort: Vec::new(),
             };
-            return match shared.publish(self, base, &change, &|| false) {
+            return match shared.publish(base, &change, &|| self.pr_revision(), &|| false) {
                 Ok(()) => {
                     tracing::warn!(
                         "persistent reservations cleared by the operator (cluster-wide)"

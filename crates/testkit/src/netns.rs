@@ -381,6 +381,26 @@ mod tests {
         assert!(text.contains(&lab.addr("x").to_string()), "{text}");
         let mut child = lab.command("x", "sleep").arg("60").spawn().unwrap();
         let ns = lab.ns("x");
+        // `ip netns exec` enters the namespace, then becomes `sleep` (same pid): only then is
+        // it the namespace's to end.
+        let inside = || {
+            std::process::Command::new("ip")
+                .args(["netns", "pids", &ns])
+                .output()
+                .is_ok_and(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .split_whitespace()
+                        .any(|p| p == child.id().to_string())
+                })
+        };
+        let t0 = std::time::Instant::now();
+        while !inside() {
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(10),
+                "never entered"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         drop(lab);
         let st = child.wait().unwrap();
         assert!(!st.success(), "killed with the lab");

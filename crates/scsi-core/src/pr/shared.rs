@@ -42,7 +42,6 @@ use std::fmt::Write as _;
 
 use super::state::{PrState, Who};
 use super::store::{parse_who, seal, state_lines, unframe, who_fields, StateParser};
-use crate::lu::LogicalUnit;
 use crate::sense::SenseReason;
 
 const MAGIC: &str = "ferrite-pr-change";
@@ -87,11 +86,12 @@ pub trait SharedPr: Send + Sync {
     /// Blocks until the change is applied by every live node, this one included (see the module
     /// documentation); `cancelled` says the initiator gave up on the command, which ends the
     /// wait early (the change stands). Called from a thread that may block.
+    /// `copy` reads the local copy's revision now (it moves as the node applies changes).
     fn publish(
         &self,
-        lu: &LogicalUnit,
         base: u64,
         change: &PrChange,
+        copy: &dyn Fn() -> u64,
         cancelled: &dyn Fn() -> bool,
     ) -> Result<(), Publish>;
 

@@ -1430,30 +1430,31 @@ mod cluster {
         }
     }
 
-    impl SharedPr for Store {
+    /// One node's handle on the store.
+    struct Node {
+        store: Arc<Store>,
+        me: usize,
+    }
+
+    impl SharedPr for Node {
         fn publish(
             &self,
-            lu: &LogicalUnit,
             base: u64,
             change: &PrChange,
+            copy: &dyn Fn() -> u64,
             _cancelled: &dyn Fn() -> bool,
         ) -> Result<(), Publish> {
-            if self.unavailable.load(Ordering::SeqCst) {
+            let store = &self.store;
+            if store.unavailable.load(Ordering::SeqCst) {
                 return Err(Publish::Unavailable("store away".into()));
             }
-            let me = self
-                .nodes
-                .lock()
-                .unwrap()
-                .iter()
-                .position(|w| std::ptr::eq(w.as_ptr(), lu))
-                .unwrap();
             {
-                let mut r = self.record.lock().unwrap();
+                let mut r = store.record.lock().unwrap();
                 if r.0 != base {
                     drop(r);
                     // The watch delivers what the sender missed before it computes again.
-                    self.catch_up(me);
+                    store.catch_up(self.me);
+                    assert_ne!(copy(), base, "the copy caught up");
                     return Err(Publish::Stale);
                 }
                 // Through the record format, as the daemon stores it.
@@ -1461,17 +1462,17 @@ mod cluster {
                 assert_eq!(&stored, change);
                 *r = (r.0 + 1, Some(stored));
             }
-            let n = self.nodes.lock().unwrap().len();
+            let n = store.nodes.lock().unwrap().len();
             for i in 0..n {
-                if !self.lagging.lock().unwrap().contains(&i) {
-                    self.apply_to(i);
+                if !store.lagging.lock().unwrap().contains(&i) {
+                    store.apply_to(i);
                 }
             }
             Ok(())
         }
 
         fn describe(&self) -> String {
-            "memory cluster".into()
+            format!("memory cluster, node {}", self.me)
         }
     }
 
@@ -1479,9 +1480,12 @@ mod cluster {
         let store = Arc::new(Store::default());
         let backing: Arc<dyn Backstore> = Arc::new(RamBackstore::new(1 << 20));
         let hs: Vec<H> = (0..n)
-            .map(|_| {
+            .map(|me| {
                 let lu = Arc::new(LogicalUnit::new(cfg(false), backing.clone()).unwrap());
-                lu.set_shared_pr(store.clone());
+                lu.set_shared_pr(Arc::new(Node {
+                    store: store.clone(),
+                    me,
+                }));
                 store.nodes.lock().unwrap().push(Arc::downgrade(&lu));
                 let srv = DeviceServer::new();
                 srv.add_lun(0, lu.clone()).unwrap();
