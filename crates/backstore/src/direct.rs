@@ -70,6 +70,40 @@ fn widen(offset: u64, len: usize, align: u64) -> (u64, usize) {
     (start, (end - start) as usize)
 }
 
+/// One piece of a transfer through the bounce buffer: bytes `done..done + want` of the
+/// caller's buffer, at device offset `at`, inside the whole device blocks `start..start + wide`.
+struct Piece {
+    done: usize,
+    at: u64,
+    want: usize,
+    start: u64,
+    wide: usize,
+}
+
+/// Cut a transfer of `len` bytes at `offset` into pieces that fit a bounce buffer, and the
+/// bounce buffer for them.
+fn pieces(len: usize, offset: u64, align: u32) -> io::Result<(AlignedBuf, Vec<Piece>)> {
+    let align = u64::from(align);
+    let bounce = AlignedBuf::new(CHUNK.min(len + 2 * align as usize), align as usize)?;
+    let mut v = Vec::with_capacity(len / (CHUNK / 2) + 1);
+    let mut done = 0;
+    while done < len {
+        // Each piece starts on a block boundary of the device (after the first).
+        let at = offset + done as u64;
+        let want = (len - done).min(CHUNK - 2 * align as usize);
+        let (start, wide) = widen(at, want, align);
+        v.push(Piece {
+            done,
+            at,
+            want,
+            start,
+            wide,
+        });
+        done += want;
+    }
+    Ok((bounce, v))
+}
+
 /// Read `buf.len()` bytes at `offset` of a store of `size` bytes opened with `O_DIRECT`.
 pub(crate) fn read_at(
     file: &File,
@@ -79,19 +113,12 @@ pub(crate) fn read_at(
     offset: u64,
 ) -> io::Result<()> {
     check_range(size, offset, buf.len() as u64)?;
-    let align = u64::from(align);
-    let mut bounce = AlignedBuf::new(CHUNK.min(buf.len() + 2 * align as usize), align as usize)?;
-    let mut done = 0;
-    while done < buf.len() {
-        // Each piece starts on a block boundary of the device (after the first).
-        let at = offset + done as u64;
-        let want = (buf.len() - done).min(CHUNK - 2 * align as usize);
-        let (start, wide) = widen(at, want, align);
-        let b = bounce.slice(wide);
-        file.read_exact_at(b, start)?;
-        let skip = (at - start) as usize;
-        buf[done..done + want].copy_from_slice(&b[skip..skip + want]);
-        done += want;
+    let (mut bounce, pieces) = pieces(buf.len(), offset, align)?;
+    for p in pieces {
+        let b = bounce.slice(p.wide);
+        file.read_exact_at(b, p.start)?;
+        let skip = (p.at - p.start) as usize;
+        buf[p.done..p.done + p.want].copy_from_slice(&b[skip..skip + p.want]);
     }
     Ok(())
 }
@@ -108,26 +135,21 @@ pub(crate) fn write_at(
     offset: u64,
 ) -> io::Result<()> {
     check_range(size, offset, buf.len() as u64)?;
-    let align = u64::from(align);
-    let mut bounce = AlignedBuf::new(CHUNK.min(buf.len() + 2 * align as usize), align as usize)?;
-    let mut done = 0;
-    while done < buf.len() {
-        let at = offset + done as u64;
-        let want = (buf.len() - done).min(CHUNK - 2 * align as usize);
-        let (start, wide) = widen(at, want, align);
-        let b = bounce.slice(wide);
-        let skip = (at - start) as usize;
-        if start != at || wide != want {
+    let (mut bounce, pieces) = pieces(buf.len(), offset, align)?;
+    for p in pieces {
+        let b = bounce.slice(p.wide);
+        let skip = (p.at - p.start) as usize;
+        let data = &buf[p.done..p.done + p.want];
+        if p.start != p.at || p.wide != p.want {
             // Edge blocks shared with data we must keep: read them first.
             let _one_at_a_time = rmw.lock().unwrap_or_else(|e| e.into_inner());
-            file.read_exact_at(b, start)?;
-            b[skip..skip + want].copy_from_slice(&buf[done..done + want]);
-            file.write_all_at(b, start)?;
+            file.read_exact_at(b, p.start)?;
+            b[skip..skip + p.want].copy_from_slice(data);
+            file.write_all_at(b, p.start)?;
         } else {
-            b.copy_from_slice(&buf[done..done + want]);
-            file.write_all_at(b, start)?;
+            b.copy_from_slice(data);
+            file.write_all_at(b, p.start)?;
         }
-        done += want;
     }
     Ok(())
 }

@@ -35,14 +35,9 @@ fn node_config(etcd: &Etcd, n: u16, lun: &std::path::Path) -> String {
             format!("tag = {tag}\nportals = [\"127.0.0.1:{spare}\"]\nenabled = false")
         }
     };
+    let head = common::cluster_head(&etcd.endpoint, &format!("node-{n}"), LEASE);
     format!(
-        r#"
-        [settings]
-        nop_interval_secs = 0
-        [cluster]
-        node = "node-{n}"
-        endpoints = ["{}"]
-        lease_secs = {LEASE}
+        r#"{head}
         [[target]]
         name = "{IQN}"
         alua_transition_secs = 1
@@ -64,7 +59,6 @@ fn node_config(etcd: &Etcd, n: u16, lun: &std::path::Path) -> String {
         state = "standby"
         node = "node-2"
         "#,
-        etcd.endpoint,
         group(1),
         group(2),
         lun.display()

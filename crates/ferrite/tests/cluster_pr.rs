@@ -25,14 +25,9 @@ const LEASE: u64 = 3;
 /// Node `n` (1..=3) serves portal group `n` of the target; the LUN is one "device" (a file
 /// opened as a block device, which clustered nodes do with O_DIRECT) all three open.
 fn node_config(etcd: &Etcd, n: u16, lun: &std::path::Path) -> String {
+    let head = common::cluster_head(&etcd.endpoint, &format!("node-{n}"), LEASE);
     format!(
-        r#"
-        [settings]
-        nop_interval_secs = 0
-        [cluster]
-        node = "node-{n}"
-        endpoints = ["{}"]
-        lease_secs = {LEASE}
+        r#"{head}
         [[target]]
         name = "{IQN}"
         [[target.portal_group]]
@@ -42,7 +37,6 @@ fn node_config(etcd: &Etcd, n: u16, lun: &std::path::Path) -> String {
         id = 0
         backstore = "block:{}"
         "#,
-        etcd.endpoint,
         lun.display()
     )
 }

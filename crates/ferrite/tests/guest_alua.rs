@@ -164,7 +164,12 @@ fn alua_states_steer_dm_multipath_and_survive_a_restart() {
     );
     let initiator = g.initiator().to_string();
 
-    let ll = g.wait_marker("ready", FIRST_STEP);
+    // Both paths are up; undo what Linux may have chosen with SET TARGET PORT GROUPS while
+    // they came up one at a time (see alua.sh).
+    g.wait_marker("paths-up", FIRST_STEP);
+    set_alua(&d, &["1=active/optimized", "2=active/non-optimized"]);
+    g.signal("initial-states");
+    let ll = g.wait_marker("ready", STEP);
     println!("---- 1. both groups active, group 1 optimized\n{ll}");
     g.wait_marker("io-running", STEP);
     wait_io_on(&d, &g, &initiator, 1, "start");

@@ -537,3 +537,14 @@ impl Rng {
         }
     }
 }
+
+/// The start of a clustered node's configuration: no NOP-Ins (the tests' initiators do not
+/// answer them), and `[cluster]` with `node`, one etcd endpoint (loopback: no TLS) and the
+/// lease. The target sections follow.
+#[allow(dead_code)]
+pub fn cluster_head(endpoint: &str, node: &str, lease_secs: u64) -> String {
+    format!(
+        "[settings]\nnop_interval_secs = 0\n[cluster]\nnode = \"{node}\"\n\
+         endpoints = [\"{endpoint}\"]\nlease_secs = {lease_secs}\n"
+    )
+}

@@ -42,6 +42,12 @@ wait_until 60 one_map
 MAP=$(multipathd show maps raw format "%n")
 DEV=/dev/mapper/$MAP
 wait_until 60 active_paths 2 || diag
+# If dm-multipath initialized group 2's path group first (the paths appear one at a time),
+# scsi_dh_alua asked for that group to become active/optimized with SET TARGET PORT GROUPS,
+# which an initiator may do. The host puts the starting states back, then the priorities
+# settle.
+mark paths-up
+wait_for initial-states 120
 wait_until 60 prios_are 50 10 || diag
 udevadm settle --timeout=30
 snapshot 1
@@ -56,16 +62,7 @@ mark ready "$(cat "$OUT/ll-1")"
 
 # Verified random writes through the map until the host says stop: fio checks every block it
 # wrote as it goes (verify_backlog) and again at the end of each round.
-(
-    round=0
-    while [[ ! -e "$SIGNALS/stop-io" ]]; do
-        round=$((round + 1))
-        fio --name=alua --filename="$DEV" --rw=randwrite --bs=4k --size=32M --direct=1 \
-            --ioengine=libaio --iodepth=8 --verify=crc32c --verify_backlog=64 --do_verify=1 \
-            --verify_fatal=1 --output-format=json --output="$OUT/fio-$round.json"
-        echo "$round" >"$OUT/fio-rounds"
-    done
-) &
+verified_writes "$DEV" 32M 8 &
 io_pid=$!
 mark io-running
 

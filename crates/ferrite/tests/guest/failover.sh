@@ -16,16 +16,7 @@ mark ready "$DEV"
 # Verified random writes until the host says stop: fio checks every block it wrote as it goes
 # (verify_backlog) and again at the end of each round; an I/O error or a bad block ends it
 # with an error.
-(
-    round=0
-    while [[ ! -e "$SIGNALS/stop-io" ]]; do
-        round=$((round + 1))
-        fio --name=failover --filename="$DEV" --rw=randwrite --bs=4k --size=16M --direct=1 \
-            --ioengine=libaio --iodepth=4 --verify=crc32c --verify_backlog=64 --do_verify=1 \
-            --verify_fatal=1 --output-format=json --output="$OUT/fio-$round.json"
-        echo "$round" >"$OUT/fio-rounds"
-    done
-) &
+verified_writes "$DEV" 16M 4 &
 io_pid=$!
 mark io-running
 

@@ -21,6 +21,13 @@
 #   map_paths MAP                the number of paths multipathd lists for MAP
 #   map_active_paths MAP         the number of those whose dm state is active and checker ready
 #   active_group_paths MAP       the devices (sdX) of MAP's active path group, which carry its I/O
+#   verified_writes DEV SIZE DEPTH
+#                                rounds of fio random writes of SIZE over DEV (queue depth DEPTH),
+#                                each block checked as it goes and again at the end of the round,
+#                                until the host's signal stop-io; $OUT/fio-N.json per round and
+#                                $OUT/fio-rounds (the host's GuestOutcome::verified_fio_rounds).
+#                                Fails on the first I/O error or bad block. Run it in the
+#                                background and `wait` for it.
 #
 # Scripts run under `set -Eeuo pipefail` with an ERR trap that names the failing line, so a
 # failed command ends the run with its status unless the script handles it (`|| true`, `if`).
@@ -163,4 +170,15 @@ active_group_paths() {
             split(substr($0, RSTART, RLENGTH), f, " ")
             print f[2]
         }'
+}
+
+verified_writes() {
+    local dev=$1 size=$2 depth=$3 round=0
+    while [[ ! -e "$SIGNALS/stop-io" ]]; do
+        round=$((round + 1))
+        fio --name=verified --filename="$dev" --rw=randwrite --bs=4k --size="$size" --direct=1 \
+            --ioengine=libaio --iodepth="$depth" --verify=crc32c --verify_backlog=64 --do_verify=1 \
+            --verify_fatal=1 --output-format=json --output="$OUT/fio-$round.json"
+        echo "$round" >"$OUT/fio-rounds"
+    done
 }
