@@ -24,3 +24,9 @@ pub mod etcd;
 pub mod initiator;
 pub mod netns;
 pub mod pdu;
+
+/// Whether this runs under CI (`CI` set, and not to `false` or `0`): a test that cannot find
+/// what it needs fails there instead of skipping.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}

@@ -74,6 +74,19 @@ impl Lab {
         }
     }
 
+    /// Whether labs can be made here; prints why not, and panics instead under CI (where a
+    /// skipped lab test would pass without testing anything).
+    pub fn usable() -> bool {
+        match Lab::available() {
+            Ok(()) => true,
+            Err(e) => {
+                assert!(!crate::in_ci(), "{e}");
+                eprintln!("SKIPPED: {e}");
+                false
+            }
+        }
+    }
+
     /// A lab with these hosts (names of at most 8 letters or digits), all up and plugged in.
     pub fn new(hosts: &[&str]) -> Lab {
         Lab::available().unwrap_or_else(|e| panic!("{e}"));
@@ -317,8 +330,7 @@ mod tests {
 
     #[test]
     fn hosts_reach_each_other_until_cut_and_a_blackhole_hides_one_peer_only() {
-        if let Err(e) = Lab::available() {
-            eprintln!("skipped: {e}");
+        if !Lab::usable() {
             return;
         }
         let lab = Lab::new(&["a", "b", "c"]);
@@ -367,8 +379,7 @@ mod tests {
 
     #[test]
     fn processes_run_inside_a_host_and_die_with_the_lab() {
-        if let Err(e) = Lab::available() {
-            eprintln!("skipped: {e}");
+        if !Lab::usable() {
             return;
         }
         let lab = Lab::new(&["x"]);
