@@ -9,6 +9,7 @@
 # sequential write QD16 (qemu-img bench over iscsi://). Prints the medians and
 # encrypted/plain. Installs nothing; traffic stays on 127.0.0.1:3550.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 SECS=3 REPS=3 SCRATCH_PARENT=/var/tmp FERRITE_BIN="" PORT=3550
@@ -66,14 +67,7 @@ id = 3
 backstore = "file:$SCRATCH/encrypted.img:$SIZE"
 encryption = { key_file = "$SCRATCH/lun.key" }
 EOF
-"$FERRITE_BIN" serve --config "$SCRATCH/ferrite.toml" --admin-socket none --log warn \
-    2>"$SCRATCH/ferrite.log" &
-FPID=$!
-for _ in $(seq 100); do
-    iscsi-ls "iscsi://127.0.0.1:$PORT" >/dev/null 2>&1 && break
-    kill -0 "$FPID" 2>/dev/null || { cat "$SCRATCH/ferrite.log" >&2; exit 1; }
-    sleep 0.1
-done
+serve_ferrite
 
 url() { echo "iscsi://127.0.0.1:$PORT/$IQN/$1"; }
 qopts() { echo "driver=iscsi,transport=tcp,portal=127.0.0.1:$PORT,target=$IQN,lun=$1,initiator-name=$INIT-q"; }

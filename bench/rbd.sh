@@ -20,6 +20,7 @@
 # Ferrite runs librbd. Prints medians, ferrite/rbd, and each process's CPU time per I/O.
 # Installs nothing; traffic stays on 127.0.0.1.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 SECS=4 REPS=3 CONF="" FERRITE_BIN="" PORT=3548
@@ -95,14 +96,7 @@ id = 0
 backstore = "rbd:rbd/$IMAGE"
 ceph = { conf = "$CONF" }
 EOF
-"$FERRITE_BIN" serve --config "$SCRATCH/ferrite.toml" --admin-socket none --log warn \
-    2>"$SCRATCH/ferrite.log" &
-FPID=$!
-for _ in $(seq 100); do
-    iscsi-ls "iscsi://127.0.0.1:$PORT" >/dev/null 2>&1 && break
-    kill -0 "$FPID" 2>/dev/null || { cat "$SCRATCH/ferrite.log" >&2; exit 1; }
-    sleep 0.1
-done
+serve_ferrite
 URL="iscsi://127.0.0.1:$PORT/$IQN/0"
 QOPTS="driver=iscsi,transport=tcp,portal=127.0.0.1:$PORT,target=$IQN,lun=0,initiator-name=$INIT-q"
 

@@ -373,8 +373,9 @@ impl ClusterAlua {
                         match &ev {
                             Event::Put(kv) => self.take(&mut v, &alua, kv),
                             Event::Delete { key, .. } => {
-                                let t = String::from_utf8_lossy(&key[alua.len()..]).into_owned();
-                                v.intent.remove(&t);
+                                if let Some(t) = key.get(alua.len()..) {
+                                    v.intent.remove(&*String::from_utf8_lossy(t));
+                                }
                             }
                         }
                     }
