@@ -55,6 +55,37 @@ use zeroize::Zeroizing;
 
 use crate::{check_range, Backstore, Extent, Space};
 
+#[cfg(target_arch = "x86_64")]
+mod vaes;
+/// Elsewhere there is no one-pass implementation: [`Xts`] never has one.
+#[cfg(not(target_arch = "x86_64"))]
+mod vaes {
+    pub(super) enum Keys {}
+    impl Keys {
+        pub(super) fn run(
+            &self,
+            _: &mut [u8],
+            _: usize,
+            _: u64,
+            _: bool,
+            _: &dyn Fn(&[u8]) -> bool,
+        ) {
+            match *self {}
+        }
+        pub(super) fn run_into(
+            &self,
+            _: &[u8],
+            _: &mut [std::mem::MaybeUninit<u8>],
+            _: usize,
+            _: u64,
+            _: bool,
+            _: &dyn Fn(&[u8]) -> bool,
+        ) {
+            match *self {}
+        }
+    }
+}
+
 /// Bytes of the key-encryption key (AES-256).
 const KEK_LEN: usize = 32;
 /// Bytes of the data key: two AES-256 keys (data and tweak).
@@ -180,9 +211,14 @@ fn random_data_key() -> io::Result<Zeroizing<[u8; DATA_KEY_LEN]>> {
 /// measured 490 MiB/s here, a third of what one connection moves; handing the `aes` crate a
 /// batch of blocks lets it pipeline eight AES-NI streams (several times faster). The mode
 /// itself is a few lines; the tests check it against IEEE 1619's vectors and `xts-mode`.
+///
+/// Where the CPU has VAES and AVX2, sectors of a multiple of 256 bytes go through
+/// [`vaes::Keys`] instead: the whole mode in one pass, at about four times the speed.
 struct Xts {
     data: Aes256,
     tweak: Aes256,
+    #[cfg(target_arch = "x86_64")]
+    fast: Option<vaes::Keys>,
 }
 
 /// AES blocks per cipher call: 4 KiB. The `aes` crate picks VAES-512 (64 blocks at a time),
@@ -195,9 +231,29 @@ pub(crate) const MAX_SECTOR: usize = BATCH * 16;
 impl Xts {
     fn new(key: &[u8; DATA_KEY_LEN]) -> Self {
         Self {
+            #[cfg(target_arch = "x86_64")]
+            fast: vaes::Keys::new(key),
+            ..Self::portable(key)
+        }
+    }
+
+    /// The `aes` crate's cipher only, whatever the CPU has.
+    fn portable(key: &[u8; DATA_KEY_LEN]) -> Self {
+        Self {
             data: Aes256::new_from_slice(&key[..32]).expect("32-byte key"),
             tweak: Aes256::new_from_slice(&key[32..]).expect("32-byte key"),
+            #[cfg(target_arch = "x86_64")]
+            fast: None,
         }
+    }
+
+    /// The one-pass implementation, where the CPU has it and `sector` suits it.
+    fn fast(&self, sector: usize) -> Option<&vaes::Keys> {
+        #[cfg(target_arch = "x86_64")]
+        if sector.is_multiple_of(vaes::STRIDE) {
+            return self.fast.as_ref();
+        }
+        None
     }
 
     #[cfg(test)]
@@ -218,6 +274,39 @@ impl Xts {
     /// T_j+1 = T_j * alpha in GF(2^128); decryption the same with D_K1. Runs of sectors go to
     /// the cipher together, in place, up to [`BATCH`] blocks per call, and so do their T_0.
     fn run(
+        &self,
+        buf: &mut [u8],
+        sector: usize,
+        lba: u64,
+        encrypt: bool,
+        skip: &dyn Fn(&[u8]) -> bool,
+    ) {
+        match self.fast(sector) {
+            Some(f) => f.run(buf, sector, lba, encrypt, skip),
+            None => self.run_portable(buf, sector, lba, encrypt, skip),
+        }
+    }
+
+    /// `src` encrypted, as [`Xts::run`] would in place, into a new buffer.
+    fn encrypted(&self, src: &[u8], sector: usize, lba: u64) -> Vec<u8> {
+        match self.fast(sector) {
+            Some(f) => {
+                let mut out = Vec::with_capacity(src.len());
+                let dst = &mut out.spare_capacity_mut()[..src.len()];
+                f.run_into(src, dst, sector, lba, true, &|_| false);
+                // SAFETY: `run_into` wrote every byte of the first `src.len()`.
+                unsafe { out.set_len(src.len()) };
+                out
+            }
+            None => {
+                let mut out = src.to_vec();
+                self.run_portable(&mut out, sector, lba, true, &|_| false);
+                out
+            }
+        }
+    }
+
+    fn run_portable(
         &self,
         buf: &mut [u8],
         sector: usize,
@@ -255,8 +344,7 @@ impl Xts {
                 let mut t = u128::from_le_bytes((*t0).into());
                 for tw in out {
                     *tw = t;
-                    // Multiply by alpha: shift left, reduce by x^128 + x^7 + x^2 + x + 1.
-                    t = (t << 1) ^ u128::from(((t >> 127) as u8).wrapping_neg() & 0x87);
+                    t = mul_alpha(t);
                 }
             }
             let tweaks = &tweaks[..m * per];
@@ -272,6 +360,12 @@ impl Xts {
             s = e;
         }
     }
+}
+
+/// `t` (an XTS tweak, a little-endian 128-bit number) times alpha in GF(2^128): shift left,
+/// reduce by x^128 + x^7 + x^2 + x + 1 (IEEE 1619 §5.2).
+fn mul_alpha(t: u128) -> u128 {
+    (t << 1) ^ u128::from(((t >> 127) as u8).wrapping_neg() & 0x87)
 }
 
 /// Each 16-byte block of `region` ^= its tweak (little-endian, as the tweak is defined).
@@ -454,6 +548,47 @@ impl EncryptedBackstore {
         Ok(())
     }
 
+    /// The plaintext of a (checked) range decrypted straight out of the inner store's memory,
+    /// one pass instead of a copy and a pass, or `None` where the store cannot lend its memory
+    /// ([`Backstore::read_pieces`]) or the CPU has no one-pass cipher.
+    fn decrypt_pieces(&self, len: usize, offset: u64) -> io::Result<Option<Vec<u8>>> {
+        let c = self.cipher();
+        let sector = self.sector as usize;
+        let Some(fast) = c.fast(sector) else {
+            return Ok(None);
+        };
+        let mut out = Vec::with_capacity(len);
+        let dst = &mut out.spare_capacity_mut()[..len];
+        let mut lba = offset / u64::from(self.sector);
+        let (mut at, mut whole) = (0usize, true);
+        let lent = self.inner.read_pieces(offset, len, &mut |n, piece| {
+            let fits = n.is_multiple_of(sector) && n <= len - at.min(len);
+            if !whole || !fits || piece.is_some_and(|p| p.len() != n) {
+                whole = false;
+                return;
+            }
+            let d = &mut dst[at..at + n];
+            match piece {
+                // A hole: zeroes, as a ciphertext of zeroes would read.
+                None => d.fill(std::mem::MaybeUninit::new(0)),
+                Some(p) => fast.run_into(p, d, sector, lba, false, &is_zero),
+            }
+            at += n;
+            lba += (n / sector) as u64;
+        })?;
+        if !lent {
+            return Ok(None);
+        }
+        if !whole || at != len {
+            return Err(io::Error::other(
+                "encryption: the store lent pieces that do not cover the range",
+            ));
+        }
+        // SAFETY: the pieces covered all `len` bytes, each written by `run_into` or `fill`.
+        unsafe { out.set_len(len) };
+        Ok(Some(out))
+    }
+
     fn decrypt(&self, buf: &mut [u8], offset: u64) {
         let c = self.cipher();
         let first = offset / u64::from(self.sector);
@@ -522,6 +657,9 @@ impl Backstore for EncryptedBackstore {
 
     fn read_vec(&self, len: usize, offset: u64) -> io::Result<Vec<u8>> {
         self.check(offset, len)?;
+        if let Some(v) = self.decrypt_pieces(len, offset)? {
+            return Ok(v);
+        }
         let mut v = self.inner.read_vec(len, offset)?;
         self.decrypt(&mut v, offset);
         Ok(v)
@@ -529,10 +667,8 @@ impl Backstore for EncryptedBackstore {
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         self.check(offset, buf.len())?;
-        let mut out = buf.to_vec();
         let first = offset / u64::from(self.sector);
-        self.cipher()
-            .run(&mut out, self.sector as usize, first, true, &|_| false);
+        let out = self.cipher().encrypted(buf, self.sector as usize, first);
         self.inner.write_at(&out, offset)
     }
 
@@ -622,6 +758,99 @@ mod tests {
     }
 
     #[test]
+    fn the_one_pass_path_is_the_portable_mode() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        if !vaes::available() {
+            eprintln!("skipped: this CPU has no VAES");
+            return;
+        }
+        for sector in [256usize, 512, 1024, 4096] {
+            for count in [1usize, 7, 8, 9, 23] {
+                let mut key = [0u8; DATA_KEY_LEN];
+                key.iter_mut().for_each(|b| *b = next() as u8);
+                let (fast, slow) = (xts(&key), Xts::portable(&key));
+                assert!(fast.fast(sector).is_some());
+                let narrow = Xts {
+                    fast: vaes::Keys::new(&key).map(vaes::Keys::narrow),
+                    ..Xts::portable(&key)
+                };
+                let lba = next() >> 24;
+                let mut plain: Vec<u8> = (0..count * sector).map(|_| next() as u8).collect();
+                plain[(count / 2) * sector..(count / 2 + 1) * sector].fill(0);
+                let mut a = plain.clone();
+                fast.run(&mut a, sector, lba, true, &|_| false);
+                let mut b = plain.clone();
+                slow.run(&mut b, sector, lba, true, &|_| false);
+                assert_eq!(a, b, "{count} sectors of {sector} at {lba}");
+                let mut n = plain.clone();
+                narrow.run(&mut n, sector, lba, true, &|_| false);
+                assert_eq!(n, a, "{count} sectors of {sector} at {lba}, 256 bits");
+                assert_eq!(fast.encrypted(&plain, sector, lba), a);
+                assert_eq!(narrow.encrypted(&plain, sector, lba), a);
+                assert_eq!(slow.encrypted(&plain, sector, lba), a);
+                // The zero sector's ciphertext as a hole: it stays zero, the others decrypt.
+                a[(count / 2) * sector..(count / 2 + 1) * sector].fill(0);
+                let (mut c, mut n) = (a.clone(), a.clone());
+                fast.run(&mut a, sector, lba, false, &is_zero);
+                slow.run(&mut c, sector, lba, false, &is_zero);
+                narrow.run(&mut n, sector, lba, false, &is_zero);
+                assert_eq!(a, plain);
+                assert_eq!(c, plain);
+                assert_eq!(n, plain);
+            }
+        }
+    }
+
+    #[test]
+    fn reads_out_of_ram_pieces_are_reads_through_a_buffer() {
+        const MIB: usize = 1 << 20;
+        for sector in [512u32, 4096] {
+            let ram: Arc<dyn Backstore> = Arc::new(RamBackstore::new(4 * MIB as u64));
+            let (enc, _) = EncryptedBackstore::open(
+                ram.clone(),
+                sector,
+                KeyFileKey::from_bytes([3; 32]),
+                None,
+            )
+            .unwrap();
+            // Data across the first chunk boundary, a never-written chunk (3), zeroes written
+            // in chunk 2 and an unmapped stretch inside the data.
+            let data: Vec<u8> = (0..2 * MIB).map(|i| (i % 251) as u8 + 1).collect();
+            let mut want = vec![0u8; 4 * MIB];
+            enc.write_at(&data, (MIB / 2) as u64).unwrap();
+            want[MIB / 2..5 * MIB / 2].copy_from_slice(&data);
+            enc.write_at(&vec![0; 64 << 10], (2 * MIB) as u64).unwrap();
+            want[2 * MIB..][..64 << 10].fill(0);
+            enc.unmap(MIB as u64, 64 << 10).unwrap();
+            want[MIB..][..64 << 10].fill(0);
+            let s = sector as usize;
+            for (start, len) in [
+                (0, 4 * MIB),
+                (MIB - s, 2 * s),
+                (MIB / 2, MIB),
+                (3 * MIB - 8 * s, 16 * s),
+                (5 * s, s),
+            ] {
+                let lent = enc.read_vec(len, start as u64).unwrap();
+                let mut through = vec![0xee; len];
+                enc.read_at(&mut through, start as u64).unwrap();
+                let case = format!("{start}+{len}, {sector}-byte blocks");
+                assert!(lent == through, "{case}: read_vec and read_at differ");
+                assert!(
+                    lent == want[start..start + len],
+                    "{case}: not what was written"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn state_round_trip_and_refusals() {
         let kek = KeyFileKey::from_bytes([7; 32]);
         let key = Zeroizing::new([0x5a; DATA_KEY_LEN]);
@@ -651,11 +880,13 @@ mod tests {
         let k1 = "2718281828459045235360287471352662497757247093699959574966967627";
         let k2 = "3141592653589793238462643383279502884197169399375105820974944592";
         assert!(decode_hex(format!("{k1}{k2}").as_bytes(), &mut key));
-        let mut block: Vec<u8> = (0..512).map(|i| i as u8).collect();
-        xts(&key).encrypt_sector(&mut block, 0xff);
         let mut head = [0u8; 16];
         assert!(decode_hex(b"1c3b3a102f770386e4836c99e370cf9b", &mut head));
-        assert_eq!(block[..16], head);
+        for c in [xts(&key), Xts::portable(&key)] {
+            let mut block: Vec<u8> = (0..512).map(|i| i as u8).collect();
+            c.encrypt_sector(&mut block, 0xff);
+            assert_eq!(block[..16], head);
+        }
         // The same as the xts-mode crate, both ways, for 512- and 4096-byte sectors.
         for len in [512usize, 4096] {
             let plain: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
@@ -666,11 +897,13 @@ mod tests {
             );
             let mut a = plain.clone();
             reference.encrypt_sector(&mut a, tweak(12345));
-            let mut b = plain.clone();
-            xts(&key).encrypt_sector(&mut b, 12345);
-            assert_eq!(a, b);
-            xts(&key).decrypt_sector(&mut b, 12345);
-            assert_eq!(b, plain);
+            for c in [xts(&key), Xts::portable(&key)] {
+                let mut b = plain.clone();
+                c.encrypt_sector(&mut b, 12345);
+                assert_eq!(a, b);
+                c.decrypt_sector(&mut b, 12345);
+                assert_eq!(b, plain);
+            }
         }
 
         let ram: Arc<dyn Backstore> = Arc::new(RamBackstore::new(1 << 20));

@@ -59,6 +59,21 @@ pub trait Backstore: Send + Sync + std::fmt::Debug {
         self.read_at(&mut v, offset)?;
         Ok(v)
     }
+    /// For a store that keeps its data in memory: call `f(n, piece)` for consecutive pieces of
+    /// `offset..offset + len`, in order and covering it, with the stored bytes themselves
+    /// (`None`: `n` bytes that read as zeroes), and return `Ok(true)`. `Ok(false)` (the
+    /// default): the store cannot, and the caller reads into a buffer instead. This lets a
+    /// wrapper that transforms the data on its way out (decryption) make one pass over it
+    /// instead of a copy and a pass. Same errors as `read_at`.
+    fn read_pieces(
+        &self,
+        offset: u64,
+        len: usize,
+        f: &mut dyn FnMut(usize, Option<&[u8]>),
+    ) -> io::Result<bool> {
+        let _ = (offset, len, f);
+        Ok(false)
+    }
     /// Write all of `buf` at `offset`. Writing past `size()` is an error (`InvalidInput`).
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
     /// Make every completed write durable (fdatasync for files and block devices).

@@ -193,6 +193,24 @@ impl Backstore for RamBackstore {
         Ok(v)
     }
 
+    fn read_pieces(
+        &self,
+        offset: u64,
+        len: usize,
+        f: &mut dyn FnMut(usize, Option<&[u8]>),
+    ) -> io::Result<bool> {
+        check_range(self.size, offset, len as u64)?;
+        Self::for_each_piece(offset, len as u64, |i, within, n, _done| {
+            // The chunk's read lock is held while `f` looks at its bytes.
+            match &*self.read_chunk(i) {
+                Some(data) => f(n, Some(&data[within..][..n])),
+                None => f(n, None),
+            }
+            Ok(())
+        })?;
+        Ok(true)
+    }
+
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         check_range(self.size, offset, buf.len() as u64)?;
         Self::for_each_piece(offset, buf.len() as u64, |i, within, n, done| {
