@@ -31,7 +31,7 @@ pub(super) fn available() -> bool {
 
 /// Whether it may use 512-bit registers as well (AVX-512: AMD Zen 4 on, Intel Ice Lake on).
 fn wide() -> bool {
-    is_x86_feature_detected!("avx512f")
+    is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw")
 }
 
 /// The sector lengths the kernels take are multiples of this: the bytes one step of either
@@ -251,7 +251,7 @@ macro_rules! sector_kernel {
     ($name:ident, $v:ty, $features:literal, $lanes:literal, zero: $zero:path,
      broadcast: $bcast:path, load: $load:path, store: $store:path, xor: $xor:path,
      enc: $enc:path, enclast: $enclast:path, dec: $dec:path, declast: $declast:path,
-     mul: $mul:path, set1: $set1:path, spread: $spread:expr) => {
+     mul: $mul:path, set1: $set1:path, spread: $spread:expr, step: $step:path) => {
         /// # Safety
         /// The CPU features named; `src` readable and `dst` writable for `t0s.len()` sectors
         /// of `sector` bytes (a multiple of the step, `$lanes` registers), the same address
@@ -313,7 +313,7 @@ macro_rules! sector_kernel {
                     }
                     for i in 0..$lanes {
                         $store(dst.add(off + W * i).cast(), b[i]);
-                        tw[i] = $mul(tw[i], $set1((PER * $lanes) as i64));
+                        tw[i] = $step(tw[i]);
                     }
                     off += W * $lanes;
                 }
@@ -327,15 +327,16 @@ sector_kernel!(sectors_256, __m256i, "aes,vaes,avx2", 8,
     load: _mm256_loadu_si256, store: _mm256_storeu_si256, xor: _mm256_xor_si256,
     enc: _mm256_aesenc_epi128, enclast: _mm256_aesenclast_epi128,
     dec: _mm256_aesdec_epi128, declast: _mm256_aesdeclast_epi128,
-    mul: mul_alpha_256, set1: _mm256_set1_epi64x, spread: _mm256_set_epi64x(1, 1, 0, 0));
+    mul: mul_alpha_256, set1: _mm256_set1_epi64x, spread: _mm256_set_epi64x(1, 1, 0, 0),
+    step: step_256);
 
-sector_kernel!(sectors_512, __m512i, "aes,vaes,avx2,avx512f", 4,
+sector_kernel!(sectors_512, __m512i, "aes,vaes,avx2,avx512f,avx512bw", 4,
     zero: _mm512_setzero_si512, broadcast: _mm512_broadcast_i32x4,
     load: _mm512_loadu_si512, store: _mm512_storeu_si512, xor: _mm512_xor_si512,
     enc: _mm512_aesenc_epi128, enclast: _mm512_aesenclast_epi128,
     dec: _mm512_aesdec_epi128, declast: _mm512_aesdeclast_epi128,
     mul: mul_alpha_512, set1: _mm512_set1_epi64,
-    spread: _mm512_set_epi64(3, 3, 2, 2, 1, 1, 0, 0));
+    spread: _mm512_set_epi64(3, 3, 2, 2, 1, 1, 0, 0), step: step_512);
 
 /// Each 128-bit lane of `t` (an XTS tweak, little-endian) times alpha^n in GF(2^128) modulo
 /// x^128 + x^7 + x^2 + x + 1 (IEEE 1619 §5.2), n from `n` (both 64-bit halves of a lane hold
@@ -371,6 +372,28 @@ mul_alpha!(mul_alpha_512, __m512i, "avx512f", sllv: _mm512_sllv_epi64, srlv: _mm
     sub: _mm512_sub_epi64, set1: _mm512_set1_epi64, swap: _mm512_shuffle_epi32,
     low: _mm512_set_epi64(0, -1, 0, -1, 0, -1, 0, -1), and: _mm512_and_si512,
     andnot: _mm512_andnot_si512, slli: _mm512_slli_epi64, xor: _mm512_xor_si512);
+
+/// Each lane times alpha^16 (16 blocks per step on both kernels): a two-byte shift of each
+/// 128-bit lane, and the 16 bits shifted out of the top, c, folded back in as c * (x^7 + x^2
+/// + x + 1) (under 2^23).
+macro_rules! step16 {
+    ($name:ident, $v:ty, $features:literal, bslli: $bslli:ident, bsrli: $bsrli:ident,
+     slli: $slli:ident, xor: $xor:path) => {
+        #[inline]
+        #[target_feature(enable = $features)]
+        fn $name(t: $v) -> $v {
+            let c = $bsrli::<14>(t);
+            let reduced = $xor($xor(c, $slli::<1>(c)), $xor($slli::<2>(c), $slli::<7>(c)));
+            $xor($bslli::<2>(t), reduced)
+        }
+    };
+}
+
+step16!(step_256, __m256i, "avx2", bslli: _mm256_bslli_epi128, bsrli: _mm256_bsrli_epi128,
+    slli: _mm256_slli_epi64, xor: _mm256_xor_si256);
+
+step16!(step_512, __m512i, "avx512f,avx512bw", bslli: _mm512_bslli_epi128,
+    bsrli: _mm512_bsrli_epi128, slli: _mm512_slli_epi64, xor: _mm512_xor_si512);
 
 /// The AES-256 key schedule (FIPS 197 §5.2) with AESKEYGENASSIST: words w[i] = w[i-8] ^
 /// SubWord(RotWord(w[i-1])) ^ Rcon for i a multiple of 8, w[i-8] ^ SubWord(w[i-1]) for i = 4
