@@ -74,6 +74,20 @@ pub trait Backstore: Send + Sync + std::fmt::Debug {
         let _ = (offset, len, f);
         Ok(false)
     }
+    /// The other way round from [`Backstore::read_pieces`]: call `f(at, piece)` for
+    /// consecutive pieces of `offset..offset + len`, in order and covering it, `at` counted
+    /// from `offset`, with the store's own memory for those bytes, which `f` must fill
+    /// entirely; `Ok(true)` once done. `Ok(false)` (the default): the store cannot, and the
+    /// caller writes a buffer instead. Same errors as `write_at`.
+    fn write_pieces(
+        &self,
+        offset: u64,
+        len: usize,
+        f: &mut dyn FnMut(usize, &mut [u8]),
+    ) -> io::Result<bool> {
+        let _ = (offset, len, f);
+        Ok(false)
+    }
     /// Write all of `buf` at `offset`. Writing past `size()` is an error (`InvalidInput`).
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
     /// Make every completed write durable (fdatasync for files and block devices).

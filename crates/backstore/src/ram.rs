@@ -230,6 +230,26 @@ impl Backstore for RamBackstore {
         })
     }
 
+    fn write_pieces(
+        &self,
+        offset: u64,
+        len: usize,
+        f: &mut dyn FnMut(usize, &mut [u8]),
+    ) -> io::Result<bool> {
+        check_range(self.size, offset, len as u64)?;
+        Self::for_each_piece(offset, len as u64, |i, within, n, done| {
+            let mut chunk = self.write_chunk(i);
+            if chunk.is_none() {
+                *chunk = Some(self.alloc_chunk(i)?);
+            }
+            if let Some(data) = chunk.as_mut() {
+                f(done as usize, &mut data[within..][..n]);
+            }
+            Ok(())
+        })?;
+        Ok(true)
+    }
+
     fn flush(&self) -> io::Result<()> {
         Ok(())
     }

@@ -102,6 +102,16 @@ impl Keys {
         unsafe { self.apply(p, p, buf.len(), sector, lba, encrypt, skip) }
     }
 
+    /// Encrypts `src` into `dst` (the same length) as [`Keys::run`] would in place.
+    pub(super) fn encrypt_to(&self, src: &[u8], dst: &mut [u8], sector: usize, lba: u64) {
+        assert_eq!(src.len(), dst.len());
+        // SAFETY: both are valid for `src.len()` bytes, and a `&mut` does not overlap a `&`.
+        unsafe {
+            let d = dst.as_mut_ptr();
+            self.apply(src.as_ptr(), d, src.len(), sector, lba, true, &|_| false);
+        }
+    }
+
     /// [`Keys::run`] from `src` into `dst` (the same length): sectors `skip` holds for are
     /// copied as they are. Every byte of `dst` is written.
     pub(super) fn run_into(
