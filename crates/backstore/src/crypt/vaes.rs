@@ -261,7 +261,8 @@ macro_rules! sector_kernel {
     ($name:ident, $v:ty, $features:literal, $lanes:literal, zero: $zero:path,
      broadcast: $bcast:path, load: $load:path, store: $store:path, xor: $xor:path,
      enc: $enc:path, enclast: $enclast:path, dec: $dec:path, declast: $declast:path,
-     mul: $mul:path, set1: $set1:path, spread: $spread:expr, step: $step:path) => {
+     mul: $mul:path, set1: $set1:path, add: $add:path, spread: $spread:expr,
+     step: $step:path) => {
         /// # Safety
         /// The CPU features named; `src` readable and `dst` writable for `t0s.len()` sectors
         /// of `sector` bytes (a multiple of the step, `$lanes` registers), the same address
@@ -284,10 +285,10 @@ macro_rules! sector_kernel {
             }
             for (n, t0) in t0s.iter().enumerate() {
                 // T_0 in every lane, times alpha^lane: the tweaks of the first register.
-                let t0 = $mul($bcast(_mm_loadu_si128(t0.as_ptr().cast())), $spread);
+                let t0 = $bcast(_mm_loadu_si128(t0.as_ptr().cast()));
                 let mut tw = [t0; $lanes];
-                for (i, x) in tw.iter_mut().enumerate().skip(1) {
-                    *x = $mul(t0, $set1((PER * i) as i64));
+                for (i, x) in tw.iter_mut().enumerate() {
+                    *x = $mul(t0, $add($spread, $set1((PER * i) as i64)));
                 }
                 let (src, dst) = (src.add(n * sector), dst.add(n * sector));
                 let mut off = 0;
@@ -337,7 +338,7 @@ sector_kernel!(sectors_256, __m256i, "aes,vaes,avx2", 8,
     load: _mm256_loadu_si256, store: _mm256_storeu_si256, xor: _mm256_xor_si256,
     enc: _mm256_aesenc_epi128, enclast: _mm256_aesenclast_epi128,
     dec: _mm256_aesdec_epi128, declast: _mm256_aesdeclast_epi128,
-    mul: mul_alpha_256, set1: _mm256_set1_epi64x, spread: _mm256_set_epi64x(1, 1, 0, 0),
+    mul: mul_alpha_256, set1: _mm256_set1_epi64x, add: _mm256_add_epi64, spread: _mm256_set_epi64x(1, 1, 0, 0),
     step: step_256);
 
 sector_kernel!(sectors_512, __m512i, "aes,vaes,avx2,avx512f,avx512bw", 4,
@@ -345,7 +346,7 @@ sector_kernel!(sectors_512, __m512i, "aes,vaes,avx2,avx512f,avx512bw", 4,
     load: _mm512_loadu_si512, store: _mm512_storeu_si512, xor: _mm512_xor_si512,
     enc: _mm512_aesenc_epi128, enclast: _mm512_aesenclast_epi128,
     dec: _mm512_aesdec_epi128, declast: _mm512_aesdeclast_epi128,
-    mul: mul_alpha_512, set1: _mm512_set1_epi64,
+    mul: mul_alpha_512, set1: _mm512_set1_epi64, add: _mm512_add_epi64,
     spread: _mm512_set_epi64(3, 3, 2, 2, 1, 1, 0, 0), step: step_512);
 
 /// Each 128-bit lane of `t` (an XTS tweak, little-endian) times alpha^n in GF(2^128) modulo
