@@ -31,7 +31,9 @@ pub(super) fn available() -> bool {
 
 /// Whether it may use 512-bit registers as well (AVX-512: AMD Zen 4 on, Intel Ice Lake on).
 fn wide() -> bool {
-    is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw")
+    is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("vpclmulqdq")
 }
 
 /// The sector lengths the kernels take are multiples of this: the bytes one step of either
@@ -341,7 +343,7 @@ sector_kernel!(sectors_256, __m256i, "aes,vaes,avx2", 8,
     mul: mul_alpha_256, set1: _mm256_set1_epi64x, add: _mm256_add_epi64, spread: _mm256_set_epi64x(1, 1, 0, 0),
     step: step_256);
 
-sector_kernel!(sectors_512, __m512i, "aes,vaes,avx2,avx512f,avx512bw", 4,
+sector_kernel!(sectors_512, __m512i, "aes,vaes,avx2,avx512f,avx512bw,vpclmulqdq", 4,
     zero: _mm512_setzero_si512, broadcast: _mm512_broadcast_i32x4,
     load: _mm512_loadu_si512, store: _mm512_storeu_si512, xor: _mm512_xor_si512,
     enc: _mm512_aesenc_epi128, enclast: _mm512_aesenclast_epi128,
@@ -357,7 +359,7 @@ sector_kernel!(sectors_512, __m512i, "aes,vaes,avx2,avx512f,avx512bw", 4,
 macro_rules! mul_alpha {
     ($name:ident, $v:ty, $features:literal, sllv: $sllv:path, srlv: $srlv:path,
      sub: $sub:path, set1: $set1:path, swap: $swap:ident, low: $low:expr, and: $and:path,
-     andnot: $andnot:path, slli: $slli:ident, xor: $xor:path) => {
+     andnot: $andnot:path, reduce: $reduce:path, xor: $xor:path) => {
         #[inline]
         #[target_feature(enable = $features)]
         fn $name(t: $v, n: $v) -> $v {
@@ -368,21 +370,38 @@ macro_rules! mul_alpha {
             let low = $low;
             let c = $and(out, low);
             let into_high = $andnot(low, out);
-            let reduced = $xor($xor(c, $slli::<1>(c)), $xor($slli::<2>(c), $slli::<7>(c)));
-            $xor($xor(shifted, into_high), reduced)
+            $xor($xor(shifted, into_high), $reduce(c))
         }
     };
+}
+
+/// c * (x^7 + x^2 + x + 1) in the low half of each 128-bit lane, for c under 2^56.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn reduce_256(c: __m256i) -> __m256i {
+    let c12 = _mm256_xor_si256(c, _mm256_slli_epi64::<1>(c));
+    _mm256_xor_si256(
+        c12,
+        _mm256_xor_si256(_mm256_slli_epi64::<2>(c), _mm256_slli_epi64::<7>(c)),
+    )
+}
+
+/// [`reduce_256`] with one carry-less multiplication per lane.
+#[inline]
+#[target_feature(enable = "avx512f,vpclmulqdq")]
+fn reduce_512(c: __m512i) -> __m512i {
+    _mm512_clmulepi64_epi128::<0x00>(c, _mm512_set1_epi64(0x87))
 }
 
 mul_alpha!(mul_alpha_256, __m256i, "avx2", sllv: _mm256_sllv_epi64, srlv: _mm256_srlv_epi64,
     sub: _mm256_sub_epi64, set1: _mm256_set1_epi64x, swap: _mm256_shuffle_epi32,
     low: _mm256_set_epi64x(0, -1, 0, -1), and: _mm256_and_si256, andnot: _mm256_andnot_si256,
-    slli: _mm256_slli_epi64, xor: _mm256_xor_si256);
+    reduce: reduce_256, xor: _mm256_xor_si256);
 
-mul_alpha!(mul_alpha_512, __m512i, "avx512f", sllv: _mm512_sllv_epi64, srlv: _mm512_srlv_epi64,
+mul_alpha!(mul_alpha_512, __m512i, "avx512f,vpclmulqdq", sllv: _mm512_sllv_epi64, srlv: _mm512_srlv_epi64,
     sub: _mm512_sub_epi64, set1: _mm512_set1_epi64, swap: _mm512_shuffle_epi32,
     low: _mm512_set_epi64(0, -1, 0, -1, 0, -1, 0, -1), and: _mm512_and_si512,
-    andnot: _mm512_andnot_si512, slli: _mm512_slli_epi64, xor: _mm512_xor_si512);
+    andnot: _mm512_andnot_si512, reduce: reduce_512, xor: _mm512_xor_si512);
 
 /// Each lane times alpha^16 (16 blocks per step on both kernels): a two-byte shift of each
 /// 128-bit lane, and the 16 bits shifted out of the top, c, folded back in as c * (x^7 + x^2
