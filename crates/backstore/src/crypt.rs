@@ -493,13 +493,23 @@ impl EncryptedBackstore {
         let size = inner.size() / u64::from(sector) * u64::from(sector);
         let (key, origin) = match &state {
             None => (random_data_key()?, KeyOrigin::Ephemeral),
-            Some(path) => match read_state(path)? {
-                Some(text) => {
-                    let key = decode_state(&text, &kek, sector)
-                        .map_err(|m| invalid(format!("{}: {m}", path.display())))?;
-                    (key, KeyOrigin::Loaded)
+            Some(path) => match read_state(path) {
+                Ok(Some(text)) => match decode_state(&text, &kek, sector) {
+                    Ok(key) => (key, KeyOrigin::Loaded),
+                    Err(m) => match staged_key(path, &kek, sector)? {
+                        Some(key) => (key, KeyOrigin::Loaded),
+                        None => return Err(invalid(format!("{}: {m}", path.display()))),
+                    },
+                },
+                // Not text: noise from an overwrite (see `staged_key`) or a damaged file.
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    match staged_key(path, &kek, sector)? {
+                        Some(key) => (key, KeyOrigin::Loaded),
+                        None => return Err(e),
+                    }
                 }
-                None => {
+                Err(e) => return Err(e),
+                Ok(None) => {
                     if holds_data(inner.as_ref(), size)? {
                         return Err(io::Error::new(
                             io::ErrorKind::NotFound,
@@ -612,6 +622,26 @@ fn is_zero(b: &[u8]) -> bool {
         .by_ref()
         .all(|w| u64::from_ne_bytes(w.try_into().expect("8 bytes")) == 0)
         && words.remainder().iter().all(|&x| x == 0)
+}
+
+/// The data key a crypto erase staged next to `path` when the state file itself does not
+/// decode: a crash after the erase overwrote the old state file and before the new one took its
+/// place ([`crate::durable::write_durably_scrubbing`]). The erase is finished here (the staged
+/// file takes the old one's place). `None` where nothing valid is staged.
+fn staged_key(
+    path: &Path,
+    kek: &KeyFileKey,
+    sector: u32,
+) -> io::Result<Option<Zeroizing<[u8; DATA_KEY_LEN]>>> {
+    let staged = crate::durable::tmp_path(path);
+    let Ok(Some(text)) = read_state(&staged) else {
+        return Ok(None);
+    };
+    let Ok(key) = decode_state(&text, kek, sector) else {
+        return Ok(None);
+    };
+    crate::durable::write_durably(path, text.as_bytes())?;
+    Ok(Some(key))
 }
 
 fn read_state(path: &Path) -> io::Result<Option<String>> {
@@ -729,8 +759,10 @@ impl Backstore for EncryptedBackstore {
         let key = random_data_key()?;
         // SBC-4 §4.11.4: the new key is on disk before it is used, so a crash leaves either the
         // old key with the old data (the journaled operation runs again) or the new key.
+        // The old wrapped key is overwritten where it lies before the new one replaces it, so
+        // that the key file cannot unwrap it from the freed blocks later.
         if let Some(path) = &self.state {
-            crate::durable::write_durably(
+            crate::durable::write_durably_scrubbing(
                 path,
                 encode_state(&self.kek, &key, self.sector)?.as_bytes(),
             )?;

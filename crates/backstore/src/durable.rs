@@ -3,7 +3,7 @@
 //! data keys. Here rather than in scsi-core so that backstores can use it too.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write as _};
+use std::io::{self, Read as _, Write as _};
 use std::path::Path;
 
 /// The directory `path` is in (`.` for a bare file name).
@@ -30,6 +30,20 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 /// fsync, rename over the old file, fsync the directory (created if missing). A crash at any
 /// point leaves the old or the new content, never a mix.
 pub fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace(path, bytes, false)
+}
+
+/// [`write_durably`], and the old content overwritten in place (random bytes, synced) before
+/// the rename drops it, so that the blocks that held it do not keep it: for secrets such as a
+/// replaced wrapped key. On a filesystem that writes in place (ext4, XFS); a copy-on-write
+/// filesystem or a flash translation layer may still hold old copies. A crash between the
+/// overwrite and the rename leaves the new content in [`tmp_path`] and noise at `path`: the
+/// reader must take the staged file then (see `crypt`).
+pub fn write_durably_scrubbing(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace(path, bytes, true)
+}
+
+fn replace(path: &Path, bytes: &[u8], scrub: bool) -> io::Result<()> {
     let ctx = |what: &str, e: io::Error| {
         io::Error::new(e.kind(), format!("{} ({what}): {e}", path.display()))
     };
@@ -51,8 +65,26 @@ pub fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
         .map_err(|e| ctx("write temporary file", e))?;
     f.sync_all().map_err(|e| ctx("sync temporary file", e))?;
     drop(f);
+    if scrub {
+        overwrite_in_place(path).map_err(|e| ctx("overwrite old content", e))?;
+    }
     fs::rename(&tmp, path).map_err(|e| ctx("rename", e))?;
     sync_dir(dir).map_err(|e| ctx("sync directory", e))
+}
+
+/// Overwrite the file at `path` with random bytes of its length, in place, and sync it; a
+/// missing file is fine.
+fn overwrite_in_place(path: &Path) -> io::Result<()> {
+    let mut f = match OpenOptions::new().write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let len = usize::try_from(f.metadata()?.len()).unwrap_or(usize::MAX);
+    let mut noise = vec![0u8; len.min(1 << 20)];
+    File::open("/dev/urandom")?.read_exact(&mut noise)?;
+    f.write_all(&noise)?;
+    f.sync_all()
 }
 
 /// Remove `path` durably (fsync the directory); a missing file is fine.

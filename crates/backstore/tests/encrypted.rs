@@ -1,6 +1,7 @@
 //! The encrypted backstore over a file: nothing of the plaintext reaches the file, the same key
 //! file reads it back after a reopen, a wrong or loose key file is refused, holes read as
-//! zeroes, and CRYPTO ERASE makes the old blocks unreadable for good.
+//! zeroes, and CRYPTO ERASE makes the old blocks unreadable for good (the old wrapped key
+//! overwritten where it lay, a crash in between recovered).
 
 use std::io;
 use std::os::unix::fs::PermissionsExt as _;
@@ -134,5 +135,60 @@ fn loose_key_files_and_lost_state_are_refused() {
     std::fs::remove_file(dir.join("lun.dek")).unwrap();
     let e = open(&dir, &hex).unwrap_err();
     assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn crypto_erase_overwrites_the_old_wrapped_key_and_recovers_from_a_crash_in_between() {
+    let dir = scratch("scrub");
+    let key = key_file(&dir, "lun.key", 0x33, 0o600);
+    let p = pattern();
+    let state = dir.join("lun.dek");
+    {
+        let (b, _) = open(&dir, &key).unwrap();
+        b.write_at(&p, 0).unwrap();
+    }
+    // A second name for the state file's inode: what stays on the disk's old blocks after the
+    // rename unlinks the old file.
+    let old_text = std::fs::read_to_string(&state).unwrap();
+    let old_inode = dir.join("old-inode");
+    std::fs::hard_link(&state, &old_inode).unwrap();
+    let (b, _) = open(&dir, &key).unwrap();
+    b.crypto_erase().unwrap();
+    drop(b);
+    let left = std::fs::read(&old_inode).unwrap();
+    assert_eq!(left.len(), old_text.len());
+    let wrapped = old_text
+        .lines()
+        .find(|l| l.starts_with("wrapped "))
+        .unwrap();
+    assert!(
+        !contains(&left, &wrapped.as_bytes()[8..24]),
+        "the old wrapped key is still in the old file's blocks"
+    );
+    assert!(!contains(&left, b"ferrite-lun-key"));
+
+    // A crash after the overwrite and before the rename: noise where the state was, the new
+    // wrapped key staged beside it. The open finishes the erase with the staged key.
+    let (b, _) = open(&dir, &key).unwrap();
+    b.write_at(&p, 0).unwrap();
+    drop(b);
+    let current = std::fs::read(&state).unwrap();
+    // Noise that is not text, and noise that is.
+    for noise in [0xa5u8, b'x'] {
+        std::fs::write(backstore::durable::tmp_path(&state), &current).unwrap();
+        std::fs::write(&state, vec![noise; current.len()]).unwrap();
+        let (b, origin) = open(&dir, &key).unwrap();
+        assert_eq!(origin, KeyOrigin::Loaded);
+        assert_eq!(b.read_vec(p.len(), 0).unwrap(), p);
+        assert_eq!(std::fs::read(&state).unwrap(), current);
+        assert!(!backstore::durable::tmp_path(&state).exists());
+    }
+    // Noise and nothing staged: refused, not served as garbage.
+    std::fs::write(&state, vec![0xa5; current.len()]).unwrap();
+    assert!(open(&dir, &key).is_err());
+    // A staged file under another key file does not count either.
+    let other = key_file(&dir, "other.key", 0x44, 0o600);
+    assert!(open(&dir, &other).is_err());
     let _ = std::fs::remove_dir_all(&dir);
 }
