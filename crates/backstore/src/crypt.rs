@@ -658,15 +658,40 @@ fn read_state(path: &Path) -> io::Result<Option<String>> {
     Ok(Some(text))
 }
 
-/// Whether `store` says it holds data anywhere in its first `size` bytes. A store that cannot
-/// tell (a block device) counts as empty: nothing can be known about it.
+/// Whether `store` holds data anywhere in its first `size` bytes: where it keeps track of
+/// what is allocated (a sparse file, a RAM disk, an RBD image), any allocated byte; where it
+/// cannot tell (a block device), [`looks_written`].
 fn holds_data(store: &dyn Backstore, size: u64) -> io::Result<bool> {
     let mut at = 0;
     while at < size {
         match store.extent_at(at)? {
-            None => return Ok(false),
+            None => return looks_written(store, size),
             Some(Extent { mapped: true, .. }) => return Ok(true),
             Some(e) => at = e.offset.saturating_add(e.len.max(1)),
+        }
+    }
+    Ok(false)
+}
+
+/// Whether a store that cannot say what is allocated has anything but zeroes where data
+/// almost always is when a disk was used: its first and last MiB (partition tables, LVM labels
+/// and filesystem superblocks, the backup GPT) and 64 blocks of 4 KiB spread over the rest. A
+/// device that was discarded or never written reads as zeroes there; one that held an
+/// encrypted LUN holds ciphertext, which is not zero. A device used only in stretches between
+/// the samples is not noticed: a lost state file is the operator's to restore.
+fn looks_written(store: &dyn Backstore, size: u64) -> io::Result<bool> {
+    const EDGE: u64 = 1 << 20;
+    const SAMPLE: u64 = 4096;
+    let mut probes = vec![
+        (0, EDGE.min(size)),
+        (size.saturating_sub(EDGE), EDGE.min(size)),
+    ];
+    let stride = size / 65;
+    probes.extend((1..=64).map(|i| ((i * stride) / SAMPLE * SAMPLE, SAMPLE.min(size))));
+    for (at, len) in probes {
+        let len = len.min(size - at);
+        if len > 0 && !is_zero(&store.read_vec(len as usize, at)?) {
+            return Ok(true);
         }
     }
     Ok(false)
@@ -901,6 +926,66 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A store that cannot say what is allocated, as a block device.
+    #[derive(Debug)]
+    struct Opaque(RamBackstore);
+
+    impl Backstore for Opaque {
+        fn kind(&self) -> &'static str {
+            "block"
+        }
+        fn size(&self) -> u64 {
+            self.0.size()
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+            self.0.read_at(buf, offset)
+        }
+        fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+            self.0.write_at(buf, offset)
+        }
+        fn flush(&self) -> io::Result<()> {
+            Ok(())
+        }
+        fn unmap(&self, offset: u64, len: u64) -> io::Result<bool> {
+            self.0.unmap(offset, len)
+        }
+        fn supports_unmap(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn a_lost_state_file_is_noticed_on_a_store_that_cannot_tell_what_is_allocated() {
+        const SIZE: u64 = 64 << 20;
+        let dir = std::env::temp_dir().join(format!("ferrite-opaque-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let state = dir.join("lun.dek");
+        let kek = || KeyFileKey::from_bytes([5; 32]);
+        let dev = Arc::new(Opaque(RamBackstore::new(SIZE)));
+        assert_eq!(dev.extent_at(0).unwrap(), None);
+        // Empty: a new key.
+        let (enc, origin) =
+            EncryptedBackstore::open(dev.clone(), 512, kek(), Some(state.clone())).unwrap();
+        assert_eq!(origin, KeyOrigin::Created);
+        // Written where a partition table or a superblock goes, at the end, or a few MiB in
+        // the middle (the samples are 1 MiB apart here).
+        for (at, len) in [(0, 4096), (SIZE - 4096, 4096), (SIZE / 2, 2 << 20)] {
+            enc.write_at(&vec![0u8; len], at).unwrap();
+            std::fs::remove_file(&state).unwrap();
+            let e = EncryptedBackstore::open(dev.clone(), 512, kek(), Some(state.clone()))
+                .err()
+                .unwrap();
+            assert_eq!(e.kind(), io::ErrorKind::NotFound, "{at}: {e}");
+            dev.unmap(0, SIZE).unwrap();
+            let (again, origin) =
+                EncryptedBackstore::open(dev.clone(), 512, kek(), Some(state.clone())).unwrap();
+            assert_eq!(origin, KeyOrigin::Created);
+            drop(again);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
