@@ -61,7 +61,9 @@ pub trait Backstore: Send + Sync + std::fmt::Debug {
     }
     /// For a store that keeps its data in memory: call `f(n, piece)` for consecutive pieces of
     /// `offset..offset + len`, in order and covering it, with the stored bytes themselves
-    /// (`None`: `n` bytes that read as zeroes), and return `Ok(true)`. `Ok(false)` (the
+    /// (`None`: `n` bytes that read as zeroes), and return `Ok(true)`. Pieces end only where
+    /// the range does or at multiples of 4096 bytes from the start of the store, so a range
+    /// made of whole logical blocks comes in whole blocks. `Ok(false)` (the
     /// default): the store cannot, and the caller reads into a buffer instead. This lets a
     /// wrapper that transforms the data on its way out (decryption) make one pass over it
     /// instead of a copy and a pass. Same errors as `read_at`.
@@ -77,7 +79,7 @@ pub trait Backstore: Send + Sync + std::fmt::Debug {
     /// The other way round from [`Backstore::read_pieces`]: call `f(at, piece)` for
     /// consecutive pieces of `offset..offset + len`, in order and covering it, `at` counted
     /// from `offset`, with the store's own memory for those bytes, which `f` must fill
-    /// entirely; `Ok(true)` once done. `Ok(false)` (the default): the store cannot, and the
+    /// entirely (pieces end as [`Backstore::read_pieces`]'s do); `Ok(true)` once done. `Ok(false)` (the default): the store cannot, and the
     /// caller writes a buffer instead. Same errors as `write_at`.
     fn write_pieces(
         &self,

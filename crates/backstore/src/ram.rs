@@ -14,6 +14,8 @@ use crate::{check_range, Backstore, Extent};
 
 type Chunk = RwLock<Option<Box<[u8]>>>;
 
+const _: () = assert!(RamBackstore::CHUNK_SIZE.is_multiple_of(4096));
+
 /// A RAM disk that commits memory only for chunks that hold data.
 pub struct RamBackstore {
     size: u64,
@@ -193,6 +195,7 @@ impl Backstore for RamBackstore {
         Ok(v)
     }
 
+    // Pieces end at chunk boundaries, multiples of 4096 bytes (the trait's promise).
     fn read_pieces(
         &self,
         offset: u64,
