@@ -287,7 +287,8 @@ macro_rules! sector_kernel {
                 *d = $bcast(_mm_loadu_si128(s.as_ptr().cast()));
             }
             for (n, t0) in t0s.iter().enumerate() {
-                // T_0 in every lane, times alpha^lane: the tweaks of the first register.
+                // T_0 in every lane; register i's lane l holds T_0 * alpha^(PER i + l), each
+                // computed from T_0 (independent of each other).
                 let t0 = $bcast(_mm_loadu_si128(t0.as_ptr().cast()));
                 let mut tw = [t0; $lanes];
                 for (i, x) in tw.iter_mut().enumerate() {
@@ -376,18 +377,26 @@ macro_rules! mul_alpha {
     };
 }
 
-/// c * (x^7 + x^2 + x + 1) in the low half of each 128-bit lane, for c under 2^56.
-#[inline]
-#[target_feature(enable = "avx2")]
-fn reduce_256(c: __m256i) -> __m256i {
-    let c12 = _mm256_xor_si256(c, _mm256_slli_epi64::<1>(c));
-    _mm256_xor_si256(
-        c12,
-        _mm256_xor_si256(_mm256_slli_epi64::<2>(c), _mm256_slli_epi64::<7>(c)),
-    )
+/// c * (x^7 + x^2 + x + 1) = c ^ c<<1 ^ c<<2 ^ c<<7 in the low half of each 128-bit lane, for
+/// c under 2^56.
+macro_rules! reduce_shifts {
+    ($name:ident, $v:ty, $features:literal, slli: $slli:ident, xor: $xor:path) => {
+        #[inline]
+        #[target_feature(enable = $features)]
+        fn $name(c: $v) -> $v {
+            $xor($xor(c, $slli::<1>(c)), $xor($slli::<2>(c), $slli::<7>(c)))
+        }
+    };
 }
 
-/// [`reduce_256`] with one carry-less multiplication per lane.
+reduce_shifts!(reduce_256, __m256i, "avx2", slli: _mm256_slli_epi64, xor: _mm256_xor_si256);
+
+reduce_shifts!(reduce_shifts_512, __m512i, "avx512f", slli: _mm512_slli_epi64,
+    xor: _mm512_xor_si512);
+
+/// [`reduce_256`] with one carry-less multiplication per lane: fewer instructions where the
+/// AES units are idle (the tweak setup), but it shares them, so the loop's step keeps the
+/// shifts.
 #[inline]
 #[target_feature(enable = "avx512f,vpclmulqdq")]
 fn reduce_512(c: __m512i) -> __m512i {
@@ -409,22 +418,20 @@ mul_alpha!(mul_alpha_512, __m512i, "avx512f,vpclmulqdq", sllv: _mm512_sllv_epi64
 /// + x + 1) (under 2^23).
 macro_rules! step16 {
     ($name:ident, $v:ty, $features:literal, bslli: $bslli:ident, bsrli: $bsrli:ident,
-     slli: $slli:ident, xor: $xor:path) => {
+     reduce: $reduce:path, xor: $xor:path) => {
         #[inline]
         #[target_feature(enable = $features)]
         fn $name(t: $v) -> $v {
-            let c = $bsrli::<14>(t);
-            let reduced = $xor($xor(c, $slli::<1>(c)), $xor($slli::<2>(c), $slli::<7>(c)));
-            $xor($bslli::<2>(t), reduced)
+            $xor($bslli::<2>(t), $reduce($bsrli::<14>(t)))
         }
     };
 }
 
 step16!(step_256, __m256i, "avx2", bslli: _mm256_bslli_epi128, bsrli: _mm256_bsrli_epi128,
-    slli: _mm256_slli_epi64, xor: _mm256_xor_si256);
+    reduce: reduce_256, xor: _mm256_xor_si256);
 
 step16!(step_512, __m512i, "avx512f,avx512bw", bslli: _mm512_bslli_epi128,
-    bsrli: _mm512_bsrli_epi128, slli: _mm512_slli_epi64, xor: _mm512_xor_si512);
+    bsrli: _mm512_bsrli_epi128, reduce: reduce_shifts_512, xor: _mm512_xor_si512);
 
 /// The AES-256 key schedule (FIPS 197 §5.2) with AESKEYGENASSIST: words w[i] = w[i-8] ^
 /// SubWord(RotWord(w[i-1])) ^ Rcon for i a multiple of 8, w[i-8] ^ SubWord(w[i-1]) for i = 4
@@ -509,14 +516,9 @@ mod tests {
     use super::*;
     use aes::cipher::{BlockCipherDecrypt as _, BlockCipherEncrypt as _, KeyInit as _};
 
-    /// A little xorshift generator: the tests' keys and data.
     fn fill(seed: &mut u64, out: &mut [u8]) {
-        for b in out {
-            *seed ^= *seed << 13;
-            *seed ^= *seed >> 7;
-            *seed ^= *seed << 17;
-            *b = *seed as u8;
-        }
+        out.iter_mut()
+            .for_each(|b| *b = super::super::tests::xorshift(seed) as u8);
     }
 
     #[test]
