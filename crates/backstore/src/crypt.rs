@@ -937,6 +937,59 @@ mod tests {
         }
     }
 
+    #[test]
+    fn reads_out_of_a_files_page_cache_are_reads_through_a_buffer() {
+        use crate::mapped::{tests::Scratch, WINDOW};
+        const MIB: u64 = 1 << 20;
+        let p = Scratch::new("crypt");
+        let size = WINDOW + 4 * MIB;
+        let store = Arc::new(crate::FileBackstore::open(&p.0, Some(size)).unwrap());
+        let file: Arc<dyn Backstore> = store.clone();
+        let (enc, _) =
+            EncryptedBackstore::open(file.clone(), 512, KeyFileKey::from_bytes([5; 32]), None)
+                .unwrap();
+        // Data across the first window boundary, with a hole punched in it.
+        let at = WINDOW - MIB;
+        let data: Vec<u8> = (0..2 * MIB).map(|i| (i % 253) as u8 + 1).collect();
+        enc.write_at(&data, at).unwrap();
+        enc.unmap(at + MIB / 2, 64 << 10).unwrap();
+        let mut want = data.clone();
+        want[(MIB / 2) as usize..][..64 << 10].fill(0);
+        for _ in 0..2 * crate::mapped::MAP_EVERY {
+            // Warm both windows up (a miss maps at most every MAP_EVERY reads).
+            let _ = enc.read_vec(4096, WINDOW).unwrap();
+            let _ = enc.read_vec(4096, 0).unwrap();
+        }
+        assert_eq!(store.windows.mapped(), 2, "both windows serve reads");
+        for (start, len) in [
+            (0, 2 * MIB),
+            (MIB - 512, 1024),
+            (MIB - (64 << 10), 128 << 10),
+        ] {
+            let lent = enc.read_vec(len as usize, at + start).unwrap();
+            let mut through = vec![0xee; len as usize];
+            enc.read_at(&mut through, at + start).unwrap();
+            assert!(
+                lent == through,
+                "{start}+{len}: read_vec and read_at differ"
+            );
+            assert!(
+                lent == want[start as usize..][..len as usize],
+                "{start}+{len}"
+            );
+        }
+        // The file cut short under the mapping: an error, as through a buffer, not a crash.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p.0)
+            .unwrap()
+            .set_len(WINDOW)
+            .unwrap();
+        assert!(enc.read_vec(4096, WINDOW - 4096).is_ok());
+        let e = enc.read_vec(8192, WINDOW + MIB).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
     /// A store that cannot say what is allocated, as a block device.
     #[derive(Debug)]
     struct Opaque(RamBackstore);

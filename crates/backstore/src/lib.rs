@@ -33,6 +33,7 @@ mod crypt;
 mod direct;
 pub mod durable;
 mod file;
+mod mapped;
 mod ram;
 pub mod rbd;
 mod sys;
@@ -59,14 +60,16 @@ pub trait Backstore: Send + Sync + std::fmt::Debug {
         self.read_at(&mut v, offset)?;
         Ok(v)
     }
-    /// For a store that keeps its data in memory: call `f(n, piece)` for consecutive pieces of
-    /// `offset..offset + len`, in order and covering it, with the stored bytes themselves
-    /// (`None`: `n` bytes that read as zeroes), and return `Ok(true)`. Pieces end only where
-    /// the range does or at multiples of 4096 bytes from the start of the store, so a range
-    /// made of whole logical blocks comes in whole blocks. `Ok(false)` (the
-    /// default): the store cannot, and the caller reads into a buffer instead. This lets a
-    /// wrapper that transforms the data on its way out (decryption) make one pass over it
-    /// instead of a copy and a pass. Same errors as `read_at`.
+    /// For a store whose data is in memory (the RAM disk's chunks, a file's page cache): call
+    /// `f(n, piece)` for consecutive pieces of `offset..offset + len`, in order and covering it,
+    /// with the stored bytes themselves (`None`: `n` bytes that read as zeroes), and return
+    /// `Ok(true)`. Pieces end only where the range does or at multiples of 4096 bytes from the
+    /// start of the store, so a range made of whole logical blocks comes in whole blocks.
+    /// `Ok(false)` (the default): the store cannot, and the caller reads into a buffer instead;
+    /// `Ok(false)` may also come after calls to `f`, when the store found the bytes it lent
+    /// unreadable (a file truncated under its mapping), and the caller then discards what `f`
+    /// saw. This lets a wrapper that transforms the data on its way out (decryption) make one
+    /// pass over it instead of a copy and a pass. Same errors as `read_at`.
     fn read_pieces(
         &self,
         offset: u64,
