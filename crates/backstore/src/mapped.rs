@@ -21,7 +21,9 @@
 //! not to be trusted, the window is dropped, and the caller reads with `pread` instead, which
 //! reports the short file or the I/O error as it would have without windows. SIGBUS anywhere
 //! else goes on to the handler that was there before (Rust's stack-overflow report) or to the
-//! default action.
+//! default action. One difference remains: a file cut to a length that is not a multiple of the
+//! page size has the rest of its last page read as zeroes through a mapping (the kernel fills it
+//! so) where `pread` would report the short file; those bytes were gone either way.
 //!
 //! A page that is not in the page cache is read from disk by the fault, in the thread that
 //! touches it, as `pread` would read it: the transport only runs reads inline where it already
