@@ -53,7 +53,7 @@ use aes::Aes256;
 use aes_kw::KwAes256;
 use zeroize::Zeroizing;
 
-use crate::{check_range, Backstore, Extent, Space};
+use crate::{check_range, AsyncBackstore, Backstore, Done, Extent, Space};
 
 #[cfg(target_arch = "x86_64")]
 mod vaes;
@@ -784,6 +784,10 @@ impl Backstore for EncryptedBackstore {
         true
     }
 
+    fn as_async(&self) -> Option<&dyn AsyncBackstore> {
+        self.inner.as_async().map(|_| self as &dyn AsyncBackstore)
+    }
+
     fn crypto_erase(&self) -> io::Result<()> {
         let _one = self.erasing.lock().unwrap_or_else(PoisonError::into_inner);
         let key = random_data_key()?;
@@ -802,6 +806,55 @@ impl Backstore for EncryptedBackstore {
         // ends; the caller holds the whole LU's range lock, so that is now.
         *self.cipher.write().unwrap_or_else(PoisonError::into_inner) = new;
         Ok(())
+    }
+}
+
+/// Over a store whose I/O completes on threads of its own (RBD), the cipher keeps the I/O off
+/// the caller's threads: a read is decrypted in its completion, on the store's thread, before
+/// the caller's `done` runs; a write is encrypted in place, in the buffer it hands on (the
+/// caller gets the ciphertext back, as a buffer to reuse). The key is the one current when the
+/// operation starts, as for the synchronous methods.
+impl AsyncBackstore for EncryptedBackstore {
+    fn read_async(&self, offset: u64, len: usize, done: Done<Vec<u8>>) {
+        let Some(aio) = self.inner.as_async() else {
+            return done(self.read_vec(len, offset));
+        };
+        if let Err(e) = self.check(offset, len) {
+            return done(Err(e));
+        }
+        let (c, sector) = (self.cipher(), self.sector as usize);
+        let first = offset / u64::from(self.sector);
+        aio.read_async(
+            offset,
+            len,
+            Box::new(move |r| {
+                done(r.map(|mut v| {
+                    // A ciphertext of zeroes is a hole, a discarded or an anchored range.
+                    c.run(&mut v, sector, first, false, &is_zero);
+                    v
+                }))
+            }),
+        );
+    }
+
+    fn write_async(&self, mut data: Vec<u8>, offset: u64, done: Done<Vec<u8>>) {
+        let Some(aio) = self.inner.as_async() else {
+            return done(self.write_at(&data, offset).map(|()| data));
+        };
+        if let Err(e) = self.check(offset, data.len()) {
+            return done(Err(e));
+        }
+        let first = offset / u64::from(self.sector);
+        self.cipher()
+            .run(&mut data, self.sector as usize, first, true, &|_| false);
+        aio.write_async(data, offset, done);
+    }
+
+    fn flush_async(&self, done: Done<()>) {
+        match self.inner.as_async() {
+            Some(aio) => aio.flush_async(done),
+            None => done(self.flush()),
+        }
     }
 }
 
@@ -988,6 +1041,119 @@ mod tests {
         assert!(enc.read_vec(4096, WINDOW - 4096).is_ok());
         let e = enc.read_vec(8192, WINDOW + MIB).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    /// A RAM store with the asynchronous interface, each completion on a thread of its own
+    /// (as librbd's are).
+    #[derive(Debug)]
+    struct Threaded(RamBackstore);
+
+    impl Backstore for Threaded {
+        fn kind(&self) -> &'static str {
+            "threaded"
+        }
+        fn size(&self) -> u64 {
+            self.0.size()
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+            self.0.read_at(buf, offset)
+        }
+        fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+            self.0.write_at(buf, offset)
+        }
+        fn flush(&self) -> io::Result<()> {
+            Ok(())
+        }
+        fn unmap(&self, offset: u64, len: u64) -> io::Result<bool> {
+            self.0.unmap(offset, len)
+        }
+        fn supports_unmap(&self) -> bool {
+            true
+        }
+        fn as_async(&self) -> Option<&dyn AsyncBackstore> {
+            Some(self)
+        }
+    }
+
+    impl AsyncBackstore for Threaded {
+        fn read_async(&self, offset: u64, len: usize, done: Done<Vec<u8>>) {
+            let r = self.0.read_vec(len, offset);
+            std::thread::spawn(move || done(r));
+        }
+        fn write_async(&self, data: Vec<u8>, offset: u64, done: Done<Vec<u8>>) {
+            let r = self.0.write_at(&data, offset).map(|()| data);
+            std::thread::spawn(move || done(r));
+        }
+        fn flush_async(&self, done: Done<()>) {
+            std::thread::spawn(move || done(Ok(())));
+        }
+    }
+
+    /// Runs one asynchronous operation and waits for its completion.
+    fn wait<T: Send + 'static>(start: impl FnOnce(Done<T>)) -> io::Result<T> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        start(Box::new(move |r| {
+            let _ = tx.send((r, std::thread::current().id()));
+        }));
+        let (r, on) = rx.recv().unwrap();
+        // Errors found at once complete on the caller's thread (the trait allows it).
+        if r.is_ok() {
+            assert_ne!(
+                on,
+                std::thread::current().id(),
+                "completed on the store's thread"
+            );
+        }
+        r
+    }
+
+    #[test]
+    fn the_asynchronous_path_encrypts_as_the_synchronous_one() {
+        const MIB: u64 = 1 << 20;
+        let store = Arc::new(Threaded(RamBackstore::new(4 * MIB)));
+        let inner: Arc<dyn Backstore> = store.clone();
+        let (enc, _) =
+            EncryptedBackstore::open(inner, 512, KeyFileKey::from_bytes([9; 32]), None).unwrap();
+        let aio = enc.as_async().expect("offered where the store offers it");
+        let data: Vec<u8> = (0..MIB).map(|i| (i % 249) as u8 + 1).collect();
+        let at = MIB / 2 + 512;
+        let back = wait(|d| aio.write_async(data.clone(), at, d)).unwrap();
+        assert_eq!(back.len(), data.len(), "the buffer comes back");
+        // The store holds what the synchronous path would have written.
+        let stored = store.0.read_vec(MIB as usize, at).unwrap();
+        assert!(stored == enc.cipher().encrypted(&data, 512, at / 512));
+        // Read back both ways, across the written range's edges and a hole.
+        for (start, len) in [(at, MIB), (at - 4096, 8192), (3 * MIB, 4096), (0, 4 * MIB)] {
+            let a = wait(|d| aio.read_async(start, len as usize, d)).unwrap();
+            let s = enc.read_vec(len as usize, start).unwrap();
+            assert!(
+                a == s,
+                "{start}+{len}: asynchronous and synchronous reads differ"
+            );
+        }
+        let a = wait(|d| aio.read_async(at, MIB as usize, d)).unwrap();
+        assert!(a == data);
+        wait(|d| aio.flush_async(d)).unwrap();
+        // Ranges that are not whole blocks, or not inside the LU, fail before any I/O.
+        for (start, len) in [(at + 1, 512), (at, 100), (4 * MIB, 512)] {
+            let e = wait(|d| aio.write_async(vec![1; len], start, d));
+            assert_eq!(e.unwrap_err().kind(), io::ErrorKind::InvalidInput);
+            let e = wait(|d| aio.read_async(start, len, d));
+            assert_eq!(e.unwrap_err().kind(), io::ErrorKind::InvalidInput);
+        }
+        assert!(
+            store.0.read_vec(MIB as usize, at).unwrap() == stored,
+            "unchanged"
+        );
+        // A store without the interface: none offered.
+        let (plain, _) = EncryptedBackstore::open(
+            Arc::new(RamBackstore::new(MIB)),
+            512,
+            KeyFileKey::from_bytes([9; 32]),
+            None,
+        )
+        .unwrap();
+        assert!(plain.as_async().is_none());
     }
 
     /// A store that cannot say what is allocated, as a block device.

@@ -183,7 +183,8 @@ pub type Done<T> = Box<dyn FnOnce(io::Result<T>) + Send>;
 /// found at once) or on another thread.
 pub trait AsyncBackstore: Send + Sync {
     fn read_async(&self, offset: u64, len: usize, done: Done<Vec<u8>>);
-    /// Write `data` at `offset`; `done` gets the buffer back for reuse.
+    /// Write `data` at `offset`; `done` gets the buffer back for reuse (what it then holds is
+    /// unspecified: an encrypting store hands back the ciphertext).
     fn write_async(&self, data: Vec<u8>, offset: u64, done: Done<Vec<u8>>);
     fn flush_async(&self, done: Done<()>);
 }
