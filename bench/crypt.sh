@@ -3,7 +3,10 @@
 # (`encryption = { key_file }`, AES-256-XTS), on RAM and on a file, measured in turn
 # (plain, encrypted, plain, ...). See README.md, "Benchmarks".
 #
-#   bench/crypt.sh [--secs N] [--reps N] [--scratch DIR] [--ferrite BIN]
+#   bench/crypt.sh [--secs N] [--reps N] [--scratch DIR] [--ferrite BIN] [--rbd]
+#
+# --rbd adds the same rows on two RBD images of a throw-away single-node Ceph cluster
+# (bench/lib.sh's start_ceph; about 3 GiB of memory).
 #
 # Workloads: 4 KiB random read QD32 and 128 KiB sequential read QD16 (iscsi-perf), 128 KiB
 # sequential write QD16 (qemu-img bench over iscsi://). Prints the medians, encrypted/plain,
@@ -12,14 +15,15 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
-SECS=3 REPS=5 SCRATCH_PARENT=/var/tmp FERRITE_BIN="" PORT=3550
+SECS=3 REPS=5 SCRATCH_PARENT=/var/tmp FERRITE_BIN="" PORT=3550 KINDS="ram file"
 while (($#)); do
     case "$1" in
     --secs) SECS="${2:?}"; shift ;;
     --reps) REPS="${2:?}"; shift ;;
     --scratch) SCRATCH_PARENT="${2:?}"; shift ;;
     --ferrite) FERRITE_BIN="${2:?}"; shift ;;
-    -h | --help) sed -n '2,10p' "$0"; exit 0 ;;
+    --rbd) KINDS="ram file rbd" ;;
+    -h | --help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "crypt.sh: unknown option '$1'" >&2; exit 2 ;;
     esac
     shift
@@ -33,9 +37,10 @@ if [[ -z "$FERRITE_BIN" ]]; then
 fi
 
 SCRATCH="$(mktemp -d "$SCRATCH_PARENT/ferrite-crypt.XXXXXX")"
-FPID=""
+FPID="" CEPH_PID=""
 cleanup() {
     [[ -n "$FPID" ]] && kill "$FPID" 2>/dev/null && wait "$FPID" 2>/dev/null
+    stop_ceph
     rm -rf "$SCRATCH"
 }
 trap cleanup EXIT INT TERM
@@ -67,6 +72,24 @@ id = 3
 backstore = "file:$SCRATCH/encrypted.img:$SIZE"
 encryption = { key_file = "$SCRATCH/lun.key" }
 EOF
+if [[ $KINDS == *rbd* ]]; then
+    command -v rbd >/dev/null || { echo "crypt.sh: --rbd needs rbd (Debian ceph-common)" >&2; exit 1; }
+    start_ceph
+    for image in plain encrypted; do
+        rbd -c "$CONF" create --size "$SIZE" --image-feature layering "rbd/$image"
+    done
+    cat >>"$SCRATCH/ferrite.toml" <<EOF
+[[target.lun]]
+id = 4
+backstore = "rbd:rbd/plain"
+ceph = { conf = "$CONF" }
+[[target.lun]]
+id = 5
+backstore = "rbd:rbd/encrypted"
+ceph = { conf = "$CONF" }
+encryption = { key_file = "$SCRATCH/lun.key" }
+EOF
+fi
 serve_ferrite
 
 url() { echo "iscsi://127.0.0.1:$PORT/$IQN/$1"; }
@@ -88,14 +111,16 @@ perf() {
 
 # Every block written (RAM disks store no all-zero chunk; holes read for free).
 COUNT=$((512 * 8))
-for lun in 0 1 2 3; do qwrite "$lun" "$COUNT" >/dev/null; done
+declare -A BASE=([ram]=0 [file]=2 [rbd]=4)
+for kind in $KINDS; do
+    for lun in "${BASE[$kind]}" $((BASE[$kind] + 1)); do qwrite "$lun" "$COUNT" >/dev/null; done
+done
 
 declare -A S
 for ((r = 1; r <= REPS; r++)); do
-    for kind in ram file; do
+    for kind in $KINDS; do
         for enc in plain encrypted; do
-            lun=0
-            [[ $kind == file ]] && lun=2
+            lun="${BASE[$kind]}"
             [[ $enc == encrypted ]] && lun=$((lun + 1))
             S[rr4k.$kind.$enc]+=" $(perf "$lun" -m 32 -b 8 -r)"
             S[r128k.$kind.$enc]+=" $(awk -v i="$(perf "$lun" -m 16 -b 256)" 'BEGIN { printf "%.0f", i / 8 }')"
@@ -113,7 +138,7 @@ pair_ratios() {
 }
 printf '| %-32s | %5s | %9s | %9s | %9s | %11s |\n' workload unit plain encrypted enc/plain "pair median"
 printf '|%s|%s|%s|%s|%s|%s|\n' "----------------------------------" "-------" "-----------" "-----------" "-----------" "-------------"
-for kind in ram file; do
+for kind in $KINDS; do
     for wl in rr4k:IOPS:"4 KiB random read, QD32" r128k:MiB/s:"128 KiB seq. read, QD16" w128k:MiB/s:"128 KiB seq. write, QD16"; do
         IFS=: read -r key unit name <<<"$wl"
         p="$(median <<<"${S[$key.$kind.plain]}")"

@@ -53,26 +53,14 @@ cleanup() {
     if [[ -n "$CONF" && -z "$CEPH_PID" ]]; then
         rbd -c "$CONF" rm -p rbd "$IMAGE" >/dev/null 2>&1 || true
     fi
-    if [[ -n "$CEPH_PID" ]]; then
-        # Closing its standard input stops the fixture, which stops the daemons it started.
-        exec {CEPH_IN}>&- 2>/dev/null || true
-        wait "$CEPH_PID" 2>/dev/null || true
-    fi
+    stop_ceph
     rm -rf "$SCRATCH"
 }
 trap cleanup EXIT INT TERM
 log() { printf '==> %s\n' "$*" >&2; }
 
 if [[ -z "$CONF" ]]; then
-    command -v ceph-mon >/dev/null && command -v ceph-osd >/dev/null ||
-        { echo "rbd.sh: needs ceph-mon and ceph-osd (Debian packages) or --ceph-conf" >&2; exit 1; }
-    (cd "$REPO" && cargo build --release -q -p testkit --example ceph)
-    mkfifo "$SCRATCH/ceph.in" "$SCRATCH/ceph.out"
-    "$REPO/target/release/examples/ceph" <"$SCRATCH/ceph.in" >"$SCRATCH/ceph.out" 2>"$SCRATCH/ceph.log" &
-    CEPH_PID=$!
-    exec {CEPH_IN}>"$SCRATCH/ceph.in"
-    read -r line <"$SCRATCH/ceph.out" || { cat "$SCRATCH/ceph.log" >&2; exit 1; }
-    CONF="${line#CEPH_CONF=}"
+    start_ceph
     log "throw-away Ceph cluster up ($CONF)"
 fi
 R() { rbd -c "$CONF" "$@"; }
