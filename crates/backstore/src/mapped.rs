@@ -476,6 +476,50 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn concurrent_readers_see_the_right_window_while_others_are_pushed_out() {
+        use std::os::unix::fs::FileExt;
+        // Twice as many windows as may be mapped, each starting with a block naming it.
+        const N: u64 = 2 * WINDOWS as u64;
+        let p = Scratch::new("concurrent");
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&p.0)
+            .unwrap();
+        f.set_len(N * WINDOW).unwrap();
+        for i in 0..N {
+            f.write_all_at(&[i as u8 + 1; 4096], i * WINDOW).unwrap();
+        }
+        let w = Windows::new(N * WINDOW);
+        let served = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for t in 0..4u64 {
+                let (w, f, served) = (&w, &f, &served);
+                s.spawn(move || {
+                    let mut seed = t * 7919 + 1;
+                    for _ in 0..3000 {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        let i = seed % N;
+                        if let Some(got) = collect(w, f, i * WINDOW, 4096) {
+                            assert!(got.iter().all(|&b| b == i as u8 + 1), "window {i}");
+                            served.fetch_add(1, Ordering::Relaxed);
+                        }
+                        assert!(w.mapped() <= WINDOWS);
+                    }
+                });
+            }
+        });
+        assert!(
+            served.load(Ordering::Relaxed) > 1000,
+            "the windows served reads"
+        );
+    }
+
+    #[test]
     fn a_truncated_file_is_not_a_crash() {
         let (_p, f, data) = temp_file(1 << 20);
         let w = Windows::new(data.len() as u64);
