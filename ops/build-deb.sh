@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the Debian package of Ferrite with dpkg-deb: the binary, the systemd unit, an example
-# configuration (also installed as /etc/ferrite/ferrite.toml, a conffile), the man page and
-# shell completions.
+# configuration (also installed as /etc/ferrite/ferrite.toml, a conffile), the man page, shell
+# completions and, as examples, the Grafana dashboard and the floating-portals unit drop-in.
 #
 #   ops/build-deb.sh BINARY OUTDIR [VERSION]
 #
@@ -25,6 +25,8 @@ install -D -m 0644 "$here/ferrite.toml.example" \
     "$stage/usr/share/doc/ferrite/examples/ferrite.toml"
 install -D -m 0644 "$here/grafana-dashboard.json" \
     "$stage/usr/share/doc/ferrite/examples/grafana-dashboard.json"
+install -D -m 0644 "$here/floating-portals.conf" \
+    "$stage/usr/share/doc/ferrite/examples/floating-portals.conf"
 install -D -m 0644 "$here/ferrite.8" "$stage/usr/share/man/man8/ferrite.8"
 gzip -9n "$stage/usr/share/man/man8/ferrite.8"
 install -d "$stage/usr/share/bash-completion/completions" "$stage/usr/share/zsh/vendor-completions"

@@ -38,6 +38,7 @@ fn the_debian_package_builds_installs_and_runs() {
         "./etc/ferrite/ferrite.toml",
         "./usr/share/man/man8/ferrite.8.gz",
         "./usr/share/doc/ferrite/examples/grafana-dashboard.json",
+        "./usr/share/doc/ferrite/examples/floating-portals.conf",
         "./usr/share/bash-completion/completions/ferrite",
     ] {
         assert!(

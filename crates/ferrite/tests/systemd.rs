@@ -1,6 +1,7 @@
-//! Running under systemd: the unit file passes `systemd-analyze verify`; the daemon tells the
-//! service manager READY=1 only once its portals listen and STOPPING=1 when it stops (a fake
-//! `$NOTIFY_SOCKET`); SIGHUP re-reads the configuration file and applies it live.
+//! Running under systemd: the unit file passes `systemd-analyze verify`, alone and with the
+//! floating-portals drop-in; the daemon tells the service manager READY=1 only once its portals
+//! listen and STOPPING=1 when it stops (a fake `$NOTIFY_SOCKET`); SIGHUP re-reads the
+//! configuration file and applies it live.
 
 mod common;
 
@@ -32,6 +33,44 @@ fn the_unit_file_verifies() {
     );
     assert!(out.status.success(), "{}", out.describe());
     assert!(out.stderr.trim().is_empty(), "{}", out.describe());
+}
+
+/// `ops/floating-portals.conf` as a drop-in of the unit: systemd reads it (a key it does not
+/// know, added on purpose, is reported from that file) and finds nothing wrong with the real one.
+#[test]
+fn the_floating_portals_drop_in_verifies_with_the_unit() {
+    require_tool("systemd-analyze");
+    let root = common::conformance::repo_root();
+    let dir = TempDir::new("drop-in");
+    let unit = std::fs::read_to_string(root.join("ops/ferrite.service"))
+        .unwrap()
+        .replace("/usr/bin/ferrite", env!("CARGO_BIN_EXE_ferrite"));
+    std::fs::write(dir.path().join("ferrite.service"), unit).unwrap();
+    let drop_in = std::fs::read_to_string(root.join("ops/floating-portals.conf")).unwrap();
+    assert!(drop_in.contains("CAP_NET_ADMIN") && drop_in.contains("AF_PACKET"));
+    let d = dir.path().join("ferrite.service.d");
+    std::fs::create_dir(&d).unwrap();
+    let conf = d.join("floating-portals.conf");
+    let verify = || {
+        let out = Command::new("systemd-analyze")
+            .args(["verify", "ferrite.service"])
+            // This directory first, then the usual search path (the trailing colon).
+            .env("SYSTEMD_UNIT_PATH", format!("{}:", dir.path().display()))
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.success(), err)
+    };
+    std::fs::write(&conf, format!("{drop_in}NotAKeySystemdKnows=1\n")).unwrap();
+    let (_, err) = verify();
+    assert!(
+        err.contains("floating-portals.conf") && err.contains("NotAKeySystemdKnows"),
+        "the drop-in was not read:\n{err}"
+    );
+    std::fs::write(&conf, &drop_in).unwrap();
+    let (ok, err) = verify();
+    assert!(ok && err.trim().is_empty(), "{err}");
 }
 
 /// The daemon with `$NOTIFY_SOCKET` on a datagram socket of ours.
