@@ -7,6 +7,7 @@ mod cluster_pr;
 mod config;
 mod membership;
 mod metrics;
+mod ndisc;
 mod portals;
 mod pr_cli;
 mod runtime;

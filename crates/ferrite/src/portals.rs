@@ -4,8 +4,9 @@
 //! Ownership lives in the cluster store. `<prefix>portals/<address>` names the holder and is
 //! written with compare-and-swap *under the holder's lease*: it disappears when that lease
 //! ends, and only one node can create it. A node adds the address to its interface, announces
-//! it (gratuitous ARP) and listens on it only after its compare-and-swap won, and it removes
-//! the address when it lets the key go or fences itself — membership fences a node before its
+//! it (gratuitous ARP, or an unsolicited neighbour advertisement for IPv6: `ndisc.rs`) and
+//! listens on it only after its compare-and-swap won, and it removes the address when it lets
+//! the key go or fences itself — membership fences a node before its
 //! lease can end, so the old holder has stopped before the key can vanish and anybody else can
 //! take it: two nodes never serve one address. The portal group tag is the one the target
 //! configuration gives the address, identical on every node, so initiators see the same
@@ -20,7 +21,7 @@
 //! members and the portal keys, and a rescan every few seconds) and carries out its steps.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -248,19 +249,24 @@ async fn address_up(
         args.extend(["add".into(), cidr, p.interface.clone()]);
         return run_cmd(&hook[0], &args).await.map(|()| None);
     }
-    let args: Vec<String> = ["addr", "add", &cidr, "dev", &p.interface]
+    let mut args: Vec<String> = ["addr", "add", &cidr, "dev", &p.interface]
         .iter()
         .map(|s| s.to_string())
         .collect();
+    if p.address.is_ipv6() {
+        // No duplicate address detection: the owner key in the store is what makes the
+        // address this node's alone, and DAD would leave it tentative (neither listened on nor
+        // announced) for a second or more after a takeover.
+        args.push("nodad".into());
+    }
     match run_cmd("ip", &args).await {
         Ok(()) => {}
         // Still there from before (a previous run that died): ours now.
         Err(e) if e.contains("File exists") => {}
         Err(e) => return Err(e),
     }
-    if !p.address.is_ipv4() {
-        // An IPv6 address would need an unsolicited neighbour advertisement (not done).
-        return Ok(None);
+    if let IpAddr::V6(ip) = p.address.ip() {
+        return Ok(Some(advertise_v6(p.interface.clone(), ip, p.address)));
     }
     // A gratuitous ARP, so that peers send to this host's MAC at once (without it a peer
     // keeps the old holder's for about 30 s). arping idles about a second per packet: in the
@@ -292,6 +298,38 @@ async fn address_up(
             Ok(None)
         }
     }
+}
+
+/// Unsolicited neighbour advertisements for a floating IPv6 address (`ndisc`), the IPv6 side
+/// of the gratuitous ARP: one now and one a second later, as arping sends two, unless the
+/// address goes first (dropping the returned sender).
+fn advertise_v6(
+    interface: String,
+    ip: std::net::Ipv6Addr,
+    portal: SocketAddr,
+) -> tokio::sync::oneshot::Sender<()> {
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        for round in 0..2 {
+            if round > 0 {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = &mut stopped => return,
+                }
+            }
+            // One datagram on a raw socket: it does not wait.
+            if let Err(e) = crate::ndisc::advertise(&interface, ip) {
+                warn!(
+                    portal = %portal,
+                    "no unsolicited neighbour advertisement ({e}; needs CAP_NET_RAW); peers \
+                     find the new holder only when neighbour unreachability detection gives \
+                     up on the old one"
+                );
+                return;
+            }
+        }
+    });
+    stop
 }
 
 /// Take `p`'s address off its interface (gone already is fine).

@@ -19,6 +19,12 @@
 //!   `b` owned the address. Then a planned move back to `a`, a drain of `a`, and `b`'s
 //!   address hook.
 //!
+//! - `an_ipv6_portal_is_announced_to_the_initiators_neighbour_cache`: an IPv6 floating portal;
+//!   after a SIGKILL of `a` (whose kernel keeps the address), `b` brings it up without duplicate
+//!   address detection and its unsolicited neighbour advertisements move the initiator's
+//!   neighbour entry to `b`'s MAC while the initiator sends nothing; a login over IPv6 reaches
+//!   `b`.
+//!
 //! `FERRITE_FAILOVER_LEASE=SECS` measures another lease than the default 4 s.
 
 mod common;
@@ -800,4 +806,160 @@ fn linux_initiator_carries_on_through_failover() {
         !kernel.contains("I/O error"),
         "the kernel reported I/O errors:\n{kernel}"
     );
+}
+
+/// `host`'s IPv6 addresses on `eth0` and its neighbour entry for `ip` (`ip -6 ...`).
+fn v6(lab: &Lab, host: &str, what: &[&str]) -> String {
+    let out = lab
+        .command(host, "ip")
+        .arg("-6")
+        .args(what)
+        .output()
+        .expect("ip");
+    assert!(out.status.success(), "ip -6 {what:?} in {host}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn mac(lab: &Lab, host: &str) -> String {
+    let out = lab
+        .command(host, "ip")
+        .args(["link", "show", "eth0"])
+        .output()
+        .expect("ip");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .expect("a MAC")
+        .to_string()
+}
+
+/// A floating IPv6 portal. The holder brings the address up at once (no duplicate address
+/// detection, which would fail anyway while a crashed holder's kernel still has it) and
+/// announces it with unsolicited neighbour advertisements: the initiator's neighbour entry,
+/// still on the old holder's MAC after a SIGKILL, moves to the new holder's without the
+/// initiator sending anything, and a login over IPv6 reaches it.
+#[test]
+fn an_ipv6_portal_is_announced_to_the_initiators_neighbour_cache() {
+    if !Lab::usable() {
+        return;
+    }
+    let lab = Lab::new(&["etcd", "a", "b", "ini"]);
+    let etcd = Etcd::start_in(&lab, "etcd", true);
+    let dir = TempDir::new("failover6");
+    let lun = dir.path().join("shared.img");
+    std::fs::File::create(&lun)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    for (h, own) in [("a", "fd00:f::a"), ("b", "fd00:f::b"), ("ini", "fd00:f::1")] {
+        v6(
+            &lab,
+            h,
+            &["addr", "add", &format!("{own}/64"), "dev", "eth0", "nodad"],
+        );
+    }
+    let vip = "fd00:f::100";
+    let portal = format!("[{vip}]:{PORT}");
+    let (tls, _) = etcd.tls.clone().unwrap();
+    let mut nodes = Vec::new();
+    for name in ["a", "b"] {
+        let config = format!(
+            r#"
+            [cluster]
+            node = "{name}"
+            endpoints = ["{endpoint}"]
+            ca = "{ca}"
+            cert = "{cert}"
+            key = "{key}"
+            lease_secs = {lease}
+            [[cluster.portal]]
+            address = "{portal}"
+            interface = "eth0"
+            prefix_len = 64
+            nodes = ["a", "b"]
+            [[target]]
+            name = "{IQN}"
+            [[target.portal_group]]
+            tag = 7
+            portals = ["{portal}"]
+            [[target.lun]]
+            id = 0
+            backstore = "file:{lun}"
+            "#,
+            lease = lease_secs(),
+            endpoint = etcd.endpoint,
+            ca = tls.ca.display(),
+            cert = tls.cert.display(),
+            key = tls.key.display(),
+            lun = lun.display(),
+        );
+        std::fs::write(dir.path().join(format!("{name}.toml")), config).unwrap();
+        nodes.push(Node {
+            name,
+            child: None,
+            dir: dir.path().to_path_buf(),
+        });
+    }
+    let logs = |nodes: &[Node]| {
+        nodes
+            .iter()
+            .map(|n| format!("---- {} ----\n{}\n", n.name, n.log()))
+            .collect::<String>()
+            + &format!("---- ini ----\n{}", v6(&lab, "ini", &["neigh"]))
+    };
+    let holds =
+        |h: &str| v6(&lab, h, &["addr", "show", "dev", "eth0"]).contains(&format!("{vip}/64"));
+    let wait = |what: &str, nodes: &[Node], ok: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ok() {
+            assert!(Instant::now() < deadline, "{what}\n{}", logs(nodes));
+            thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let addr: SocketAddr = portal.parse().unwrap();
+    let login = move |lab: &Lab| {
+        lab.in_host("ini", move || {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let s = TcpStream::connect_timeout(&addr, Duration::from_millis(300))
+                    .ok()
+                    .and_then(|t| Session::login_on(t, &LoginOpts::default()).ok());
+                match s {
+                    Some(mut s) => return s.read10(0, 1, BLOCK).map(|b| b.len()),
+                    None if Instant::now() < deadline => thread::sleep(Duration::from_millis(50)),
+                    None => return Err("no login over IPv6".to_string()),
+                }
+            }
+        })
+        .join()
+        .unwrap()
+    };
+
+    nodes[0].start(&lab);
+    wait("a never held the IPv6 portal", &nodes, &|| holds("a"));
+    assert_eq!(login(&lab), Ok(BLOCK), "{}", logs(&nodes));
+    let (mac_a, mac_b) = (mac(&lab, "a"), mac(&lab, "b"));
+    let entry = || v6(&lab, "ini", &["neigh", "show", vip, "dev", "eth0"]);
+    assert!(entry().contains(&mac_a), "{}", entry());
+
+    nodes[1].start(&lab);
+    wait("b never joined", &nodes, &|| {
+        nodes[0].admin(&["cluster"]).contains("member b ")
+    });
+    nodes[0].kill();
+    // a's kernel keeps the address (nobody took it down), as after a real crash.
+    wait("b never held the IPv6 portal", &nodes, &|| holds("b"));
+    let b_holds = Instant::now();
+    wait("the initiator's entry never moved to b", &nodes, &|| {
+        entry().contains(&mac_b)
+    });
+    // The initiator sent nothing meanwhile: without the advertisement its entry would have
+    // stayed on a's MAC (STALE) until its next packet, then taken NUD's probes to move.
+    println!(
+        "IPv6 portal: the initiator's neighbour entry moved to b {:?} after b held the address",
+        b_holds.elapsed()
+    );
+    assert_eq!(login(&lab), Ok(BLOCK), "{}", logs(&nodes));
+    assert!(logs(&nodes).contains("portal taken"), "{}", logs(&nodes));
 }
