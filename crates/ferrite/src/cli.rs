@@ -37,6 +37,13 @@ pub enum Cmd {
     Admin(AdminArgs),
     /// Persistent reservation state saved with APTPL (offline: stop the daemon first)
     Pr(PrArgs),
+    /// Take this node's floating portal addresses down, the daemon not running (systemd's
+    /// ExecStopPost: a daemon that died leaves none up until its restart)
+    ReleasePortals {
+        /// The configuration file whose [[cluster.portal]] addresses go down
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions {
         #[arg(value_enum)]

@@ -210,6 +210,7 @@ fn main() -> ExitCode {
             return admin_main(&a, sub);
         }
         Some(cli::Cmd::Pr(p)) => return pr_cli::run(p),
+        Some(cli::Cmd::ReleasePortals { config }) => return portals::release_offline(&config),
         Some(cli::Cmd::Completions { shell }) => {
             cli::completions(shell);
             return ExitCode::SUCCESS;

@@ -345,8 +345,73 @@ async fn address_down(c: &ClusterConfig, p: &ClusterPortal) -> Result<(), String
         .map(|s| s.to_string())
         .collect();
     match run_cmd("ip", &args).await {
-        Err(e) if !e.contains("Cannot assign requested address") => Err(e),
+        // Not there: EADDRNOTAVAIL, which iproute2 words differently across versions and
+        // families ("Cannot assign requested address", "ipv4: Address not found").
+        Err(e)
+            if !e.contains("Cannot assign requested address")
+                && !e.to_ascii_lowercase().contains("address not found") =>
+        {
+            Err(e)
+        }
         _ => Ok(()),
+    }
+}
+
+/// `ferrite release-portals --config FILE`: every floating address of the configuration down
+/// on this host (by `ip addr del` or the hook, as the daemon takes them down), for systemd's
+/// `ExecStopPost` after the daemon stopped. A daemon that died (SIGKILL, a crash) cannot take
+/// its addresses down, and the kernel keeps them: it would answer initiators with resets, and
+/// peers' ARP and neighbour solicitations alongside the new holder, until the restart.
+/// Refused while the daemon's admin socket answers (a running holder would lose its address
+/// under it).
+pub fn release_offline(path: &std::path::Path) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let cfg = match crate::config::Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ferrite release-portals: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(c) = cfg.cluster.filter(|c| !c.portals.is_empty()) else {
+        return ExitCode::SUCCESS; // no floating address
+    };
+    let socket = cfg
+        .settings
+        .admin_socket
+        .clone()
+        .unwrap_or_else(crate::admin::default_socket);
+    if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+        eprintln!(
+            "ferrite release-portals: the daemon is running ({} answers); it takes its \
+             addresses down itself when it stops",
+            socket.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ferrite release-portals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut failed = false;
+    rt.block_on(async {
+        for p in &c.portals {
+            if let Err(e) = address_down(&c, p).await {
+                eprintln!("ferrite release-portals: {}: {e}", p.address);
+                failed = true;
+            }
+        }
+    });
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

@@ -24,6 +24,8 @@
 //!   address detection and its unsolicited neighbour advertisements move the initiator's
 //!   neighbour entry to `b`'s MAC while the initiator sends nothing; a login over IPv6 reaches
 //!   `b`.
+//! - `release_portals_takes_a_dead_daemons_addresses_down`: `ferrite release-portals` (the
+//!   unit's ExecStopPost) against the addresses a killed daemon left.
 //!
 //! `FERRITE_FAILOVER_LEASE=SECS` measures another lease than the default 4 s.
 
@@ -962,4 +964,96 @@ fn an_ipv6_portal_is_announced_to_the_initiators_neighbour_cache() {
     );
     assert_eq!(login(&lab), Ok(BLOCK), "{}", logs(&nodes));
     assert!(logs(&nodes).contains("portal taken"), "{}", logs(&nodes));
+}
+
+/// `ferrite release-portals` (the unit's ExecStopPost): the floating addresses a dead daemon
+/// left on the host go down, IPv4 and IPv6, and again is no error; refused while the daemon's
+/// admin socket answers.
+#[test]
+fn release_portals_takes_a_dead_daemons_addresses_down() {
+    if !Lab::usable() {
+        return;
+    }
+    let lab = Lab::new(&["a"]);
+    let dir = TempDir::new("release");
+    let vip = lab.spare_addr(100);
+    let vip6 = "fd00:f::100";
+    let socket = dir.path().join("admin.sock");
+    let config = format!(
+        r#"
+        [settings]
+        admin_socket = "{socket}"
+        [cluster]
+        node = "a"
+        endpoints = ["127.0.0.1:2379"]
+        [[cluster.portal]]
+        address = "{vip}:{PORT}"
+        interface = "eth0"
+        prefix_len = 24
+        nodes = ["a"]
+        [[cluster.portal]]
+        address = "[{vip6}]:{PORT}"
+        interface = "eth0"
+        prefix_len = 64
+        nodes = ["a"]
+        [[target]]
+        name = "{IQN}"
+        [[target.portal_group]]
+        tag = 1
+        portals = ["{vip}:{PORT}", "[{vip6}]:{PORT}"]
+        [[target.lun]]
+        id = 0
+        backstore = "ram:16M"
+        "#,
+        socket = socket.display()
+    );
+    let cfg = dir.path().join("a.toml");
+    std::fs::write(&cfg, config).unwrap();
+    // What a daemon killed while holding both leaves behind.
+    let ip = |args: &[&str]| {
+        let out = lab.command("a", "ip").args(args).output().unwrap();
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    ip(&["addr", "add", &format!("{vip}/24"), "dev", "eth0"]);
+    ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{vip6}/64"),
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    let up = || {
+        let a = ip(&["addr", "show", "dev", "eth0"]);
+        (
+            a.contains(&format!("{vip}/24")),
+            a.contains(&format!("{vip6}/64")),
+        )
+    };
+    assert_eq!(up(), (true, true));
+    let release = || {
+        lab.command("a", env!("CARGO_BIN_EXE_ferrite"))
+            .args(["release-portals", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap()
+    };
+    // A daemon that answers on its admin socket keeps its addresses.
+    let listening = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let out = release();
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("running"),
+        "{out:?}"
+    );
+    assert_eq!(up(), (true, true));
+    drop(listening);
+    // The socket file a dead daemon leaves does not answer.
+    for _ in 0..2 {
+        let out = release();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(up(), (false, false));
+    }
 }

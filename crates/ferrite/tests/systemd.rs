@@ -248,7 +248,14 @@ fn the_man_page_covers_the_command_line() {
     for f in flags {
         assert!(page.contains(f), "ferrite.8 does not mention {f}");
     }
-    for c in ["serve", "admin", "pr", "completions", "--version"] {
+    for c in [
+        "serve",
+        "admin",
+        "pr",
+        "release-portals",
+        "completions",
+        "--version",
+    ] {
         assert!(page.contains(c), "ferrite.8 does not mention {c}");
     }
 }
