@@ -255,8 +255,9 @@ async fn address_up(
         .collect();
     if p.address.is_ipv6() {
         // No duplicate address detection: the owner key in the store is what makes the
-        // address this node's alone, and DAD would leave it tentative (neither listened on nor
-        // announced) for a second or more after a takeover.
+        // address this node's alone. DAD would leave it tentative (neither listened on nor
+        // announced) for a second or more after a takeover, and fail it outright while a
+        // crashed holder's kernel still has the address.
         args.push("nodad".into());
     }
     match run_cmd("ip", &args).await {
