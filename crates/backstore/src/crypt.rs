@@ -809,11 +809,11 @@ impl Backstore for EncryptedBackstore {
     }
 }
 
-/// Over a store whose I/O completes on threads of its own (RBD), the cipher keeps the I/O off
-/// the caller's threads: a read is decrypted in its completion, on the store's thread, before
-/// the caller's `done` runs; a write is encrypted in place, in the buffer it hands on (the
-/// caller gets the ciphertext back, as a buffer to reuse). The key is the one current when the
-/// operation starts, as for the synchronous methods.
+/// Over a store whose I/O completes on threads of its own (RBD), no thread waits for the I/O:
+/// a read is decrypted in its completion, on the store's thread, before the caller's `done`
+/// runs; a write is encrypted in place, in the buffer it hands on (the caller gets the
+/// ciphertext back, as a buffer to reuse). The key is the one current when the operation
+/// starts, as for the synchronous methods.
 impl AsyncBackstore for EncryptedBackstore {
     fn read_async(&self, offset: u64, len: usize, done: Done<Vec<u8>>) {
         let Some(aio) = self.inner.as_async() else {
