@@ -22,6 +22,8 @@ use std::io;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use crate::{check_range, direct, sys, Backstore};
 
 /// A block device (or, for tests, a regular file) used as a backstore.
@@ -29,7 +31,8 @@ use crate::{check_range, direct, sys, Backstore};
 pub struct BlockBackstore {
     file: File,
     path: PathBuf,
-    size: u64,
+    /// The device's (or file's) length as the store has it (`refresh_size` follows it).
+    size: AtomicU64,
     /// Logical block size of the device; 512 for a regular file.
     logical_block: u32,
     /// Whether `file` is a block device rather than a regular file.
@@ -101,7 +104,7 @@ impl BlockBackstore {
         Ok(BlockBackstore {
             file,
             path: path.to_owned(),
-            size,
+            size: AtomicU64::new(size),
             logical_block,
             device,
             can_punch,
@@ -164,7 +167,7 @@ impl BlockBackstore {
             return len;
         }
         let lbs = u64::from(self.logical_block);
-        let cut = self.size / lbs * lbs;
+        let cut = self.size() / lbs * lbs;
         cut.saturating_sub(offset).min(len as u64) as usize
     }
 
@@ -197,16 +200,31 @@ impl Backstore for BlockBackstore {
     }
 
     fn size(&self) -> u64 {
-        self.size
+        self.size.load(Ordering::Relaxed)
+    }
+
+    fn refresh_size(&self) -> io::Result<u64> {
+        let mut len = if self.device {
+            sys::block_device_size(&self.file)?
+        } else {
+            self.file.metadata()?.len()
+        };
+        if self.direct && self.tail.is_none() {
+            // Opened direct with a whole number of blocks: no buffered descriptor for a
+            // partial last block, so a partial block that appeared since is not exposed.
+            len -= len % u64::from(self.logical_block);
+        }
+        self.size.store(len, Ordering::Relaxed);
+        Ok(len)
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         if !self.direct {
-            return sys::read_at(&self.file, self.size, buf, offset);
+            return sys::read_at(&self.file, self.size(), buf, offset);
         }
-        check_range(self.size, offset, buf.len() as u64)?;
+        check_range(self.size(), offset, buf.len() as u64)?;
         let (head, tail) = buf.split_at_mut(self.direct_part(offset, buf.len()));
-        direct::read_at(&self.file, self.size, self.logical_block, head, offset)?;
+        direct::read_at(&self.file, self.size(), self.logical_block, head, offset)?;
         if !tail.is_empty() {
             let at = offset + head.len() as u64;
             self.tail_file().read_exact_at(tail, at)?;
@@ -216,9 +234,9 @@ impl Backstore for BlockBackstore {
 
     fn read_vec(&self, len: usize, offset: u64) -> io::Result<Vec<u8>> {
         if !self.direct {
-            return sys::read_vec(&self.file, self.size, len, offset);
+            return sys::read_vec(&self.file, self.size(), len, offset);
         }
-        check_range(self.size, offset, len as u64)?;
+        check_range(self.size(), offset, len as u64)?;
         let mut v = vec![0u8; len];
         self.read_at(&mut v, offset)?;
         Ok(v)
@@ -226,13 +244,13 @@ impl Backstore for BlockBackstore {
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         if !self.direct {
-            return sys::write_at(&self.file, self.size, buf, offset);
+            return sys::write_at(&self.file, self.size(), buf, offset);
         }
-        check_range(self.size, offset, buf.len() as u64)?;
+        check_range(self.size(), offset, buf.len() as u64)?;
         let (head, tail) = buf.split_at(self.direct_part(offset, buf.len()));
         direct::write_at(
             &self.file,
-            self.size,
+            self.size(),
             self.logical_block,
             &self.rmw,
             head,
@@ -250,7 +268,7 @@ impl Backstore for BlockBackstore {
     }
 
     fn unmap(&self, offset: u64, len: u64) -> io::Result<bool> {
-        check_range(self.size, offset, len)?;
+        check_range(self.size(), offset, len)?;
         if len == 0 {
             return Ok(true);
         }

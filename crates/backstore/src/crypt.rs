@@ -450,7 +450,8 @@ pub struct EncryptedBackstore {
     inner: Arc<dyn Backstore>,
     /// Logical block length: the XTS sector.
     sector: u32,
-    size: u64,
+    /// The inner store's size in whole sectors (`refresh_size` follows it).
+    size: std::sync::atomic::AtomicU64,
     cipher: RwLock<Arc<Xts>>,
     kek: KeyFileKey,
     /// Where the wrapped data key lives; `None`: a key for this process only (RAM).
@@ -538,7 +539,7 @@ impl EncryptedBackstore {
         let me = Self {
             inner,
             sector,
-            size,
+            size: std::sync::atomic::AtomicU64::new(size),
             cipher: RwLock::new(Arc::new(xts(&key))),
             kek,
             state,
@@ -556,7 +557,7 @@ impl EncryptedBackstore {
 
     /// Checks that a range is inside the store and made of whole sectors.
     fn check(&self, offset: u64, len: usize) -> io::Result<()> {
-        check_range(self.size, offset, len as u64)?;
+        check_range(self.size(), offset, len as u64)?;
         let s = u64::from(self.sector);
         if !offset.is_multiple_of(s) || !(len as u64).is_multiple_of(s) {
             return Err(invalid(format!(
@@ -708,7 +709,15 @@ impl Backstore for EncryptedBackstore {
     }
 
     fn size(&self) -> u64 {
-        self.size
+        self.size.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn refresh_size(&self) -> io::Result<u64> {
+        // Whole sectors only: a partial one has no tweak of its own.
+        let inner = self.inner.refresh_size()?;
+        let size = inner - inner % u64::from(self.sector);
+        self.size.store(size, std::sync::atomic::Ordering::Relaxed);
+        Ok(size)
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
@@ -755,7 +764,7 @@ impl Backstore for EncryptedBackstore {
 
     fn unmap(&self, offset: u64, len: u64) -> io::Result<bool> {
         // Zeroes below read as zeroes here (see the module documentation).
-        check_range(self.size, offset, len)?;
+        check_range(self.size(), offset, len)?;
         self.inner.unmap(offset, len)
     }
 
@@ -764,7 +773,7 @@ impl Backstore for EncryptedBackstore {
     }
 
     fn anchor(&self, offset: u64, len: u64) -> io::Result<()> {
-        check_range(self.size, offset, len)?;
+        check_range(self.size(), offset, len)?;
         self.inner.anchor(offset, len)
     }
 
@@ -773,9 +782,10 @@ impl Backstore for EncryptedBackstore {
     }
 
     fn extent_at(&self, offset: u64) -> io::Result<Option<Extent>> {
-        check_range(self.size, offset, 1)?;
+        let size = self.size();
+        check_range(size, offset, 1)?;
         Ok(self.inner.extent_at(offset)?.map(|mut e| {
-            e.len = e.len.min(self.size - e.offset);
+            e.len = e.len.min(size.saturating_sub(e.offset)).max(1);
             e
         }))
     }

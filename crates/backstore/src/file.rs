@@ -13,6 +13,7 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::{check_range, mapped::Windows, sys, Backstore, Extent};
 
@@ -21,7 +22,8 @@ use crate::{check_range, mapped::Windows, sys, Backstore, Extent};
 pub struct FileBackstore {
     file: File,
     path: PathBuf,
-    size: u64,
+    /// The file's length as the store has it (`refresh_size` follows the file).
+    size: AtomicU64,
     can_punch: bool,
     pub(crate) windows: Windows,
 }
@@ -67,7 +69,7 @@ impl FileBackstore {
         Ok(FileBackstore {
             file,
             path: path.to_owned(),
-            size: len,
+            size: AtomicU64::new(len),
             can_punch,
             windows: Windows::new(len),
         })
@@ -87,17 +89,19 @@ impl FileBackstore {
     /// `SEEK_DATA`/`SEEK_HOLE`, for GET LBA STATUS. A file system without hole reporting
     /// describes the whole file as mapped, which is always a truthful answer.
     pub fn extent_at(&self, offset: u64) -> io::Result<Extent> {
-        check_range(self.size, offset, 1)?;
+        // One reading of the size for the whole answer (`refresh_size` may change it).
+        let size = self.size();
+        check_range(size, offset, 1)?;
         let (mapped, end) = match sys::seek_data(&self.file, offset)? {
             Some(data) if data <= offset => {
-                let hole = sys::seek_hole(&self.file, offset)?.unwrap_or(self.size);
+                let hole = sys::seek_hole(&self.file, offset)?.unwrap_or(size);
                 (true, hole)
             }
             Some(data) => (false, data),
-            None => (false, self.size),
+            None => (false, size),
         };
         // The file may have changed length behind our back; keep the answer inside the store.
-        let end = end.clamp(offset + 1, self.size);
+        let end = end.clamp(offset + 1, size);
         Ok(Extent {
             offset,
             len: end - offset,
@@ -112,15 +116,23 @@ impl Backstore for FileBackstore {
     }
 
     fn size(&self) -> u64 {
-        self.size
+        self.size.load(Ordering::Relaxed)
+    }
+
+    fn refresh_size(&self) -> io::Result<u64> {
+        let len = self.file.metadata()?.len();
+        if self.size.swap(len, Ordering::Relaxed) != len {
+            self.windows.resize(len);
+        }
+        Ok(len)
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        sys::read_at(&self.file, self.size, buf, offset)
+        sys::read_at(&self.file, self.size(), buf, offset)
     }
 
     fn read_vec(&self, len: usize, offset: u64) -> io::Result<Vec<u8>> {
-        sys::read_vec(&self.file, self.size, len, offset)
+        sys::read_vec(&self.file, self.size(), len, offset)
     }
 
     // Pieces end at window boundaries, multiples of 4096 bytes (the trait's promise).
@@ -130,12 +142,12 @@ impl Backstore for FileBackstore {
         len: usize,
         f: &mut dyn FnMut(usize, Option<&[u8]>),
     ) -> io::Result<bool> {
-        check_range(self.size, offset, len as u64)?;
+        check_range(self.size(), offset, len as u64)?;
         self.windows.read(&self.file, offset, len, f)
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        sys::write_at(&self.file, self.size, buf, offset)
+        sys::write_at(&self.file, self.size(), buf, offset)
     }
 
     fn flush(&self) -> io::Result<()> {
@@ -143,7 +155,7 @@ impl Backstore for FileBackstore {
     }
 
     fn unmap(&self, offset: u64, len: u64) -> io::Result<bool> {
-        check_range(self.size, offset, len)?;
+        check_range(self.size(), offset, len)?;
         if len == 0 {
             return Ok(true);
         }
@@ -170,7 +182,7 @@ impl Backstore for FileBackstore {
     }
 
     fn anchor(&self, offset: u64, len: u64) -> io::Result<()> {
-        check_range(self.size, offset, len)?;
+        check_range(self.size(), offset, len)?;
         if len == 0 || sys::try_zero_range(&self.file, offset, len)? {
             return Ok(());
         }

@@ -51,6 +51,13 @@ pub trait Backstore: Send + Sync + std::fmt::Debug {
     fn kind(&self) -> &'static str;
     /// Capacity in bytes.
     fn size(&self) -> u64;
+    /// Look at the underlying storage's length again (a file or block device the operator
+    /// grew or shrank, an RBD image resized), make it the store's [`Backstore::size`] from
+    /// now on, and return it. The default: a store whose size never changes (RAM). Nothing is
+    /// ever truncated or extended here; the store only follows.
+    fn refresh_size(&self) -> io::Result<u64> {
+        Ok(self.size())
+    }
     /// Fill `buf` from `offset`. Reading past `size()` is an error (`InvalidInput`).
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
     /// Read `len` bytes from `offset` into a new buffer. Implementations fill it without

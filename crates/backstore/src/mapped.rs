@@ -47,12 +47,13 @@ const GUARDS: usize = 256;
 
 /// The windows of one file.
 pub(crate) struct Windows {
-    size: u64,
     state: Mutex<State>,
 }
 
 #[derive(Default)]
 struct State {
+    /// The file's size as the store has it.
+    size: u64,
     /// Mapped windows: (index of the window in the file, the mapping, read count at last use).
     maps: Vec<(u64, Arc<Window>, u64)>,
     /// Reads asked for so far, and the count at the last new mapping.
@@ -62,11 +63,12 @@ struct State {
 
 impl std::fmt::Debug for Windows {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let st = self.lock();
         write!(
             f,
             "Windows {{ size: {}, mapped: {} }}",
-            self.size,
-            self.mapped()
+            st.size,
+            st.maps.len()
         )
     }
 }
@@ -75,12 +77,26 @@ impl Windows {
     /// Windows onto a file of `size` bytes (mapped lazily, on the first reads).
     pub(crate) fn new(size: u64) -> Self {
         Windows {
-            size,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                size,
+                ..State::default()
+            }),
         }
     }
 
+    /// The file is `size` bytes long now: every window goes (each is unmapped once its last
+    /// reader is done), and new ones are mapped to the new length.
+    pub(crate) fn resize(&self, size: u64) {
+        let gone = {
+            let mut st = self.lock();
+            st.size = size;
+            std::mem::take(&mut st.maps)
+        };
+        drop(gone);
+    }
+
     /// Windows mapped now.
+    #[cfg(test)]
     pub(crate) fn mapped(&self) -> usize {
         self.lock().maps.len()
     }
@@ -121,6 +137,14 @@ impl Windows {
             }
         }
         drop(evicted);
+        // A window mapped before the file grew is shorter than the range needs: pread.
+        let short = held
+            .iter()
+            .zip(first..)
+            .any(|(w, index)| index * WINDOW + (w.len as u64) < end.min((index + 1) * WINDOW));
+        if short {
+            return Ok(false);
+        }
         for (w, index) in held.iter().zip(first..) {
             let base = index * WINDOW;
             let from = offset.max(base) - base;
@@ -176,7 +200,7 @@ impl Windows {
             return None;
         }
         let base = index * WINDOW;
-        let len = usize::try_from(WINDOW.min(self.size - base)).ok()?;
+        let len = usize::try_from(WINDOW.min(st.size.checked_sub(base)?)).ok()?;
         let w = Arc::new(Window::map(file, base, len)?);
         st.mapped_at = Some(now);
         if st.maps.len() >= WINDOWS {

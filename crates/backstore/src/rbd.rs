@@ -94,7 +94,8 @@ pub struct RbdBackstore {
     cluster: Rados,
     ioctx: IoCtx,
     image: Image,
-    size: u64,
+    /// The image's size as the store has it (`refresh_size` follows `rbd resize`).
+    size: AtomicU64,
     name: String,
     /// `ferrite.caw.<image>`: the object whose RADOS lock serializes multi-sector COMPARE AND
     /// WRITE across nodes.
@@ -111,7 +112,7 @@ unsafe impl Sync for RbdBackstore {}
 
 impl fmt::Debug for RbdBackstore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "RbdBackstore({}, {} bytes)", self.name, self.size)
+        write!(f, "RbdBackstore({}, {} bytes)", self.name, self.size())
     }
 }
 
@@ -230,7 +231,7 @@ impl RbdBackstore {
                 cluster: p.cluster,
                 ioctx: p.ioctx,
                 image,
-                size,
+                size: AtomicU64::new(size),
                 caw_oid: cstring("image", &format!("ferrite.caw.{}", o.image))?,
                 caw_cookie_prefix: format!("{}-{}", host.trim(), std::process::id()),
                 caw_seq: AtomicU64::new(0),
@@ -403,11 +404,21 @@ impl Backstore for RbdBackstore {
     }
 
     fn size(&self) -> u64 {
-        self.size
+        self.size.load(Ordering::Relaxed)
+    }
+
+    fn refresh_size(&self) -> io::Result<u64> {
+        let mut size = 0u64;
+        // SAFETY: the image handle lives until Drop; librbd writes one u64 through the pointer
+        // (and refreshes its view of the image header first when another client changed it).
+        let r = unsafe { (self.lib.rbd_get_size)(self.image, &mut size) };
+        check("size", r as isize)?;
+        self.size.store(size, Ordering::Relaxed);
+        Ok(size)
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        check_range(self.size, offset, buf.len() as u64)?;
+        check_range(self.size(), offset, buf.len() as u64)?;
         if buf.is_empty() {
             return Ok(());
         }
@@ -415,7 +426,7 @@ impl Backstore for RbdBackstore {
     }
 
     fn read_vec(&self, len: usize, offset: u64) -> io::Result<Vec<u8>> {
-        check_range(self.size, offset, len as u64)?;
+        check_range(self.size(), offset, len as u64)?;
         let mut v = Vec::with_capacity(len);
         if len > 0 {
             self.read_into(v.as_mut_ptr(), len, offset)?;
@@ -426,7 +437,7 @@ impl Backstore for RbdBackstore {
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        check_range(self.size, offset, buf.len() as u64)?;
+        check_range(self.size(), offset, buf.len() as u64)?;
         if buf.is_empty() {
             return Ok(());
         }
@@ -443,7 +454,7 @@ impl Backstore for RbdBackstore {
     }
 
     fn unmap(&self, offset: u64, len: u64) -> io::Result<bool> {
-        check_range(self.size, offset, len)?;
+        check_range(self.size(), offset, len)?;
         // write_zeroes takes a size_t; the range is inside the image, so it fits a u64 and,
         // on 64-bit Linux, a usize.
         let mut done = 0;
@@ -464,7 +475,9 @@ impl Backstore for RbdBackstore {
     }
 
     fn extent_at(&self, offset: u64) -> io::Result<Option<Extent>> {
-        check_range(self.size, offset, 1)?;
+        // One reading of the size for the whole answer (`refresh_size` may change it).
+        let size = self.size();
+        check_range(size, offset, 1)?;
         struct Walk {
             start: u64,
             /// The first extent that holds data at or after `start`: (offset, len).
@@ -497,7 +510,7 @@ impl Backstore for RbdBackstore {
         // every object it covers, one RADOS operation each: look at most this far ahead. A
         // shorter run is as true, and GET LBA STATUS asks again from where it ends.
         const WINDOW: u64 = 1 << 30;
-        let end = self.size.min(offset.saturating_add(WINDOW));
+        let end = size.min(offset.saturating_add(WINDOW));
         let mut w = Walk {
             start: offset,
             first: None,
@@ -553,7 +566,7 @@ impl Backstore for RbdBackstore {
                 "compare and write: buffers of different lengths",
             ));
         }
-        check_range(self.size, offset, len)?;
+        check_range(self.size(), offset, len)?;
         if len == 0 {
             return Ok(None);
         }
@@ -607,7 +620,7 @@ impl Backstore for RbdBackstore {
 
 impl AsyncBackstore for RbdBackstore {
     fn read_async(&self, offset: u64, len: usize, done: Done<Vec<u8>>) {
-        if let Err(e) = check_range(self.size, offset, len as u64) {
+        if let Err(e) = check_range(self.size(), offset, len as u64) {
             return done(Err(e));
         }
         if len == 0 {
@@ -631,7 +644,7 @@ impl AsyncBackstore for RbdBackstore {
     }
 
     fn write_async(&self, data: Vec<u8>, offset: u64, done: Done<Vec<u8>>) {
-        if let Err(e) = check_range(self.size, offset, data.len() as u64) {
+        if let Err(e) = check_range(self.size(), offset, data.len() as u64) {
             return done(Err(e));
         }
         if data.is_empty() {

@@ -708,3 +708,50 @@ fn block_open_rules() {
     assert!(BlockBackstore::open(&dir.0).is_err(), "directory");
     assert_invalid(BlockBackstore::open("/dev/null"), "character device");
 }
+
+/// A store follows its file's length when asked (`refresh_size`): grown, the new bytes can be
+/// written and read; shrunk, they are out of range again. A RAM disk's size never changes.
+#[test]
+fn stores_follow_their_files_length() {
+    for (name, make) in [
+        (
+            "file",
+            file as fn() -> (Option<TempDir>, Box<dyn Backstore>),
+        ),
+        ("block", block_on_file),
+    ] {
+        let (dir, b) = make();
+        let dir = dir.unwrap();
+        let path = std::fs::read_dir(&dir.0)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        assert_eq!(b.refresh_size().unwrap(), SIZE, "{name}: unchanged");
+        let grown = SIZE + 2 * MIB;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(grown)
+            .unwrap();
+        assert_eq!(b.size(), SIZE, "{name}: only refresh_size looks");
+        assert_eq!(b.refresh_size().unwrap(), grown, "{name}");
+        assert_eq!(b.size(), grown, "{name}");
+        let at = grown - 8192;
+        b.write_at(&[0x33; 8192], at).unwrap();
+        assert_eq!(b.read_vec(8192, at).unwrap(), vec![0x33; 8192], "{name}");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(SIZE)
+            .unwrap();
+        assert_eq!(b.refresh_size().unwrap(), SIZE, "{name}");
+        let e = b.read_vec(8192, at).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{name}");
+    }
+    let (_, ram) = ram();
+    assert_eq!(ram.refresh_size().unwrap(), SIZE);
+}

@@ -137,6 +137,9 @@ impl backstore::Backstore for FencedBackstore {
     fn size(&self) -> u64 {
         self.inner.size()
     }
+    fn refresh_size(&self) -> io::Result<u64> {
+        self.inner.refresh_size()
+    }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.inner.read_at(buf, offset)
     }

@@ -728,6 +728,9 @@ impl backstore::Backstore for TimedBackstore {
     fn size(&self) -> u64 {
         self.inner.size()
     }
+    fn refresh_size(&self) -> std::io::Result<u64> {
+        self.inner.refresh_size()
+    }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
         self.time(StoreOp::read, || self.inner.read_at(buf, offset))
     }

@@ -72,6 +72,9 @@ impl NexusRelease {
     }
 }
 
+/// How often logical units look at their backstore's size again (`Daemon::capacity_watch`).
+const CAPACITY_CHECK: Duration = Duration::from_secs(2);
+
 /// Shared daemon state.
 pub struct Daemon {
     rt: RwLock<Arc<Runtime>>,
@@ -505,6 +508,46 @@ impl Daemon {
 
     /// Save the ALUA states initiators set (SET TARGET PORT GROUPS) into the configuration,
     /// whenever they change.
+    /// Every [`CAPACITY_CHECK`], each logical unit looks at its backstore's size again
+    /// (`LogicalUnit::refresh_capacity`), so that a file, block device or RBD image the
+    /// operator grew (or shrank) while served is followed: initiators get CAPACITY DATA HAS
+    /// CHANGED and READ CAPACITY answers the new size. Polling, because there is no one event
+    /// for all three (a file's size, a device's resize uevent, an image header's watch); the
+    /// cost is a stat, an ioctl or a librbd call per LU per period, on the blocking pool.
+    async fn capacity_watch(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(CAPACITY_CHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let lus: Vec<(String, u64, Arc<LogicalUnit>)> = self
+                .runtime()
+                .targets
+                .iter()
+                .flat_map(|t| {
+                    t.lus
+                        .iter()
+                        .map(|(lun, (_, lu))| (t.name.clone(), *lun, lu.clone()))
+                })
+                .collect();
+            let _ = tokio::task::spawn_blocking(move || {
+                for (target, lun, lu) in lus {
+                    match lu.refresh_capacity() {
+                        Ok(Some((before, after))) => info!(
+                            target = %target,
+                            lun,
+                            blocks_before = before,
+                            blocks_after = after,
+                            "capacity changed: unit attention CAPACITY DATA HAS CHANGED for every initiator"
+                        ),
+                        Ok(None) => {}
+                        Err(e) => warn!(target = %target, lun, "cannot read the backstore's size: {e}"),
+                    }
+                }
+            })
+            .await;
+        }
+    }
+
     async fn alua_saver(self: Arc<Self>) {
         loop {
             self.alua_dirty.notified().await;
@@ -706,6 +749,7 @@ pub fn alua_into_config(rt: &Runtime, c: &mut Config) -> bool {
 pub async fn serve(daemon: Arc<Daemon>) -> anyhow::Result<()> {
     daemon.sync_listeners().await?;
     let saver = tokio::spawn(daemon.clone().alua_saver());
+    let capacity = tokio::spawn(daemon.clone().capacity_watch());
     for line in connect_hints(&daemon.runtime()) {
         info!("{line}");
     }
@@ -724,6 +768,7 @@ pub async fn serve(daemon: Arc<Daemon>) -> anyhow::Result<()> {
         t.abort();
     }
     saver.abort();
+    capacity.abort();
     Ok(())
 }
 

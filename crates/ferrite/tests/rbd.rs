@@ -9,7 +9,8 @@
 //!   AND WRITE through either sees the other's data;
 //! * a missing image or an unreachable cluster stops the start with a message saying which;
 //! * an encrypted RBD LUN: what it stores in the image is ciphertext, and a restarted daemon
-//!   reads the data back.
+//!   reads the data back;
+//! * an image resized while served: the LU follows.
 
 mod common;
 
@@ -254,6 +255,39 @@ fn an_encrypted_rbd_lun_stores_ciphertext_and_reads_back_after_a_restart() {
         s.read10(LBA, 256, 512).unwrap() == p,
         "read back after the restart"
     );
+}
+
+/// `rbd resize` while the image is served: the LU follows (CAPACITY DATA HAS CHANGED, READ
+/// CAPACITY(16) gives the new size, the new blocks work).
+#[test]
+fn an_image_resized_while_served_is_followed() {
+    let Some(ceph) = Ceph::start() else { return };
+    ceph.create_image("grow", 16 << 20, 22);
+    let d = daemon(&ceph, "grow", false);
+    let mut s = session(&d);
+    ceph.rbd(&["resize", "--size", "24M", "rbd/grow"]).unwrap();
+    let t0 = Instant::now();
+    loop {
+        let r = s.command(&[0; 6], 0).expect("TEST UNIT READY");
+        if r.status == 2 {
+            assert_eq!(r.asc(), Some((0x2a, 0x09)), "CAPACITY DATA HAS CHANGED");
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "not noticed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut cdb = [0u8; 16];
+    cdb[0] = 0x9e;
+    cdb[1] = 0x10;
+    cdb[13] = 32;
+    let r = s.command(&cdb, 32).unwrap();
+    assert_eq!(r.status, 0);
+    let last = u64::from_be_bytes(r.data[..8].try_into().unwrap());
+    assert_eq!(last + 1, 24 << 11);
+    let lba = (24u32 << 11) - 8;
+    let data = vec![0x6bu8; 8 * 512];
+    s.write10(lba, &data, 512).unwrap();
+    assert_eq!(s.read10(lba, 8, 512).unwrap(), data);
 }
 
 #[test]

@@ -695,6 +695,24 @@ impl LogicalUnit {
         }
     }
 
+    /// Follow the backstore's size (a file, device or image the operator grew or shrank,
+    /// [`Backstore::refresh_size`]). When the capacity in logical blocks changed, every I_T
+    /// nexus gets the unit attention CAPACITY DATA HAS CHANGED (2Ah/09h, SPC-4 annex F), so
+    /// that initiators read the capacity again (READ CAPACITY, SBC-4 §5.20/§5.21), and the old
+    /// and new counts are returned.
+    pub fn refresh_capacity(&self) -> std::io::Result<Option<(u64, u64)>> {
+        let before = self.num_blocks();
+        self.store.refresh_size()?;
+        let after = self.num_blocks();
+        if before == after {
+            return Ok(None);
+        }
+        self.state()
+            .ua
+            .establish_all(SenseReason::CapacityDataChanged, None);
+        Ok(Some((before, after)))
+    }
+
     /// Hold the outcome of an EXTENDED COPY for RECEIVE COPY RESULTS.
     pub(crate) fn hold_copy_status(&self, nexus: &Nexus, list_id: u8, status: CopyStatus) {
         let mut held = lock(&self.copy_results);
