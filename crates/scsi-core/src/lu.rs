@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use backstore::Backstore;
@@ -299,6 +299,8 @@ pub struct LogicalUnit {
     media: Media,
     /// EXTENDED COPY results held for RECEIVE COPY RESULTS, per (I_T nexus, list identifier).
     copy_results: Mutex<HashMap<(Nexus, u8), CopyStatus>>,
+    /// The capacity in logical blocks initiators were last told of (`refresh_capacity`).
+    told_blocks: AtomicU64,
     /// Where a running or failed operation is recorded across restarts (none: not recorded).
     journal: Mutex<Option<Arc<dyn OpJournal>>>,
     /// The thread of the last operation started (see [`LogicalUnit::wait_idle`]).
@@ -346,6 +348,7 @@ impl LogicalUnit {
                 block_size: cfg.block_size,
             });
         }
+        let blocks = store.size() / u64::from(cfg.block_size);
         let serial = if cfg.serial.is_empty() {
             format!("{:016x}", cfg.naa_id)
         } else {
@@ -368,6 +371,7 @@ impl LogicalUnit {
                 prevent: Mutex::new(HashSet::new()),
             },
             copy_results: Mutex::new(HashMap::new()),
+            told_blocks: AtomicU64::new(blocks),
             journal: Mutex::new(None),
             op_thread: Mutex::new(None),
             tasks: Arc::new(TaskSet::new()),
@@ -701,9 +705,9 @@ impl LogicalUnit {
     /// that initiators read the capacity again (READ CAPACITY, SBC-4 §5.20/§5.21), and the old
     /// and new counts are returned.
     pub fn refresh_capacity(&self) -> std::io::Result<Option<(u64, u64)>> {
-        let before = self.num_blocks();
         self.store.refresh_size()?;
         let after = self.num_blocks();
+        let before = self.told_blocks.swap(after, Ordering::SeqCst);
         if before == after {
             return Ok(None);
         }

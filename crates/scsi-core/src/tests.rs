@@ -365,6 +365,39 @@ fn power_on_unit_attention_once_per_nexus() {
     t.ok(&[0, 0, 0, 0, 0, 0], &[]);
 }
 
+/// The store grew, then shrank: each change is told to every I_T nexus once, as CAPACITY DATA
+/// HAS CHANGED, and READ CAPACITY(16) and the range checks follow; no change, no attention.
+#[test]
+fn capacity_changes_are_told_to_every_nexus() {
+    let t = setup();
+    let lu = t.srv.lu(0).unwrap();
+    let capacity = |t: &T| {
+        let d = t.ok(&cdb16(0x9e, 0x10, 0, 32), &[]);
+        u64::from_be_bytes(d[..8].try_into().unwrap()) + 1
+    };
+    assert_eq!(lu.refresh_capacity().unwrap(), None);
+    // Both nexuses are known to the LU (they have sent a command).
+    t.ok(&[0; 6], &[]);
+    t.run2(&[0; 6], &[]);
+    t.store.data.lock().unwrap().resize(3 * BLOCKS * 512, 0);
+    let grown = (3 * BLOCKS) as u64;
+    assert_eq!(lu.refresh_capacity().unwrap(), Some((BLOCKS as u64, grown)));
+    assert_eq!(lu.refresh_capacity().unwrap(), None, "told once");
+    for run in [T::run, T::run2] {
+        assert_sense(&run(&t, &[0; 6], &[]), 0x06, 0x2a, 0x09);
+        assert_eq!(run(&t, &[0; 6], &[]).status, ScsiStatus::GOOD);
+    }
+    assert_eq!(capacity(&t), grown);
+    let last = (grown - 1) as u32;
+    t.ok(&cdb10(0x2a, 0, last, 1), &pattern(512, 3));
+    assert_eq!(t.ok(&cdb10(0x28, 0, last, 1), &[]), pattern(512, 3));
+    t.store.data.lock().unwrap().truncate(BLOCKS * 512);
+    assert_eq!(lu.refresh_capacity().unwrap(), Some((grown, BLOCKS as u64)));
+    assert_sense(&t.run(&[0; 6], &[]), 0x06, 0x2a, 0x09);
+    assert_eq!(capacity(&t), BLOCKS as u64);
+    assert_sense(&t.run(&cdb10(0x28, 0, last, 1), &[]), 0x05, 0x21, 0x00);
+}
+
 #[test]
 fn request_sense_reports_and_clears_unit_attention() {
     let t = setup_with(
