@@ -506,17 +506,17 @@ impl Daemon {
         }
     }
 
-    /// Save the ALUA states initiators set (SET TARGET PORT GROUPS) into the configuration,
-    /// whenever they change.
     /// Every [`CAPACITY_CHECK`], each logical unit looks at its backstore's size again
     /// (`LogicalUnit::refresh_capacity`), so that a file, block device or RBD image the
     /// operator grew (or shrank) while served is followed: initiators get CAPACITY DATA HAS
     /// CHANGED and READ CAPACITY answers the new size. Polling, because there is no one event
     /// for all three (a file's size, a device's resize uevent, an image header's watch); the
-    /// cost is a stat, an ioctl or a librbd call per LU per period, on the blocking pool.
+    /// cost is a stat, an ioctl or a librbd call per LU per period, on the blocking pool. A
+    /// size that cannot be read is logged once, until it can again.
     async fn capacity_watch(self: Arc<Self>) {
         let mut tick = tokio::time::interval(CAPACITY_CHECK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = std::collections::HashSet::<(String, u64)>::new();
         loop {
             tick.tick().await;
             let lus: Vec<(String, u64, Arc<LogicalUnit>)> = self
@@ -529,25 +529,40 @@ impl Daemon {
                         .map(|(lun, (_, lu))| (t.name.clone(), *lun, lu.clone()))
                 })
                 .collect();
-            let _ = tokio::task::spawn_blocking(move || {
+            let mut still = std::mem::take(&mut failing);
+            // LUs removed since are forgotten.
+            still.retain(|(t, l)| lus.iter().any(|(t2, l2, _)| t == t2 && l == l2));
+            let checked = tokio::task::spawn_blocking(move || {
                 for (target, lun, lu) in lus {
                     match lu.refresh_capacity() {
-                        Ok(Some((before, after))) => info!(
-                            target = %target,
-                            lun,
-                            blocks_before = before,
-                            blocks_after = after,
-                            "capacity changed: unit attention CAPACITY DATA HAS CHANGED for every initiator"
-                        ),
-                        Ok(None) => {}
-                        Err(e) => warn!(target = %target, lun, "cannot read the backstore's size: {e}"),
+                        Ok(changed) => {
+                            still.remove(&(target.clone(), lun));
+                            if let Some((before, after)) = changed {
+                                info!(
+                                    target = %target,
+                                    lun,
+                                    blocks_before = before,
+                                    blocks_after = after,
+                                    "capacity changed: CAPACITY DATA HAS CHANGED for every initiator"
+                                );
+                            }
+                        }
+                        Err(e) => {
+                            if still.insert((target.clone(), lun)) {
+                                warn!(target = %target, lun, "cannot read the backstore's size: {e}");
+                            }
+                        }
                     }
                 }
+                still
             })
             .await;
+            failing = checked.unwrap_or_default();
         }
     }
 
+    /// Save the ALUA states initiators set (SET TARGET PORT GROUPS) into the configuration,
+    /// whenever they change.
     async fn alua_saver(self: Arc<Self>) {
         loop {
             self.alua_dirty.notified().await;
