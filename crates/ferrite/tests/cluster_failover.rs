@@ -331,7 +331,6 @@ impl Cluster {
             .unwrap()
             .set_len(16 << 20)
             .unwrap();
-        let (tls, _) = etcd.tls.clone().unwrap();
         let mut nodes = Vec::new();
         let script = dir.path().join("hook.sh");
         std::fs::write(
@@ -355,37 +354,13 @@ impl Cluster {
             } else {
                 String::new()
             };
-            let config = format!(
-                r#"
-                [cluster]
-                node = "{name}"
-                endpoints = ["{endpoint}"]
-                ca = "{ca}"
-                cert = "{cert}"
-                key = "{key}"
-                failback = "{failback}"
-                {hook_line}
-                lease_secs = {lease}
-                [[cluster.portal]]
-                address = "{vip}:{PORT}"
-                interface = "eth0"
-                prefix_len = 24
-                nodes = ["a", "b"]
-                [[target]]
-                name = "{IQN}"
-                [[target.portal_group]]
-                tag = 7
-                portals = ["{vip}:{PORT}"]
-                [[target.lun]]
-                id = 0
-                backstore = "file:{lun}"
-                "#,
-                lease = lease_secs(),
-                endpoint = etcd.endpoint,
-                ca = tls.ca.display(),
-                cert = tls.cert.display(),
-                key = tls.key.display(),
-                lun = lun.display(),
+            let config = node_config(
+                name,
+                &etcd,
+                &format!("failback = \"{failback}\"\n{hook_line}"),
+                &format!("{vip}:{PORT}"),
+                24,
+                &lun,
             );
             let mut f = std::fs::File::create(dir.path().join(format!("{name}.toml"))).unwrap();
             f.write_all(config.as_bytes()).unwrap();
@@ -461,6 +436,51 @@ fn lease_secs() -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(4)
+}
+
+/// Node `name`'s configuration: the lab's etcd over TLS, `extra` lines in `[cluster]`, one
+/// floating portal at `portal` (`prefix_len`) preferring a then b, and LUN 0 on the shared
+/// file `lun` behind portal group 7 of that portal.
+fn node_config(
+    name: &str,
+    etcd: &Etcd,
+    extra: &str,
+    portal: &str,
+    prefix_len: u8,
+    lun: &std::path::Path,
+) -> String {
+    let (tls, _) = etcd.tls.clone().unwrap();
+    format!(
+        r#"
+        [cluster]
+        node = "{name}"
+        endpoints = ["{endpoint}"]
+        ca = "{ca}"
+        cert = "{cert}"
+        key = "{key}"
+        {extra}
+        lease_secs = {lease}
+        [[cluster.portal]]
+        address = "{portal}"
+        interface = "eth0"
+        prefix_len = {prefix_len}
+        nodes = ["a", "b"]
+        [[target]]
+        name = "{IQN}"
+        [[target.portal_group]]
+        tag = 7
+        portals = ["{portal}"]
+        [[target.lun]]
+        id = 0
+        backstore = "file:{lun}"
+        "#,
+        lease = lease_secs(),
+        endpoint = etcd.endpoint,
+        ca = tls.ca.display(),
+        cert = tls.cert.display(),
+        key = tls.key.display(),
+        lun = lun.display(),
+    )
 }
 
 fn tail(s: &str, n: usize) -> String {
@@ -873,39 +893,9 @@ fn an_ipv6_portal_is_announced_to_the_initiators_neighbour_cache() {
     }
     let vip = "fd00:f::100";
     let portal = format!("[{vip}]:{PORT}");
-    let (tls, _) = etcd.tls.clone().unwrap();
     let mut nodes = Vec::new();
     for name in ["a", "b"] {
-        let config = format!(
-            r#"
-            [cluster]
-            node = "{name}"
-            endpoints = ["{endpoint}"]
-            ca = "{ca}"
-            cert = "{cert}"
-            key = "{key}"
-            lease_secs = {lease}
-            [[cluster.portal]]
-            address = "{portal}"
-            interface = "eth0"
-            prefix_len = 64
-            nodes = ["a", "b"]
-            [[target]]
-            name = "{IQN}"
-            [[target.portal_group]]
-            tag = 7
-            portals = ["{portal}"]
-            [[target.lun]]
-            id = 0
-            backstore = "file:{lun}"
-            "#,
-            lease = lease_secs(),
-            endpoint = etcd.endpoint,
-            ca = tls.ca.display(),
-            cert = tls.cert.display(),
-            key = tls.key.display(),
-            lun = lun.display(),
-        );
+        let config = node_config(name, &etcd, "", &portal, 64, &lun);
         std::fs::write(dir.path().join(format!("{name}.toml")), config).unwrap();
         nodes.push(Node {
             name,
