@@ -440,6 +440,20 @@ pub(crate) mod tests {
         }
     }
 
+    /// A sparse scratch file of `size` bytes, open for reading and writing.
+    fn sparse(tag: &str, size: u64) -> (Scratch, File) {
+        let p = Scratch::new(tag);
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&p.0)
+            .unwrap();
+        f.set_len(size).unwrap();
+        (p, f)
+    }
+
     #[test]
     fn lends_the_file_bytes() {
         let (_p, f, data) = temp_file(3 << 20);
@@ -463,16 +477,8 @@ pub(crate) mod tests {
     #[test]
     fn windows_are_bounded_and_misses_rate_limited() {
         // A sparse file of 40 windows; reads touch one page of each.
-        let p = Scratch::new("many");
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&p.0)
-            .unwrap();
         let size = 40 * WINDOW;
-        f.set_len(size).unwrap();
+        let (_p, f) = sparse("many", size);
         let w = Windows::new(size);
         assert!(collect(&w, &f, 0, 4096).is_some(), "the first read maps");
         // A miss right after a mapping is refused (the caller uses pread)...
@@ -504,15 +510,7 @@ pub(crate) mod tests {
         use std::os::unix::fs::FileExt;
         // Twice as many windows as may be mapped, each starting with a block naming it.
         const N: u64 = 2 * WINDOWS as u64;
-        let p = Scratch::new("concurrent");
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&p.0)
-            .unwrap();
-        f.set_len(N * WINDOW).unwrap();
+        let (_p, f) = sparse("concurrent", N * WINDOW);
         for i in 0..N {
             f.write_all_at(&[i as u8 + 1; 4096], i * WINDOW).unwrap();
         }
